@@ -1,0 +1,47 @@
+"""Choosing the torch device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DeviceError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for ``name``; a clear ``DeviceError`` when CUDA is asked for but unavailable."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "gpu":
+        name = "cuda"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise DeviceError(
+                f"CUDA was requested but no usable GPU is available (torch {torch.__version__} is {build}); "
+                "use --device cpu or install a CUDA build of PyTorch"
+            )
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{name} was requested but only {torch.cuda.device_count()} GPU(s) are present")
+        return device
+    raise DeviceError(f"unknown device '{name}' (use auto, cpu or cuda)")
+
+
+def describe_device(device: torch.device) -> str:
+    """Human-readable name, e.g. ``cuda:0 (NVIDIA H200, 139 GiB)`` or ``cpu (2 threads)``."""
+    if device.type == "cuda":
+        index = device.index or 0
+        props = torch.cuda.get_device_properties(index)
+        return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (torch.OutOfMemoryError or the older RuntimeError text)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

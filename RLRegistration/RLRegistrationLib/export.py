@@ -1,0 +1,107 @@
+"""Writing results: ITK transforms (.h5), displacement fields and images, and Slicer's RAS arrays.
+
+Written transforms map a fixed point to a moving point (LPS mm): ``sitk.ReadTransform(path)`` gives back
+``A o (id + u)`` and ``sitk.Resample(moving, fixed, transform)`` reproduces the warped image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import OutputError
+from .geometry import Grid, ijk_to_ras_matrix, lps_vectors_to_ras, ras_grid_from_lps
+
+TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
+
+
+def check_output_paths(paths: Iterable[str | Path | None], overwrite: bool = False) -> None:
+    """Refuse, before any work is done, outputs that exist (unless ``overwrite``) or whose folder is missing."""
+    seen = set()
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        if path.resolve() in seen:
+            raise OutputError(f"output '{path}': the same path is given for two outputs")
+        seen.add(path.resolve())
+        if path.exists() and not overwrite:
+            raise OutputError(f"output '{path}': file exists (use --overwrite to replace it)")
+        if path.is_dir():
+            raise OutputError(f"output '{path}': is a folder, a file name is needed")
+        if not path.parent.exists():
+            raise OutputError(f"output '{path}': folder '{path.parent}' does not exist")
+
+
+def write_transform(transform: sitk.Transform, path: str | Path, overwrite: bool = False) -> Path:
+    """Write an ITK transform file (``.h5`` recommended: holds affine + displacement field)."""
+    path = Path(path)
+    if path.suffix.lower() not in TRANSFORM_SUFFIXES:
+        raise OutputError(f"output '{path}': transform files end in {', '.join(TRANSFORM_SUFFIXES)}")
+    check_output_paths([path], overwrite)
+    _atomic_write(path, lambda tmp: sitk.WriteTransform(transform, str(tmp)))
+    return path
+
+
+def write_image(image: sitk.Image, path: str | Path, overwrite: bool = False) -> Path:
+    """Write an image (format from the suffix, compressed where the format allows)."""
+    path = Path(path)
+    check_output_paths([path], overwrite)
+    _atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
+    return path
+
+
+def _atomic_write(path: Path, writer) -> None:
+    """Write to a temporary name next to ``path`` and rename, so a failure never leaves half a file."""
+    suffixes = "".join(path.suffixes)
+    tmp = path.with_name(f".{path.name[: len(path.name) - len(suffixes)]}.partial{suffixes}")
+    try:
+        writer(tmp)
+        tmp.replace(path)
+    except RuntimeError as error:
+        raise OutputError(
+            f"output '{path}': could not be written ({str(error).strip().splitlines()[-1]})"
+        ) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def total_displacement(transform: sitk.Transform, grid: Grid) -> sitk.Image:
+    """One displacement field (LPS mm, sitkVectorFloat64) on ``grid`` equal to ``transform(x) - x``:
+    the affine and deformable parts flattened into a single field."""
+    return sitk.TransformToDisplacementField(
+        transform,
+        sitk.sitkVectorFloat64,
+        [int(s) for s in grid.size],
+        grid.origin,
+        grid.spacing,
+        grid.direction,
+    )
+
+
+@dataclass
+class SlicerGridArrays:
+    """What a ``vtkOrientedGridTransform`` needs, in RAS: set as *transform from parent* in Slicer."""
+
+    origin: np.ndarray  # (3,) RAS mm
+    spacing: np.ndarray  # (3,) mm
+    direction: np.ndarray  # (3, 3) RAS direction matrix (columns: i, j, k axes)
+    vectors: np.ndarray  # (k, j, i, 3) RAS mm displacements, float64
+
+
+def slicer_grid_arrays(displacement: sitk.Image) -> SlicerGridArrays:
+    """Convert an LPS displacement image (fixed -> moving) into RAS arrays for a Slicer grid transform."""
+    grid = Grid.from_image(displacement)
+    origin, spacing, direction = ras_grid_from_lps(grid)
+    vectors = lps_vectors_to_ras(sitk.GetArrayViewFromImage(displacement))
+    return SlicerGridArrays(origin, spacing, direction, np.ascontiguousarray(vectors))
+
+
+def slicer_volume_arrays(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(IJK-to-RAS 4x4 matrix, voxel array in (k, j, i) order) of an image, as Slicer volume nodes hold them."""
+    return ijk_to_ras_matrix(Grid.from_image(image)), sitk.GetArrayFromImage(image)

@@ -1,0 +1,201 @@
+"""Physical-space conventions: image grids, LPS/RAS, and unit conversions of displacement fields.
+
+This is the one module that knows how voxel, normalized (``grid_sample`` with ``align_corners=True``) and
+physical (millimetre, ITK LPS) coordinates relate. Conventions used everywhere in the library:
+
+* Physical space is ITK's LPS in millimetres. ``x = origin + direction @ diag(spacing) @ index``.
+* A displacement field ``u`` lives on the *fixed* grid and maps a fixed point to the moving point:
+  ``T(x) = x + u(x)`` (the resampling direction, Slicer's "transform from parent").
+* Tensors are ``(B, C, D, H, W)`` with ``D`` = index axis k (slowest), ``W`` = index axis i (fastest).
+* Displacement tensors have 3 channels ordered like the ITK index, ``(i, j, k)``, in voxel units of the grid
+  they live on. This is also the order ``grid_sample`` expects in the last axis of its sampling grid.
+* Slicer uses RAS: the first two physical components change sign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A 3D image grid: size (i, j, k) in voxels, spacing in mm, origin in mm (LPS), direction (3x3)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # row-major 3x3, as SimpleITK
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> Grid:
+        return cls(
+            tuple(int(s) for s in image.GetSize()),
+            tuple(float(s) for s in image.GetSpacing()),
+            tuple(float(o) for o in image.GetOrigin()),
+            tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (k, j, i) = (D, H, W)."""
+        return (self.size[2], self.size[1], self.size[0])
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @property
+    def index_to_physical_matrix(self) -> np.ndarray:
+        """3x3 matrix ``direction @ diag(spacing)``: index offsets (i, j, k) to mm (LPS)."""
+        return self.direction_matrix @ np.diag(self.spacing)
+
+    def affine(self) -> np.ndarray:
+        """4x4 homogeneous matrix from continuous index (i, j, k) to LPS mm."""
+        m = np.eye(4)
+        m[:3, :3] = self.index_to_physical_matrix
+        m[:3, 3] = self.origin
+        return m
+
+    def reference_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+        image = sitk.Image([int(s) for s in self.size], pixel_type)
+        self.apply_to(image)
+        return image
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def physical_extent_corners(self) -> np.ndarray:
+        """The 8 corner voxel centres in LPS mm, shape (8, 3)."""
+        corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.float64)
+        corners *= np.asarray(self.size, dtype=np.float64) - 1
+        return corners @ self.index_to_physical_matrix.T + np.asarray(self.origin)
+
+
+def working_grid(
+    reference: Grid, spacing_mm: float, multiple: int = 16, max_voxels: int | None = None
+) -> Grid:
+    """Isotropic grid with the reference's direction covering its physical extent (centred).
+
+    Every dimension is a multiple of ``multiple`` (network down-sampling). When ``max_voxels`` is given
+    the spacing is increased until the grid fits.
+    """
+    extent = (np.asarray(reference.size) - 1) * np.asarray(reference.spacing)  # mm along each index axis
+    spacing = float(spacing_mm)
+    while True:
+        size = np.maximum(multiple, np.ceil((extent / spacing + 1) / multiple) * multiple).astype(int)
+        if max_voxels is None or int(np.prod(size)) <= max_voxels:
+            break
+        spacing *= 1.05
+    ref_center_index = (np.asarray(reference.size) - 1) / 2.0
+    center = reference.index_to_physical_matrix @ ref_center_index + np.asarray(reference.origin)
+    direction = reference.direction_matrix
+    origin = center - direction @ ((size - 1) / 2.0 * spacing)
+    return Grid(
+        tuple(int(s) for s in size),
+        (spacing, spacing, spacing),
+        tuple(float(o) for o in origin),
+        reference.direction,
+    )
+
+
+def physical_points(grid: Grid, device: torch.device | str = "cpu") -> torch.Tensor:
+    """LPS coordinates (mm) of every voxel centre, tensor of shape (D, H, W, 3), float32."""
+    k, j, i = (torch.arange(n, dtype=torch.float64, device=device) for n in grid.shape)
+    kk, jj, ii = torch.meshgrid(k, j, i, indexing="ij")
+    index = torch.stack([ii, jj, kk], dim=-1)
+    m = torch.as_tensor(grid.index_to_physical_matrix, dtype=torch.float64, device=device)
+    o = torch.as_tensor(grid.origin, dtype=torch.float64, device=device)
+    return (index @ m.T + o).float()
+
+
+def physical_to_normalized(points: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Map LPS points (..., 3) in mm to ``grid_sample`` coordinates of ``grid`` (align_corners=True)."""
+    inv = np.linalg.inv(grid.index_to_physical_matrix)
+    inv_t = torch.as_tensor(inv, dtype=points.dtype, device=points.device)
+    o = torch.as_tensor(grid.origin, dtype=points.dtype, device=points.device)
+    index = (points - o) @ inv_t.T
+    size = torch.as_tensor(grid.size, dtype=points.dtype, device=points.device)
+    return 2.0 * index / (size - 1).clamp(min=1) - 1.0
+
+
+def voxel_to_normalized(displacement: torch.Tensor) -> torch.Tensor:
+    """Scale a voxel-unit displacement (B, 3, D, H, W), channels (i, j, k), to normalized units."""
+    d, h, w = displacement.shape[2:]
+    scale = torch.tensor([w - 1, h - 1, d - 1], dtype=displacement.dtype, device=displacement.device)
+    return displacement * (2.0 / scale.clamp(min=1)).view(1, 3, 1, 1, 1)
+
+
+def voxel_to_physical(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Voxel-unit displacement (B, 3, D, H, W), channels (i, j, k), to LPS mm vectors (same layout)."""
+    m = torch.as_tensor(grid.index_to_physical_matrix, dtype=displacement.dtype, device=displacement.device)
+    return torch.einsum("ab,nbdhw->nadhw", m, displacement)
+
+
+def physical_to_voxel(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """LPS mm displacement (B, 3, D, H, W) to voxel units (i, j, k) of ``grid``."""
+    inv = np.linalg.inv(grid.index_to_physical_matrix)
+    m = torch.as_tensor(inv, dtype=displacement.dtype, device=displacement.device)
+    return torch.einsum("ab,nbdhw->nadhw", m, displacement)
+
+
+def image_to_tensor(image: sitk.Image, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Scalar SimpleITK image to a float32 tensor (1, 1, D, H, W)."""
+    array = sitk.GetArrayViewFromImage(image).astype(np.float32, copy=True)
+    return torch.from_numpy(array)[None, None].to(device)
+
+
+def tensor_to_image(tensor: torch.Tensor, grid: Grid) -> sitk.Image:
+    """Tensor (1, 1, D, H, W) or (D, H, W) to a float32 SimpleITK image on ``grid``."""
+    array = tensor.detach().reshape(grid.shape).float().cpu().numpy()
+    return grid.apply_to(sitk.GetImageFromArray(array))
+
+
+def field_tensor_to_image(field_mm: torch.Tensor, grid: Grid) -> sitk.Image:
+    """Physical displacement (1, 3, D, H, W) in LPS mm to a sitkVectorFloat64 image on ``grid``."""
+    array = field_mm.detach()[0].permute(1, 2, 3, 0).double().cpu().numpy()
+    return grid.apply_to(sitk.GetImageFromArray(array, isVector=True))
+
+
+def field_image_to_tensor(field: sitk.Image, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Vector image of LPS mm displacements to a tensor (1, 3, D, H, W) float32."""
+    array = sitk.GetArrayFromImage(field).astype(np.float32)
+    return torch.from_numpy(array).permute(3, 0, 1, 2)[None].contiguous().to(device)
+
+
+def affine_to_matrix(transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
+    """(A, t) with ``transform(x) = A @ x + t`` for any linear SimpleITK transform (or identity)."""
+    if transform is None:
+        return np.eye(3), np.zeros(3)
+    dim = 3
+    origin = np.zeros(dim)
+    t = np.asarray(transform.TransformPoint(tuple(origin)))
+    a = np.stack([np.asarray(transform.TransformPoint(tuple(e))) - t for e in np.eye(dim)], axis=1)
+    return a, t
+
+
+def ras_grid_from_lps(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(origin_ras, spacing, direction_ras 3x3) of a grid for Slicer/VTK."""
+    origin_ras = LPS_TO_RAS @ np.asarray(grid.origin)
+    direction_ras = LPS_TO_RAS @ grid.direction_matrix
+    return origin_ras, np.asarray(grid.spacing, dtype=np.float64), direction_ras
+
+
+def ijk_to_ras_matrix(grid: Grid) -> np.ndarray:
+    """4x4 IJK-to-RAS matrix of a grid, as Slicer's volume nodes store it."""
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ grid.affine()
+
+
+def lps_vectors_to_ras(vectors: np.ndarray) -> np.ndarray:
+    """Flip the first two components of (..., 3) vectors or points between LPS and RAS."""
+    out = np.array(vectors, dtype=np.float64, copy=True)
+    out[..., :2] *= -1.0
+    return out

@@ -1,0 +1,211 @@
+"""Step-wise registration policies.
+
+A policy sees the pair on the working grid and the current total field, and proposes one *step* field
+``a_t`` (voxel units of the working grid) that the session composes: ``phi_t = a_t + phi_{t-1} o (id + a_t)``.
+It may also return a weight map ``lam`` in (0, 1] (spatially varying regularization) and diagnostics.
+Learned policies implement the same two methods, so the session, CLI and Slicer panel stay unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import PolicyError
+from .regularizers import beta_hyperprior, normal_hyperprior, weighted_diffusion
+from .similarity import make_similarity
+from .spatial import compose_displacements, integrate_velocity, resize_displacement, warp
+
+
+@dataclass
+class PolicyState:
+    """What a policy sees at step ``step_index``: tensors (1, C, D, H, W) on the working grid."""
+
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    warped: torch.Tensor
+    field: torch.Tensor
+    step_index: int
+
+
+@dataclass
+class PolicyStep:
+    """A policy's proposal: the step field (1, 3, D, H, W) in voxels, optional weight map (1, 1, D, H, W)."""
+
+    step_field: torch.Tensor
+    weight_map: torch.Tensor | None = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+class Policy:
+    """Interface of a step-wise policy. ``reset`` once per pair, then ``propose`` once per step."""
+
+    name = "policy"
+    description = ""
+    modality = "any"
+
+    def reset(self, fixed: torch.Tensor, moving: torch.Tensor) -> None:
+        """Called once per image pair (working-grid tensors in [0, 1])."""
+
+    def propose(self, state: PolicyState) -> PolicyStep:
+        raise NotImplementedError
+
+
+@dataclass
+class TestTimeOptimizationConfig:
+    """Settings of the test-time optimization policy (units: working-grid voxels)."""
+
+    iterations: int = 20  # Adam iterations per step
+    learning_rate: float = 0.5  # voxels per iteration scale of the control field
+    similarity: str = "ncc"  # ncc (mono-modal), mind (multi-modal), mse
+    ncc_window: int = 7
+    regularization: float = 1.0  # weight of the (lambda-weighted) diffusion of the total field
+    # step field parametrized on a control grid this many working voxels apart, per step (coarse to fine);
+    # the last value repeats for later steps
+    control_spacing: tuple[int, ...] = (4, 4, 2)
+    diffeomorphic: bool = True  # step = exp(v), scaling and squaring on the control grid
+    learn_weight_map: bool = True  # optimize a smooth lambda map jointly
+    weight_map_spacing: int = 8  # lambda parametrized this many voxels apart
+    weight_map_lr: float = 0.05
+    hyperprior: str = "beta"
+    hyperprior_weight: float = 0.05
+    w_log_beta: float = 0.18
+
+
+class TestTimeOptimizationPolicy(Policy):
+    """Each step runs a few Adam iterations on a new step field against the *original* moving image.
+
+    Loss = similarity(F, M o (id + phi_t)) + w * weighted_diffusion(phi_t, lam) [+ hyperprior(lam)] with
+    ``phi_t = a_t + phi_{t-1} o (id + a_t)``: composing with the previous field inside the loss regularizes
+    the whole deformation, not only the step. With ``learn_weight_map`` a smooth lam is optimized jointly;
+    a given ``weight_map`` (e.g. from a learned policy) is used as is.
+    """
+
+    name = "tto"
+    description = "Test-time optimization (Adam on the displacement field; no trained network)"
+    modality = "any (ncc: same contrast; mind: cross-modality)"
+
+    __test__ = False  # not a pytest class
+
+    def __init__(
+        self, config: TestTimeOptimizationConfig | None = None, weight_map: torch.Tensor | None = None
+    ):
+        self.config = config or TestTimeOptimizationConfig()
+        kwargs = {"window": self.config.ncc_window} if self.config.similarity == "ncc" else {}
+        self.similarity = make_similarity(self.config.similarity, **kwargs)
+        self.fixed_weight_map = weight_map
+        self.weight_logits: torch.Tensor | None = None
+
+    def reset(self, fixed: torch.Tensor, moving: torch.Tensor) -> None:
+        self.weight_logits = None
+        if self.config.learn_weight_map and self.fixed_weight_map is None:
+            shape = [max(2, math.ceil(n / self.config.weight_map_spacing)) for n in fixed.shape[2:]]
+            # start at lam = sigmoid(2) ~ 0.88: mostly stiff, free to soften where the data asks
+            self.weight_logits = torch.full((1, 1, *shape), 2.0, device=fixed.device)
+
+    def current_weight_map(self, shape: tuple[int, int, int]) -> torch.Tensor | None:
+        if self.fixed_weight_map is not None:
+            return self.fixed_weight_map
+        if self.weight_logits is None:
+            return None
+        lam = torch.sigmoid(
+            F.interpolate(self.weight_logits, size=shape, mode="trilinear", align_corners=True)
+        )
+        return lam.clamp(1e-6, 1.0)
+
+    def _step_from_control(self, control: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Dense step field (working voxels) from control-grid values (control voxels)."""
+        step = integrate_velocity(control) if self.config.diffeomorphic else control
+        return resize_displacement(step, shape)
+
+    def _control_spacing(self, step_index: int) -> int:
+        schedule = self.config.control_spacing
+        if isinstance(schedule, int):
+            return schedule
+        return int(schedule[min(step_index, len(schedule) - 1)])
+
+    def propose(self, state: PolicyState) -> PolicyStep:
+        cfg = self.config
+        shape = tuple(state.fixed.shape[2:])
+        spacing = self._control_spacing(state.step_index)
+        control_shape = [max(2, math.ceil(n / spacing)) for n in shape]
+        control = torch.zeros((1, 3, *control_shape), device=state.fixed.device, requires_grad=True)
+        params = [{"params": [control], "lr": cfg.learning_rate}]
+        if self.weight_logits is not None:
+            self.weight_logits.requires_grad_(True)
+            params.append({"params": [self.weight_logits], "lr": cfg.weight_map_lr})
+        optimizer = torch.optim.Adam(params)
+        previous = state.field.detach()
+        loss_value = similarity_value = 0.0
+        for _ in range(cfg.iterations):
+            optimizer.zero_grad(set_to_none=True)
+            step = self._step_from_control(control, shape)
+            total = compose_displacements(step, previous)
+            warped = warp(state.moving, total)
+            similarity = self.similarity(state.fixed, warped)
+            loss = similarity + self._regularization(total, shape)
+            loss.backward()
+            optimizer.step()
+            loss_value, similarity_value = float(loss.detach()), float(similarity.detach())
+        if self.weight_logits is not None:
+            self.weight_logits.requires_grad_(False)
+        with torch.no_grad():
+            step = self._step_from_control(control.detach(), shape)
+            lam = self.current_weight_map(shape)
+        return PolicyStep(
+            step_field=step,
+            weight_map=None if lam is None else lam.detach(),
+            diagnostics={"loss": loss_value, "similarity_loss": similarity_value},
+        )
+
+    def _regularization(self, total: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+        cfg = self.config
+        lam = self.current_weight_map(shape)
+        if lam is None:
+            lam = torch.ones((1, 1, *shape), device=total.device)
+        loss = cfg.regularization * weighted_diffusion(total, lam)
+        if self.weight_logits is not None:
+            prior = (
+                beta_hyperprior(lam, cfg.w_log_beta) if cfg.hyperprior == "beta" else normal_hyperprior(lam)
+            )
+            loss = loss + cfg.hyperprior_weight * prior
+        return loss
+
+
+PolicyFactory = Callable[..., Policy]
+_REGISTRY: dict[str, tuple[PolicyFactory, str]] = {}
+
+
+def register_policy(name: str, factory: PolicyFactory, description: str) -> None:
+    """Make a policy available by name to the session, the CLI and the Slicer panel."""
+    _REGISTRY[name] = (factory, description)
+
+
+def available_policies() -> dict[str, str]:
+    """Policy names and one-line descriptions."""
+    return {name: description for name, (_, description) in sorted(_REGISTRY.items())}
+
+
+def make_policy(name: str, **kwargs) -> Policy:
+    """Instantiate a registered policy; ``PolicyError`` naming the choices when ``name`` is unknown."""
+    if name not in _REGISTRY:
+        raise PolicyError(f"unknown policy '{name}' (available: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name][0](**kwargs)
+
+
+def _make_tto(**overrides) -> TestTimeOptimizationPolicy:
+    config = TestTimeOptimizationConfig()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if not hasattr(config, key):
+            raise PolicyError(f"policy 'tto' has no option '{key}'")
+        setattr(config, key, tuple(value) if isinstance(value, list) else value)
+    return TestTimeOptimizationPolicy(config)
+
+
+register_policy("tto", _make_tto, TestTimeOptimizationPolicy.description)

@@ -1,0 +1,98 @@
+"""Quality-control picture of a registration: slices of fixed / moving / warped / checkerboard /
+displacement magnitude / weight map, and similarity (and Dice) per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import Grid
+from .imaging import intensity_window, normalize_intensity, resample_to_grid
+from .session import RegistrationResult
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:
+    """2D checkerboard of two equally shaped slices."""
+    rows = (np.arange(a.shape[0]) * squares // max(a.shape[0], 1)) % 2
+    cols = (np.arange(a.shape[1]) * squares // max(a.shape[1], 1)) % 2
+    mask = (rows[:, None] + cols[None, :]) % 2 == 0
+    return np.where(mask, a, b)
+
+
+def _middle_slices(volume: np.ndarray) -> list[np.ndarray]:
+    """Axial, coronal and sagittal middle slices of a (k, j, i) array, flipped for display."""
+    k, j, i = (n // 2 for n in volume.shape)
+    return [volume[k], np.flipud(volume[:, j, :]), np.flipud(volume[:, :, i])]
+
+
+def write_qc_picture(
+    path: str | Path,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    result: RegistrationResult,
+    title: str = "RLRegistration",
+) -> Path:
+    """Save a PNG summarizing the registration (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = Grid.from_image(fixed)
+    window_f, window_m = intensity_window(fixed), intensity_window(moving)
+    fixed_a = normalize_intensity(sitk.GetArrayViewFromImage(fixed), window_f)
+    before = normalize_intensity(
+        sitk.GetArrayViewFromImage(resample_to_grid(moving, grid, result.affine, antialias=False)), window_m
+    )
+    after = normalize_intensity(sitk.GetArrayViewFromImage(result.warp_image(moving)), window_m)
+    u = sitk.GetArrayViewFromImage(result.displacement)
+    magnitude = np.linalg.norm(u, axis=-1)
+    if result.output_grid != grid:
+        magnitude = sitk.GetArrayViewFromImage(
+            resample_to_grid(_as_image(magnitude, result.output_grid), grid, antialias=False)
+        )
+    columns = [
+        ("fixed", fixed_a, "gray", (0, 1)),
+        ("moving (affine)", before, "gray", (0, 1)),
+        ("warped", after, "gray", (0, 1)),
+        ("checkerboard", None, "gray", (0, 1)),
+        ("|u| mm", magnitude, "magma", (0, max(float(magnitude.max()), 1e-3))),
+    ]
+    if result.weight_map is not None:
+        lam = sitk.GetArrayViewFromImage(resample_to_grid(result.weight_map, grid, antialias=False))
+        columns.append(("weight map λ", lam, "viridis", (0, 1)))
+    figure, axes = plt.subplots(4, len(columns), figsize=(2.6 * len(columns), 10.5))
+    for c, (name, volume, cmap, limits) in enumerate(columns):
+        slices = (
+            [checkerboard(a, b) for a, b in zip(_middle_slices(fixed_a), _middle_slices(after))]
+            if volume is None
+            else _middle_slices(volume)
+        )
+        for r, plane in enumerate(slices):
+            ax = axes[r, c]
+            image = ax.imshow(plane, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(name, fontsize=10)
+        if name in ("|u| mm", "weight map λ"):
+            figure.colorbar(image, ax=axes[:3, c], fraction=0.04, shrink=0.6)
+    for ax in axes[3]:
+        ax.remove()
+    curve = figure.add_subplot(4, 1, 4)
+    steps = [r.index for r in result.reports]
+    curve.plot(steps, [r.similarity for r in result.reports], "o-", label="local NCC (working grid)")
+    if result.reports and result.reports[0].dice is not None:
+        curve.plot(steps, [r.dice for r in result.reports], "s-", label="mean Dice")
+    curve.set_xlabel("step (0 = after affine)")
+    curve.grid(alpha=0.3)
+    curve.legend(loc="lower right")
+    figure.suptitle(title)
+    figure.savefig(str(path), dpi=80)
+    plt.close(figure)
+    return Path(path)
+
+
+def _as_image(array: np.ndarray, grid: Grid) -> sitk.Image:
+    return grid.apply_to(sitk.GetImageFromArray(np.asarray(array, dtype=np.float32)))

@@ -1,0 +1,297 @@
+"""A registration as a sequence of steps that can be watched, cancelled, continued and stepped back.
+
+Flow: affine pre-alignment (fixed -> moving) -> working grid (isotropic, dims divisible by 16) -> the policy
+proposes step fields that are composed into the total field ``phi_t`` (working-grid voxels) -> the result is
+``T(x) = A(x + u(x))`` with ``u`` = ``phi_T`` resampled to the output grid in LPS mm (DESIGN.md §3).
+
+Nothing here knows about files, threads or Slicer; ``cancel()`` is safe to call from another thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .devices import resolve_device
+from .errors import InputError
+from .geometry import (
+    Grid,
+    affine_to_matrix,
+    field_tensor_to_image,
+    image_to_tensor,
+    physical_points,
+    tensor_to_image,
+    voxel_to_physical,
+    working_grid,
+)
+from .imaging import (
+    affine_prealign,
+    check_same_geometry,
+    intensity_window,
+    normalize_intensity,
+    resample_to_grid,
+)
+from .metrics import common_labels, dice_per_label
+from .policies import Policy, PolicyState
+from .similarity import LocalNCC
+from .spatial import compose_displacements, resample_field_to_grid, sample_image_at_points, warp
+
+
+@dataclass
+class SessionOptions:
+    """How a registration runs. Spacing in mm; ``max_working_voxels`` caps the working grid (CPU memory)."""
+
+    working_spacing_mm: float = 2.0
+    max_working_voxels: int | None = 112 * 112 * 112
+    affine: bool = True
+    device: str = "auto"
+    seed: int = 0
+    output_grid: str = "fixed"  # "fixed": the fixed image's own grid; "working": the coarse working grid
+    dice_labels: list[int] | None = None  # labels to score (default: all shared non-zero labels)
+
+
+@dataclass
+class StepReport:
+    """What one step produced. Arrays are on the working grid; ``index`` 0 is the state after the affine."""
+
+    index: int
+    similarity: float  # local NCC (window 9) of fixed and warped on the working grid, higher is better
+    dice: float | None  # mean Dice of the label maps on the output grid (if labels were given)
+    step_seconds: float
+    elapsed_seconds: float
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    max_displacement_mm: float = 0.0
+
+
+@dataclass
+class RegistrationResult:
+    """The final transform (fixed point -> moving point, LPS mm) and its parts."""
+
+    affine: sitk.AffineTransform
+    displacement: sitk.Image  # sitkVectorFloat64, LPS mm, on the output grid
+    weight_map: sitk.Image | None  # lambda on the working grid
+    reports: list[StepReport]
+    output_grid: Grid
+
+    @property
+    def transform(self) -> sitk.CompositeTransform:
+        """Composite ``A o (id + u)``: the displacement is applied first, then the affine."""
+        composite = sitk.CompositeTransform(3)
+        composite.AddTransform(self.affine)
+        composite.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(self.displacement)))
+        return composite
+
+    def warp_image(self, moving: sitk.Image, interpolator: int = sitk.sitkLinear, default_value: float = 0.0):
+        """The moving image resampled on the output grid through the transform (what the .h5 gives)."""
+        reference = self.output_grid.reference_image(moving.GetPixelID())
+        return sitk.Resample(moving, reference, self.transform, interpolator, default_value)
+
+
+class RegistrationSession:
+    """Step-wise registration of ``moving`` to ``fixed`` with ``policy``.
+
+    ``run(n)`` yields a ``StepReport`` per step; call it again to continue. ``step_back()`` undoes the last
+    step, ``cancel()`` (from any thread) stops ``run`` after the step in progress, ``result()`` gives the
+    transform. ``initial_transform`` (fixed -> moving, linear) initializes or replaces the affine stage.
+    """
+
+    def __init__(
+        self,
+        fixed: sitk.Image,
+        moving: sitk.Image,
+        policy: Policy,
+        options: SessionOptions | None = None,
+        fixed_labels: sitk.Image | None = None,
+        moving_labels: sitk.Image | None = None,
+        initial_transform: sitk.Transform | None = None,
+    ):
+        self.options = options or SessionOptions()
+        if (fixed_labels is None) != (moving_labels is None):
+            raise InputError("labels: give both fixed and moving label maps, or neither")
+        if fixed_labels is not None:
+            check_same_geometry(fixed, fixed_labels, "fixed labels")
+            check_same_geometry(moving, moving_labels, "moving labels")
+        self.fixed, self.moving = fixed, moving
+        self.fixed_labels, self.moving_labels = fixed_labels, moving_labels
+        self.policy = policy
+        self.initial_transform = initial_transform
+        self.device = resolve_device(self.options.device)
+        self._cancel = threading.Event()
+        self._prepared = False
+        self.fields: list[torch.Tensor] = []  # total field after each step, working-grid voxels, CPU
+        self.weight_maps: list[torch.Tensor | None] = []
+        self.reports: list[StepReport] = []
+        self.cancelled = False
+        self._similarity = LocalNCC(window=9)
+
+    # ----------------------------------------------------------------- preparation
+    def prepare(self) -> StepReport:
+        """Affine pre-alignment, working grid and tensors; returns the report of step 0 (idempotent)."""
+        if self._prepared:
+            return self.reports[0]
+        start = time.perf_counter()
+        torch.manual_seed(self.options.seed)
+        opts = self.options
+        if opts.affine:
+            self.affine = affine_prealign(self.fixed, self.moving, self.initial_transform, seed=opts.seed)
+        else:
+            matrix, translation = affine_to_matrix(self.initial_transform)
+            self.affine = sitk.AffineTransform(3)
+            self.affine.SetMatrix(tuple(matrix.ravel()))
+            self.affine.SetTranslation(tuple(translation))
+        self.fixed_grid = Grid.from_image(self.fixed)
+        self.grid = working_grid(self.fixed_grid, opts.working_spacing_mm, max_voxels=opts.max_working_voxels)
+        self.output_grid = self.fixed_grid if opts.output_grid == "fixed" else self.grid
+        fixed_w = resample_to_grid(self.fixed, self.grid)
+        moving_w = resample_to_grid(self.moving, self.grid, self.affine)
+        self.fixed_tensor = self._normalized_tensor(fixed_w, intensity_window(self.fixed))
+        self.moving_tensor = self._normalized_tensor(moving_w, intensity_window(self.moving))
+        self._prepare_labels()
+        self.policy.reset(self.fixed_tensor, self.moving_tensor)
+        identity = torch.zeros((1, 3, *self.grid.shape))
+        self.fields = [identity]
+        self.weight_maps = [None]
+        self._start_time = time.perf_counter()
+        self.reports = [self._report(0, identity, time.perf_counter() - start, {})]
+        self._prepared = True
+        return self.reports[0]
+
+    def _normalized_tensor(self, image: sitk.Image, window: tuple[float, float]) -> torch.Tensor:
+        array = normalize_intensity(sitk.GetArrayViewFromImage(image), window)
+        return torch.from_numpy(array)[None, None].to(self.device)
+
+    def _prepare_labels(self) -> None:
+        self._label_points = None
+        if self.fixed_labels is None:
+            return
+        fixed_labels = sitk.GetArrayFromImage(self.fixed_labels)
+        moving_labels = sitk.GetArrayViewFromImage(self.moving_labels)
+        if self.output_grid is not self.fixed_grid:
+            fixed_labels = sitk.GetArrayFromImage(
+                resample_to_grid(self.fixed_labels, self.output_grid, interpolator=sitk.sitkNearestNeighbor)
+            )
+        self._dice_labels = common_labels(fixed_labels, moving_labels, self.options.dice_labels)
+        self._fixed_label_array = fixed_labels
+        self._moving_label_tensor = image_to_tensor(self.moving_labels, self.device)
+        self._moving_label_grid = Grid.from_image(self.moving_labels)
+        # output-grid points mapped through the affine once; each step adds A u(x)
+        matrix, translation = affine_to_matrix(self.affine)
+        self._affine_matrix = torch.as_tensor(matrix, dtype=torch.float32, device=self.device)
+        points = physical_points(self.output_grid, self.device)
+        self._label_points = points @ self._affine_matrix.T + torch.as_tensor(
+            translation, dtype=torch.float32, device=self.device
+        )
+
+    # ----------------------------------------------------------------- stepping
+    @property
+    def step_count(self) -> int:
+        """Number of steps taken (0 before the first step)."""
+        return max(0, len(self.fields) - 1)
+
+    def cancel(self) -> None:
+        """Ask ``run`` to stop after the step in progress (thread-safe)."""
+        self._cancel.set()
+
+    def run(self, steps: int) -> Iterator[StepReport]:
+        """Take ``steps`` more steps from the current state, yielding a report after each."""
+        self.prepare()
+        self._cancel.clear()
+        self.cancelled = False
+        for _ in range(int(steps)):
+            if self._cancel.is_set():
+                self.cancelled = True
+                return
+            yield self._take_step()
+        self.cancelled = self._cancel.is_set()
+
+    def _take_step(self) -> StepReport:
+        start = time.perf_counter()
+        previous = self.fields[-1].to(self.device)
+        state = PolicyState(
+            fixed=self.fixed_tensor,
+            moving=self.moving_tensor,
+            warped=warp(self.moving_tensor, previous),
+            field=previous,
+            step_index=self.step_count,
+        )
+        proposal = self.policy.propose(state)
+        with torch.no_grad():
+            total = compose_displacements(proposal.step_field.detach(), previous)
+        self.fields.append(total.cpu())
+        self.weight_maps.append(None if proposal.weight_map is None else proposal.weight_map.detach().cpu())
+        report = self._report(self.step_count, total, time.perf_counter() - start, proposal.diagnostics)
+        self.reports.append(report)
+        return report
+
+    def step_back(self) -> int:
+        """Undo the last step; returns the number of steps left. Step 0 (affine only) cannot be undone."""
+        if self.step_count > 0:
+            self.fields.pop()
+            self.weight_maps.pop()
+            self.reports.pop()
+        return self.step_count
+
+    @torch.no_grad()
+    def _report(self, index: int, total: torch.Tensor, seconds: float, diagnostics: dict) -> StepReport:
+        total = total.to(self.device)
+        warped = warp(self.moving_tensor, total)
+        similarity = -float(self._similarity(self.fixed_tensor, warped))
+        dice = self._dice(total) if self._label_points is not None else None
+        magnitude = torch.linalg.vector_norm(voxel_to_physical(total, self.grid), dim=1)
+        return StepReport(
+            index=index,
+            similarity=similarity,
+            dice=dice,
+            step_seconds=seconds,
+            elapsed_seconds=time.perf_counter() - getattr(self, "_start_time", time.perf_counter()),
+            diagnostics=dict(diagnostics),
+            max_displacement_mm=float(magnitude.max()),
+        )
+
+    def _dice(self, total: torch.Tensor) -> float:
+        """Mean Dice on the output grid with moving labels sampled (nearest) at A(x + u(x))."""
+        u_mm = resample_field_to_grid(total, self.grid, self.output_grid)[0].permute(1, 2, 3, 0)
+        points = self._label_points + u_mm @ self._affine_matrix.T
+        warped = sample_image_at_points(
+            self._moving_label_tensor, self._moving_label_grid, points, mode="nearest"
+        )
+        scores = dice_per_label(self._fixed_label_array, warped[0, 0].cpu().numpy(), self._dice_labels)
+        return float(np.mean(list(scores.values()))) if scores else float("nan")
+
+    # ----------------------------------------------------------------- views of a step
+    def field_at(self, step: int | None = None) -> torch.Tensor:
+        """Total field (1, 3, D, H, W) in working-grid voxels after ``step`` (default: the last)."""
+        return self.fields[self.step_count if step is None else step]
+
+    def warped_at(self, step: int | None = None) -> np.ndarray:
+        """Normalized moving image warped on the working grid after ``step`` (k, j, i) float32."""
+        with torch.no_grad():
+            return warp(self.moving_tensor, self.field_at(step).to(self.device))[0, 0].cpu().numpy()
+
+    def weight_map_at(self, step: int | None = None) -> torch.Tensor | None:
+        """The policy's lambda map (1, 1, D, H, W) of ``step`` (the latest one available before it)."""
+        last = self.step_count if step is None else step
+        for candidate in range(last, -1, -1):
+            if self.weight_maps[candidate] is not None:
+                return self.weight_maps[candidate]
+        return None
+
+    def result(self, step: int | None = None) -> RegistrationResult:
+        """Transform after ``step`` (default: the last): affine + displacement on the output grid."""
+        self.prepare()
+        with torch.no_grad():
+            u_mm = resample_field_to_grid(self.field_at(step).to(self.device), self.grid, self.output_grid)
+        weight = self.weight_map_at(step)
+        return RegistrationResult(
+            affine=self.affine,
+            displacement=field_tensor_to_image(u_mm, self.output_grid),
+            weight_map=None if weight is None else tensor_to_image(weight, self.grid),
+            reports=list(self.reports[: (self.step_count if step is None else step) + 1]),
+            output_grid=self.output_grid,
+        )

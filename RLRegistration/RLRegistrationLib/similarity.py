@@ -1,0 +1,106 @@
+"""Image similarity losses (lower is better) on tensors (B, C, D, H, W) of the same grid.
+
+* ``LocalNCC``: local normalized cross-correlation with a separable box filter (mono-modal).
+* ``MINDSSC``: modality-independent neighbourhood descriptor, self-similarity context (multi-modal).
+* ``MSE``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def box_filter(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum over a ``window``^3 neighbourhood (zero padded), as three separable 1D convolutions."""
+    channels = x.shape[1]
+    pad = window // 2
+    out = x
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = window
+        kernel = torch.ones((channels, 1, *shape), dtype=x.dtype, device=x.device)
+        padding = [0, 0, 0]
+        padding[axis] = pad
+        out = F.conv3d(out, kernel, padding=tuple(padding), groups=channels)
+    return out
+
+
+class LocalNCC(torch.nn.Module):
+    """Negative mean squared local normalized cross-correlation over ``window``^3 neighbourhoods."""
+
+    def __init__(self, window: int = 9, eps: float = 1e-5):
+        super().__init__()
+        self.window = window
+        self.eps = eps
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        n = float(self.window**3)
+        stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
+        sums = box_filter(stacked, self.window)
+        f_sum, w_sum, ff_sum, ww_sum, fw_sum = sums.unbind(dim=1)
+        cross = fw_sum - f_sum * w_sum / n
+        f_var = (ff_sum - f_sum * f_sum / n).clamp(min=0)
+        w_var = (ww_sum - w_sum * w_sum / n).clamp(min=0)
+        cc = cross * cross / (f_var * w_var + self.eps)
+        return -cc.mean()
+
+
+class MSE(torch.nn.Module):
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(warped, fixed)
+
+
+def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
+    """MIND-SSC descriptor (B, 12, D, H, W) of a single-channel image (Heinrich et al., 2013).
+
+    Twelve patch distances between pairs of the six-neighbourhood (at ``dilation`` voxels), each averaged
+    over a ``(2 radius + 1)``^3 patch, turned into exp(-D/V) with V the local mean distance.
+    """
+    six = torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 2], [2, 1, 1], [1, 2, 1]], dtype=torch.long)
+    # the 12 pairs of six-neighbourhood points at squared distance 2
+    pairs = [(a, b) for a in range(6) for b in range(a + 1, 6) if int(((six[a] - six[b]) ** 2).sum()) == 2]
+    padded = F.pad(image, (dilation,) * 6, mode="replicate")
+    d, h, w = image.shape[2:]
+
+    def shifted(p: torch.Tensor) -> torch.Tensor:
+        k0, j0, i0 = (int(v) * dilation for v in p)
+        return padded[:, :, k0 : k0 + d, j0 : j0 + h, i0 : i0 + w]
+
+    diffs = torch.cat([(shifted(six[a]) - shifted(six[b])) ** 2 for a, b in pairs], dim=1)
+    window = 2 * radius + 1
+    ssd = box_filter(F.pad(diffs, (radius,) * 6, mode="replicate"), window)[
+        :, :, radius:-radius, radius:-radius, radius:-radius
+    ] / float(window**3)
+    ssd = ssd - ssd.min(dim=1, keepdim=True).values
+    variance = ssd.mean(dim=1, keepdim=True)
+    mean_var = variance.mean()
+    variance = variance.clamp(min=mean_var.item() * 1e-3 + 1e-8, max=mean_var.item() * 1e3 + 1e-8)
+    descriptor = torch.exp(-ssd / variance)
+    return descriptor / descriptor.max(dim=1, keepdim=True).values.clamp(min=1e-8)
+
+
+class MINDSSC(torch.nn.Module):
+    """Mean squared difference of MIND-SSC descriptors: robust across modalities (T1 vs T2, MR vs CT)."""
+
+    def __init__(self, radius: int = 2, dilation: int = 2):
+        super().__init__()
+        self.radius = radius
+        self.dilation = dilation
+        self._fixed_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        # the fixed descriptor is constant during an optimization: compute it once per tensor
+        if self._fixed_cache is None or self._fixed_cache[0] is not fixed:
+            self._fixed_cache = (fixed, mind_ssc(fixed, self.radius, self.dilation).detach())
+        return F.mse_loss(mind_ssc(warped, self.radius, self.dilation), self._fixed_cache[1])
+
+
+SIMILARITIES = {"ncc": LocalNCC, "mind": MINDSSC, "mse": MSE}
+
+
+def make_similarity(name: str, **kwargs) -> torch.nn.Module:
+    """Similarity by name: ``ncc`` (mono-modal), ``mind`` (multi-modal) or ``mse``."""
+    if name not in SIMILARITIES:
+        raise ValueError(f"unknown similarity '{name}' (choose from {', '.join(SIMILARITIES)})")
+    return SIMILARITIES[name](**kwargs)

@@ -1,0 +1,130 @@
+"""Spatial operations on displacement fields (torch, CPU or CUDA).
+
+Fields are voxel-unit displacements (B, 3, D, H, W) with channels (i, j, k) (see ``geometry``), defined on
+the grid of the image they warp *into* (the fixed/working grid). ``warp(image, u)(x) = image(x + u(x))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import (
+    Grid,
+    physical_points,
+    physical_to_normalized,
+    physical_to_voxel,
+    voxel_to_normalized,
+    voxel_to_physical,
+)
+
+_identity_cache: dict[tuple, torch.Tensor] = {}
+
+
+def identity_grid(shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalized identity sampling grid (1, D, H, W, 3) for ``grid_sample`` (align_corners=True)."""
+    key = (tuple(shape), str(device), dtype)
+    if key not in _identity_cache:
+        theta = torch.eye(3, 4, dtype=dtype, device=device)[None]
+        _identity_cache[key] = F.affine_grid(theta, (1, 1, *shape), align_corners=True)
+        if len(_identity_cache) > 16:
+            _identity_cache.pop(next(iter(_identity_cache)))
+    return _identity_cache[key]
+
+
+def warp(
+    image: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border"
+):
+    """Sample ``image`` (B, C, D, H, W) at ``x + u(x)``; ``u`` in voxels of the same grid."""
+    grid = identity_grid(displacement.shape[2:], displacement.device, displacement.dtype)
+    grid = grid + voxel_to_normalized(displacement).permute(0, 2, 3, 4, 1)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def compose_displacements(step: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Total field after a step: ``phi_t = a_t + phi_{t-1} o (id + a_t)`` (DESIGN.md §3).
+
+    ``M o (id + phi_{t-1}) o (id + a_t) = M o (id + phi_t)``: the step is applied first in fixed space.
+    """
+    return step + warp(previous, step, padding_mode="border")
+
+
+def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """Scaling and squaring: displacement of ``exp(v)`` for a stationary velocity field (voxel units)."""
+    displacement = velocity / (2**steps)
+    for _ in range(steps):
+        displacement = displacement + warp(displacement, displacement)
+    return displacement
+
+
+def resize_displacement(displacement: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinear resize of a voxel-unit field to another shape of the same extent, rescaling the vectors."""
+    old = torch.tensor(displacement.shape[2:], dtype=displacement.dtype, device=displacement.device)
+    new = torch.tensor(shape, dtype=displacement.dtype, device=displacement.device)
+    factor = ((new - 1) / (old - 1).clamp(min=1)).flip(0)  # (i, j, k) order
+    resized = F.interpolate(displacement, size=tuple(shape), mode="trilinear", align_corners=True)
+    return resized * factor.view(1, 3, 1, 1, 1)
+
+
+def resample_field_to_grid(
+    displacement_vox: torch.Tensor, source: Grid, target: Grid, chunk_slices: int = 64
+) -> torch.Tensor:
+    """Field in voxels of ``source`` -> field in LPS mm sampled (trilinear) at the voxels of ``target``.
+
+    Works for any pair of grids (different spacing, size, direction); outside the source grid the border
+    value is used. Processed in slabs of ``chunk_slices`` along k to bound memory.
+    """
+    field_mm = voxel_to_physical(displacement_vox, source)
+    out = torch.empty((1, 3, *target.shape), dtype=displacement_vox.dtype, device=displacement_vox.device)
+    points = physical_points(target, device=displacement_vox.device)
+    for k0 in range(0, target.shape[0], chunk_slices):
+        sl = points[k0 : k0 + chunk_slices]
+        coords = physical_to_normalized(sl, source)[None]
+        out[:, :, k0 : k0 + chunk_slices] = F.grid_sample(
+            field_mm, coords, mode="bilinear", padding_mode="border", align_corners=True
+        )
+    return out
+
+
+def sample_image_at_points(
+    image: torch.Tensor, image_grid: Grid, points_mm: torch.Tensor, mode: str = "bilinear", padding_value=0.0
+) -> torch.Tensor:
+    """Sample ``image`` (1, C, D, H, W) on ``image_grid`` at LPS points (d, h, w, 3); zero/constant outside."""
+    coords = physical_to_normalized(points_mm, image_grid)[None]
+    if padding_value == 0.0:
+        return F.grid_sample(image, coords, mode=mode, padding_mode="zeros", align_corners=True)
+    shifted = F.grid_sample(
+        image - padding_value, coords, mode=mode, padding_mode="zeros", align_corners=True
+    )
+    return shifted + padding_value
+
+
+def displacement_from_affine(matrix: np.ndarray, translation: np.ndarray, grid: Grid) -> torch.Tensor:
+    """Voxel-unit field on ``grid`` of the affine map ``x -> A x + t`` (LPS mm), i.e. u(x) = A x + t - x."""
+    points = physical_points(grid).double()
+    a = torch.as_tensor(matrix, dtype=torch.float64)
+    t = torch.as_tensor(translation, dtype=torch.float64)
+    u_mm = (points @ a.T + t - points).permute(3, 0, 1, 2)[None].float()
+    return physical_to_voxel(u_mm, grid)
+
+
+def jacobian_determinant(displacement_vox: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """det(I + du/dx) of ``T(x) = x + u(x)`` in physical space, (1, 1, D, H, W).
+
+    Central differences inside, one-sided at the borders. Because the derivative is taken along index axes
+    and ``u`` is converted with the grid's direction and spacing, the result is correct on oblique and
+    anisotropic grids.
+    """
+    u_mm = voxel_to_physical(displacement_vox.double(), grid)[0]  # (3, D, H, W) LPS mm
+    # gradient along array axes (k, j, i) -> reorder to index axes (i, j, k)
+    grads = torch.gradient(u_mm, dim=(1, 2, 3))  # each (3, D, H, W): d u / d k, d u / d j, d u / d i
+    g_index = torch.stack([grads[2], grads[1], grads[0]], dim=1)  # (3 comps, 3 index axes, D, H, W)
+    inv = torch.as_tensor(
+        np.linalg.inv(grid.index_to_physical_matrix), dtype=torch.float64, device=displacement_vox.device
+    )
+    # du/dx = du/didx @ didx/dx
+    du_dx = torch.einsum("abdhw,bc->acdhw", g_index, inv)
+    jac = du_dx + torch.eye(3, dtype=torch.float64, device=du_dx.device).view(3, 3, 1, 1, 1)
+    det = torch.linalg.det(jac.permute(2, 3, 4, 0, 1))
+    return det[None, None].to(displacement_vox.dtype)
