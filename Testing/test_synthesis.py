@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from RLRegistrationLib import synthesis
+from RLRegistrationLib.metrics import evaluation_labels
 
 WM, GM, CSF, SKULL, SCALP = 2, 3, 24, 507, 509
 SAMPLE_FILES = ("fixed.nii.gz", "moving.nii.gz", "fixed_labels.nii.gz", "moving_labels.nii.gz")
@@ -198,7 +200,7 @@ def test_random_smooth_deformation():
 
 
 def test_eval_labels():
-    labels = synthesis.load_eval_labels()
+    labels = evaluation_labels()
     assert len(labels) == 30 and len(set(labels)) == 30
     assert {2, 3, 4, 41, 42, 43, 16, 24} <= set(labels)
 
@@ -207,7 +209,7 @@ def test_sample_pair_files():
     folder = synthesis.SAMPLE_DATA_DIR
     sizes = [(folder / name).stat().st_size for name in SAMPLE_FILES]
     assert sum(sizes) < 2 * 1024 * 1024
-    eval_labels = set(synthesis.load_eval_labels())
+    eval_labels = set(evaluation_labels())
     for role in ("fixed", "moving"):
         image = sitk.ReadImage(str(folder / f"{role}.nii.gz"))
         labels = sitk.ReadImage(str(folder / f"{role}_labels.nii.gz"))

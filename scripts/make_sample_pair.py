@@ -31,8 +31,9 @@ DEFAULT_OUT_DIR = REPO_ROOT / "RLRegistration" / "RLRegistrationLib" / "sample_d
 FIXED_SUBJECT = 1
 MOVING_SUBJECT = 2
 SPACING_MM = 2.0
-MARGIN_VOX = 4  # at the output spacing
 MOVING_ORIGIN_SHIFT_MM = (5.0, -3.0, 4.0)
+# fixed physical field of view (x, y, z) in mm: keeps the demo's working grid small (80x96x96 at 2 mm)
+CROP_MM = (160, 192, 176)
 INTENSITY_SCALE = 1000
 SEED = 2024
 
@@ -44,9 +45,10 @@ def prepare_subject(path: Path, seed: int) -> tuple[sitk.Image, sitk.Image]:
     stripped = sitk.GetImageFromArray(labels)
     stripped.CopyInformation(labels_img)
 
-    lo, hi = synthesis.bounding_box_xyz(synthesis.brain_mask(labels))
-    margin_1mm = [int(np.ceil(MARGIN_VOX * SPACING_MM / sp)) for sp in labels_img.GetSpacing()]
-    size = [h - low + 1 + 2 * m for low, h, m in zip(lo, hi, margin_1mm)]
+    # centre on the brain without brainstem (16) and CSF (24): both run down the spinal canal
+    cerebrum = synthesis.brain_mask(labels) & ~np.isin(labels, (16, 24))
+    lo, hi = synthesis.bounding_box_xyz(cerebrum)
+    size = [int(round(mm / sp)) for mm, sp in zip(CROP_MM, labels_img.GetSpacing())]
     center = [(low + h) / 2.0 for low, h in zip(lo, hi)]
     cropped = synthesis.crop_image_xyz(stripped, center, size)
 

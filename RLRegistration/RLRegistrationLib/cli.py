@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="tto", help="policy name (see 'rlreg info'); default tto")
-    parser.add_argument("--steps", type=int, default=20, help="number of steps (default 20)")
+    parser.add_argument("--steps", type=int, default=10, help="number of steps (default 10)")
     parser.add_argument("--iterations", type=int, help="test-time optimization iterations per step")
     parser.add_argument(
         "--similarity", choices=["ncc", "mind", "mse"], help="ncc (same contrast), mind (multi-modal)"
@@ -139,12 +139,14 @@ def run_registration(session: RegistrationSession, steps: int, quiet: bool = Fal
             )
         with tqdm(total=steps, disable=quiet, unit="step", dynamic_ncols=True, file=sys.stdout) as bar:
             for report in session.run(steps):
+                bar.update(1)
+                if quiet:
+                    continue
                 dice = f"  dice {report.dice:.4f}" if report.dice is not None else ""
                 bar.write(
                     f"step {report.index:3d}/{steps}  ncc {report.similarity:.4f}{dice}  "
                     f"{1000 * report.step_seconds:.0f} ms/step  max |u| {report.max_displacement_mm:.1f} mm"
                 )
-                bar.update(1)
     except RuntimeError as error:
         if is_out_of_memory(error):
             raise DeviceError(

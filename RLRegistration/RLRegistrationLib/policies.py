@@ -57,32 +57,55 @@ class Policy:
 
 @dataclass
 class TestTimeOptimizationConfig:
-    """Settings of the test-time optimization policy (units: working-grid voxels)."""
+    """Settings of the test-time optimization policy (units: working-grid voxels).
 
-    iterations: int = 20  # Adam iterations per step
-    learning_rate: float = 0.5  # voxels per iteration scale of the control field
+    Schedules (tuples) give one value per step; the last value repeats for later steps.
+    """
+
+    iterations: int = 5  # Adam iterations per step
+    learning_rate: float = 0.2  # Adam step on the control field (control-grid voxels)
     similarity: str = "ncc"  # ncc (mono-modal), mind (multi-modal), mse
     ncc_window: int = 7
-    regularization: float = 1.0  # weight of the (lambda-weighted) diffusion of the total field
-    # step field parametrized on a control grid this many working voxels apart, per step (coarse to fine);
-    # the last value repeats for later steps
-    control_spacing: tuple[int, ...] = (4, 4, 2)
+    regularization: float = 2.0  # weight of the (lambda-weighted) diffusion of the total field
+    # step optimized on the working grid downsampled by this factor (coarse to fine)
+    pyramid: tuple[int, ...] = (2, 2, 2, 1)
+    # step field parametrized on a control grid this many (pyramid-level) voxels apart
+    control_spacing: tuple[int, ...] = (2,)
     diffeomorphic: bool = True  # step = exp(v), scaling and squaring on the control grid
     learn_weight_map: bool = True  # optimize a smooth lambda map jointly
-    weight_map_spacing: int = 8  # lambda parametrized this many voxels apart
+    weight_map_spacing: int = 8  # lambda parametrized this many working voxels apart
     weight_map_lr: float = 0.05
     hyperprior: str = "beta"
-    hyperprior_weight: float = 0.05
+    hyperprior_weight: float = 0.2
     w_log_beta: float = 0.18
 
 
+def _scheduled(schedule: int | tuple[int, ...], step_index: int) -> int:
+    if isinstance(schedule, int):
+        return schedule
+    return int(schedule[min(step_index, len(schedule) - 1)])
+
+
+def downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Smooth and resample an image (B, C, D, H, W) to ceil(n / factor) voxels per axis.
+
+    Corner-aligned like ``resize_displacement`` so that fields estimated on the coarse level line up.
+    """
+    if factor == 1:
+        return image
+    shape = [max(2, math.ceil(n / factor)) for n in image.shape[2:]]
+    smooth = F.avg_pool3d(image, 2 * factor - 1, stride=1, padding=factor - 1, count_include_pad=False)
+    return F.interpolate(smooth, size=shape, mode="trilinear", align_corners=True)
+
+
 class TestTimeOptimizationPolicy(Policy):
-    """Each step runs a few Adam iterations on a new step field against the *original* moving image.
+    """Each step runs a few Adam iterations on a new step field against the moving image.
 
     Loss = similarity(F, M o (id + phi_t)) + w * weighted_diffusion(phi_t, lam) [+ hyperprior(lam)] with
     ``phi_t = a_t + phi_{t-1} o (id + a_t)``: composing with the previous field inside the loss regularizes
-    the whole deformation, not only the step. With ``learn_weight_map`` a smooth lam is optimized jointly;
-    a given ``weight_map`` (e.g. from a learned policy) is used as is.
+    the whole deformation, not only the step. Early steps are optimized on a coarser pyramid level (cheap,
+    captures large motion), later ones on the working grid. With ``learn_weight_map`` a smooth lam is
+    optimized jointly; a given ``weight_map`` (e.g. from a learned policy) is used as is.
     """
 
     name = "tto"
@@ -99,17 +122,20 @@ class TestTimeOptimizationPolicy(Policy):
         self.similarity = make_similarity(self.config.similarity, **kwargs)
         self.fixed_weight_map = weight_map
         self.weight_logits: torch.Tensor | None = None
+        self._pyramid: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor) -> None:
         self.weight_logits = None
+        self._pyramid = {}
         if self.config.learn_weight_map and self.fixed_weight_map is None:
             shape = [max(2, math.ceil(n / self.config.weight_map_spacing)) for n in fixed.shape[2:]]
             # start at lam = sigmoid(2) ~ 0.88: mostly stiff, free to soften where the data asks
             self.weight_logits = torch.full((1, 1, *shape), 2.0, device=fixed.device)
 
     def current_weight_map(self, shape: tuple[int, int, int]) -> torch.Tensor | None:
+        """lam (1, 1, *shape) in (0, 1], or None when the policy has no weight map."""
         if self.fixed_weight_map is not None:
-            return self.fixed_weight_map
+            return F.interpolate(self.fixed_weight_map, size=shape, mode="trilinear", align_corners=True)
         if self.weight_logits is None:
             return None
         lam = torch.sigmoid(
@@ -117,36 +143,36 @@ class TestTimeOptimizationPolicy(Policy):
         )
         return lam.clamp(1e-6, 1.0)
 
+    def _level(self, state: PolicyState, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if factor not in self._pyramid:
+            self._pyramid[factor] = (downsample(state.fixed, factor), downsample(state.moving, factor))
+        return self._pyramid[factor]
+
     def _step_from_control(self, control: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-        """Dense step field (working voxels) from control-grid values (control voxels)."""
+        """Dense step field (voxels of ``shape``) from control-grid values (control voxels)."""
         step = integrate_velocity(control) if self.config.diffeomorphic else control
         return resize_displacement(step, shape)
 
-    def _control_spacing(self, step_index: int) -> int:
-        schedule = self.config.control_spacing
-        if isinstance(schedule, int):
-            return schedule
-        return int(schedule[min(step_index, len(schedule) - 1)])
-
     def propose(self, state: PolicyState) -> PolicyStep:
         cfg = self.config
-        shape = tuple(state.fixed.shape[2:])
-        spacing = self._control_spacing(state.step_index)
+        full_shape = tuple(state.fixed.shape[2:])
+        factor = _scheduled(cfg.pyramid, state.step_index)
+        fixed, moving = self._level(state, factor)
+        shape = tuple(fixed.shape[2:])
+        previous = resize_displacement(state.field.detach(), shape) if factor > 1 else state.field.detach()
+        spacing = _scheduled(cfg.control_spacing, state.step_index)
         control_shape = [max(2, math.ceil(n / spacing)) for n in shape]
-        control = torch.zeros((1, 3, *control_shape), device=state.fixed.device, requires_grad=True)
+        control = torch.zeros((1, 3, *control_shape), device=fixed.device, requires_grad=True)
         params = [{"params": [control], "lr": cfg.learning_rate}]
         if self.weight_logits is not None:
             self.weight_logits.requires_grad_(True)
             params.append({"params": [self.weight_logits], "lr": cfg.weight_map_lr})
         optimizer = torch.optim.Adam(params)
-        previous = state.field.detach()
         loss_value = similarity_value = 0.0
         for _ in range(cfg.iterations):
             optimizer.zero_grad(set_to_none=True)
-            step = self._step_from_control(control, shape)
-            total = compose_displacements(step, previous)
-            warped = warp(state.moving, total)
-            similarity = self.similarity(state.fixed, warped)
+            total = compose_displacements(self._step_from_control(control, shape), previous)
+            similarity = self.similarity(fixed, warp(moving, total))
             loss = similarity + self._regularization(total, shape)
             loss.backward()
             optimizer.step()
@@ -154,12 +180,12 @@ class TestTimeOptimizationPolicy(Policy):
         if self.weight_logits is not None:
             self.weight_logits.requires_grad_(False)
         with torch.no_grad():
-            step = self._step_from_control(control.detach(), shape)
-            lam = self.current_weight_map(shape)
+            step = self._step_from_control(control.detach(), full_shape)
+            lam = self.current_weight_map(full_shape)
         return PolicyStep(
             step_field=step,
-            weight_map=None if lam is None else lam.detach(),
-            diagnostics={"loss": loss_value, "similarity_loss": similarity_value},
+            weight_map=lam,
+            diagnostics={"loss": loss_value, "similarity_loss": similarity_value, "pyramid_factor": factor},
         )
 
     def _regularization(self, total: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

@@ -40,7 +40,6 @@ __all__ = [
     "downsample_image",
     "downsample_labels",
     "isotropic_grid",
-    "load_eval_labels",
     "load_label_map",
     "random_smooth_deformation",
     "skull_strip_labels",
@@ -285,22 +284,6 @@ def skull_strip_labels(labels: np.ndarray) -> np.ndarray:
     """Copy of ``labels`` with everything outside :func:`brain_mask` set to 0."""
     labels = np.asarray(labels)
     return np.where(brain_mask(labels), labels, np.zeros((), dtype=labels.dtype))
-
-
-def load_eval_labels() -> list[int]:
-    """The 30 FreeSurfer labels used for Dice evaluation (``sample_data/labels_30.txt``)."""
-    path = SAMPLE_DATA_DIR / "labels_30.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation label list not found: {path}")
-    labels = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            labels.append(int(line))
-    return labels
-
-
-# ----------------------------------------------------------------------------------------------- contrast
 
 
 def contrast_table(

@@ -1,0 +1,205 @@
+"""The ``rlreg`` command line: end to end on the sample pair, and one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from RLRegistrationLib.cli import SAMPLE_DIR, main
+
+FIXED = SAMPLE_DIR / "fixed.nii.gz"
+MOVING = SAMPLE_DIR / "moving.nii.gz"
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _image(array, spacing=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(array, isVector=False)
+    if spacing:
+        image.SetSpacing(spacing)
+    return image
+
+
+def _write(tmp_path: Path, name: str, image: sitk.Image) -> Path:
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    volume = rng.random((12, 12, 12)).astype(np.float32)
+    nan = volume.copy()
+    nan[3, 3, 3] = np.nan
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("this is not an image")
+    return {
+        "missing": (tmp_path / "nope.nii.gz", "file not found"),
+        "not an image": (text, "not a readable image"),
+        "2D": (_write(tmp_path, "flat.nrrd", _image(volume[0])), "3D image is required"),
+        "4D": (_write(tmp_path, "four.nii.gz", _image(np.stack([volume, volume]))), "3D image is required"),
+        "vector": (
+            _write(tmp_path, "rgb.nrrd", sitk.GetImageFromArray(np.stack([volume] * 3, -1), isVector=True)),
+            "scalar image is required",
+        ),
+        "constant": (_write(tmp_path, "const.nii.gz", _image(np.ones((12, 12, 12), np.float32))), "constant"),
+        "nan": (_write(tmp_path, "nan.mha", _image(nan)), "NaN or Inf"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["missing", "not an image", "2D", "4D", "vector", "constant", "nan"])
+def test_bad_moving_image_is_one_clear_line_and_writes_nothing(kind, bad_inputs, tmp_path, capsys):
+    path, message = bad_inputs[kind]
+    out = tmp_path / "out.h5"
+    code, stdout, stderr = _run(capsys, "register", FIXED, path, "-o", out, "--device", "cpu", "--quiet")
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("rlreg: error: moving image")
+    assert str(path) in lines[0] and message in lines[0]
+    assert "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_existing_output_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "result.h5"
+    out.write_bytes(b"precious")
+    code, _, stderr = _run(capsys, "register", FIXED, MOVING, "-o", out, "--device", "cpu", "--quiet")
+    assert code == 2 and "exists" in stderr and str(out) in stderr
+    assert out.read_bytes() == b"precious"
+
+
+def test_unknown_policy(tmp_path, capsys):
+    code, _, stderr = _run(capsys, "register", FIXED, MOVING, "-o", tmp_path / "o.h5", "--policy", "magic")
+    assert code == 2 and "unknown policy 'magic'" in stderr and "tto" in stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_requested_without_gpu(tmp_path, capsys):
+    code, _, stderr = _run(capsys, "register", FIXED, MOVING, "-o", tmp_path / "o.h5", "--device", "cuda")
+    assert code == 2 and "CUDA was requested" in stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_register_and_evaluate_on_the_sample_pair(tmp_path, capsys):
+    out = tmp_path / "t.h5"
+    warped = tmp_path / "w.nii.gz"
+    report = tmp_path / "r.json"
+    code, stdout, stderr = _run(
+        capsys,
+        "register",
+        FIXED,
+        MOVING,
+        "-o",
+        out,
+        "--warped",
+        warped,
+        "--report",
+        report,
+        "--fixed-labels",
+        SAMPLE_DIR / "fixed_labels.nii.gz",
+        "--moving-labels",
+        SAMPLE_DIR / "moving_labels.nii.gz",
+        "--steps",
+        "5",
+        "--device",
+        "cpu",
+    )
+    assert code == 0, stderr
+    assert "step   5/5" in stdout and "dice" in stdout and "ms/step" in stdout
+    steps = json.loads(report.read_text())["steps"]
+    assert steps[-1]["dice"] > steps[0]["dice"] + 0.1
+    # the written transform resamples the moving image as the written warped image
+    transform = sitk.ReadTransform(str(out))
+    fixed, moving = sitk.ReadImage(str(FIXED)), sitk.ReadImage(str(MOVING))
+    expected = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0)
+    assert np.array_equal(
+        sitk.GetArrayFromImage(expected), sitk.GetArrayFromImage(sitk.ReadImage(str(warped)))
+    )
+    code, stdout, _ = _run(
+        capsys,
+        "evaluate",
+        "--transform",
+        out,
+        "--fixed-labels",
+        SAMPLE_DIR / "fixed_labels.nii.gz",
+        "--moving-labels",
+        SAMPLE_DIR / "moving_labels.nii.gz",
+        "--labels",
+        "all",
+    )
+    assert code == 0
+    evaluation = json.loads(stdout)
+    assert evaluation["dice"] == pytest.approx(steps[-1]["dice"], abs=0.01)
+    assert evaluation["folding_percent"] < 0.5
+
+
+def test_demo_entry_point_writes_everything(tmp_path):
+    """The real console entry (a subprocess), as the README's first command runs it."""
+    out = tmp_path / "demo"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "RLRegistrationLib.cli",
+            "demo",
+            "--out-dir",
+            str(out),
+            "--steps",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "transform.h5",
+        "warped.nii.gz",
+        "displacement.nii.gz",
+        "weight_map.nii.gz",
+        "qc.png",
+        "report.json",
+    } <= names
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert summary["dice_final_from_h5"] > summary["dice_after_affine"] + 0.1
+    assert summary["dice_final_from_h5"] == pytest.approx(summary["dice_final_session"], abs=0.005)
+    # a second run refuses to overwrite the results
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "RLRegistrationLib.cli",
+            "demo",
+            "--out-dir",
+            str(out),
+            "--steps",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_info_lists_policies(capsys):
+    code, stdout, _ = _run(capsys, "info")
+    assert code == 0 and "tto" in stdout and "torch" in stdout

@@ -1,0 +1,314 @@
+"""Accuracy and speed benchmark on the SynthSeg validation pairs (subjects 11-14, 1 mm, 160x192x224).
+
+Methods: identity, affine only (this project's SimpleITK affine), this project's default (rlreg tto), and,
+when installed (``pip install .[bench]``), ANTs SyN (antspyx), elastix (itk-elastix, default affine +
+B-spline maps) and SimpleITK diffeomorphic demons. Each (method, pair) runs in a fresh process so that
+peak RSS is its own; wall time covers the registration only (images in memory -> transform).
+
+    python benchmarks/accuracy.py                      # all methods, 4 pairs, table to stdout + results/
+    python benchmarks/accuracy.py --methods rlreg,syn --pairs 11:12
+
+Reads ``../shared/data`` (not shipped with the repo); says so and exits 2 when it is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RLRegistration"))
+
+DEFAULT_PAIRS = ["11:12", "12:13", "13:14", "14:11"]
+ALL_METHODS = ["identity", "affine", "rlreg", "syn", "elastix", "demons"]
+
+
+def _threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def prepare_pairs(pairs: list[str], shared: Path, cache: Path, contrast_moving: str) -> list[dict]:
+    """Write each validation pair once as NIfTI into ``cache`` and return their paths."""
+    import SimpleITK as sitk
+
+    from RLRegistrationLib.synthesis import validation_pair
+
+    out = []
+    for pair in pairs:
+        f, m = (int(v) for v in pair.split(":"))
+        folder = cache / f"{f:02d}_{m:02d}_{contrast_moving}"
+        paths = {k: folder / f"{k}.nii.gz" for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+        if not all(p.exists() for p in paths.values()):
+            folder.mkdir(parents=True, exist_ok=True)
+            images = validation_pair(f, m, shared, contrast_moving=contrast_moving, seed=f * 100 + m)
+            for image, path in zip(images, paths.values()):
+                sitk.WriteImage(image, str(path), useCompression=True)
+        out.append({"pair": pair, **{k: str(v) for k, v in paths.items()}})
+    return out
+
+
+# ---------------------------------------------------------------------------- methods
+def run_identity(fixed, moving, workdir, args):
+    import SimpleITK as sitk
+
+    return sitk.Transform(3, sitk.sitkIdentity), None
+
+
+def run_affine(fixed, moving, workdir, args):
+    from RLRegistrationLib.imaging import affine_prealign
+
+    return affine_prealign(fixed, moving, seed=0), None
+
+
+def run_rlreg(fixed, moving, workdir, args):
+    from RLRegistrationLib.policies import make_policy
+    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+
+    policy = make_policy("tto", similarity=args.similarity)
+    options = SessionOptions(device="cpu", seed=0, working_spacing_mm=args.spacing)
+    session = RegistrationSession(fixed, moving, policy, options)
+    for _ in session.run(args.steps):
+        pass
+    result = session.result()
+    return result.transform, result.displacement
+
+
+def run_syn(fixed, moving, workdir, args):
+    import ants
+    import SimpleITK as sitk
+
+    f = ants.from_numpy(
+        sitk.GetArrayFromImage(fixed).T.copy(),
+        origin=fixed.GetOrigin(),
+        spacing=fixed.GetSpacing(),
+        direction=_ants_direction(fixed),
+    )
+    m = ants.from_numpy(
+        sitk.GetArrayFromImage(moving).T.copy(),
+        origin=moving.GetOrigin(),
+        spacing=moving.GetSpacing(),
+        direction=_ants_direction(moving),
+    )
+    result = ants.registration(f, m, type_of_transform="SyN", random_seed=0, outprefix=str(workdir) + "/syn_")
+    warp_file, affine_file = result["fwdtransforms"]
+    # fwdtransforms = [warp, affine]: a fixed point x maps to affine(x + warp(x)), the same composite as ours
+    affine = sitk.ReadTransform(affine_file)
+    field = sitk.ReadImage(warp_file, sitk.sitkVectorFloat64)
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(affine)
+    composite.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(field)))
+    return composite, field
+
+
+def _ants_direction(image):
+    import numpy as np
+
+    return np.asarray(image.GetDirection()).reshape(3, 3)
+
+
+def run_elastix(fixed, moving, workdir, args):
+    import itk
+    import numpy as np
+    import SimpleITK as sitk
+
+    f = _to_itk(fixed)
+    m = _to_itk(moving)
+    params = itk.ParameterObject.New()
+    params.AddParameterMap(params.GetDefaultParameterMap("affine"))
+    params.AddParameterMap(params.GetDefaultParameterMap("bspline"))
+    _, result_params = itk.elastix_registration_method(
+        f, m, parameter_object=params, log_to_console=False, output_directory=str(workdir)
+    )
+    field = itk.transformix_deformation_field(m, result_params)
+    array = np.asarray(itk.array_view_from_image(field), dtype=np.float64)
+    field_img = sitk.GetImageFromArray(array, isVector=True)
+    field_img.CopyInformation(fixed)
+    return sitk.DisplacementFieldTransform(sitk.Image(field_img)), field_img
+
+
+def _to_itk(image):
+    import itk
+    import numpy as np
+    import SimpleITK as sitk
+
+    out = itk.image_from_array(sitk.GetArrayFromImage(image).astype(np.float32))
+    out.SetOrigin(image.GetOrigin())
+    out.SetSpacing(image.GetSpacing())
+    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection()).reshape(3, 3)))
+    return out
+
+
+def run_demons(fixed, moving, workdir, args):
+    import SimpleITK as sitk
+
+    from RLRegistrationLib.imaging import affine_prealign
+
+    affine = affine_prealign(fixed, moving, seed=0)
+    moving_a = sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), fixed, affine, sitk.sitkLinear, 0.0)
+    fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
+    demons = sitk.DiffeomorphicDemonsRegistrationFilter()
+    demons.SetSmoothDisplacementField(True)
+    demons.SetStandardDeviations(1.5)
+    field = sitk.Image(fixed.GetSize(), sitk.sitkVectorFloat64)
+    field.CopyInformation(fixed)
+    for shrink, iterations in ((4, 50), (2, 30), (1, 10)):
+        f = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed_f, shrink * 0.5), [shrink] * 3)
+        m = sitk.Shrink(sitk.SmoothingRecursiveGaussian(moving_a, shrink * 0.5), [shrink] * 3)
+        init = sitk.Resample(field, f, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
+        demons.SetNumberOfIterations(iterations)
+        level = demons.Execute(f, m, init)
+        field = sitk.Resample(level, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(affine)
+    composite.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(field)))
+    return composite, field
+
+
+METHODS = {
+    "identity": run_identity,
+    "affine": run_affine,
+    "rlreg": run_rlreg,
+    "syn": run_syn,
+    "elastix": run_elastix,
+    "demons": run_demons,
+}
+REQUIRES = {"syn": "ants", "elastix": "itk", "demons": None}
+
+
+def available(method: str) -> bool:
+    module = REQUIRES.get(method)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def _worker(method: str, pair: dict, args_dict: dict, queue) -> None:
+    """One registration in its own process: time it, then evaluate (not timed)."""
+    _threads(args_dict["threads"])
+    import tempfile
+
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(args_dict["threads"])
+    from RLRegistrationLib.metrics import evaluate_transform, evaluation_labels
+
+    args = argparse.Namespace(**args_dict)
+    fixed = sitk.ReadImage(pair["fixed"], sitk.sitkFloat32)
+    moving = sitk.ReadImage(pair["moving"], sitk.sitkFloat32)
+    fixed_labels = sitk.ReadImage(pair["fixed_labels"])
+    moving_labels = sitk.ReadImage(pair["moving_labels"])
+    with tempfile.TemporaryDirectory() as workdir:
+        os.chdir(workdir)  # elastix/transformix write files into the working directory
+        start = time.perf_counter()
+        transform, displacement = METHODS[method](fixed, moving, workdir, args)
+        seconds = time.perf_counter() - start
+        if method == "rlreg" and args.profile:
+            print(f"rlreg profile: {seconds:.1f} s", flush=True)
+        peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        labels = [v for v in evaluation_labels() if v not in (31, 63)]  # 31/63 absent in SynthSeg maps
+        report = evaluate_transform(fixed_labels, moving_labels, transform, labels, displacement=displacement)
+    report.pop("dice_per_label")
+    report.update({"method": method, "pair": pair["pair"], "seconds": seconds, "peak_rss_gib": peak_rss_gib})
+    queue.put(report)
+
+
+def run_one(method: str, pair: dict, args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_worker, args=(method, pair, vars(args), queue))
+    process.start()
+    process.join()
+    if process.exitcode != 0 or queue.empty():
+        return {"method": method, "pair": pair["pair"], "error": f"exit code {process.exitcode}"}
+    return queue.get()
+
+
+def summarize(rows: list[dict], methods: list[str]) -> str:
+    import numpy as np
+
+    def mean(method, key):
+        values = [r[key] for r in rows if r["method"] == method and key in r]
+        return float(np.mean(values)) if values else float("nan")
+
+    syn_time = mean("syn", "seconds")
+    lines = [
+        "| method | mean Dice | HD95 (mm) | % det J ≤ 0 | SDlogJ | wall s | time / SyN | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        if not any(r["method"] == method and "dice" in r for r in rows):
+            continue
+        ratio = mean(method, "seconds") / syn_time if syn_time == syn_time else float("nan")
+        lines.append(
+            f"| {method} | {mean(method, 'dice'):.4f} | {mean(method, 'hd95_mm'):.2f} | "
+            f"{mean(method, 'folding_percent'):.4f} | {mean(method, 'sdlogj'):.3f} | "
+            f"{mean(method, 'seconds'):.1f} | {ratio:.2f} | {mean(method, 'peak_rss_gib'):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shared-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="fixed:moving subject pairs")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS))
+    parser.add_argument("--steps", type=int, default=10, help="rlreg steps (default: the CLI default, 10)")
+    parser.add_argument("--spacing", type=float, default=2.0, help="rlreg working grid spacing (mm)")
+    parser.add_argument("--similarity", default="ncc", help="rlreg similarity (ncc or mind)")
+    parser.add_argument("--contrast-moving", default="t1", help="t1 (same contrast) or t2 (cross-contrast)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    shared = Path(args.shared_dir)
+    if not (shared / "synthseg").is_dir():
+        print(
+            f"benchmark: the shared data folder '{shared}/synthseg' is absent; this benchmark needs the "
+            "SynthSeg label maps (../shared/data beside the repository, or --shared-dir)",
+            file=sys.stderr,
+        )
+        return 2
+    methods = []
+    for method in args.methods.split(","):
+        if method not in METHODS:
+            parser.error(f"unknown method {method}")
+        if available(method):
+            methods.append(method)
+        else:
+            print(f"benchmark: skipping {method} (not installed: pip install .[bench])")
+    pairs = prepare_pairs(args.pairs.split(","), shared, Path(args.cache), args.contrast_moving)
+    rows = []
+    for pair in pairs:
+        for method in methods:
+            row = run_one(method, pair, args)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    table = summarize(rows, methods)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"accuracy_{args.contrast_moving}_{args.similarity}"
+    (out / f"{tag}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    (out / f"{tag}.md").write_text(
+        f"`python benchmarks/accuracy.py {' '.join(argv or sys.argv[1:])}`\n\n{table}\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
