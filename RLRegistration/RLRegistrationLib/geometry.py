@@ -88,6 +88,8 @@ def working_grid(
     Every dimension is a multiple of ``multiple`` (network down-sampling). When ``max_voxels`` is given
     the spacing is increased until the grid fits.
     """
+    if max_voxels is not None and max_voxels < multiple**3:
+        raise ValueError(f"max_voxels={max_voxels} is below the smallest possible grid ({multiple}^3)")
     extent = (np.asarray(reference.size) - 1) * np.asarray(reference.spacing)  # mm along each index axis
     spacing = float(spacing_mm)
     while True:

@@ -77,7 +77,7 @@ def read_label_map(path: str | Path, role: str = "labels") -> sitk.Image:
     """Read an integer label map (3D); float files with integer values are accepted."""
     image = _read(path, role)
     validate_image(image, f"{role} '{path}'", labels=True)
-    array = sitk.GetArrayViewFromImage(image)
+    array = sitk.GetArrayFromImage(image)  # a copy: the image may be replaced by its cast below
     if np.issubdtype(array.dtype, np.floating):
         if not np.array_equal(array, np.round(array)):
             raise InputError(f"{role} '{path}': label map has non-integer values")
@@ -175,7 +175,7 @@ def affine_prealign(
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.25, seed)
+    method.SetMetricSamplingPercentage(0.25, seed + 1)  # SimpleITK's seed 0 means "wall clock"
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0,

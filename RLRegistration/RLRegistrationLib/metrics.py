@@ -90,7 +90,8 @@ def _crop_mask(mask: np.ndarray, box: tuple[slice, ...], reference: sitk.Image) 
 def _surface_distances(source: sitk.Image, target: sitk.Image) -> np.ndarray:
     """Distances (mm) from the surface voxels of ``source`` to the surface of ``target``."""
     distance = sitk.Abs(sitk.SignedMaurerDistanceMap(target, squaredDistance=False, useImageSpacing=True))
-    surface = sitk.GetArrayViewFromImage(sitk.LabelContour(source)) > 0
+    contour = sitk.LabelContour(source)  # keep the image alive: a view does not
+    surface = sitk.GetArrayViewFromImage(contour) > 0
     return sitk.GetArrayViewFromImage(distance)[surface].astype(np.float64)
 
 

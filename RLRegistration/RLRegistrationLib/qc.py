@@ -42,15 +42,15 @@ def write_qc_picture(
 
     grid = Grid.from_image(fixed)
     window_f, window_m = intensity_window(fixed), intensity_window(moving)
-    fixed_a = normalize_intensity(sitk.GetArrayViewFromImage(fixed), window_f)
+    fixed_a = normalize_intensity(sitk.GetArrayFromImage(fixed), window_f)
     before = normalize_intensity(
-        sitk.GetArrayViewFromImage(resample_to_grid(moving, grid, result.affine, antialias=False)), window_m
+        sitk.GetArrayFromImage(resample_to_grid(moving, grid, result.affine, antialias=False)), window_m
     )
-    after = normalize_intensity(sitk.GetArrayViewFromImage(result.warp_image(moving)), window_m)
-    u = sitk.GetArrayViewFromImage(result.displacement)
+    after = normalize_intensity(sitk.GetArrayFromImage(result.warp_image(moving)), window_m)
+    u = sitk.GetArrayFromImage(result.displacement)
     magnitude = np.linalg.norm(u, axis=-1)
     if result.output_grid != grid:
-        magnitude = sitk.GetArrayViewFromImage(
+        magnitude = sitk.GetArrayFromImage(
             resample_to_grid(_as_image(magnitude, result.output_grid), grid, antialias=False)
         )
     columns = [
@@ -61,7 +61,7 @@ def write_qc_picture(
         ("|u| mm", magnitude, "magma", (0, max(float(magnitude.max()), 1e-3))),
     ]
     if result.weight_map is not None:
-        lam = sitk.GetArrayViewFromImage(resample_to_grid(result.weight_map, grid, antialias=False))
+        lam = sitk.GetArrayFromImage(resample_to_grid(result.weight_map, grid, antialias=False))
         columns.append(("weight map λ", lam, "viridis", (0, 1)))
     figure, axes = plt.subplots(4, len(columns), figsize=(2.6 * len(columns), 10.5))
     for c, (name, volume, cmap, limits) in enumerate(columns):

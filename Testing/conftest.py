@@ -1,0 +1,155 @@
+"""Shared fixtures of the RLRegistrationLib pytest suite: small deterministic grids, images and fields.
+
+Everything here is tiny (a few thousand voxels) and seeded, so tests stay fast and reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+try:  # the package is pip-installable (pip install -e .); fall back to the source tree
+    import RLRegistrationLib  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RLRegistration"))
+    import RLRegistrationLib  # noqa: F401
+
+from RLRegistrationLib.geometry import Grid  # noqa: E402
+
+
+def rotation_matrix(degrees_x: float, degrees_y: float, degrees_z: float) -> np.ndarray:
+    """Proper rotation Rz @ Ry @ Rx (angles in degrees)."""
+    ax, ay, az = np.deg2rad([degrees_x, degrees_y, degrees_z])
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def make_grid(size, spacing, origin, direction=None) -> Grid:
+    direction = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
+    return Grid(
+        tuple(int(s) for s in size),
+        tuple(float(s) for s in spacing),
+        tuple(float(o) for o in origin),
+        tuple(float(d) for d in direction.ravel()),
+    )
+
+
+def image_on_grid(array_kji: np.ndarray, grid: Grid) -> sitk.Image:
+    """SimpleITK image of an array in (k, j, i) order placed on ``grid``."""
+    image = sitk.GetImageFromArray(np.asarray(array_kji))
+    assert image.GetSize() == grid.size
+    return grid.apply_to(image)
+
+
+def blob_array(shape, seed: int = 0, blobs: int = 12, sigma=(2.0, 4.0), margin: float = 0.2) -> np.ndarray:
+    """Smooth textured volume (k, j, i): a sum of random Gaussian blobs, float32, values in ~[0, 2]."""
+    rng = np.random.default_rng(seed)
+    shape_arr = np.asarray(shape, dtype=np.float64)
+    index = np.indices(shape, dtype=np.float64)
+    out = np.zeros(shape, dtype=np.float64)
+    for _ in range(blobs):
+        centre = rng.uniform(margin, 1.0 - margin, 3) * (shape_arr - 1)
+        s = rng.uniform(*sigma)
+        r2 = ((index - centre.reshape(3, 1, 1, 1)) ** 2).sum(axis=0)
+        out += rng.uniform(0.3, 1.0) * np.exp(-r2 / (2 * s * s))
+    return out.astype(np.float32)
+
+
+class SinusoidField:
+    """Smooth deterministic vector field in voxel units, a sum of low-frequency plane waves.
+
+    ``at(ijk)`` evaluates it exactly anywhere (continuous index, channels (i, j, k)); ``tensor()`` samples
+    it on the grid as a (1, 3, D, H, W) float32 tensor. Every component is bounded by ``amplitude``.
+    """
+
+    def __init__(self, shape, amplitude: float, seed: int, modes: int = 3, shortest_wavelength: float = 24):
+        g = torch.Generator().manual_seed(seed)
+        self.shape = tuple(int(s) for s in shape)
+        max_frequency = 2 * np.pi / shortest_wavelength
+        self.freq = (torch.rand(3, modes, 3, generator=g, dtype=torch.float64) * 2 - 1) * max_frequency
+        self.phase = torch.rand(3, modes, generator=g, dtype=torch.float64) * 2 * np.pi
+        self.coef = (torch.rand(3, modes, generator=g, dtype=torch.float64) * 2 - 1) * amplitude / modes
+
+    def at(self, ijk: torch.Tensor) -> torch.Tensor:
+        """Field at continuous indices ``ijk`` (..., 3) -> (..., 3) float64."""
+        ijk = ijk.double()
+        arg = torch.einsum("...d,cmd->...cm", ijk, self.freq) + self.phase
+        return (self.coef * torch.sin(arg)).sum(-1)
+
+    def index_points(self) -> torch.Tensor:
+        """(D, H, W, 3) continuous indices (i, j, k) of the grid voxels, float64."""
+        k, j, i = (torch.arange(n, dtype=torch.float64) for n in self.shape)
+        kk, jj, ii = torch.meshgrid(k, j, i, indexing="ij")
+        return torch.stack([ii, jj, kk], dim=-1)
+
+    def tensor(self) -> torch.Tensor:
+        return self.at(self.index_points()).permute(3, 0, 1, 2)[None].float().contiguous()
+
+
+# the helpers above, as fixtures (test modules do not import conftest)
+@pytest.fixture(name="rotation_matrix")
+def _rotation_matrix_fixture():
+    return rotation_matrix
+
+
+@pytest.fixture(name="make_grid")
+def _make_grid_fixture():
+    return make_grid
+
+
+@pytest.fixture(name="image_on_grid")
+def _image_on_grid_fixture():
+    return image_on_grid
+
+
+@pytest.fixture(name="blob_array")
+def _blob_array_fixture():
+    return blob_array
+
+
+@pytest.fixture
+def sinusoid_field():
+    return SinusoidField
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def oblique_grid() -> Grid:
+    """Small rotated, anisotropic grid with an offset origin (no index axis along a world axis)."""
+    return make_grid((12, 10, 8), (1.5, 0.8, 2.2), (-31.2, 14.7, 52.3), rotation_matrix(20, -15, 35))
+
+
+@pytest.fixture
+def run_isolated():
+    """Run Python code in a fresh interpreter (for behaviour that may crash the process).
+
+    Returns the ``subprocess.CompletedProcess`` (text mode). The library's source tree is on the path.
+    """
+    lib_parent = str(Path(RLRegistrationLib.__file__).resolve().parents[1])
+
+    def run(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (lib_parent, env.get("PYTHONPATH")) if p)
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
+        )
+
+    return run

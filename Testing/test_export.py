@@ -1,0 +1,170 @@
+"""Tests of RLRegistrationLib.export: transform files, output checks, flattened fields and Slicer arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RLRegistrationLib import export
+from RLRegistrationLib.errors import OutputError
+
+
+def _affine(rotation_matrix, shift=(4.0, -3.0, 2.0)) -> sitk.AffineTransform:
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(tuple((rotation_matrix(4, -3, 6) @ np.diag([1.05, 0.95, 1.02])).ravel()))
+    affine.SetCenter((-20.0, 18.0, 60.0))
+    affine.SetTranslation(shift)
+    return affine
+
+
+def _displacement_image(grid, seed: int) -> sitk.Image:
+    """Smooth random LPS displacement (mm) on ``grid``, sitkVectorFloat64."""
+    rng = np.random.default_rng(seed)
+    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
+    vectors = np.stack(
+        [
+            a * np.sin(ii / 3.0 + p) * np.cos(jj / 4.0 - p) + b * np.cos(kk / 2.5)
+            for a, b, p in rng.uniform(-2, 2, (3, 3))
+        ],
+        axis=-1,
+    )
+    return grid.apply_to(sitk.GetImageFromArray(vectors, isVector=True))
+
+
+def _composite(oblique_grid, rotation_matrix, seed=0, shift=(4.0, -3.0, 2.0)) -> sitk.CompositeTransform:
+    field = sitk.DisplacementFieldTransform(_displacement_image(oblique_grid, seed))
+    return sitk.CompositeTransform([_affine(rotation_matrix, shift), field])
+
+
+def _sample_points(grid, rng, count=40) -> np.ndarray:
+    """Points inside the grid (most) and a few outside it, LPS mm."""
+    index = rng.uniform(-3, np.asarray(grid.size) + 2, (count, 3))
+    return index @ grid.index_to_physical_matrix.T + np.asarray(grid.origin)
+
+
+def test_write_transform_h5_round_trip(tmp_path, oblique_grid, rotation_matrix, rng):
+    transform = _composite(oblique_grid, rotation_matrix)
+    path = export.write_transform(transform, tmp_path / "result.h5")
+    assert path == tmp_path / "result.h5" and path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.h5"]
+    back = sitk.ReadTransform(str(path))
+    moved = 0.0
+    for point in _sample_points(oblique_grid, rng):
+        expected = np.asarray(transform.TransformPoint(point.tolist()))
+        np.testing.assert_allclose(back.TransformPoint(point.tolist()), expected, atol=1e-6)
+        moved = max(moved, float(np.linalg.norm(expected - point)))
+    assert moved > 1.0  # the transform is not the identity
+
+
+def test_write_transform_refuses_existing_file(tmp_path, oblique_grid, rotation_matrix, rng):
+    path = tmp_path / "result.h5"
+    export.write_transform(_composite(oblique_grid, rotation_matrix, seed=0), path)
+    before = path.read_bytes()
+    other = _composite(oblique_grid, rotation_matrix, seed=1, shift=(-5.0, 1.0, 0.0))
+    with pytest.raises(OutputError, match="exists"):
+        export.write_transform(other, path)
+    assert path.read_bytes() == before
+    export.write_transform(other, path, overwrite=True)
+    back = sitk.ReadTransform(str(path))
+    for point in _sample_points(oblique_grid, rng, 10):
+        np.testing.assert_allclose(
+            back.TransformPoint(point.tolist()), other.TransformPoint(point.tolist()), atol=1e-6
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.h5"]
+
+
+def test_write_transform_refuses_missing_folder_and_bad_suffix(tmp_path, rotation_matrix):
+    affine = _affine(rotation_matrix)
+    with pytest.raises(OutputError, match="does not exist") as error:
+        export.write_transform(affine, tmp_path / "missing" / "result.h5")
+    assert str(tmp_path / "missing") in str(error.value)
+    with pytest.raises(OutputError, match="transform files end in"):
+        export.write_transform(affine, tmp_path / "result.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "folder.h5").mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        export.write_transform(affine, tmp_path / "folder.h5", overwrite=True)
+
+
+def test_check_output_paths_same_path_twice(tmp_path):
+    with pytest.raises(OutputError, match="same path"):
+        export.check_output_paths([tmp_path / "a.h5", None, tmp_path / "a.h5"])
+    export.check_output_paths([tmp_path / "a.h5", None, tmp_path / "b.nii.gz"])  # fine
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, oblique_grid, rotation_matrix, monkeypatch):
+    image = oblique_grid.reference_image()
+    with pytest.raises(OutputError, match="could not be written"):
+        export.write_image(image, tmp_path / "image.unknownformat")
+    assert list(tmp_path.iterdir()) == []
+    # a writer that dies half-way: the existing file survives and no temporary file is left
+    path = tmp_path / "result.h5"
+    export.write_transform(_affine(rotation_matrix), path)
+    before = path.read_bytes()
+
+    def broken_writer(transform, name):
+        with open(name, "wb") as handle:
+            handle.write(b"half a file")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteTransform", broken_writer)
+    with pytest.raises(OutputError, match="disk full"):
+        export.write_transform(_composite(oblique_grid, rotation_matrix), path, overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.h5"]
+
+
+def test_write_image_round_trip(tmp_path, oblique_grid, rng):
+    image = oblique_grid.apply_to(sitk.GetImageFromArray(rng.random(oblique_grid.shape).astype(np.float32)))
+    path = export.write_image(image, tmp_path / "image.nii.gz")
+    back = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    with pytest.raises(OutputError):
+        export.write_image(image, path)
+
+
+def test_total_displacement_equals_transform_minus_identity(oblique_grid, rotation_matrix):
+    transform = _composite(oblique_grid, rotation_matrix)
+    field = export.total_displacement(transform, oblique_grid)
+    assert field.GetPixelID() == sitk.sitkVectorFloat64
+    assert field.GetSize() == oblique_grid.size
+    np.testing.assert_allclose(field.GetDirection(), oblique_grid.direction, atol=1e-12)
+    array = sitk.GetArrayFromImage(field)
+    for k, j, i in [(0, 0, 0), (3, 4, 5), (7, 9, 11), (5, 1, 10)]:
+        x = np.asarray(field.TransformIndexToPhysicalPoint((i, j, k)))
+        np.testing.assert_allclose(
+            array[k, j, i], np.asarray(transform.TransformPoint(x.tolist())) - x, atol=1e-9
+        )
+    # the flattened field is an equivalent transform at the grid points
+    flat = sitk.DisplacementFieldTransform(sitk.Image(field))
+    x = field.TransformIndexToPhysicalPoint((6, 2, 3))
+    np.testing.assert_allclose(flat.TransformPoint(x), transform.TransformPoint(x), atol=1e-9)
+
+
+def test_slicer_grid_arrays_ras(oblique_grid):
+    displacement = _displacement_image(oblique_grid, seed=3)
+    arrays = export.slicer_grid_arrays(displacement)
+    lps = sitk.GetArrayFromImage(displacement)
+    assert arrays.vectors.shape == (*oblique_grid.shape, 3) == (8, 10, 12, 3)
+    assert arrays.vectors.dtype == np.float64 and arrays.vectors.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(arrays.vectors[..., 0], -lps[..., 0])
+    np.testing.assert_array_equal(arrays.vectors[..., 1], -lps[..., 1])
+    np.testing.assert_array_equal(arrays.vectors[..., 2], lps[..., 2])
+    np.testing.assert_allclose(arrays.spacing, oblique_grid.spacing)
+    # RAS voxel centres: origin + direction @ diag(spacing) @ ijk equals the flipped LPS point
+    for i, j, k in [(0, 0, 0), (11, 9, 7), (3, 8, 1)]:
+        lps_point = np.asarray(displacement.TransformIndexToPhysicalPoint((i, j, k)))
+        ras_point = arrays.origin + arrays.direction @ (np.asarray(arrays.spacing) * [i, j, k])
+        np.testing.assert_allclose(ras_point, lps_point * [-1, -1, 1], atol=1e-9)
+    assert np.linalg.det(arrays.direction) == pytest.approx(np.linalg.det(oblique_grid.direction_matrix))
+
+
+def test_slicer_volume_arrays(oblique_grid, rng):
+    image = oblique_grid.apply_to(sitk.GetImageFromArray(rng.random(oblique_grid.shape)))
+    matrix, array = export.slicer_volume_arrays(image)
+    assert array.shape == oblique_grid.shape
+    lps = np.asarray(image.TransformIndexToPhysicalPoint((2, 3, 4)))
+    np.testing.assert_allclose((matrix @ [2, 3, 4, 1])[:3], lps * [-1, -1, 1], atol=1e-9)
