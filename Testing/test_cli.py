@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,12 @@ def test_register_and_evaluate_on_the_sample_pair(tmp_path, capsys):
     assert evaluation["folding_percent"] < 0.5
 
 
+def _env_with_package() -> dict:
+    """Environment in which a child Python imports this checkout's RLRegistrationLib (installed or not)."""
+    package_root = str(Path(__file__).resolve().parents[1] / "RLRegistration")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
 def test_demo_entry_point_writes_everything(tmp_path):
     """The real console entry (a subprocess), as the README's first command runs it."""
     out = tmp_path / "demo"
@@ -166,6 +173,7 @@ def test_demo_entry_point_writes_everything(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env=_env_with_package(),
     )
     assert completed.returncode == 0, completed.stderr
     names = {p.name for p in out.iterdir()}
@@ -196,6 +204,7 @@ def test_demo_entry_point_writes_everything(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env=_env_with_package(),
     )
     assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
 

@@ -198,17 +198,27 @@ class RegistrationSession:
         """Ask ``run`` to stop after the step in progress (thread-safe)."""
         self._cancel.set()
 
+    @property
+    def prepared(self) -> bool:
+        """True once the affine pre-alignment and working grid exist."""
+        return self._prepared
+
     def run(self, steps: int) -> Iterator[StepReport]:
-        """Take ``steps`` more steps from the current state, yielding a report after each."""
-        self.prepare()
-        self._cancel.clear()
+        """Take ``steps`` more steps from the current state, yielding a report after each.
+
+        A ``cancel()`` made before or during the run (also during ``prepare``) stops it after the step in
+        progress and is consumed: the next ``run`` starts afresh.
+        """
         self.cancelled = False
-        for _ in range(int(steps)):
-            if self._cancel.is_set():
-                self.cancelled = True
-                return
-            yield self._take_step()
-        self.cancelled = self._cancel.is_set()
+        try:
+            self.prepare()
+            for _ in range(int(steps)):
+                if self._cancel.is_set():
+                    break
+                yield self._take_step()
+        finally:
+            self.cancelled = self._cancel.is_set()
+            self._cancel.clear()
 
     def _take_step(self) -> StepReport:
         start = time.perf_counter()
