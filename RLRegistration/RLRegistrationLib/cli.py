@@ -1,4 +1,4 @@
-"""Command line ``rlreg``: register, evaluate, demo, info.
+"""Command line ``rlreg``: register, evaluate, demo, info, train.
 
 Every expected problem (bad input, existing output, unknown policy, missing GPU) is reported as one line
 ``rlreg: error: ...`` with exit code 2 and nothing written; ``--debug`` shows tracebacks.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,12 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace existing results in --out-dir")
 
     commands.add_parser("info", help="version, device and available policies")
+
+    tr = commands.add_parser(
+        "train", help="train a SPAC policy (also under torchrun: DistributedDataParallel, no change needed)"
+    )
+    tr.add_argument("--config", required=True, help="training config JSON (e.g. configs/spac_cpu_small.json)")
+    tr.add_argument("--steps", type=int, help="total optimization steps (both stages scaled to this total)")
+    tr.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    tr.add_argument("--out", help="model folder for weights.pt + card.json (default models/<id>)")
+    tr.add_argument("--run-dir", help="checkpoints and logs (default runs/<id>)")
+    tr.add_argument("--device", help="auto, cpu or cuda (default: the config's)")
+    tr.add_argument("--shared-dir", help="shared data folder holding synthseg/ (default: the config's)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="tto", help="policy name (see 'rlreg info'); default tto")
-    parser.add_argument("--steps", type=int, default=10, help="number of steps (default 10)")
+    parser.add_argument("--steps", type=int, default=8, help="number of steps (default 8)")
     parser.add_argument("--iterations", type=int, help="test-time optimization iterations per step")
     parser.add_argument(
         "--similarity", choices=["ncc", "mind", "mse"], help="ncc (same contrast), mind (multi-modal)"
@@ -93,9 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"register": cmd_register, "evaluate": cmd_evaluate, "demo": cmd_demo, "info": cmd_info}[
-            args.command
-        ](args)
+        commands = {
+            "register": cmd_register,
+            "evaluate": cmd_evaluate,
+            "demo": cmd_demo,
+            "info": cmd_info,
+            "train": cmd_train,
+        }
+        return commands[args.command](args)
     except RLRegistrationError as error:
         if args.debug:
             raise
@@ -334,6 +353,29 @@ def cmd_info(args) -> int:
     print("policies:")
     for name, description in available_policies().items():
         print(f"  {name:12s} {description}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training.train import TrainConfig, train
+
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    config = TrainConfig.load(args.config)
+    out = train(
+        config,
+        out_dir=args.out,
+        run_dir=args.run_dir,
+        steps=args.steps,
+        resume=args.resume,
+        device=args.device,
+        shared_dir=args.shared_dir,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        command=" ".join(["rlreg", *sys.argv[1:]]),
+    )
+    if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(f"model written to {out}/ (weights.pt, card.json)")
     return 0
 
 
