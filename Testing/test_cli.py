@@ -147,65 +147,37 @@ def test_register_and_evaluate_on_the_sample_pair(tmp_path, capsys):
     assert evaluation["folding_percent"] < 0.5
 
 
-def _env_with_package() -> dict:
-    """Environment in which a child Python imports this checkout's RLRegistrationLib (installed or not)."""
+def _rlreg_subprocess(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m RLRegistrationLib.cli ARGS`` in a child process that imports this checkout."""
     package_root = str(Path(__file__).resolve().parents[1] / "RLRegistration")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    command = [sys.executable, "-m", "RLRegistrationLib.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_demo_entry_point_writes_everything(tmp_path):
     """The real console entry (a subprocess), as the README's first command runs it."""
     out = tmp_path / "demo"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "RLRegistrationLib.cli",
-            "demo",
-            "--out-dir",
-            str(out),
-            "--steps",
-            "4",
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env_with_package(),
-    )
+    completed = _rlreg_subprocess("demo", "--out-dir", str(out), "--steps", "4", "--device", "cpu", "--quiet")
     assert completed.returncode == 0, completed.stderr
     names = {p.name for p in out.iterdir()}
-    assert {
+    expected = {
         "transform.h5",
         "warped.nii.gz",
         "displacement.nii.gz",
         "weight_map.nii.gz",
         "qc.png",
         "report.json",
-    } <= names
+    }
+    assert expected <= names
     summary = json.loads((out / "report.json").read_text())["summary"]
     assert summary["dice_final_from_h5"] > summary["dice_after_affine"] + 0.1
     assert summary["dice_final_from_h5"] == pytest.approx(summary["dice_final_session"], abs=0.005)
     # a second run refuses to overwrite the results
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "RLRegistrationLib.cli",
-            "demo",
-            "--out-dir",
-            str(out),
-            "--steps",
-            "1",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env_with_package(),
-    )
+    again = _rlreg_subprocess("demo", "--out-dir", str(out), "--steps", "1", "--quiet")
     assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
 
 
