@@ -21,10 +21,17 @@ def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:
     return np.where(mask, a, b)
 
 
-def _middle_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """Axial, coronal and sagittal middle slices of a (k, j, i) array, flipped for display."""
-    k, j, i = (n // 2 for n in volume.shape)
-    return [volume[k], np.flipud(volume[:, j, :]), np.flipud(volume[:, :, i])]
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def _middle_slices(volume: np.ndarray, grid: Grid) -> list[np.ndarray]:
+    """Axial, coronal and sagittal middle slices of a (k, j, i) array on ``grid``, anterior/superior up.
+
+    The volume is first reoriented so that its axes run along L, P, S, whatever the grid's direction.
+    """
+    oriented = sitk.GetArrayFromImage(sitk.DICOMOrient(_as_image(volume, grid), "LPS"))  # (S, P, L)
+    k, j, i = (n // 2 for n in oriented.shape)
+    return [oriented[k], np.flipud(oriented[:, j, :]), np.flipud(oriented[:, :, i])]
 
 
 def write_qc_picture(
@@ -66,9 +73,9 @@ def write_qc_picture(
     figure, axes = plt.subplots(4, len(columns), figsize=(2.6 * len(columns), 10.5))
     for c, (name, volume, cmap, limits) in enumerate(columns):
         slices = (
-            [checkerboard(a, b) for a, b in zip(_middle_slices(fixed_a), _middle_slices(after))]
+            [checkerboard(a, b) for a, b in zip(_middle_slices(fixed_a, grid), _middle_slices(after, grid))]
             if volume is None
-            else _middle_slices(volume)
+            else _middle_slices(volume, grid)
         )
         for r, plane in enumerate(slices):
             ax = axes[r, c]
@@ -76,6 +83,8 @@ def write_qc_picture(
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(name, fontsize=10)
+            if c == 0:
+                ax.text(-0.08, 0.5, PLANES[r], transform=ax.transAxes, rotation=90, va="center", ha="right")
         if name in ("|u| mm", "weight map λ"):
             figure.colorbar(image, ax=axes[:3, c], fraction=0.04, shrink=0.6)
     for ax in axes[3]:
