@@ -48,8 +48,8 @@ class Policy:
     description = ""
     modality = "any"
 
-    def reset(self, fixed: torch.Tensor, moving: torch.Tensor) -> None:
-        """Called once per image pair (working-grid tensors in [0, 1])."""
+    def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
+        """Called once per image pair: working-grid tensors in [0, 1] and the grid's (isotropic) spacing."""
 
     def propose(self, state: PolicyState) -> PolicyStep:
         raise NotImplementedError
@@ -124,7 +124,7 @@ class TestTimeOptimizationPolicy(Policy):
         self.weight_logits: torch.Tensor | None = None
         self._pyramid: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def reset(self, fixed: torch.Tensor, moving: torch.Tensor) -> None:
+    def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
         self.weight_logits = None
         self._pyramid = {}
         if self.config.learn_weight_map and self.fixed_weight_map is None:
@@ -235,3 +235,11 @@ def _make_tto(**overrides) -> TestTimeOptimizationPolicy:
 
 
 register_policy("tto", _make_tto, TestTimeOptimizationPolicy.description)
+
+
+def _register_learned_policies() -> None:
+    """Import hook: ``learned_policies`` registers the trained models of ``models/`` when imported."""
+    from . import learned_policies  # noqa: F401
+
+
+_register_learned_policies()

@@ -153,7 +153,7 @@ class RegistrationSession:
         self.fixed_tensor = self._normalized_tensor(fixed_w, intensity_window(self.fixed))
         self.moving_tensor = self._normalized_tensor(moving_w, intensity_window(self.moving))
         self._prepare_labels()
-        self.policy.reset(self.fixed_tensor, self.moving_tensor)
+        self.policy.reset(self.fixed_tensor, self.moving_tensor, spacing_mm=self.grid.spacing[0])
         identity = torch.zeros((1, 3, *self.grid.shape))
         self.fields = [identity]
         self.weight_maps = [None]

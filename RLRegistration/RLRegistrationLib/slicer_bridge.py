@@ -502,12 +502,10 @@ _TTO_MODALITY = "any (no training; NCC for same contrast, MIND across modalities
 
 
 def find_models_dir() -> Path | None:
-    """The ``models/`` folder: installed next to the library (Slicer extension) or at the checkout root."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "models", here.parent.parent / "models", here.parent / "Resources" / "models"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """The ``models/`` folder (``$RLREG_MODELS_DIR``, installed next to the library, or the checkout's)."""
+    from .learned_policies import models_dir
+
+    return models_dir()
 
 
 def read_model_cards(models_dir: Path | None) -> dict[str, dict]:

@@ -1,0 +1,334 @@
+"""Training and validation pairs synthesized on the fly from brain label maps (SynthMorph recipe).
+
+Label maps (``../shared/data/synthseg/training_seg_XX.nii.gz``, FreeSurfer values) are read once,
+skull-stripped, downsampled (nearest) to the training spacing and cropped around the brain to the training
+grid plus a margin; they stay in memory as ``LabelBank`` arrays (k, j, i). Each training pair:
+
+1. two *different* subjects;
+2. each label map moved by a random small affine (rotation, scaling, shift; in voxels of the isotropic
+   training grid) and a smooth random deformation, sampled (nearest) onto the training grid;
+3. optional random axis flips (the same for both images);
+4. intensities: a random mean per label (shared by the pair so a mono-modal similarity applies, or one per
+   image), per-label texture, bias field, blur and noise of random strengths (``synthesis.synthesize_image``).
+
+Validation pairs (other subjects) use the fixed T1-like contrast and no augmentation. Arrays are (D, H, W)
+= (k, j, i); tensors (1, D, H, W) float32 images in [0, 1] and int64 label maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..imaging import affine_prealign
+from ..synthesis import (
+    brain_mask,
+    contrast_table,
+    downsample_labels,
+    load_label_map,
+    random_smooth_deformation,
+    skull_strip_labels,
+    synthesize_image,
+    synthesize_volume,
+)
+
+# labels that run down the spinal canal: ignored when centring a crop (as synthesis.validation_pair does)
+_CENTRE_EXCLUDE = (16, 24)
+
+
+@dataclass
+class DataConfig:
+    """Where the label maps are and how pairs are synthesized. ``shape`` is the array shape (D, H, W) of
+    the training grid at ``spacing_mm``; ranges are (low, high) of uniform draws."""
+
+    shared_dir: str = "../shared/data"
+    train_subjects: list[int] = field(default_factory=lambda: list(range(1, 11)))
+    val_subjects: list[int] = field(default_factory=lambda: list(range(11, 15)))
+    spacing_mm: float = 3.0
+    shape: tuple[int, int, int] = (64, 64, 64)
+    margin: int = 8  # voxels kept around the crop, so augmentation does not pull in zeros
+    rotation_deg: float = 6.0
+    scaling: float = 0.06
+    shift_vox: float = 2.0
+    deform_max_vox: float = 3.0
+    deform_spacing_vox: float = 8.0
+    noise_std: tuple[float, float] = (0.0, 0.04)
+    bias_strength: tuple[float, float] = (0.0, 0.3)
+    blur_sigma_vox: tuple[float, float] = (0.0, 0.8)
+    same_contrast: bool = True
+    flips: bool = False
+    prealign: bool = True  # affinely align every subject to the first training subject once (as the
+    # session's affine pre-alignment does at inference), so pairs differ by residual shape only
+    val_pairs: int = 4
+    num_workers: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DataConfig:
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"config 'data': unknown keys {sorted(unknown)}")
+        out = cls(**values)
+        out.shape = tuple(int(s) for s in out.shape)
+        return out
+
+
+# ------------------------------------------------------------------------------------------- label bank
+
+
+def subject_path(shared_dir: str | Path, subject: int) -> Path:
+    """``<shared_dir>/synthseg/training_seg_XX.nii.gz`` (or ``<shared_dir>/training_seg_XX.nii.gz``)."""
+    shared_dir = Path(shared_dir)
+    folder = shared_dir / "synthseg" if (shared_dir / "synthseg").is_dir() else shared_dir
+    return folder / f"training_seg_{int(subject):02d}.nii.gz"
+
+
+def crop_around(array: np.ndarray, centre: Sequence[float], shape: Sequence[int]) -> np.ndarray:
+    """Crop (zero-pad where needed) ``array`` to ``shape`` centred on the index ``centre`` (same axes)."""
+    out = np.zeros(tuple(int(s) for s in shape), dtype=array.dtype)
+    src, dst = [], []
+    for c, n, size in zip(centre, array.shape, shape):
+        start = int(round(c - (size - 1) / 2.0))
+        lo, hi = max(start, 0), min(start + size, n)
+        src.append(slice(lo, max(lo, hi)))
+        dst.append(slice(lo - start, lo - start + max(0, hi - lo)))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def brain_centre(labels: np.ndarray) -> np.ndarray:
+    """Centre (k, j, i) of the brain's bounding box, ignoring brainstem and CSF (spinal canal)."""
+    core = brain_mask(labels) & ~np.isin(labels, _CENTRE_EXCLUDE)
+    idx = np.argwhere(core if core.any() else brain_mask(labels))
+    if idx.size == 0:
+        return (np.asarray(labels.shape) - 1) / 2.0
+    return (idx.min(axis=0) + idx.max(axis=0)) / 2.0
+
+
+class LabelBank:
+    """Skull-stripped label maps (uint16 arrays (k, j, i)) on the training grid plus ``margin`` voxels."""
+
+    def __init__(self, arrays: list[np.ndarray], names: list[str] | None = None):
+        self.arrays = arrays
+        self.names = names or [f"subject{i}" for i in range(len(arrays))]
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    @classmethod
+    def from_arrays(cls, label_maps: list[np.ndarray], shape: Sequence[int], margin: int = 0) -> LabelBank:
+        """Label maps already at the training spacing: skull-strip, crop around the brain."""
+        padded = [int(s) + 2 * margin for s in shape]
+        arrays = []
+        for labels in label_maps:
+            labels = skull_strip_labels(np.asarray(labels)).astype(np.uint16)
+            arrays.append(crop_around(labels, brain_centre(labels), padded))
+        return cls(arrays)
+
+    @classmethod
+    def from_shared(
+        cls,
+        shared_dir: str | Path,
+        subjects: Sequence[int],
+        spacing_mm: float,
+        shape,
+        margin: int = 0,
+        reference: int | None = None,
+    ) -> LabelBank:
+        """Read SynthSeg subjects, downsample (nearest) to ``spacing_mm``, optionally align each one
+        affinely to subject ``reference``, crop around the brain; clear error when the data is absent."""
+        images, names = [], []
+        for subject in subjects:
+            images.append(read_subject(shared_dir, subject, spacing_mm))
+            names.append(f"training_seg_{int(subject):02d}")
+        if reference is not None:
+            target = read_subject(shared_dir, reference, spacing_mm)
+            images = [align_labels(target, image) for image in images]
+        bank = cls.from_arrays([sitk.GetArrayFromImage(image) for image in images], shape, margin)
+        bank.names = names
+        return bank
+
+
+def read_subject(shared_dir: str | Path, subject: int, spacing_mm: float) -> sitk.Image:
+    """Label map of a SynthSeg subject, skull-stripped, at ``spacing_mm`` (nearest)."""
+    path = subject_path(shared_dir, subject)
+    if not path.is_file():
+        raise InputError(
+            f"training data not found: {path}. Training needs the SynthSeg label maps of the shared data "
+            "folder (../shared/data/synthseg/training_seg_XX.nii.gz); pass --shared-dir pointing at "
+            "../shared/data"
+        )
+    image = downsample_labels(load_label_map(path), spacing_mm)
+    stripped = sitk.GetImageFromArray(skull_strip_labels(sitk.GetArrayFromImage(image)))
+    stripped.CopyInformation(image)
+    return stripped
+
+
+def align_labels(reference: sitk.Image, labels: sitk.Image) -> sitk.Image:
+    """``labels`` resampled (nearest) on ``reference``'s grid through an affine fitted between T1-like
+    syntheses of both (``imaging.affine_prealign``, Mattes MI), i.e. what the session does at inference."""
+    fixed = synthesize_volume(reference, contrast="t1", rng=0)
+    moving = synthesize_volume(labels, contrast="t1", rng=1)
+    transform = affine_prealign(fixed, moving, seed=0)
+    return sitk.Resample(labels, reference, transform, sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+
+
+def random_affine(rng: np.random.Generator, rotation_deg: float, scaling: float) -> np.ndarray:
+    """3x3 matrix R(angles) @ diag(scales) acting on (i, j, k) voxel offsets."""
+    ax, ay, az = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx @ np.diag(1.0 + rng.uniform(-scaling, scaling, 3))
+
+
+def deform_labels(
+    source: np.ndarray, shape: Sequence[int], rng: np.random.Generator, cfg: DataConfig
+) -> np.ndarray:
+    """Sample ``source`` (k, j, i), centred, onto ``shape`` through a random affine + smooth deformation.
+
+    Output voxel p (i, j, k) reads the source at ``A (p - c) + c + t + u(p) + offset`` (nearest), with
+    ``offset`` centring the output in the (larger) source.
+    """
+    shape = tuple(int(s) for s in shape)
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    p = np.stack([i, j, k], axis=-1)  # (D, H, W, 3) in (i, j, k)
+    centre = (np.asarray(shape[::-1], dtype=np.float32) - 1) / 2.0
+    a = random_affine(rng, cfg.rotation_deg, cfg.scaling).astype(np.float32)
+    shift = rng.uniform(-cfg.shift_vox, cfg.shift_vox, 3).astype(np.float32)
+    max_disp = rng.uniform(0.0, cfg.deform_max_vox) if cfg.deform_max_vox > 0 else 0.0
+    u = random_smooth_deformation(shape, rng, max_disp, cfg.deform_spacing_vox).transpose(1, 2, 3, 0)
+    offset = (np.asarray(source.shape[::-1], dtype=np.float32) - np.asarray(shape[::-1])) / 2.0
+    q = (p - centre) @ a.T + centre + shift + u + offset
+    size = np.asarray(source.shape[::-1], dtype=np.float32)
+    grid = torch.from_numpy(2.0 * q / np.maximum(size - 1, 1) - 1.0)[None].float()
+    src = torch.from_numpy(source.astype(np.float32))[None, None]
+    out = F.grid_sample(src, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+    return out[0, 0].numpy().round().astype(np.uint16)
+
+
+def synthesize(labels: np.ndarray, table: dict[int, float], rng: np.random.Generator, cfg: DataConfig):
+    """Image (float32 [0, 1]) of a label array with random noise, bias and blur strengths."""
+    return synthesize_image(
+        labels,
+        contrast=table,
+        rng=rng,
+        noise_std=rng.uniform(*cfg.noise_std),
+        bias_strength=rng.uniform(*cfg.bias_strength),
+        blur_sigma_vox=rng.uniform(*cfg.blur_sigma_vox),
+    )
+
+
+def random_pair(bank: LabelBank, cfg: DataConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """One augmented training pair of two different subjects (a single subject bank pairs it with
+    itself). Returns ``fixed``, ``moving`` (1, D, H, W) float32 and ``fixed_labels``, ``moving_labels``
+    (1, D, H, W) int64."""
+    n = len(bank)
+    a, b = rng.choice(n, size=2, replace=False) if n > 1 else (0, 0)
+    labels = [deform_labels(bank.arrays[s], cfg.shape, rng, cfg) for s in (a, b)]
+    if cfg.flips:
+        axes = tuple(ax for ax in range(3) if rng.random() < 0.5)
+        labels = [np.ascontiguousarray(np.flip(lab, axis=axes)) for lab in labels]
+    present = np.union1d(np.unique(labels[0]), np.unique(labels[1]))
+    shared = contrast_table("random", present, rng)
+    images = [
+        synthesize(lab, shared if cfg.same_contrast else contrast_table("random", present, rng), rng, cfg)
+        for lab in labels
+    ]
+    return {
+        "fixed": torch.from_numpy(images[0])[None],
+        "moving": torch.from_numpy(images[1])[None],
+        "fixed_labels": torch.from_numpy(labels[0].astype(np.int64))[None],
+        "moving_labels": torch.from_numpy(labels[1].astype(np.int64))[None],
+    }
+
+
+class SyntheticPairs(torch.utils.data.IterableDataset):
+    """Endless stream of ``random_pair`` samples; seeded by (seed, rank, DataLoader worker)."""
+
+    def __init__(self, bank: LabelBank, cfg: DataConfig, seed: int = 0, rank: int = 0):
+        super().__init__()
+        self.bank, self.cfg, self.seed, self.rank = bank, cfg, seed, rank
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch])
+        while True:
+            yield random_pair(self.bank, self.cfg, rng)
+
+
+def pair_loader(
+    bank: LabelBank, cfg: DataConfig, batch_size: int, seed: int, rank: int = 0, restart: int = 0
+):
+    """Infinite iterator of batches (dict of (B, 1, D, H, W) tensors). ``restart`` changes the stream
+    (used when resuming so a resumed run does not replay the same pairs)."""
+    dataset = SyntheticPairs(bank, cfg, seed, rank)
+    dataset.epoch = restart
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
+    return iter(loader)
+
+
+def phantom_label_map(shape: Sequence[int] = (32, 32, 32), seed: int = 0) -> np.ndarray:
+    """Brain-like label phantom (uint16, (k, j, i)) for tests and smoke runs without the shared data:
+    nested ellipsoids of cortex (3), white matter (2), ventricles (4, 43), deep nuclei (10, 17) and an
+    extra-cerebral shell (600); radii and centres vary with ``seed``."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices(tuple(int(s) for s in shape), dtype=np.float32)
+    n = np.asarray(shape, dtype=np.float32)
+    c = (n - 1) / 2 + rng.uniform(-1, 1, 3)
+
+    def ellipsoid(radii, centre=c) -> np.ndarray:
+        return sum(((idx[a] - centre[a]) / radii[a]) ** 2 for a in range(3)) <= 1
+
+    out = np.zeros(idx.shape[1:], dtype=np.uint16)
+    out[ellipsoid(n * 0.46 * rng.uniform(0.95, 1.05, 3))] = 600
+    out[ellipsoid(n * 0.40 * rng.uniform(0.92, 1.05, 3))] = 3
+    out[ellipsoid(n * 0.32 * rng.uniform(0.9, 1.05, 3))] = 2
+    for label, side in ((4, -1), (43, 1)):
+        radii = n * np.array([0.08, 0.16, 0.08]) * rng.uniform(0.8, 1.2, 3)
+        out[ellipsoid(radii, c + [0, 0, side * 0.08 * n[2]])] = label
+    for label in (10, 17):
+        out[ellipsoid(n * 0.07 * rng.uniform(0.8, 1.2, 3), c + n * rng.uniform(-0.2, 0.2, 3))] = label
+    return out
+
+
+def validation_pairs(bank: LabelBank, cfg: DataConfig, count: int, seed: int = 0) -> list[dict]:
+    """Fixed validation pairs (i -> i+1 cyclically, then i -> i+2 ...) with the T1-like contrast, no
+    augmentation; tensors (1, 1, D, H, W)."""
+    n = len(bank)
+    order = [(i, (i + d) % n) for d in range(1, max(n, 2)) for i in range(n) if (i + d) % n != i]
+    pairs = []
+    for index, (f, m) in enumerate(order[:count]):
+        labels = [
+            crop_around(bank.arrays[s], (np.asarray(bank.arrays[s].shape) - 1) / 2, cfg.shape) for s in (f, m)
+        ]
+        images = [
+            synthesize_image(lab, contrast="t1", rng=np.random.default_rng([seed, index, role]))
+            for role, lab in enumerate(labels)
+        ]
+        pairs.append(
+            {
+                "name": f"{bank.names[f]} <- {bank.names[m]}",
+                "fixed": torch.from_numpy(images[0])[None, None],
+                "moving": torch.from_numpy(images[1])[None, None],
+                "fixed_labels": torch.from_numpy(labels[0].astype(np.int64))[None, None],
+                "moving_labels": torch.from_numpy(labels[1].astype(np.int64))[None, None],
+            }
+        )
+    return pairs

@@ -1,0 +1,255 @@
+"""Tests of RLRegistrationLib.training: synthetic pairs, replay buffer, SAC losses, the training loop
+(resume, CLI, model folder) and a 2-process DistributedDataParallel run (gloo). Small phantoms only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import RLRegistrationLib
+from RLRegistrationLib.cli import main
+from RLRegistrationLib.errors import InputError
+from RLRegistrationLib.learned_policies import load_model, sha256_of
+from RLRegistrationLib.networks import SPACAgent, SPACArchitecture
+from RLRegistrationLib.training.data import DataConfig, LabelBank, phantom_label_map, random_pair
+from RLRegistrationLib.training.sac import ReplayBuffer, SACConfig, sac_losses
+from RLRegistrationLib.training.train import RegistrationLoss, TrainConfig, TrainingStep, make_optimizer
+
+SMALL = SPACArchitecture(
+    channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16
+)
+SHAPE = (16, 16, 16)
+
+
+def small_config(**schedule) -> dict:
+    """A training config for 16^3 grids (2 mm) on phantom label maps of 40^3 voxels at 1 mm."""
+    return {
+        "id": "spac-test",
+        "seed": 0,
+        "device": "cpu",
+        "data": {
+            "train_subjects": [1, 2, 3],
+            "val_subjects": [4, 5],
+            "spacing_mm": 2.0,
+            "shape": list(SHAPE),
+            "margin": 2,
+            "prealign": False,
+            "val_pairs": 1,
+        },
+        "model": SMALL.to_dict(),
+        "env": {"episode_length": 2},
+        "loss": {"ncc_window": 5},
+        "sac": {"batch_size": 2, "replay_capacity": 8},
+        "schedule": {
+            "warmup_steps": 2,
+            "sac_steps": 2,
+            "batch_size": 1,
+            "checkpoint_every": 1,
+            "validate_every": 2,
+            **schedule,
+        },
+    }
+
+
+@pytest.fixture
+def shared_dir(tmp_path) -> Path:
+    """A stand-in for ../shared/data: synthseg/training_seg_01..05.nii.gz phantoms (1 mm, 40^3)."""
+    folder = tmp_path / "shared" / "synthseg"
+    folder.mkdir(parents=True)
+    for subject in range(1, 6):
+        image = sitk.GetImageFromArray(phantom_label_map((40, 40, 40), seed=subject).astype(np.float32))
+        sitk.WriteImage(image, str(folder / f"training_seg_{subject:02d}.nii.gz"))
+    return tmp_path / "shared"
+
+
+@pytest.fixture
+def config_file(tmp_path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(small_config()))
+    return path
+
+
+def _bank(seeds=(1, 2, 3)) -> LabelBank:
+    return LabelBank.from_arrays([phantom_label_map((20, 20, 20), s) for s in seeds], SHAPE, margin=2)
+
+
+def _log_steps(path: Path) -> list[int]:
+    with open(path, newline="") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle)]
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_random_pairs_from_label_maps():
+    cfg = DataConfig(shape=SHAPE, margin=2)
+    pair = random_pair(_bank(), cfg, np.random.default_rng(0))
+    for key in ("fixed", "moving"):
+        assert pair[key].shape == (1, *SHAPE) and pair[key].dtype == torch.float32
+        assert 0.0 <= float(pair[key].min()) and float(pair[key].max()) <= 1.0
+    assert pair["fixed_labels"].dtype == torch.int64
+    assert not torch.equal(pair["fixed_labels"], pair["moving_labels"])
+    assert int(pair["fixed_labels"].max()) < 500  # skull-stripped
+
+
+def test_missing_shared_data_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match=r"training_seg_01\.nii\.gz.*\.\./shared/data"):
+        LabelBank.from_shared(tmp_path / "nowhere", [1], 2.0, SHAPE)
+
+
+# ------------------------------------------------------------------------------------------- replay/SAC
+
+
+def test_replay_buffer_is_a_ring_and_samples_float32():
+    buffer = ReplayBuffer(capacity=3, obs_shape=(2, 4, 4, 4), plan_dim=5)
+    with pytest.raises(ValueError):
+        buffer.sample(1)
+    for i in range(5):
+        obs = torch.full((1, 2, 4, 4, 4), float(i) / 10)
+        buffer.push(obs, torch.full((1, 5), float(i)), torch.tensor([float(i)]), obs + 0.05, i == 4)
+    assert len(buffer) == 3
+    assert sorted(buffer.reward.tolist()) == [2.0, 3.0, 4.0]  # the oldest two were overwritten
+    batch = buffer.sample(6, torch.Generator().manual_seed(0))
+    assert batch["obs"].shape == (6, 2, 4, 4, 4) and batch["obs"].dtype == torch.float32
+    assert batch["plan"].shape == (6, 5) and batch["reward"].shape == batch["done"].shape == (6,)
+    for reward, plan, done in zip(batch["reward"], batch["plan"], batch["done"]):
+        assert float(plan[0]) == float(reward) and float(done) == float(reward == 4.0)
+
+
+def _replay_batch(n=2, seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "obs": torch.rand((n, 2, *SHAPE), generator=g),
+        "next_obs": torch.rand((n, 2, *SHAPE), generator=g),
+        "plan": torch.randn((n, SMALL.plan_dim), generator=g),
+        "reward": torch.randn(n, generator=g),
+        "done": torch.zeros(n),
+    }
+
+
+def test_sac_losses_route_gradients():
+    agent = SPACAgent(SMALL)
+    parts = sac_losses(agent, _replay_batch(), SACConfig())
+    parts["critic_loss"].backward(retain_graph=True)
+    assert all(p.grad is None for p in agent.network.parameters())  # the embedding is detached
+    assert all(p.grad is not None for p in agent.critic.parameters())
+    agent.zero_grad(set_to_none=True)
+    parts["actor_loss"].backward(retain_graph=True)
+    assert all(p.grad is None for p in agent.critic.parameters())  # Q is used with frozen weights
+    assert float(agent.network.planner.fc.weight.grad.abs().sum()) > 0
+    assert agent.log_alpha.grad is None
+    agent.zero_grad(set_to_none=True)
+    parts["alpha_loss"].backward()
+    assert agent.log_alpha.grad is not None and all(p.grad is None for p in agent.network.parameters())
+
+
+def test_sac_updates_change_actor_critic_and_alpha():
+    torch.manual_seed(0)
+    agent = SPACAgent(SMALL)
+    step = TrainingStep(agent, RegistrationLoss(ncc_window=5), SACConfig())
+    optimizer = make_optimizer(
+        agent,
+        {"lr_planner": 1e-3, "lr_actor": 1e-3, "lr_critic": 1e-3, "lr_alpha": 1e-2, "betas": [0.9, 0.999]},
+    )
+    parts = {
+        "planner": agent.network.planner,
+        "backbone": agent.network.backbone,
+        "actor": agent.network.actor,
+        "weight head": agent.network.weight_head,
+        "critic": agent.critic,
+        "target critic": agent.target_critic,
+    }
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in parts.items()}
+    alpha_before = float(agent.log_alpha.detach())
+    fixed, moving = torch.rand(1, 1, *SHAPE), torch.rand(1, 1, *SHAPE)
+    for i in range(3):
+        loss, logs, plan, field = step(
+            fixed, moving, moving, torch.zeros(1, 3, *SHAPE), _replay_batch(seed=i)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        agent.soft_update(0.1)
+    assert plan.shape == (1, SMALL.plan_dim) and field.shape == (1, 3, *SHAPE)
+    assert {"critic_loss", "actor_loss", "alpha_loss", "q", "entropy", "similarity"} <= set(logs)
+    for name, module in parts.items():
+        changed = any(not torch.equal(a, b) for a, b in zip(before[name], module.parameters()))
+        assert changed, f"{name} parameters did not change"
+    assert float(agent.log_alpha.detach()) != alpha_before
+
+
+# ------------------------------------------------------------------------------------ training loop / CLI
+
+
+def test_cli_train_writes_model_and_resume_continues(tmp_path, shared_dir, config_file):
+    out, run = tmp_path / "models" / "spac-test", tmp_path / "runs" / "spac-test"
+    args = ["train", "--config", str(config_file), "--shared-dir", str(shared_dir)]
+    args += ["--out", str(out), "--run-dir", str(run), "--quiet", "--device", "cpu"]
+    assert main([*args, "--steps", "3"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["id"] == "spac-test" and card["family"] == "spac"
+    assert card["sha256"] == sha256_of(out / card["weights"])
+    assert card["training"]["steps"] == 3 and card["working_grid"] == {
+        "shape": list(SHAPE),
+        "spacing_mm": 2.0,
+    }
+    assert "val_dice" in card["validation"]
+    assert _log_steps(run / "log.csv") == [1, 2, 3]
+    network, _ = load_model(out)
+    assert network.architecture.plan_dim == SMALL.plan_dim
+
+    assert main([*args, "--steps", "3"]) == 2  # the model exists: --overwrite or --resume needed
+    assert main([*args, "--steps", "5", "--resume"]) == 0
+    assert _log_steps(run / "log.csv") == [1, 2, 3, 4, 5]
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 5
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["steps"] == 5 and card["training"]["warmup_steps"] == 2
+
+
+def test_cli_train_without_data_names_the_folder(tmp_path, config_file, capsys):
+    code = main(["train", "--config", str(config_file), "--shared-dir", str(tmp_path / "missing")])
+    assert code == 2
+    assert "training_seg_01.nii.gz" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_gloo(tmp_path, shared_dir, config_file):
+    """``torchrun --nproc_per_node 2 -m RLRegistrationLib.cli train ...``: the plain command, on 2 CPU
+    processes (gloo); both ranks must end with identical weights."""
+    out = tmp_path / "model-ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    lib_parent = str(Path(RLRegistrationLib.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (lib_parent, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "RLRegistrationLib.cli", "train", "--config", str(config_file), "--quiet"]
+    command += ["--shared-dir", str(shared_dir), "--out", str(out), "--run-dir", str(tmp_path / "run-ddp")]
+    command += ["--steps", "2", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = json.loads((out / "card.json").read_text())
+    distributed = card["training"]["distributed"]
+    assert distributed["world_size"] == 2
+    assert len(distributed["rank_checksums"]) == 2
+    assert distributed["rank_checksums"][0] == distributed["rank_checksums"][1]
+    assert card["training"]["steps"] == 2
+
+
+@pytest.mark.parametrize("section", ["env", "loss", "optim", "schedule", "model", "data", "sac"])
+def test_config_rejects_unknown_keys(section):
+    with pytest.raises((InputError, ValueError), match="unknown keys"):
+        TrainConfig.from_dict({section: {"bogus": 1}})
+
+
+def test_shipped_configs_parse():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("spac_cpu_small.json", "spac_gpu.json"):
+        cfg = TrainConfig.load(root / name)
+        assert all(n % cfg.model.divisor == 0 for n in cfg.data.shape)
