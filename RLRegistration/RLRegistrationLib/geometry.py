@@ -129,6 +129,27 @@ def physical_to_normalized(points: torch.Tensor, grid: Grid) -> torch.Tensor:
     return 2.0 * index / (size - 1).clamp(min=1) - 1.0
 
 
+def normalized_map_between_grids(target: Grid, source: Grid) -> np.ndarray:
+    """3x4 ``theta`` for ``F.affine_grid`` (align_corners=True): normalized coordinates of ``target``'s voxels
+    -> normalized coordinates of the same physical points in ``source``. Exact for any two grids, because
+    index -> mm -> index is affine."""
+    half_target = np.diag((np.asarray(target.size, dtype=np.float64) - 1) / 2.0)
+    to_source = np.diag(2.0 / np.maximum(np.asarray(source.size, dtype=np.float64) - 1, 1))
+    source_inv = np.linalg.inv(source.index_to_physical_matrix)
+    linear = to_source @ source_inv @ target.index_to_physical_matrix @ half_target
+    offset = (
+        to_source
+        @ source_inv
+        @ (
+            target.index_to_physical_matrix @ half_target @ np.ones(3)
+            + np.asarray(target.origin)
+            - np.asarray(source.origin)
+        )
+        - 1.0
+    )
+    return np.concatenate([linear, offset[:, None]], axis=1)
+
+
 def voxel_to_normalized(displacement: torch.Tensor) -> torch.Tensor:
     """Scale a voxel-unit displacement (B, 3, D, H, W), channels (i, j, k), to normalized units."""
     d, h, w = displacement.shape[2:]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .geometry import (
     Grid,
+    normalized_map_between_grids,
     physical_points,
     physical_to_normalized,
     physical_to_voxel,
@@ -67,24 +68,16 @@ def resize_displacement(displacement: torch.Tensor, shape: tuple[int, int, int])
     return resized * factor.view(1, 3, 1, 1, 1)
 
 
-def resample_field_to_grid(
-    displacement_vox: torch.Tensor, source: Grid, target: Grid, chunk_slices: int = 64
-) -> torch.Tensor:
+def resample_field_to_grid(displacement_vox: torch.Tensor, source: Grid, target: Grid) -> torch.Tensor:
     """Field in voxels of ``source`` -> field in LPS mm sampled (trilinear) at the voxels of ``target``.
 
     Works for any pair of grids (different spacing, size, direction); outside the source grid the border
-    value is used. Processed in slabs of ``chunk_slices`` along k to bound memory.
+    value is used.
     """
     field_mm = voxel_to_physical(displacement_vox, source)
-    out = torch.empty((1, 3, *target.shape), dtype=displacement_vox.dtype, device=displacement_vox.device)
-    points = physical_points(target, device=displacement_vox.device)
-    for k0 in range(0, target.shape[0], chunk_slices):
-        sl = points[k0 : k0 + chunk_slices]
-        coords = physical_to_normalized(sl, source)[None]
-        out[:, :, k0 : k0 + chunk_slices] = F.grid_sample(
-            field_mm, coords, mode="bilinear", padding_mode="border", align_corners=True
-        )
-    return out
+    theta = torch.as_tensor(normalized_map_between_grids(target, source), dtype=field_mm.dtype)
+    coords = F.affine_grid(theta[None].to(field_mm.device), (1, 1, *target.shape), align_corners=True)
+    return F.grid_sample(field_mm, coords, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def sample_image_at_points(
