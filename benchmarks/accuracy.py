@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shared-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="fixed:moving subject pairs")
     parser.add_argument("--methods", default=",".join(ALL_METHODS))
-    parser.add_argument("--steps", type=int, default=8, help="rlreg steps (default: the CLI default, 8)")
+    parser.add_argument("--steps", type=int, default=6, help="rlreg steps (default: the CLI default, 6)")
     parser.add_argument("--spacing", type=float, default=2.0, help="rlreg working grid spacing (mm)")
     parser.add_argument("--similarity", default="ncc", help="rlreg similarity (ncc or mind)")
     parser.add_argument("--contrast-moving", default="t1", help="t1 (same contrast) or t2 (cross-contrast)")

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="tto", help="policy name (see 'rlreg info'); default tto")
-    parser.add_argument("--steps", type=int, default=8, help="number of steps (default 8)")
+    parser.add_argument("--steps", type=int, default=6, help="number of steps (default 6)")
     parser.add_argument("--iterations", type=int, help="test-time optimization iterations per step")
     parser.add_argument(
         "--similarity", choices=["ncc", "mind", "mse"], help="ncc (same contrast), mind (multi-modal)"
