@@ -36,8 +36,8 @@ from .policies import (
     Policy,
     PolicyState,
     PolicyStep,
-    TestTimeOptimizationConfig,
     TestTimeOptimizationPolicy,
+    make_tto_policy,
     register_policy,
 )
 from .spatial import resize_displacement
@@ -332,15 +332,6 @@ def _split_options(name: str, options: dict, allowed: tuple[str, ...]) -> dict:
     return {k: v for k, v in options.items() if k in allowed and v is not None}
 
 
-def _tto_policy(name: str, options: dict) -> TestTimeOptimizationPolicy:
-    config = TestTimeOptimizationConfig()
-    for key, value in options.items():
-        if not hasattr(config, key):
-            raise PolicyError(f"policy '{name}' has no option '{key}'")
-        setattr(config, key, tuple(value) if isinstance(value, list) else value)
-    return TestTimeOptimizationPolicy(config)
-
-
 def _spac_factory(folder: Path, name: str):
     def make(**options) -> SPACPolicy:
         return SPACPolicy(folder, **_split_options(name, options, _SPAC_OPTIONS))
@@ -354,7 +345,7 @@ def _chained_factory(folder: Path, name: str, default_steps: int):
         tto = {k: v for k, v in options.items() if v is not None}
         first = SPACPolicy(folder, **spac)
         return ChainedPolicy(
-            first, default_steps if first_steps is None else first_steps, _tto_policy(name, tto)
+            first, default_steps if first_steps is None else first_steps, make_tto_policy(name, **tto)
         )
 
     return make

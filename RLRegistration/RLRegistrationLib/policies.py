@@ -223,18 +223,19 @@ def make_policy(name: str, **kwargs) -> Policy:
     return _REGISTRY[name][0](**kwargs)
 
 
-def _make_tto(**overrides) -> TestTimeOptimizationPolicy:
+def make_tto_policy(name: str = "tto", **overrides) -> TestTimeOptimizationPolicy:
+    """A TTO policy with config ``overrides`` (None values ignored); ``PolicyError`` for unknown options."""
     config = TestTimeOptimizationConfig()
     for key, value in overrides.items():
         if value is None:
             continue
         if not hasattr(config, key):
-            raise PolicyError(f"policy 'tto' has no option '{key}'")
+            raise PolicyError(f"policy '{name}' has no option '{key}'")
         setattr(config, key, tuple(value) if isinstance(value, list) else value)
     return TestTimeOptimizationPolicy(config)
 
 
-register_policy("tto", _make_tto, TestTimeOptimizationPolicy.description)
+register_policy("tto", make_tto_policy, TestTimeOptimizationPolicy.description)
 
 
 def _register_learned_policies() -> None:
