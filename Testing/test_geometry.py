@@ -67,9 +67,9 @@ def test_working_grid_multiple_isotropic_centred_covering(oblique_grid):
     centre_ref = oblique_grid.physical_extent_corners().mean(axis=0)
     centre_work = work.physical_extent_corners().mean(axis=0)
     np.testing.assert_allclose(centre_work, centre_ref, atol=1e-9)
-    # covers: every reference corner lies inside the working grid's index box
+    # covers the field of view: every reference corner voxel lies inside the working grid's cells
     idx = _to_working_index(oblique_grid.physical_extent_corners(), work)
-    assert np.all(idx >= -1e-9) and np.all(idx <= np.asarray(work.size) - 1 + 1e-9)
+    assert np.all(idx >= -0.5 - 1e-9) and np.all(idx <= np.asarray(work.size) - 0.5 + 1e-9)
     # not wastefully large: one block of 16 less would not cover the extent (16.5, 7.2, 15.4 mm)
     extent = (np.asarray(oblique_grid.size) - 1) * np.asarray(oblique_grid.spacing)
     assert np.all((np.asarray(work.size) - 16 - 1) * 1.0 < extent)
@@ -78,8 +78,8 @@ def test_working_grid_multiple_isotropic_centred_covering(oblique_grid):
 def test_working_grid_size_for_larger_reference(make_grid, rotation_matrix):
     reference = make_grid((100, 80, 30), (1.0, 1.2, 3.0), (10, -20, 5), rotation_matrix(0, 0, 30))
     work = geometry.working_grid(reference, spacing_mm=2.0, multiple=16)
-    # extents 99, 94.8, 87 mm at 2 mm -> 50.5, 48.4, 44.5 voxels -> 64, 64, 48
-    assert work.size == (64, 64, 48)
+    # fields of view 100, 96, 90 mm at 2 mm -> 50, 48, 45 voxels -> 64, 48, 48
+    assert work.size == (64, 48, 48)
     assert work.spacing == (2.0, 2.0, 2.0)
 
 
@@ -92,7 +92,7 @@ def test_working_grid_max_voxels_cap(make_grid):
     assert all(s % 16 == 0 for s in capped.size)
     assert capped.spacing[0] > 1.0 and len(set(capped.spacing)) == 1
     idx = _to_working_index(reference.physical_extent_corners(), capped)
-    assert np.all(idx >= -1e-9) and np.all(idx <= np.asarray(capped.size) - 1 + 1e-9)
+    assert np.all(idx >= -0.5 - 1e-9) and np.all(idx <= np.asarray(capped.size) - 0.5 + 1e-9)
 
 
 def test_working_grid_impossible_cap_raises(make_grid):

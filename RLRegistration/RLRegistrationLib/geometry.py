@@ -83,17 +83,18 @@ class Grid:
 def working_grid(
     reference: Grid, spacing_mm: float, multiple: int = 16, max_voxels: int | None = None
 ) -> Grid:
-    """Isotropic grid with the reference's direction covering its physical extent (centred).
+    """Isotropic grid with the reference's direction covering its field of view (centred).
 
-    Every dimension is a multiple of ``multiple`` (network down-sampling). When ``max_voxels`` is given
-    the spacing is increased until the grid fits.
+    The field of view of n voxels of spacing s is n * s mm (each voxel is a cell), so 160 voxels at 1 mm
+    become 80 at 2 mm. Every dimension is a multiple of ``multiple`` (network down-sampling). When
+    ``max_voxels`` is given the spacing is increased until the grid fits.
     """
     if max_voxels is not None and max_voxels < multiple**3:
         raise ValueError(f"max_voxels={max_voxels} is below the smallest possible grid ({multiple}^3)")
-    extent = (np.asarray(reference.size) - 1) * np.asarray(reference.spacing)  # mm along each index axis
+    field_of_view = np.asarray(reference.size) * np.asarray(reference.spacing)  # mm along each index axis
     spacing = float(spacing_mm)
     while True:
-        size = np.maximum(multiple, np.ceil((extent / spacing + 1) / multiple) * multiple).astype(int)
+        size = np.maximum(multiple, np.ceil(field_of_view / spacing / multiple - 1e-9) * multiple).astype(int)
         if max_voxels is None or int(np.prod(size)) <= max_voxels:
             break
         spacing *= 1.05
