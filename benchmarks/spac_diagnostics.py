@@ -1,0 +1,98 @@
+"""Diagnostics of a SPAC training run, in the training environment (64^3 working grid of the config).
+
+    python benchmarks/spac_diagnostics.py --config configs/spac_cpu_small.json [--checkpoint runs/<id>/checkpoint.pt]
+
+1. Sanity of the validation metric: on the config's validation pairs, test-time optimization steps taken in
+   ``RegistrationEnv`` must raise the true-label Dice (if they do, a policy that lowers it is under-trained,
+   not mis-measured).
+2. With ``--checkpoint``: the policy's deterministic steps on a few training-distribution pairs (true-label
+   Dice per step, step size, mean lambda), to tell a domain gap from a policy that does not converge.
+
+Needs ``../shared/data`` (the config's ``shared_dir``); exits 2 with a message when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RLRegistration"))
+
+from RLRegistrationLib.environment import RegistrationEnv  # noqa: E402
+from RLRegistrationLib.metrics import evaluation_labels  # noqa: E402
+from RLRegistrationLib.networks import SPACAgent  # noqa: E402
+from RLRegistrationLib.policies import PolicyState, make_policy  # noqa: E402
+from RLRegistrationLib.training.data import random_pair, validation_pairs  # noqa: E402
+from RLRegistrationLib.training.train import TrainConfig, load_banks  # noqa: E402
+
+
+def tto_in_environment(cfg: TrainConfig, pairs: int, steps: int) -> None:
+    _, val_bank = load_banks(cfg.data)
+    env = RegistrationEnv(steps, reward="labels", fold_weight=1.0, label_classes=evaluation_labels())
+    for pair in validation_pairs(val_bank, cfg.data, pairs):
+        state = env.reset(pair["fixed"], pair["moving"], pair["fixed_labels"], pair["moving_labels"])
+        policy = make_policy("tto", pyramid=(1,))
+        policy.reset(state.fixed, state.moving)
+        dice = [float(env.initial_dice)]
+        for t in range(steps):
+            proposal = policy.propose(PolicyState(state.fixed, state.moving, state.warped, state.field, t))
+            state, _, _, info = env.step(proposal.step_field)
+            dice.append(float(info["dice"]))
+        print(f"TTO in the environment, {pair['name']}: Dice per step {[round(d, 3) for d in dice]}")
+
+
+def checkpoint_on_training_pairs(cfg: TrainConfig, checkpoint: Path, pairs: int, steps: int) -> None:
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    agent = SPACAgent(cfg.model)
+    agent.load_state_dict(saved["agent"])
+    network = agent.network.eval()
+    train_bank, _ = load_banks(cfg.data, with_validation=False)
+    rng = np.random.default_rng(5)
+    env = RegistrationEnv(steps, reward="labels", fold_weight=1.0)
+    for _ in range(pairs):
+        pair = random_pair(train_bank, cfg.data, rng)
+        state = env.reset(*(pair[k][None] for k in ("fixed", "moving", "fixed_labels", "moving_labels")))
+        dice = [float(env.initial_dice)]
+        for _ in range(steps):
+            with torch.no_grad():
+                out = network(state.fixed, state.warped, deterministic=True)
+            state, _, _, info = env.step(out.step)
+            dice.append(float(info["dice"]))
+        print(
+            f"checkpoint step {saved['step']}, training-distribution pair: Dice per step "
+            f"{[round(d, 3) for d in dice]}, last max |step| {float(out.step.abs().max()):.2f} vox, "
+            f"mean lambda {float(out.weight.mean()):.3f}"
+        )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=str(REPO / "configs" / "spac_cpu_small.json"))
+    parser.add_argument("--checkpoint", help="runs/<id>/checkpoint.pt of a training run")
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args(argv)
+    cfg = TrainConfig.load(args.config)
+    if not (Path(cfg.data.shared_dir) / "synthseg").is_dir():
+        print(
+            f"diagnostics: '{cfg.data.shared_dir}/synthseg' is absent: this needs the SynthSeg label maps "
+            "(../shared/data beside the repository)",
+            file=sys.stderr,
+        )
+        return 2
+    torch.set_num_threads(2)
+    tto_in_environment(cfg, args.pairs, args.steps)
+    if args.checkpoint:
+        checkpoint_on_training_pairs(cfg, Path(args.checkpoint), args.pairs + 1, args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
