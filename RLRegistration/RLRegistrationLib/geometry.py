@@ -206,6 +206,23 @@ def affine_to_matrix(transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]
     return a, t
 
 
+def affine_from_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
+    """SimpleITK affine transform of a 4x4 homogeneous point map (same coordinate system)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(matrix[:3, :3].ravel()))
+    transform.SetTranslation(tuple(matrix[:3, 3]))
+    return transform
+
+
+def flatten_linear(transform: sitk.Transform | None) -> sitk.AffineTransform:
+    """One AffineTransform equal to any linear transform (or composite of linear ones); None -> identity."""
+    matrix, translation = affine_to_matrix(transform)
+    homogeneous = np.eye(4)
+    homogeneous[:3, :3], homogeneous[:3, 3] = matrix, translation
+    return affine_from_matrix(homogeneous)
+
+
 def ras_grid_from_lps(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(origin_ras, spacing, direction_ras 3x3) of a grid for Slicer/VTK."""
     origin_ras = LPS_TO_RAS @ np.asarray(grid.origin)

@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .geometry import Grid, affine_to_matrix
+from .geometry import Grid, flatten_linear
 
 
 def read_image(path: str | Path, role: str = "image") -> sitk.Image:
@@ -188,8 +188,8 @@ def affine_prealign(
     method.SetShrinkFactorsPerLevel([2, 1])
     method.SetSmoothingSigmasPerLevel([spacing_mm, spacing_mm / 2])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(_as_affine(initial), inPlace=False)
-    return _as_affine(method.Execute(fixed_c, moving_c))
+    method.SetInitialTransform(flatten_linear(initial), inPlace=False)
+    return flatten_linear(method.Execute(fixed_c, moving_c))
 
 
 def _isotropic_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -200,12 +200,3 @@ def _isotropic_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     extent = (np.asarray(image.GetSize()) - 1) * np.asarray(image.GetSpacing())
     spacing = max(min(spacing_mm, float(extent.min()) / 40.0), float(min(image.GetSpacing())))
     return resample_to_grid(image, working_grid(Grid.from_image(image), spacing, multiple=1))
-
-
-def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
-    """Flatten any linear transform (or a composite of linear ones) to one AffineTransform."""
-    matrix, translation = affine_to_matrix(transform)
-    affine = sitk.AffineTransform(3)
-    affine.SetMatrix(tuple(matrix.ravel()))
-    affine.SetTranslation(tuple(translation))
-    return affine

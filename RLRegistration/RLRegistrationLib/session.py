@@ -24,6 +24,7 @@ from .geometry import (
     Grid,
     affine_to_matrix,
     field_tensor_to_image,
+    flatten_linear,
     image_to_tensor,
     physical_points,
     tensor_to_image,
@@ -141,10 +142,7 @@ class RegistrationSession:
         if opts.affine:
             self.affine = affine_prealign(self.fixed, self.moving, self.initial_transform, seed=opts.seed)
         else:
-            matrix, translation = affine_to_matrix(self.initial_transform)
-            self.affine = sitk.AffineTransform(3)
-            self.affine.SetMatrix(tuple(matrix.ravel()))
-            self.affine.SetTranslation(tuple(translation))
+            self.affine = flatten_linear(self.initial_transform)
         self.fixed_grid = Grid.from_image(self.fixed)
         self.grid = working_grid(self.fixed_grid, opts.working_spacing_mm, max_voxels=opts.max_working_voxels)
         self.output_grid = self.fixed_grid if opts.output_grid == "fixed" else self.grid

@@ -36,6 +36,7 @@ from .errors import InputError
 from .export import SlicerGridArrays, slicer_grid_arrays
 from .geometry import (
     Grid,
+    affine_from_matrix,
     affine_to_matrix,
     ijk_to_ras_matrix,
     lps_vectors_to_ras,
@@ -56,15 +57,6 @@ def ras_matrix_to_lps(matrix_ras: np.ndarray) -> np.ndarray:
     if matrix_ras.shape != (4, 4):
         raise InputError(f"a 4x4 matrix is required, got shape {matrix_ras.shape}")
     return _FLIP4 @ matrix_ras @ _FLIP4
-
-
-def affine_from_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
-    """SimpleITK affine transform of a 4x4 homogeneous matrix (same coordinate system)."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix(tuple(matrix[:3, :3].ravel()))
-    transform.SetTranslation(tuple(matrix[:3, 3]))
-    return transform
 
 
 def initial_transform_from_parents(
