@@ -80,6 +80,24 @@ def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return F.one_hot(labels[:, 0].clamp(0, classes - 1), classes).permute(0, 4, 1, 2, 3).float()
 
 
+def compact_label_table(*label_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, lut): the sorted label values present in any of ``label_maps`` and a lookup table
+    mapping each value to its index 0..K-1 (background 0 stays 0 when present)."""
+    values = torch.unique(torch.cat([m.flatten() for m in label_maps]))
+    lut = torch.zeros(int(values.max()) + 1, dtype=torch.long, device=values.device)
+    lut[values] = torch.arange(values.numel(), device=values.device)
+    return values, lut
+
+
+def paired_one_hot(
+    fixed_labels: torch.Tensor, moving_labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot (B, K, D, H, W) of two label maps (B, 1, D, H, W) over the K values present in either
+    (channel 0 = the smallest value, background when present)."""
+    values, lut = compact_label_table(fixed_labels, moving_labels)
+    return one_hot(lut[fixed_labels], values.numel()), one_hot(lut[moving_labels], values.numel())
+
+
 def warp_labels(labels_one_hot: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     """Soft (trilinear) warping of one-hot labels, then argmax: (B, 1, D, H, W) int64."""
     return warp(labels_one_hot, field, padding_mode="border").argmax(dim=1, keepdim=True)
@@ -167,9 +185,7 @@ class RegistrationEnv:
     ) -> None:
         """Relabel both segmentations to 0..K-1 (one-hot warping needs compact classes) and pick the
         scored classes: ``classes`` (original values; default all non-zero) present in either map."""
-        values = torch.unique(torch.cat([fixed_seg.flatten(), moving_seg.flatten()]))
-        lut = torch.zeros(int(values.max()) + 1, dtype=torch.long, device=fixed_seg.device)
-        lut[values] = torch.arange(values.numel(), device=fixed_seg.device)
+        values, lut = compact_label_table(fixed_seg, moving_seg)
         present = [int(v) for v in values if int(v) != 0]
         wanted = present if classes is None else [c for c in classes if c in present]
         self._scored = [int(lut[c]) for c in wanted]

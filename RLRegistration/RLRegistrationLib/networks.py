@@ -32,8 +32,9 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 
 
 @dataclass
-class SPACArchitecture:
-    """Hyperparameters that define the weights' shapes (stored in a model card as ``architecture``).
+class BackboneArchitecture:
+    """Hyperparameters of the U-Net backbone, decoder and weight-map head shared by the learned policy
+    families (stored in a model card as ``architecture``).
 
     ``channels``: encoder features at 1/2, 1/4, 1/8, 1/16 of the grid (the last is the bottleneck).
     ``max_step``: per-component bound of a step, in network-grid voxels (can be changed at inference).
@@ -42,15 +43,11 @@ class SPACArchitecture:
     in_channels: int = 2
     channels: tuple[int, ...] = (16, 32, 32, 64)
     decoder_channels: tuple[int, ...] = (32, 32, 32, 16)
-    plan_dim: int = 64
-    plan_grid: int = 2
     weight_head_channels: int = 16
-    critic_hidden: int = 128
     max_step: float = 2.0
-    family: str = field(default="spac")
 
     @classmethod
-    def from_dict(cls, values: dict) -> SPACArchitecture:
+    def from_dict(cls, values: dict):
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         for key in ("channels", "decoder_channels"):
             if key in known:
@@ -67,6 +64,16 @@ class SPACArchitecture:
     def divisor(self) -> int:
         """Every grid dimension must be a multiple of this (one halving per encoder level)."""
         return 2 ** len(self.channels)
+
+
+@dataclass
+class SPACArchitecture(BackboneArchitecture):
+    """SPAC: the backbone plus a ``plan_dim`` Gaussian plan pooled to ``plan_grid``^3 and twin critics."""
+
+    plan_dim: int = 64
+    plan_grid: int = 2
+    critic_hidden: int = 128
+    family: str = field(default="spac")
 
 
 def conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -136,11 +143,56 @@ def sample_plan(
     return plan, log_prob
 
 
-class ActorDecoder(nn.Module):
+class SkipDecoder(nn.Module):
+    """U-Net decoder: a bottleneck-sized feature map (B, ``bottleneck_channels``, ...) + skips -> step field
+    (B, 3, D, H, W) in voxels, ``|a| <= max_step`` per component (``tanh``), and the decoder features at
+    1/2 resolution (for the weight-map head). Shared by the SPAC actor and the MorphSeek policy."""
+
+    def __init__(
+        self,
+        bottleneck_channels: int,
+        skip_channels: list[int],
+        decoder_channels: tuple[int, ...] = (32, 32, 32, 16),
+        max_step: float = 2.0,
+    ):
+        super().__init__()
+        if len(decoder_channels) != len(skip_channels):
+            raise ValueError("one decoder level per skip connection")
+        self.bottleneck_channels = bottleneck_channels
+        self.max_step = float(max_step)
+        widths = [bottleneck_channels, *decoder_channels]
+        self.levels = nn.ModuleList(
+            conv_block(widths[i] + skip, widths[i + 1])
+            for i, skip in enumerate(reversed(skip_channels))  # coarsest skip first
+        )
+        self.flow = nn.Conv3d(decoder_channels[-1], 3, 3, padding=1)
+        nn.init.normal_(self.flow.weight, std=1e-5)
+        nn.init.zeros_(self.flow.bias)
+        self.feature_channels = decoder_channels[-2] if len(decoder_channels) > 1 else decoder_channels[-1]
+
+    def decode(
+        self, x: torch.Tensor, skips: list[torch.Tensor], max_step: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = []
+        for level, skip in zip(self.levels, reversed(skips)):
+            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=True)
+            x = level(torch.cat([x, skip], dim=1))
+            outputs.append(x)
+        features = outputs[-2] if len(outputs) > 1 else outputs[-1]
+        bound = self.max_step if max_step is None else float(max_step)
+        return bound * torch.tanh(self.flow(x)), features
+
+    def forward(
+        self, x: torch.Tensor, skips: list[torch.Tensor], max_step: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode(x, skips, max_step)
+
+
+class ActorDecoder(SkipDecoder):
     """Plan + skips -> step field (B, 3, D, H, W) in voxels, ``|a| <= max_step`` per component.
 
     The plan is projected to a ``plan_grid``^3 feature map of ``bottleneck_channels`` features, resized to
-    the bottleneck's size, then decoded with the skips like a U-Net decoder. ``forward`` also returns the
+    the bottleneck's size, then decoded with the skips (``SkipDecoder``). ``forward`` also returns the
     decoder features at 1/2 resolution (for the weight-map head).
     """
 
@@ -153,22 +205,9 @@ class ActorDecoder(nn.Module):
         plan_grid: int = 2,
         max_step: float = 2.0,
     ):
-        super().__init__()
-        if len(decoder_channels) != len(skip_channels):
-            raise ValueError("one decoder level per skip connection")
+        super().__init__(bottleneck_channels, skip_channels, decoder_channels, max_step)
         self.plan_grid = plan_grid
-        self.bottleneck_channels = bottleneck_channels
-        self.max_step = float(max_step)
         self.project = nn.Linear(plan_dim, bottleneck_channels * plan_grid**3)
-        widths = [bottleneck_channels, *decoder_channels]
-        self.levels = nn.ModuleList(
-            conv_block(widths[i] + skip, widths[i + 1])
-            for i, skip in enumerate(reversed(skip_channels))  # coarsest skip first
-        )
-        self.flow = nn.Conv3d(decoder_channels[-1], 3, 3, padding=1)
-        nn.init.normal_(self.flow.weight, std=1e-5)
-        nn.init.zeros_(self.flow.bias)
-        self.feature_channels = decoder_channels[-2] if len(decoder_channels) > 1 else decoder_channels[-1]
 
     def forward(
         self, plan: torch.Tensor, skips: list[torch.Tensor], max_step: float | None = None
@@ -176,14 +215,7 @@ class ActorDecoder(nn.Module):
         bottleneck_shape = tuple(math.ceil(n / 2) for n in skips[-1].shape[2:])
         x = self.project(plan).view(-1, self.bottleneck_channels, *(self.plan_grid,) * 3)
         x = F.leaky_relu(F.interpolate(x, size=bottleneck_shape, mode="trilinear", align_corners=True), 0.2)
-        outputs = []
-        for level, skip in zip(self.levels, reversed(skips)):
-            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=True)
-            x = level(torch.cat([x, skip], dim=1))
-            outputs.append(x)
-        features = outputs[-2] if len(outputs) > 1 else outputs[-1]
-        bound = self.max_step if max_step is None else float(max_step)
-        return bound * torch.tanh(self.flow(x)), features
+        return self.decode(x, skips, max_step)
 
 
 class WeightMapHead(nn.Module):

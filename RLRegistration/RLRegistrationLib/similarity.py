@@ -104,3 +104,14 @@ def make_similarity(name: str, **kwargs) -> torch.nn.Module:
     if name not in SIMILARITIES:
         raise ValueError(f"unknown similarity '{name}' (choose from {', '.join(SIMILARITIES)})")
     return SIMILARITIES[name](**kwargs)
+
+
+def soft_dice_loss(fixed_one_hot: torch.Tensor, warped_one_hot: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes (channel 0 = background is left out) of two
+    one-hot / probabilistic label maps (B, K, D, H, W); classes absent from both count as Dice 1.
+
+    The label-overlap loss of SynthMorph-style training on synthetic images (weak supervision)."""
+    a, b = fixed_one_hot[:, 1:].flatten(2), warped_one_hot[:, 1:].flatten(2)
+    total = a.sum(2) + b.sum(2)
+    dice = (2 * (a * b).sum(2) + 1e-5) / (total + 1e-5)
+    return 1.0 - dice.mean()
