@@ -138,6 +138,46 @@ def oblique_grid() -> Grid:
 
 
 @pytest.fixture
+def shared_dir(tmp_path) -> Path:
+    """A stand-in for ../shared/data: synthseg/training_seg_01..05.nii.gz phantoms (1 mm, 40^3)."""
+    from RLRegistrationLib.training.data import phantom_label_map
+
+    folder = tmp_path / "shared" / "synthseg"
+    folder.mkdir(parents=True)
+    for subject in range(1, 6):
+        image = sitk.GetImageFromArray(phantom_label_map((40, 40, 40), seed=subject).astype(np.float32))
+        sitk.WriteImage(image, str(folder / f"training_seg_{subject:02d}.nii.gz"))
+    return tmp_path / "shared"
+
+
+@pytest.fixture
+def torchrun_train(tmp_path, shared_dir):
+    """``torchrun --nproc_per_node 2 -m RLRegistrationLib.cli train --config <config> ...`` on 2 CPU
+    processes (gloo) with the phantom ``shared_dir``; returns (CompletedProcess, model folder)."""
+    lib_parent = str(Path(RLRegistrationLib.__file__).resolve().parents[1])
+
+    def run(config: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+        out = tmp_path / "model-ddp"
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (lib_parent, env.get("PYTHONPATH")) if p)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        command += ["-m", "RLRegistrationLib.cli", "train", "--config", str(config), "--quiet"]
+        command += [
+            "--shared-dir",
+            str(shared_dir),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run-ddp"),
+        ]
+        command += ["--device", "cpu", *extra]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+        return result, out
+
+    return run
+
+
+@pytest.fixture
 def run_isolated():
     """Run Python code in a fresh interpreter (for behaviour that may crash the process).
 

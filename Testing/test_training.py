@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
-import RLRegistrationLib
 from RLRegistrationLib.cli import main
 from RLRegistrationLib.errors import InputError
 from RLRegistrationLib.learned_policies import load_model, sha256_of
@@ -58,17 +53,6 @@ def small_config(**schedule) -> dict:
             **schedule,
         },
     }
-
-
-@pytest.fixture
-def shared_dir(tmp_path) -> Path:
-    """A stand-in for ../shared/data: synthseg/training_seg_01..05.nii.gz phantoms (1 mm, 40^3)."""
-    folder = tmp_path / "shared" / "synthseg"
-    folder.mkdir(parents=True)
-    for subject in range(1, 6):
-        image = sitk.GetImageFromArray(phantom_label_map((40, 40, 40), seed=subject).astype(np.float32))
-        sitk.WriteImage(image, str(folder / f"training_seg_{subject:02d}.nii.gz"))
-    return tmp_path / "shared"
 
 
 @pytest.fixture
@@ -221,18 +205,10 @@ def test_cli_train_without_data_names_the_folder(tmp_path, config_file, capsys):
     assert "training_seg_01.nii.gz" in capsys.readouterr().err
 
 
-def test_ddp_two_processes_gloo(tmp_path, shared_dir, config_file):
+def test_ddp_two_processes_gloo(torchrun_train, config_file):
     """``torchrun --nproc_per_node 2 -m RLRegistrationLib.cli train ...``: the plain command, on 2 CPU
     processes (gloo); both ranks must end with identical weights."""
-    out = tmp_path / "model-ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    lib_parent = str(Path(RLRegistrationLib.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (lib_parent, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "RLRegistrationLib.cli", "train", "--config", str(config_file), "--quiet"]
-    command += ["--shared-dir", str(shared_dir), "--out", str(out), "--run-dir", str(tmp_path / "run-ddp")]
-    command += ["--steps", "2", "--device", "cpu"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    result, out = torchrun_train(config_file, "--steps", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     card = json.loads((out / "card.json").read_text())
     distributed = card["training"]["distributed"]

@@ -228,12 +228,17 @@ def synthesize(labels: np.ndarray, table: dict[int, float], rng: np.random.Gener
     )
 
 
-def random_pair(bank: LabelBank, cfg: DataConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+def random_pair(
+    bank: LabelBank, cfg: DataConfig, rng: np.random.Generator, subjects: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
     """One augmented training pair of two different subjects (a single subject bank pairs it with
-    itself). Returns ``fixed``, ``moving`` (1, D, H, W) float32 and ``fixed_labels``, ``moving_labels``
-    (1, D, H, W) int64."""
-    n = len(bank)
-    a, b = rng.choice(n, size=2, replace=False) if n > 1 else (0, 0)
+    itself), drawn from the bank indices ``subjects`` (default: all). Returns ``fixed``, ``moving``
+    (1, D, H, W) float32, ``fixed_labels``, ``moving_labels`` (1, D, H, W) int64 and ``subjects`` (2,)
+    int64: the bank indices of the fixed and moving subjects."""
+    candidates = list(range(len(bank))) if subjects is None else [int(s) for s in subjects]
+    n = len(candidates)
+    index = rng.choice(n, size=2, replace=False) if n > 1 else (0, 0)
+    a, b = candidates[int(index[0])], candidates[int(index[1])]
     labels = [deform_labels(bank.arrays[s], cfg.shape, rng, cfg) for s in (a, b)]
     if cfg.flips:
         axes = tuple(ax for ax in range(3) if rng.random() < 0.5)
@@ -249,15 +254,24 @@ def random_pair(bank: LabelBank, cfg: DataConfig, rng: np.random.Generator) -> d
         "moving": torch.from_numpy(images[1])[None],
         "fixed_labels": torch.from_numpy(labels[0].astype(np.int64))[None],
         "moving_labels": torch.from_numpy(labels[1].astype(np.int64))[None],
+        "subjects": torch.tensor([a, b], dtype=torch.int64),
     }
 
 
 class SyntheticPairs(torch.utils.data.IterableDataset):
-    """Endless stream of ``random_pair`` samples; seeded by (seed, rank, DataLoader worker)."""
+    """Endless stream of ``random_pair`` samples (of the bank indices ``subjects``, default all); seeded
+    by (seed, rank, DataLoader worker)."""
 
-    def __init__(self, bank: LabelBank, cfg: DataConfig, seed: int = 0, rank: int = 0):
+    def __init__(
+        self,
+        bank: LabelBank,
+        cfg: DataConfig,
+        seed: int = 0,
+        rank: int = 0,
+        subjects: Sequence[int] | None = None,
+    ):
         super().__init__()
-        self.bank, self.cfg, self.seed, self.rank = bank, cfg, seed, rank
+        self.bank, self.cfg, self.seed, self.rank, self.subjects = bank, cfg, seed, rank, subjects
         self.epoch = 0
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -265,15 +279,22 @@ class SyntheticPairs(torch.utils.data.IterableDataset):
         worker = 0 if info is None else info.id
         rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch])
         while True:
-            yield random_pair(self.bank, self.cfg, rng)
+            yield random_pair(self.bank, self.cfg, rng, self.subjects)
 
 
 def pair_loader(
-    bank: LabelBank, cfg: DataConfig, batch_size: int, seed: int, rank: int = 0, restart: int = 0
+    bank: LabelBank,
+    cfg: DataConfig,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    restart: int = 0,
+    subjects: Sequence[int] | None = None,
 ):
-    """Infinite iterator of batches (dict of (B, 1, D, H, W) tensors). ``restart`` changes the stream
-    (used when resuming so a resumed run does not replay the same pairs)."""
-    dataset = SyntheticPairs(bank, cfg, seed, rank)
+    """Infinite iterator of batches (dict of (B, 1, D, H, W) tensors, ``subjects`` (B, 2)) of pairs of
+    the bank indices ``subjects`` (default all). ``restart`` changes the stream (used when resuming so a
+    resumed run does not replay the same pairs)."""
+    dataset = SyntheticPairs(bank, cfg, seed, rank, subjects)
     dataset.epoch = restart
     loader = torch.utils.data.DataLoader(
         dataset,
