@@ -47,7 +47,38 @@ INITIALIZATIONS = [
     ("none", "None (images' own coordinates)"),
 ]
 WEIGHT_MAP_COLORS = "vtkMRMLColorTableNodeFileViridis.txt"
+UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeFilePlasma.txt"
 MAGNITUDE_COLORS = "vtkMRMLColorTableNodeFileInferno.txt"
+# Overlay volumes of the result, shown one at a time in the slice views' foreground (panel_state.OVERLAYS).
+# attribute: parameter-node field; name: suffix of a created node (None: never created, the user picks one);
+# colors: colour node ID; window: fixed display range, "data" = [0, max of the data] at every update,
+# None = Slicer's automatic window; rangeText: Logic attribute shown in the panel's range label; unit.
+OVERLAY_VOLUMES = {
+    "weight_map": {
+        "attribute": "weightMapVolume",
+        "name": " weight map",
+        "colors": WEIGHT_MAP_COLORS,
+        "window": (0.0, 1.0),
+        "rangeText": "weightMapRangeText",
+        "unit": "",
+    },
+    "uncertainty": {
+        "attribute": "uncertaintyVolume",
+        "name": " uncertainty (mm)",
+        "colors": UNCERTAINTY_COLORS,
+        "window": "data",
+        "rangeText": "uncertaintyRangeText",
+        "unit": " mm",
+    },
+    "magnitude": {
+        "attribute": "magnitudeVolume",
+        "name": None,
+        "colors": MAGNITUDE_COLORS,
+        "window": None,
+        "rangeText": "magnitudeRangeText",
+        "unit": " mm",
+    },
+}
 PREVIOUS_PARENT_ATTRIBUTE = "RLRegistration.PreviousParentTransformID"
 POLL_INTERVAL_MS = 100
 PLAY_INTERVAL_MS = 400
@@ -90,10 +121,13 @@ class RLRegistrationParameterNode:
     fixedVolume, movingVolume - the images to register (moving is resampled onto fixed).
     fixedLabels, movingLabels - optional label maps or segmentations (Dice per step).
     policy, steps, iterations, regularization, device, initialization - how the registration runs.
+    samples - trajectories sampled per step (policies that sample, e.g. MorphSeek; 1 = one trajectory).
     outputTransform - grid transform node receiving the result (created when empty).
     outputParentTransform - optional parent of the output transform (default: the fixed volume's parent).
-    warpedVolume, weightMapVolume, magnitudeVolume - optional output volumes (weight map created when empty).
-    fieldDisplay, showWeightMap, showMagnitude, overlayOpacity - how results are shown in the slice views.
+    warpedVolume, weightMapVolume, uncertaintyVolume, magnitudeVolume - optional output volumes (weight map
+    and uncertainty are created when empty and the policy provides them).
+    fieldDisplay, showWeightMap, showUncertainty, showMagnitude, overlayOpacity - how results are shown in the
+    slice views (one overlay at a time; the opacity applies to the one shown).
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -103,6 +137,7 @@ class RLRegistrationParameterNode:
     policy: str = "tto"
     steps: Annotated[int, WithinRange(1, 500)] = 10
     iterations: Annotated[int, WithinRange(1, 500)] = 20
+    samples: Annotated[int, WithinRange(1, 16)] = 1
     regularization: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     initialization: Annotated[str, Choice(["affine", "parent", "none"])] = "affine"
@@ -110,9 +145,11 @@ class RLRegistrationParameterNode:
     outputParentTransform: vtkMRMLTransformNode
     warpedVolume: vtkMRMLScalarVolumeNode
     weightMapVolume: vtkMRMLScalarVolumeNode
+    uncertaintyVolume: vtkMRMLScalarVolumeNode
     magnitudeVolume: vtkMRMLScalarVolumeNode
     fieldDisplay: Annotated[str, Choice(FIELD_DISPLAY_MODES)] = "Glyph"
     showWeightMap: bool = False
+    showUncertainty: bool = False
     showMagnitude: bool = False
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
@@ -169,6 +206,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.initializationComboBox.currentIndexChanged.connect(self.onInitializationChanged)
         self.ui.fieldDisplayComboBox.currentIndexChanged.connect(self.onDisplayOptionChanged)
         self.ui.showWeightMapCheckBox.toggled.connect(self.onShowWeightMapToggled)
+        self.ui.showUncertaintyCheckBox.toggled.connect(self.onShowUncertaintyToggled)
         self.ui.showMagnitudeCheckBox.toggled.connect(self.onShowMagnitudeToggled)
         self.ui.overlayOpacitySliderWidget.valueChanged.connect(self.onDisplayOptionChanged)
 
@@ -242,6 +280,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.policyComboBox.clear()
         self.ui.deviceComboBox.clear()
         self._policyDescriptions = {}
+        self._policySampling = {}  # policy name -> can sample several trajectories (Samples box enabled)
         self._choicesNeedTorch = importlib.util.find_spec("torch") is None
         if self._choicesNeedTorch:
             self.ui.policyComboBox.addItem("tto — test-time optimization", "tto")
@@ -266,6 +305,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for choice in policyChoices:
             self.ui.policyComboBox.addItem(choice.label, choice.name)
             self._policyDescriptions[choice.name] = f"{choice.description}\nTrained for: {choice.modality}"
+            self._policySampling[choice.name] = choice.supports_sampling
         for value, label, _available in deviceChoices:
             self.ui.deviceComboBox.addItem(label, value)
 
@@ -285,6 +325,8 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._selectData(self.ui.deviceComboBox, params.device)
             self._selectData(self.ui.initializationComboBox, params.initialization)
             self.ui.policyDescriptionLabel.text = self._policyDescriptions.get(params.policy, "")
+            # only policies that sample trajectories (MorphSeek models) use more than one sample
+            self.ui.samplesSpinBox.enabled = self._policySampling.get(params.policy, False)
         finally:
             self._updatingGui = False
         ready = bool(
@@ -354,6 +396,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = flags.progress_visible
         if self.logic is not None:
             self.ui.weightMapRangeLabel.text = self.logic.weightMapRangeText
+            self.ui.uncertaintyRangeLabel.text = self.logic.uncertaintyRangeText
             self.ui.magnitudeRangeLabel.text = self.logic.magnitudeRangeText
 
     def onApplyButton(self) -> None:
@@ -417,7 +460,12 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = value
             r = self._lastReport
             self.ui.progressBar.format = progress_text(
-                r.index - self._state.run_first_step, maximum, r.step_seconds, r.similarity, r.dice
+                r.index - self._state.run_first_step,
+                maximum,
+                r.step_seconds,
+                r.similarity,
+                r.dice,
+                getattr(r, "uncertainty_mean_mm", None),
             )
         if update.error:
             self._pollTimer.stop()
@@ -501,15 +549,25 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # runs after the parameter node connectors have stored the new value
         qt.QTimer.singleShot(0, self._applyDisplayOptions)
 
-    def onShowWeightMapToggled(self, checked) -> None:
-        if checked and self.ui.showMagnitudeCheckBox.checked:
-            self.ui.showMagnitudeCheckBox.checked = False
+    def _overlayCheckBoxes(self):
+        return [self.ui.showWeightMapCheckBox, self.ui.showUncertaintyCheckBox, self.ui.showMagnitudeCheckBox]
+
+    def _onOverlayToggled(self, checkBox, checked) -> None:
+        """One overlay at a time in the foreground: checking one unchecks the others."""
+        if checked:
+            for other in self._overlayCheckBoxes():
+                if other is not checkBox and other.checked:
+                    other.checked = False
         self.onDisplayOptionChanged()
 
+    def onShowWeightMapToggled(self, checked) -> None:
+        self._onOverlayToggled(self.ui.showWeightMapCheckBox, checked)
+
+    def onShowUncertaintyToggled(self, checked) -> None:
+        self._onOverlayToggled(self.ui.showUncertaintyCheckBox, checked)
+
     def onShowMagnitudeToggled(self, checked) -> None:
-        if checked and self.ui.showWeightMapCheckBox.checked:
-            self.ui.showWeightMapCheckBox.checked = False
-        self.onDisplayOptionChanged()
+        self._onOverlayToggled(self.ui.showMagnitudeCheckBox, checked)
 
     def _applyDisplayOptions(self) -> None:
         if self._parameterNode:
@@ -586,6 +644,7 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
         self._pendingFinal = None
         self._layersPending = False
         self.weightMapRangeText = "—"
+        self.uncertaintyRangeText = "—"
         self.magnitudeRangeText = "—"
 
     def getParameterNode(self):
@@ -760,6 +819,7 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
         for label, node in (
             (_("warped volume"), params.warpedVolume),
             (_("weight map"), params.weightMapVolume),
+            (_("uncertainty"), params.uncertaintyVolume),
             (_("displacement magnitude volume"), params.magnitudeVolume),
         ):
             if node is not None and node.GetID() in inputIDs:
@@ -777,13 +837,16 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
         options = session.SessionOptions(affine=affine, device=str(device))
         if device.type == "cuda":
             options.max_working_voxels = 160 * 192 * 224
+        sampling = {}
+        if params.samples > 1 and policies.policy_supports_sampling(params.policy):
+            sampling = {"samples": params.samples}  # temperature 1: the policy's default with samples > 1
         try:
             policy = policies.make_policy(
-                params.policy, iterations=params.iterations, regularization=params.regularization
+                params.policy, iterations=params.iterations, regularization=params.regularization, **sampling
             )
         except policies.PolicyError as error:
             logging.info(f"Policy '{params.policy}' used with its own settings ({error})")
-            policy = policies.make_policy(params.policy)  # a policy without these options
+            policy = policies.make_policy(params.policy, **sampling)  # a policy without these options
         self.session = session.RegistrationSession(
             self._fixedImage, self.movingImage, policy, options, fixedLabels, movingLabels, initial
         )
@@ -822,6 +885,7 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
         self.fullResolutionStep = None
         self.displayedStep = None
         self.weightMapRangeText = "—"
+        self.uncertaintyRangeText = "—"
         self.magnitudeRangeText = "—"
 
     def processMessages(self, params) -> RunUpdate:
@@ -885,6 +949,10 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
             text += _(", Dice {dice:.3f} (after pre-alignment {dice0:.3f})").format(
                 dice=report.dice, dice0=self.session.reports[0].dice
             )
+        if getattr(report, "uncertainty_mean_mm", None) is not None:
+            text += _(", uncertainty {mean:.2f} mm (mean), {max:.2f} mm (max)").format(
+                mean=report.uncertainty_mean_mm, max=report.uncertainty_max_mm
+            )
         if cancelled:
             text = (
                 _("Cancelled after ")
@@ -920,13 +988,38 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
         transformNode.SetAndObserveTransformNodeID(parent.GetID() if parent else None)
         return transformNode
 
-    def weightMapNode(self, params):
-        volumeNode = params.weightMapVolume
-        if volumeNode is None:
+    def overlayNode(self, params, overlay: str, create: bool = True):
+        """The output volume of an overlay (``OVERLAY_VOLUMES``), created when empty if the overlay creates
+        its node and ``create``; None otherwise."""
+        spec = OVERLAY_VOLUMES[overlay]
+        volumeNode = getattr(params, spec["attribute"])
+        if volumeNode is None and create and spec["name"] is not None:
             volumeNode = self._newNode(
-                params, "vtkMRMLScalarVolumeNode", self._baseName(params) + " weight map", "weightMapVolume"
+                params, "vtkMRMLScalarVolumeNode", self._baseName(params) + spec["name"], spec["attribute"]
             )
         return volumeNode
+
+    def weightMapNode(self, params):
+        return self.overlayNode(params, "weight_map")
+
+    def updateOverlay(self, params, overlay: str, array, ijkToRas, parent=None) -> None:
+        """Voxels, geometry and colours of an overlay volume, and the text of its range label."""
+        from RLRegistrationLib import slicer_bridge
+
+        spec = OVERLAY_VOLUMES[overlay]
+        text = slicer_bridge.format_range(array)
+        setattr(self, spec["rangeText"], text + spec["unit"] if text != "—" else text)
+        volumeNode = self.overlayNode(params, overlay, create=array is not None)
+        if volumeNode is None or array is None:
+            return
+        firstTime = volumeNode.GetImageData() is None
+        self.updateVolume(volumeNode, array, ijkToRas, parent)
+        window = spec["window"]
+        if window == "data":  # [0, max] of this step: the colours follow the growing spread
+            valueRange = slicer_bridge.value_range(array)
+            window = (0.0, max(valueRange[1] if valueRange else 0.0, 1e-3))
+        if firstTime or spec["window"] == "data":
+            self.setColors(volumeNode, spec["colors"], window)
 
     @staticmethod
     def setColors(volumeNode: "vtkMRMLScalarVolumeNode", colorNodeID: str, valueRange=None) -> None:
@@ -983,27 +1076,26 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
         volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
         volumeNode.SetAndObserveTransformNodeID(parent.GetID() if parent else None)
 
-    def _showOutputs(self, params, field, ijkToRas, warped, magnitude, weightMap, weightMapIjkToRas) -> None:
-        from RLRegistrationLib import slicer_bridge
-
+    def _showOutputs(
+        self,
+        params,
+        field,
+        ijkToRas,
+        warped,
+        magnitude,
+        weightMap,
+        weightMapIjkToRas,
+        uncertainty=None,
+        uncertaintyIjkToRas=None,
+    ) -> None:
         parent = self.resultParentTransform(params)
         transformNode = self.outputTransformNode(params)
         self.updateGridTransform(transformNode, field)
         if params.warpedVolume is not None and warped is not None:
             self.updateVolume(params.warpedVolume, warped, ijkToRas, parent)
-        if params.magnitudeVolume is not None:
-            firstTime = params.magnitudeVolume.GetImageData() is None
-            self.updateVolume(params.magnitudeVolume, magnitude, ijkToRas, parent)
-            if firstTime:
-                self.setColors(params.magnitudeVolume, MAGNITUDE_COLORS)
-        if weightMap is not None:
-            weightMapVolume = self.weightMapNode(params)
-            firstTime = weightMapVolume.GetImageData() is None
-            self.updateVolume(weightMapVolume, weightMap, weightMapIjkToRas, parent)
-            if firstTime:
-                self.setColors(weightMapVolume, WEIGHT_MAP_COLORS, (0.0, 1.0))
-        self.weightMapRangeText = slicer_bridge.format_range(weightMap)
-        self.magnitudeRangeText = slicer_bridge.format_range(magnitude) + " mm"
+        self.updateOverlay(params, "magnitude", magnitude, ijkToRas, parent)
+        self.updateOverlay(params, "weight_map", weightMap, weightMapIjkToRas, parent)
+        self.updateOverlay(params, "uncertainty", uncertainty, uncertaintyIjkToRas, parent)
         if self._layersPending:  # once per run: the user may change the layers while it runs
             self._layersPending = False
             self.updateDisplay(params)
@@ -1017,6 +1109,8 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
             frame.warped,
             frame.magnitude,
             frame.weight_map,
+            frame.ijk_to_ras,
+            frame.uncertainty,
             frame.ijk_to_ras,
         )
         self.displayedStep = frame.index
@@ -1032,6 +1126,8 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
             final.magnitude,
             final.weight_map,
             final.weight_map_ijk_to_ras,
+            final.uncertainty,
+            final.ijk_to_ras,
         )
         self.displayedStep = final.index
         self.fullResolutionStep = final.index
@@ -1074,7 +1170,7 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
                 slicer.mrmlScene.RemoveNode(node)
         self.createdNodeIDs = []
         if params is not None:
-            for attribute in ("outputTransform", "weightMapVolume"):
+            for attribute in ("outputTransform", "weightMapVolume", "uncertaintyVolume"):
                 node = getattr(params, attribute)
                 if node is not None and slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
                     setattr(params, attribute, None)
@@ -1106,9 +1202,13 @@ class RLRegistrationLogic(ScriptedLoadableModuleLogic):
             params.weightMapVolume is not None and params.weightMapVolume.GetImageData() is not None,
             params.magnitudeVolume is not None and params.magnitudeVolume.GetImageData() is not None,
             params.warpedVolume is not None and params.warpedVolume.GetImageData() is not None,
+            show_uncertainty=params.showUncertainty,
+            has_uncertainty=params.uncertaintyVolume is not None
+            and params.uncertaintyVolume.GetImageData() is not None,
         )
         foreground = {
             "weight_map": params.weightMapVolume,
+            "uncertainty": params.uncertaintyVolume,
             "magnitude": params.magnitudeVolume,
             "warped": params.warpedVolume,
         }.get(layer)
@@ -1173,6 +1273,8 @@ class RLRegistrationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_RLRegistrationWorkflow()
+        self.setUp()
+        self.test_RLRegistrationMorphSeekSampling()
 
     def test_RLRegistrationWorkflow(self):
         self.delayDisplay("Loading the sample pair")
@@ -1274,3 +1376,46 @@ class RLRegistrationTest(ScriptedLoadableModuleTest):
         logic.harden(params)
         self.assertIsNone(moving.GetParentTransformNode())
         self.delayDisplay("Test passed")
+
+    def test_RLRegistrationMorphSeekSampling(self):
+        """A MorphSeek model from models/ with 3 sampled trajectories: uncertainty overlay (skipped without
+        a MorphSeek model)."""
+        logic = RLRegistrationLogic()
+        self.assertTrue(logic.ensureDependencies(askConfirmation=False))
+        from RLRegistrationLib import slicer_bridge
+
+        names = [
+            c.name
+            for c in slicer_bridge.policy_choices()
+            if c.supports_sampling and not c.name.endswith("+tto")
+        ]
+        if not names:
+            self.delayDisplay("No MorphSeek model in models/: sampling test skipped")
+            return
+        sampleDir = os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "RLRegistrationLib", "sample_data"
+        )
+        params = logic.getParameterNode()
+        params.fixedVolume = slicer.util.loadVolume(os.path.join(sampleDir, "fixed.nii.gz"))
+        params.movingVolume = slicer.util.loadVolume(os.path.join(sampleDir, "moving.nii.gz"))
+        params.policy = names[0]
+        params.samples = 3
+        params.device = "auto"
+        params.initialization = "affine"
+        params.showUncertainty = True
+
+        self.delayDisplay(f"Running 2 steps of {names[0]} with 3 samples")
+        reports = logic.runBlocking(params, 2)
+        self.assertEqual([r.index for r in reports], [0, 1, 2])
+        self.assertIsNone(reports[0].uncertainty_mean_mm)
+        self.assertGreaterEqual(reports[-1].uncertainty_mean_mm, 0.0)
+        uncertaintyVolume = params.uncertaintyVolume
+        self.assertIsNotNone(uncertaintyVolume)
+        values = slicer.util.arrayFromVolume(uncertaintyVolume)
+        self.assertEqual(
+            values.shape, slicer.util.arrayFromVolume(params.fixedVolume).shape
+        )  # final: fixed grid
+        self.assertGreaterEqual(float(values.min()), 0.0)
+        self.assertTrue(logic.uncertaintyRangeText.endswith("mm"))
+        self.assertEqual(uncertaintyVolume.GetDisplayNode().GetColorNodeID(), UNCERTAINTY_COLORS)
+        self.delayDisplay("Sampling test passed")

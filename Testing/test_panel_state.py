@@ -177,3 +177,13 @@ def test_progress_text_and_overlay_choice():
     assert foreground_layer(True, True, False, True, True) == "magnitude"
     assert foreground_layer(False, False, True, True, True) == "warped"
     assert foreground_layer(False, True, True, False, False) is None
+    assert (
+        progress_text(2, 4, 0.5, 0.5, None, 0.4234)
+        == "Step 2/4 · 500 ms/step · NCC 0.500 · Uncertainty 0.42 mm"
+    )
+    # the uncertainty overlay: after the weight map, before the magnitude; only when there is a map
+    both = dict(show_uncertainty=True, has_uncertainty=True)
+    assert foreground_layer(False, True, True, True, True, **both) == "uncertainty"
+    assert foreground_layer(True, False, True, True, True, **both) == "weight_map"
+    assert foreground_layer(False, True, True, True, True, show_uncertainty=True) == "magnitude"
+    assert foreground_layer(False, False, True, True, True, show_uncertainty=True) == "warped"

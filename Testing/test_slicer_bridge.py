@@ -277,6 +277,38 @@ def test_worker_posts_prepared_steps_final_finished(blob_array, make_grid):
     assert format_range(final.weight_map) == "0.5 – 0.5"
 
 
+class SpreadPolicy(ShiftPolicy):
+    """ShiftPolicy that also reports an uncertainty map (1 mm + 0.5 mm per step), like a sampling policy."""
+
+    supports_sampling = True
+
+    def propose(self, state):
+        proposal = super().propose(state)
+        shape = state.field.shape[2:]
+        proposal.uncertainty_map = torch.full((1, 1, *shape), 1.0 + 0.5 * state.step_index)
+        proposal.uncertainty_map[..., 0] = 0.0  # not constant (a border slab outside the fixed grid)
+        return proposal
+
+
+def test_worker_posts_the_uncertainty_per_step(blob_array, make_grid):
+    session = make_session(blob_array, make_grid, SpreadPolicy())
+    messages = drain(RegistrationWorker(session, 2, moving=session.moving).start())
+    assert [m.kind for m in messages] == ["prepared", "step", "step", "final", "finished"]
+    assert messages[0].frame.uncertainty is None and messages[0].report.uncertainty_mean_mm is None
+    for message, level in zip(messages[1:3], (1.0, 1.5)):
+        frame = message.frame
+        assert frame.uncertainty.shape == session.grid.shape and frame.uncertainty.dtype == np.float32
+        assert float(frame.uncertainty.max()) == pytest.approx(level)
+        assert message.report.uncertainty_max_mm == pytest.approx(level)
+    final = messages[3].final
+    assert final.uncertainty.shape == tuple(reversed(session.fixed.GetSize()))  # output grid = fixed grid
+    assert float(final.uncertainty.max()) == pytest.approx(1.5) and float(final.uncertainty.min()) >= 0
+    assert final.result.uncertainty_map.GetSize() == session.fixed.GetSize()
+    assert format_range(messages[2].frame.uncertainty) == "0 – 1.5"
+    # replay of an earlier step shows that step's map
+    assert float(step_frame(session, 1).uncertainty.max()) == pytest.approx(1.0)
+
+
 def test_worker_cancel_stops_within_one_step_and_continue(blob_array, make_grid):
     policy = ShiftPolicy(delay=0.2)
     session = make_session(blob_array, make_grid, policy)
@@ -349,6 +381,14 @@ def test_policy_choices_read_model_cards(tmp_path):
     assert "tto" in available_policies()
     assert [c.name for c in policy_choices(models_dir=tmp_path / "missing")][0] == "tto"
     assert [c.name for c in policy_choices({}, tmp_path)] == ["tto"]
+    assert not any(c.supports_sampling for c in choices)
+    morphseek = tmp_path / "morphseek-brain"
+    morphseek.mkdir()
+    (morphseek / "card.json").write_text(json.dumps({"id": "morphseek-brain", "family": "morphseek"}))
+    sampling = {
+        c.name: c.supports_sampling for c in policy_choices({"morphseek-brain": "", "tto": ""}, tmp_path)
+    }
+    assert sampling == {"tto": False, "morphseek-brain": True}
 
 
 def test_device_choices_name_the_device():

@@ -55,6 +55,22 @@ def test_compose_matches_analytic_composition(sinusoid_field):
     assert float((got - expected)[inner].abs().max()) < 0.03
 
 
+def test_step_to_reach_composes_to_the_target(sinusoid_field):
+    shape = (20, 22, 24)
+    previous = sinusoid_field(shape, 2.5, seed=6, shortest_wavelength=16).tensor()
+    target = previous + sinusoid_field(shape, 1.5, seed=7, shortest_wavelength=16).tensor()
+    step = spatial.step_to_reach(previous, target, iterations=5)
+    composed = spatial.compose_displacements(step, previous)
+    assert float((composed - target).abs().max()) < 0.02  # voxels; the naive difference is far off
+    naive = spatial.compose_displacements(target - previous, previous)
+    assert float((naive - target).abs().max()) > 10 * float((composed - target).abs().max())
+    # a constant previous field is reached exactly; from the identity the step is the target itself
+    constant = torch.full((1, 3, *shape), 1.25)
+    exact = spatial.step_to_reach(constant, target, iterations=1)
+    torch.testing.assert_close(spatial.compose_displacements(exact, constant), target, atol=1e-5, rtol=0)
+    torch.testing.assert_close(spatial.step_to_reach(torch.zeros_like(target), target), target)
+
+
 def test_integrate_constant_velocity_is_translation():
     v = torch.zeros(1, 3, 6, 7, 8)
     v[:, 0], v[:, 1], v[:, 2] = 1.5, -0.75, 2.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from .errors import DeviceError, InputError, RLRegistrationError
 from .export import check_output_paths, write_image, write_transform
 from .imaging import read_image, read_label_map
 from .metrics import evaluate_transform, evaluation_labels
-from .policies import available_policies, make_policy
+from .policies import available_policies, make_policy, policy_supports_sampling
 from .session import RegistrationResult, RegistrationSession, SessionOptions
 
 SAMPLE_DIR = Path(__file__).with_name("sample_data")
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--warped", help="write the moving image resampled on the fixed grid")
     reg.add_argument("--displacement", help="write the displacement field (LPS mm, vector image)")
     reg.add_argument("--weight-map", help="write the regularization weight map (working grid)")
+    reg.add_argument(
+        "--uncertainty",
+        help="write the uncertainty map: spread of the --samples trajectories' displacements (mm, on the "
+        "output grid: the fixed image's by default); needs --samples K > 1",
+    )
     reg.add_argument("--qc", help="write a QC picture (.png)")
     reg.add_argument("--report", help="write per-step numbers as JSON")
     reg.add_argument("--fixed-labels", help="fixed label map (enables Dice per step)")
@@ -99,7 +105,20 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (pre-alignment, sampling)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="sampled trajectories K (MorphSeek models): the result follows their mean and the uncertainty "
+        "map is their spread (default 1: one trajectory)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="latent sampling temperature of MorphSeek models (default 0 = deterministic with --samples 1, "
+        "1 with --samples K > 1)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -125,6 +144,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _sampling_options(args) -> dict:
+    """``samples``/``temperature``/``seed`` for policies that sample trajectories; {} when not asked for.
+    ``InputError`` for bad values and for policies that cannot sample."""
+    samples, temperature = args.samples, args.temperature
+    if samples < 1:
+        raise InputError(f"--samples must be >= 1, got {samples}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"--temperature must be a number >= 0, got {temperature}")
+    if samples == 1 and temperature is None:
+        return {}
+    if args.policy in available_policies() and not policy_supports_sampling(args.policy):
+        option = "--samples" if samples != 1 else "--temperature"
+        raise InputError(
+            f"{option}: policy '{args.policy}' does not sample trajectories (MorphSeek models do; see "
+            "'rlreg info')"
+        )
+    return {"samples": samples, "temperature": temperature, "seed": args.seed}
+
+
 def _policy_and_options(args) -> tuple:
     device = resolve_device(args.device)
     policy = make_policy(
@@ -132,6 +170,7 @@ def _policy_and_options(args) -> tuple:
         iterations=args.iterations,
         similarity=args.similarity,
         regularization=args.regularization,
+        **_sampling_options(args),
     )
     options = SessionOptions(
         working_spacing_mm=args.spacing,
@@ -162,9 +201,15 @@ def run_registration(session: RegistrationSession, steps: int, quiet: bool = Fal
                 if quiet:
                     continue
                 dice = f"  dice {report.dice:.4f}" if report.dice is not None else ""
+                spread = (
+                    f"  uncertainty {report.uncertainty_mean_mm:.2f} mm (mean)"
+                    if report.uncertainty_mean_mm is not None
+                    else ""
+                )
                 bar.write(
                     f"step {report.index:3d}/{steps}  ncc {report.similarity:.4f}{dice}  "
                     f"{1000 * report.step_seconds:.0f} ms/step  max |u| {report.max_displacement_mm:.1f} mm"
+                    f"{spread}"
                 )
     except RuntimeError as error:
         if is_out_of_memory(error):
@@ -186,6 +231,8 @@ def _write_outputs(result, moving, outputs: dict, overwrite: bool, fixed=None, t
         )
     if outputs.get("weight_map") and result.weight_map is not None:
         write_image(result.weight_map, outputs["weight_map"], overwrite)
+    if outputs.get("uncertainty") and result.uncertainty_map is not None:
+        write_image(result.uncertainty_map, outputs["uncertainty"], overwrite)
     if outputs.get("qc"):
         from .qc import write_qc_picture
 
@@ -203,6 +250,8 @@ def _report_dict(result: RegistrationResult) -> dict:
                 "dice": r.dice,
                 "step_seconds": r.step_seconds,
                 "max_displacement_mm": r.max_displacement_mm,
+                "uncertainty_mean_mm": r.uncertainty_mean_mm,
+                "uncertainty_max_mm": r.uncertainty_max_mm,
             }
             for r in result.reports
         ]
@@ -215,11 +264,16 @@ def cmd_register(args) -> int:
         "warped": args.warped,
         "displacement": args.displacement,
         "weight_map": args.weight_map,
+        "uncertainty": args.uncertainty,
         "qc": args.qc,
         "report": args.report,
     }
     if args.steps < 0:
         raise InputError(f"--steps must be >= 0, got {args.steps}")
+    if args.uncertainty and args.samples < 2:
+        raise InputError(
+            "--uncertainty needs --samples K > 1 (the map is the spread of K sampled trajectories)"
+        )
     policy, options = _policy_and_options(args)
     check_output_paths(outputs.values(), args.overwrite)
     fixed = read_image(args.fixed, "fixed image")
@@ -299,6 +353,8 @@ def cmd_demo(args) -> int:
         "qc": "qc.png",
         "report": "report.json",
     }
+    if args.samples > 1:
+        names["uncertainty"] = "uncertainty.nii.gz"
     outputs = {key: out / name for key, name in names.items()}
     policy, options = _policy_and_options(args)
     if out.exists() and not out.is_dir():
@@ -352,7 +408,10 @@ def cmd_info(args) -> int:
     print(f"CUDA available: {torch.cuda.is_available()}")
     print("policies:")
     for name, description in available_policies().items():
-        print(f"  {name:12s} {description}")
+        sampling = (
+            " [--samples K: sampled trajectories, uncertainty map]" if policy_supports_sampling(name) else ""
+        )
+        print(f"  {name:12s} {description}{sampling}")
     return 0
 
 

@@ -1,27 +1,34 @@
-"""Learned policies: SPAC models shipped as ``models/<id>/`` folders, and chaining with test-time optimization.
+"""Learned policies: SPAC and MorphSeek models shipped as ``models/<id>/`` folders, and chaining with
+test-time optimization.
 
-A model folder holds ``card.json`` (id, family "spac", description, modality, architecture, working grid,
-training provenance, validation metrics, weights file name and its sha256) and the weights (a state dict
-of ``networks.SPACNetwork``). ``load_model`` checks all of it and raises ``PolicyError`` with the path and
-the problem (missing folder/card, bad card, checksum mismatch, unreadable weights, architecture mismatch).
+A model folder holds ``card.json`` (id, family "spac" or "morphseek", description, modality, architecture,
+working grid, training provenance, validation metrics, weights file name and its sha256) and the weights (a
+state dict of the family's network: ``networks.SPACNetwork`` or ``morphseek.MorphSeekNetwork``).
+``load_model`` checks all of it and raises ``PolicyError`` with the path and the problem (missing
+folder/card, bad card, unknown family, checksum mismatch, unreadable weights, architecture mismatch).
 
 Every folder found by ``discover_models`` is registered in ``policies`` under its card id (e.g.
 ``spac-brain-synth``) and as ``<id>+tto`` (the learned steps, then test-time optimization continuing from
 the learned field with the learned lambda as its fixed weight map). The models folder is
 ``$RLREG_MODELS_DIR``, else ``RLRegistrationLib/models`` (installed extension), else ``<repo>/models``.
 
-Grids: the network is fully convolutional (plan from adaptive pooling), so it runs on any grid whose
-dimensions are multiples of 16. To show it anatomy at the voxel size it was trained on, ``SPACPolicy``
-resamples the session's working-grid images to the card's spacing (dimensions rounded to multiples of 16),
-runs there, and resizes the step field back (``spatial.resize_displacement``, vectors rescaled). The
-session passes its working spacing to ``reset``; ``input_spacing_mm`` is the fallback (default 2 mm, the
-session's default).
+Grids: the networks are fully convolutional, so they run on any grid whose dimensions are multiples of 16.
+To show them anatomy at the voxel size they were trained on, ``NetworkPolicy`` (the base of ``SPACPolicy``
+and ``MorphSeekPolicy``) resamples the session's working-grid images to the card's spacing (dimensions
+rounded to multiples of 16), runs there, and resizes the step field back (``spatial.resize_displacement``,
+vectors rescaled). The session passes its working spacing to ``reset``; ``input_spacing_mm`` is the
+fallback (default 2 mm, the session's default).
+
+MorphSeek with ``samples`` K > 1 keeps K trajectories on the network grid, each with its own total field,
+warped image and latent samples; the session's total field follows their mean (``spatial.step_to_reach``)
+and each step reports the per-voxel spread of the K total displacements in mm (the uncertainty map).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -31,7 +38,8 @@ import torch.nn.functional as F
 
 from .devices import resolve_device
 from .errors import PolicyError
-from .networks import SPACArchitecture, SPACNetwork
+from .morphseek import MorphSeekArchitecture, MorphSeekNetwork
+from .networks import BackboneArchitecture, SPACArchitecture, SPACNetwork
 from .policies import (
     Policy,
     PolicyState,
@@ -40,11 +48,16 @@ from .policies import (
     make_tto_policy,
     register_policy,
 )
-from .spatial import resize_displacement
+from .spatial import compose_displacements, resize_displacement, step_to_reach, warp
 
 CARD_NAME = "card.json"
 DEFAULT_SESSION_SPACING_MM = 2.0  # SessionOptions.working_spacing_mm
 _CARD_FIELDS = ("id", "family", "architecture", "working_grid", "weights", "sha256")
+# family of a model card -> (architecture class, network class)
+FAMILIES: dict[str, tuple[type[BackboneArchitecture], type[torch.nn.Module]]] = {
+    "spac": (SPACArchitecture, SPACNetwork),
+    "morphseek": (MorphSeekArchitecture, MorphSeekNetwork),
+}
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -76,23 +89,31 @@ def read_card(folder: str | Path) -> dict:
     missing = [key for key in _CARD_FIELDS if key not in card]
     if missing:
         raise PolicyError(f"model card '{path}' lacks {', '.join(missing)}")
-    if card["family"] != "spac":
+    if card["family"] not in FAMILIES:
         raise PolicyError(
-            f"model card '{path}': family '{card['family']}' is not supported (expected 'spac')"
+            f"model card '{path}': family '{card['family']}' is not supported (expected one of "
+            f"{', '.join(repr(f) for f in sorted(FAMILIES))})"
         )
     return card
 
 
-def card_architecture(card: dict, path: Path) -> SPACArchitecture:
-    """Architecture of a card, checked against what the policy feeds it (2 channels, a grid divisible by
-    the network's down-sampling)."""
+def card_architecture(card: dict, path: Path) -> BackboneArchitecture:
+    """Architecture of a card (the class of its family), checked against what the policy feeds it
+    (2 channels, a grid divisible by the network's down-sampling)."""
+    family = card["family"]
+    if not isinstance(card["architecture"], dict):
+        raise PolicyError(f"model card '{path}': architecture must be a JSON object")
     try:
-        arch = SPACArchitecture.from_dict(dict(card["architecture"]))
+        arch = FAMILIES[family][0].from_dict(dict(card["architecture"]))
     except (TypeError, ValueError) as error:
         raise PolicyError(f"model card '{path}': bad architecture ({error})") from None
+    if getattr(arch, "family", family) != family:
+        raise PolicyError(
+            f"model card '{path}': the architecture is of family '{arch.family}' but the card says '{family}'"
+        )
     if arch.in_channels != 2:
         raise PolicyError(
-            f"model card '{path}': in_channels {arch.in_channels}, but SPAC policies see 2 channels "
+            f"model card '{path}': in_channels {arch.in_channels}, but learned policies see 2 channels "
             "(fixed, warped)"
         )
     grid = card["working_grid"] if isinstance(card["working_grid"], dict) else {}
@@ -110,7 +131,7 @@ def card_architecture(card: dict, path: Path) -> SPACArchitecture:
     return arch
 
 
-def _architecture_mismatch(network: SPACNetwork, state: dict) -> str | None:
+def _architecture_mismatch(network: torch.nn.Module, state: dict) -> str | None:
     """None when ``state`` fits ``network`` exactly, else a one-line summary of the differences."""
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
@@ -132,9 +153,10 @@ def _architecture_mismatch(network: SPACNetwork, state: dict) -> str | None:
     return "; ".join(parts)
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[SPACNetwork, dict]:
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """(network in eval mode on ``device``, card) of a model folder, after checking card, checksum,
-    readability and architecture. ``DeviceError`` when CUDA is asked for without a GPU."""
+    readability and architecture. The network's class follows the card's family (``FAMILIES``:
+    ``SPACNetwork`` or ``MorphSeekNetwork``). ``DeviceError`` when CUDA is asked for without a GPU."""
     device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     folder = Path(folder)
     card = read_card(folder)
@@ -158,12 +180,13 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PolicyError(f"weights '{weights}' are not a state dict of tensors")
-    network = SPACNetwork(arch)
+    network = FAMILIES[card["family"]][1](arch)
     mismatch = _architecture_mismatch(network, state)
     if mismatch:
+        plan = f", plan_dim {arch.plan_dim}" if hasattr(arch, "plan_dim") else ""
         raise PolicyError(
-            f"weights '{weights}' do not match the architecture in '{card_path}' (channels "
-            f"{list(arch.channels)}, plan_dim {arch.plan_dim}): {mismatch}"
+            f"weights '{weights}' do not match the architecture in '{card_path}' ({card['family']}, "
+            f"channels {list(arch.channels)}{plan}): {mismatch}"
         )
     network.load_state_dict(state)
     return network.to(device).eval(), card
@@ -187,36 +210,41 @@ def resize_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tens
     return F.interpolate(image, size=tuple(shape), mode="trilinear", align_corners=True)
 
 
-class SPACPolicy(Policy):
-    """A trained SPAC network as a step-wise policy.
+class NetworkPolicy(Policy):
+    """What the learned policy families share: the checked model (``load_model``), its name, description and
+    modality from the card, the step bound, and the network grid.
 
-    Per step: plan = mean of the planner (``stochastic=True``: a sample, reproducible with ``seed``),
-    step field = actor(plan) bounded by ``max_step`` voxels *of the network grid* (default: the card's
-    ``inference.max_step``, else the training bound),
-    lambda = the weight-map head, both returned on the session's working grid.
+    ``reset`` picks the network grid (the session's working grid resampled to the card's spacing, each
+    dimension a multiple of the network's divisor) and resamples the fixed image to it once;
+    ``to_network`` resamples an image there and ``to_working`` brings a step field and lambda back to the
+    working grid. ``family`` names the card family a subclass runs ("" = any).
     """
+
+    family = ""
 
     def __init__(
         self,
         model_dir: str | Path,
         device: str = "auto",
-        stochastic: bool = False,
-        seed: int | None = None,
         max_step: float | None = None,
         input_spacing_mm: float | None = None,
     ):
         self.network, self.card = load_model(model_dir, resolve_device(device))
         self.model_dir = Path(model_dir)
+        if self.family and self.card["family"] != self.family:
+            raise PolicyError(
+                f"model '{self.model_dir}' is a '{self.card['family']}' model; {type(self).__name__} runs "
+                f"'{self.family}' models"
+            )
         self.name = str(self.card["id"])
-        self.description = str(self.card.get("description", "SPAC learned policy"))
+        self.description = str(self.card.get("description", f"{self.card['family']} learned policy"))
         self.modality = str(self.card.get("modality", "not stated"))
-        self.stochastic = bool(stochastic)
-        self.seed = seed
-        card_step = self.card.get("inference", {}).get("max_step", self.network.architecture.max_step)
+        inference = self.card.get("inference", {}) if isinstance(self.card.get("inference"), dict) else {}
+        card_step = inference.get("max_step", self.network.architecture.max_step)
         self.max_step = float(card_step if max_step is None else max_step)
         self.working_spacing_mm = float(self.card["working_grid"]["spacing_mm"])
         self.input_spacing_mm = float(input_spacing_mm or DEFAULT_SESSION_SPACING_MM)
-        self._generator: torch.Generator | None = None
+        self.shape: tuple[int, int, int] | None = None
         self._fixed: torch.Tensor | None = None
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
@@ -230,29 +258,78 @@ class SPACPolicy(Policy):
         factor = self.input_spacing_mm / self.working_spacing_mm
         self.shape = network_shape(tuple(fixed.shape[2:]), factor, self.network.architecture.divisor)
         self._fixed = resize_image(fixed, self.shape)
-        self._generator = None
-        if self.stochastic:
-            self._generator = torch.Generator(device=fixed.device)
-            self._generator.manual_seed(0 if self.seed is None else int(self.seed))
+
+    def to_network(self, image: torch.Tensor) -> torch.Tensor:
+        """An image of the working grid on the network grid."""
+        return resize_image(image, self.shape)
+
+    @staticmethod
+    def to_working(
+        step: torch.Tensor, weight: torch.Tensor, working_shape: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(step field in working-grid voxels, lambda clamped to [1e-6, 1]) on the working grid."""
+        return resize_displacement(step, working_shape), NetworkPolicy.weight_to_working(
+            weight, working_shape
+        )
+
+    @staticmethod
+    def weight_to_working(weight: torch.Tensor, working_shape: tuple[int, int, int]) -> torch.Tensor:
+        """lambda (1, 1, ...) of the network grid on the working grid, clamped to [1e-6, 1]."""
+        weight = F.interpolate(weight, size=working_shape, mode="trilinear", align_corners=True)
+        return weight.clamp(1e-6, 1.0)
+
+    @staticmethod
+    def seeded_generator(device: torch.device, seed: int | None) -> torch.Generator:
+        """A generator on ``device`` seeded with ``seed`` (0 when None: sampling is reproducible)."""
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0 if seed is None else int(seed))
+        return generator
+
+
+class SPACPolicy(NetworkPolicy):
+    """A trained SPAC network as a step-wise policy.
+
+    Per step: plan = mean of the planner (``stochastic=True``: a sample, reproducible with ``seed``),
+    step field = actor(plan) bounded by ``max_step`` voxels *of the network grid* (default: the card's
+    ``inference.max_step``, else the training bound),
+    lambda = the weight-map head, both returned on the session's working grid.
+    """
+
+    family = "spac"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        stochastic: bool = False,
+        seed: int | None = None,
+        max_step: float | None = None,
+        input_spacing_mm: float | None = None,
+    ):
+        super().__init__(model_dir, device, max_step, input_spacing_mm)
+        self.stochastic = bool(stochastic)
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
+        super().reset(fixed, moving, spacing_mm)
+        self._generator = self.seeded_generator(fixed.device, self.seed) if self.stochastic else None
 
     @torch.no_grad()
     def propose(self, state: PolicyState) -> PolicyStep:
         if self._fixed is None:
             self.reset(state.fixed, state.moving)
-        working_shape = tuple(state.fixed.shape[2:])
-        warped = resize_image(state.warped, self.shape)
         out = self.network(
             self._fixed,
-            warped,
+            self.to_network(state.warped),
             deterministic=not self.stochastic,
             generator=self._generator,
             max_step=self.max_step,
         )
-        step = resize_displacement(out.step, working_shape)
-        weight = F.interpolate(out.weight, size=working_shape, mode="trilinear", align_corners=True)
+        step, weight = self.to_working(out.step, out.weight, tuple(state.fixed.shape[2:]))
         return PolicyStep(
             step_field=step,
-            weight_map=weight.clamp(1e-6, 1.0),
+            weight_map=weight,
             diagnostics={
                 "plan_norm": float(out.plan.norm()),
                 "plan_sigma": float(out.log_std.exp().mean()),
@@ -260,6 +337,161 @@ class SPACPolicy(Policy):
                 "lambda_mean": float(weight.mean()),
             },
         )
+
+
+HISTORY_BYTES = 512 * 2**20  # trajectories kept for stepping back (CPU memory), oldest dropped first
+
+
+class MorphSeekPolicy(NetworkPolicy):
+    """A trained MorphSeek network as a step-wise policy, optionally sampling several trajectories.
+
+    * ``samples`` K = 1 (default): one trajectory, the session's own. The latent is z = mu at
+      ``temperature`` 0 (default: deterministic) or sampled with z = mu + tau sigma eps.
+    * K > 1: the policy keeps K trajectories on the network grid, batched, each with its own total field
+      phi_k (composed step by step like the session's), its own warped image (the moving image resampled
+      once to the network grid, warped with phi_k) and its own latent sample at temperature tau
+      (``temperature``, default 1). The session's total field follows the mean phi_bar = mean_k phi_k: the
+      returned step solves ``a + phi_{t-1} o (id + a) = phi_bar_t`` (``spatial.step_to_reach``,
+      ``fixed_point_iterations``). lambda is the mean of the K weight maps; ``uncertainty_map`` is
+      sqrt(mean_k |phi_k - phi_bar|^2) in mm on the working grid.
+
+    Sampling is reproducible: the noise comes from a generator seeded with ``seed`` (0 when None) at each
+    ``reset``. The trajectories of past steps are kept (up to ``HISTORY_BYTES``) so that a session can step
+    back and continue; when a needed state was dropped, the K trajectories restart from the session's field
+    (diagnostic ``trajectories_restarted``).
+    """
+
+    family = "morphseek"
+    supports_sampling = True
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        temperature: float | None = None,
+        samples: int = 1,
+        seed: int | None = None,
+        max_step: float | None = None,
+        input_spacing_mm: float | None = None,
+        fixed_point_iterations: int = 5,
+    ):
+        samples = int(samples)
+        if samples < 1:
+            raise PolicyError(f"policy '{model_dir}': samples must be >= 1, got {samples}")
+        if temperature is not None and not (math.isfinite(float(temperature)) and float(temperature) >= 0):
+            raise PolicyError(f"policy '{model_dir}': temperature must be >= 0, got {temperature}")
+        super().__init__(model_dir, device, max_step, input_spacing_mm)
+        self.samples = samples
+        self.temperature = float(temperature) if temperature is not None else (1.0 if samples > 1 else 0.0)
+        self.seed = seed
+        self.fixed_point_iterations = int(fixed_point_iterations)
+        self._generator: torch.Generator | None = None
+        self._moving: torch.Tensor | None = None
+        self._history: dict[int, torch.Tensor] = {}  # step index -> trajectories (K, 3, *shape), CPU
+
+    def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
+        super().reset(fixed, moving, spacing_mm)
+        self._generator = self.seeded_generator(fixed.device, self.seed) if self.temperature > 0 else None
+        self._history = {}
+        self._moving = None
+        if self.samples > 1:
+            self._moving = self.to_network(moving)
+            self._history[0] = torch.zeros((self.samples, 3, *self.shape))
+
+    @torch.no_grad()
+    def propose(self, state: PolicyState) -> PolicyStep:
+        if self._fixed is None:
+            self.reset(state.fixed, state.moving)
+        if self.samples > 1:
+            return self._propose_trajectories(state)
+        out = self.network(
+            self._fixed,
+            self.to_network(state.warped),
+            temperature=self.temperature,
+            generator=self._generator,
+            max_step=self.max_step,
+        )
+        step, weight = self.to_working(out.step, out.weight, tuple(state.fixed.shape[2:]))
+        return PolicyStep(
+            step_field=step, weight_map=weight, diagnostics=self._diagnostics(out, step, weight)
+        )
+
+    def _diagnostics(self, out, step: torch.Tensor, weight: torch.Tensor) -> dict[str, float]:
+        return {
+            "latent_sigma": float(out.log_std.exp().mean()),
+            "max_step_vox": float(step.abs().max()),
+            "lambda_mean": float(weight.mean()),
+            "temperature": self.temperature,
+            "samples": float(self.samples),
+        }
+
+    def _trajectories(self, state: PolicyState) -> tuple[torch.Tensor, bool]:
+        """(K total fields on the network grid before step ``state.step_index``, restarted?)."""
+        index = state.step_index
+        for later in [i for i in self._history if i > index]:
+            del self._history[later]  # the session stepped back: those steps are gone
+        if index in self._history:
+            return self._history[index].to(state.fixed.device), False
+        start = resize_displacement(state.field, self.shape)
+        return start.expand(self.samples, -1, -1, -1, -1).contiguous(), True
+
+    def _remember(self, index: int, fields: torch.Tensor) -> None:
+        self._history[index] = fields.cpu()
+        size = fields.numel() * fields.element_size()
+        while len(self._history) > 1 and size * len(self._history) > HISTORY_BYTES:
+            del self._history[min(self._history)]
+
+    def _propose_trajectories(self, state: PolicyState) -> PolicyStep:
+        k = self.samples
+        working_shape = tuple(state.fixed.shape[2:])
+        fields, restarted = self._trajectories(state)
+        warped = warp(self._moving.expand(k, -1, -1, -1, -1), fields)
+        out = self.network(
+            self._fixed.expand(k, -1, -1, -1, -1),
+            warped,
+            temperature=self.temperature,
+            generator=self._generator,
+            max_step=self.max_step,
+        )
+        fields = compose_displacements(out.step, fields)  # phi_k,t = a_k + phi_k,t-1 o (id + a_k)
+        mean = fields.mean(dim=0, keepdim=True)
+        target = resize_displacement(mean, working_shape)
+        step = step_to_reach(state.field, target, self.fixed_point_iterations)
+        residual = compose_displacements(step, state.field) - target
+        weight = self.weight_to_working(out.weight.mean(dim=0, keepdim=True), working_shape)
+        uncertainty = self.spread_mm(fields, mean, working_shape)
+        self._remember(state.step_index + 1, fields)
+        diagnostics = self._diagnostics(out, step, weight)
+        diagnostics.update(
+            {
+                "uncertainty_mean_mm": float(uncertainty.mean()),
+                "uncertainty_max_mm": float(uncertainty.max()),
+                "fixed_point_residual_vox": float(residual.abs().max()),
+                "trajectories_restarted": float(restarted),
+            }
+        )
+        return PolicyStep(
+            step_field=step, weight_map=weight, diagnostics=diagnostics, uncertainty_map=uncertainty
+        )
+
+    def spread_mm(
+        self, fields: torch.Tensor, mean: torch.Tensor, working_shape: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """sqrt(mean_k |phi_k - phi_bar|^2) in mm, (1, 1, *working_shape).
+
+        Network-grid voxels are converted to mm per axis (the network grid spans the working grid's extent,
+        corner-aligned, so its voxel size along an axis is ``spacing * (n_working - 1) / (n_network - 1)``);
+        the scalar map is then interpolated to the working grid."""
+        spacing = self.input_spacing_mm
+        mm = [
+            spacing * (w - 1) / max(n - 1, 1) for w, n in zip(reversed(working_shape), reversed(self.shape))
+        ]  # channels (i, j, k) <-> axes (W, H, D)
+        scale = torch.tensor(mm, dtype=fields.dtype, device=fields.device).view(1, 3, 1, 1, 1)
+        squared = ((fields - mean) * scale).pow(2).sum(dim=1, keepdim=True).mean(dim=0, keepdim=True)
+        spread = squared.sqrt()
+        if tuple(spread.shape[2:]) != tuple(working_shape):
+            spread = F.interpolate(spread, size=working_shape, mode="trilinear", align_corners=True)
+        return spread.clamp(min=0.0)
 
 
 class ChainedPolicy(Policy):
@@ -271,6 +503,7 @@ class ChainedPolicy(Policy):
         self.name = f"{first.name}+{then.name}"
         self.description = f"{first.description}; then test-time optimization"
         self.modality = first.modality
+        self.supports_sampling = bool(getattr(first, "supports_sampling", False))
         self._weights: dict[int, torch.Tensor | None] = {}
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
@@ -319,6 +552,12 @@ def models_dir() -> Path | None:
 
 
 _SPAC_OPTIONS = ("device", "stochastic", "seed", "max_step", "input_spacing_mm")
+_MORPHSEEK_OPTIONS = ("device", "temperature", "samples", "seed", "max_step", "input_spacing_mm")
+# family -> (policy class, its options)
+_FAMILY_POLICIES: dict[str, tuple[type[NetworkPolicy], tuple[str, ...]]] = {
+    "spac": (SPACPolicy, _SPAC_OPTIONS),
+    "morphseek": (MorphSeekPolicy, _MORPHSEEK_OPTIONS),
+}
 
 
 def _split_options(name: str, options: dict, allowed: tuple[str, ...]) -> dict:
@@ -332,18 +571,22 @@ def _split_options(name: str, options: dict, allowed: tuple[str, ...]) -> dict:
     return {k: v for k, v in options.items() if k in allowed and v is not None}
 
 
-def _spac_factory(folder: Path, name: str):
-    def make(**options) -> SPACPolicy:
-        return SPACPolicy(folder, **_split_options(name, options, _SPAC_OPTIONS))
+def _learned_factory(folder: Path, name: str, family: str):
+    cls, allowed = _FAMILY_POLICIES[family]
+
+    def make(**options) -> NetworkPolicy:
+        return cls(folder, **_split_options(name, options, allowed))
 
     return make
 
 
-def _chained_factory(folder: Path, name: str, default_steps: int):
+def _chained_factory(folder: Path, name: str, default_steps: int, family: str = "spac"):
+    cls, allowed = _FAMILY_POLICIES[family]
+
     def make(first_steps: int | None = None, **options) -> ChainedPolicy:
-        spac = {k: options.pop(k) for k in _SPAC_OPTIONS if k in options and options[k] is not None}
+        learned = {k: options.pop(k) for k in allowed if k in options and options[k] is not None}
         tto = {k: v for k, v in options.items() if v is not None}
-        first = SPACPolicy(folder, **spac)
+        first = cls(folder, **learned)
         return ChainedPolicy(
             first, default_steps if first_steps is None else first_steps, make_tto_policy(name, **tto)
         )
@@ -352,9 +595,10 @@ def _chained_factory(folder: Path, name: str, default_steps: int):
 
 
 def discover_models(directory: str | Path | None = None) -> dict[str, Path]:
-    """Register every ``<directory>/<id>/card.json`` of family 'spac' as policies ``<id>`` and
-    ``<id>+tto``; returns {id: folder}. Unreadable cards are skipped with a warning (loading them later
-    gives the full error). Weights are only read when a policy is made."""
+    """Register every ``<directory>/<id>/card.json`` (families 'spac' and 'morphseek') as policies ``<id>``
+    and ``<id>+tto``; returns {id: folder}. MorphSeek policies are registered as sampling policies
+    (``samples``, ``temperature``). Unreadable cards are skipped with a warning (loading them later gives
+    the full error). Weights are only read when a policy is made."""
     directory = models_dir() if directory is None else Path(directory)
     found: dict[str, Path] = {}
     if directory is None or not directory.is_dir():
@@ -365,14 +609,17 @@ def discover_models(directory: str | Path | None = None) -> dict[str, Path]:
         except PolicyError as error:
             warnings.warn(f"skipping model: {error}", stacklevel=2)
             continue
-        name = str(card["id"])
-        description = str(card.get("description", "SPAC learned policy"))
-        steps = int(card.get("inference", {}).get("steps", 5))
-        register_policy(name, _spac_factory(card_path.parent, name), description)
+        name, family = str(card["id"]), str(card["family"])
+        description = str(card.get("description", f"{family} learned policy"))
+        inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+        steps = int(inference.get("steps", 5))
+        sampling = _FAMILY_POLICIES[family][0].supports_sampling
+        register_policy(name, _learned_factory(card_path.parent, name, family), description, sampling)
         register_policy(
             f"{name}+tto",
-            _chained_factory(card_path.parent, f"{name}+tto", steps),
+            _chained_factory(card_path.parent, f"{name}+tto", steps, family),
             f"{description}; {steps} learned steps, then test-time optimization",
+            sampling,
         )
         found[name] = card_path.parent
     return found

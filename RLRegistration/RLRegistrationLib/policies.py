@@ -2,7 +2,8 @@
 
 A policy sees the pair on the working grid and the current total field, and proposes one *step* field
 ``a_t`` (voxel units of the working grid) that the session composes: ``phi_t = a_t + phi_{t-1} o (id + a_t)``.
-It may also return a weight map ``lam`` in (0, 1] (spatially varying regularization) and diagnostics.
+It may also return a weight map ``lam`` in (0, 1] (spatially varying regularization), an uncertainty map
+(policies that sample several trajectories: their spread in mm) and diagnostics.
 Learned policies implement the same two methods, so the session, CLI and Slicer panel stay unchanged.
 """
 
@@ -34,11 +35,16 @@ class PolicyState:
 
 @dataclass
 class PolicyStep:
-    """A policy's proposal: the step field (1, 3, D, H, W) in voxels, optional weight map (1, 1, D, H, W)."""
+    """A policy's proposal: the step field (1, 3, D, H, W) in voxels, optional weight map (1, 1, D, H, W).
+
+    ``uncertainty_map`` (1, 1, D, H, W), mm, on the working grid: per-voxel spread of the total
+    displacement over sampled trajectories (None for policies that do not sample).
+    """
 
     step_field: torch.Tensor
     weight_map: torch.Tensor | None = None
     diagnostics: dict[str, float] = field(default_factory=dict)
+    uncertainty_map: torch.Tensor | None = None
 
 
 class Policy:
@@ -47,6 +53,7 @@ class Policy:
     name = "policy"
     description = ""
     modality = "any"
+    supports_sampling = False  # True: accepts ``samples`` K > 1 and returns an uncertainty map
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
         """Called once per image pair: working-grid tensors in [0, 1] and the grid's (isotropic) spacing."""
@@ -203,17 +210,27 @@ class TestTimeOptimizationPolicy(Policy):
 
 
 PolicyFactory = Callable[..., Policy]
-_REGISTRY: dict[str, tuple[PolicyFactory, str]] = {}
+_REGISTRY: dict[str, tuple[PolicyFactory, str, bool]] = {}
 
 
-def register_policy(name: str, factory: PolicyFactory, description: str) -> None:
-    """Make a policy available by name to the session, the CLI and the Slicer panel."""
-    _REGISTRY[name] = (factory, description)
+def register_policy(
+    name: str, factory: PolicyFactory, description: str, supports_sampling: bool = False
+) -> None:
+    """Make a policy available by name to the session, the CLI and the Slicer panel.
+
+    ``supports_sampling``: the factory accepts ``samples`` (K trajectories) and ``temperature``."""
+    _REGISTRY[name] = (factory, description, bool(supports_sampling))
 
 
 def available_policies() -> dict[str, str]:
     """Policy names and one-line descriptions."""
-    return {name: description for name, (_, description) in sorted(_REGISTRY.items())}
+    return {name: entry[1] for name, entry in sorted(_REGISTRY.items())}
+
+
+def policy_supports_sampling(name: str) -> bool:
+    """True when the registered policy ``name`` can sample several trajectories (``samples`` > 1)."""
+    entry = _REGISTRY.get(name)
+    return bool(entry is not None and len(entry) > 2 and entry[2])
 
 
 def make_policy(name: str, **kwargs) -> Policy:

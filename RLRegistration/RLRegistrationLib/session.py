@@ -68,6 +68,9 @@ class StepReport:
     elapsed_seconds: float
     diagnostics: dict[str, float] = field(default_factory=dict)
     max_displacement_mm: float = 0.0
+    # spread of the total displacement over sampled trajectories (mm); None when the policy does not sample
+    uncertainty_mean_mm: float | None = None
+    uncertainty_max_mm: float | None = None
 
 
 @dataclass
@@ -79,6 +82,7 @@ class RegistrationResult:
     weight_map: sitk.Image | None  # lambda on the working grid
     reports: list[StepReport]
     output_grid: Grid
+    uncertainty_map: sitk.Image | None = None  # trajectory spread (mm, float32) on the output grid
 
     @property
     def transform(self) -> sitk.CompositeTransform:
@@ -127,6 +131,7 @@ class RegistrationSession:
         self._prepared = False
         self.fields: list[torch.Tensor] = []  # total field after each step, working-grid voxels, CPU
         self.weight_maps: list[torch.Tensor | None] = []
+        self.uncertainty_maps: list[torch.Tensor | None] = []  # mm, working grid, CPU
         self.reports: list[StepReport] = []
         self.cancelled = False
         self._similarity = LocalNCC(window=9)
@@ -155,6 +160,7 @@ class RegistrationSession:
         identity = torch.zeros((1, 3, *self.grid.shape))
         self.fields = [identity]
         self.weight_maps = [None]
+        self.uncertainty_maps = [None]
         self._start_time = time.perf_counter()
         self.reports = [self._report(0, identity, time.perf_counter() - start, {})]
         self._prepared = True
@@ -231,9 +237,14 @@ class RegistrationSession:
         proposal = self.policy.propose(state)
         with torch.no_grad():
             total = compose_displacements(proposal.step_field.detach(), previous)
+        uncertainty = getattr(proposal, "uncertainty_map", None)
+        uncertainty = None if uncertainty is None else uncertainty.detach().float().cpu()
         self.fields.append(total.cpu())
         self.weight_maps.append(None if proposal.weight_map is None else proposal.weight_map.detach().cpu())
-        report = self._report(self.step_count, total, time.perf_counter() - start, proposal.diagnostics)
+        self.uncertainty_maps.append(uncertainty)
+        report = self._report(
+            self.step_count, total, time.perf_counter() - start, proposal.diagnostics, uncertainty
+        )
         self.reports.append(report)
         return report
 
@@ -242,11 +253,19 @@ class RegistrationSession:
         if self.step_count > 0:
             self.fields.pop()
             self.weight_maps.pop()
+            self.uncertainty_maps.pop()
             self.reports.pop()
         return self.step_count
 
     @torch.no_grad()
-    def _report(self, index: int, total: torch.Tensor, seconds: float, diagnostics: dict) -> StepReport:
+    def _report(
+        self,
+        index: int,
+        total: torch.Tensor,
+        seconds: float,
+        diagnostics: dict,
+        uncertainty: torch.Tensor | None = None,
+    ) -> StepReport:
         total = total.to(self.device)
         warped = warp(self.moving_tensor, total)
         similarity = -float(self._similarity(self.fixed_tensor, warped))
@@ -260,6 +279,8 @@ class RegistrationSession:
             elapsed_seconds=time.perf_counter() - getattr(self, "_start_time", time.perf_counter()),
             diagnostics=dict(diagnostics),
             max_displacement_mm=float(magnitude.max()),
+            uncertainty_mean_mm=None if uncertainty is None else float(uncertainty.mean()),
+            uncertainty_max_mm=None if uncertainty is None else float(uncertainty.max()),
         )
 
     def _dice(self, total: torch.Tensor) -> float:
@@ -290,6 +311,32 @@ class RegistrationSession:
                 return self.weight_maps[candidate]
         return None
 
+    def uncertainty_at(self, step: int | None = None) -> torch.Tensor | None:
+        """The trajectory spread (1, 1, D, H, W) in mm on the working grid after ``step`` (the latest one
+        available up to it: after a sampling policy hands over to test-time optimization, the spread of
+        its last sampled step), or None when no step sampled trajectories."""
+        last = self.step_count if step is None else step
+        for candidate in range(last, -1, -1):
+            if self.uncertainty_maps[candidate] is not None:
+                return self.uncertainty_maps[candidate]
+        return None
+
+    def uncertainty_image(self, step: int | None = None, grid: Grid | None = None) -> sitk.Image | None:
+        """``uncertainty_at(step)`` as a float32 image (mm) on ``grid`` (default: the output grid),
+        trilinear from the working grid; None when there is none."""
+        uncertainty = self.uncertainty_at(step)
+        if uncertainty is None:
+            return None
+        grid = self.output_grid if grid is None else grid
+        image = tensor_to_image(uncertainty, self.grid)
+        if grid is self.grid:
+            return image
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetReferenceImage(grid.reference_image(sitk.sitkFloat32))
+        resampler.SetInterpolator(sitk.sitkLinear)
+        resampler.SetUseNearestNeighborExtrapolator(True)  # fixed voxels just outside the working grid
+        return resampler.Execute(image)
+
     def result(self, step: int | None = None) -> RegistrationResult:
         """Transform after ``step`` (default: the last): affine + displacement on the output grid."""
         self.prepare()
@@ -302,4 +349,5 @@ class RegistrationSession:
             weight_map=None if weight is None else tensor_to_image(weight, self.grid),
             reports=list(self.reports[: (self.step_count if step is None else step) + 1]),
             output_grid=self.output_grid,
+            uncertainty_map=self.uncertainty_image(step),
         )

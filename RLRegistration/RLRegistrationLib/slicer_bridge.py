@@ -220,6 +220,7 @@ class StepFrame:
     ``field``: the whole transform (pre-alignment and deformation flattened into one field) as RAS arrays for
     a Slicer grid transform (from parent). ``warped``: the moving image through the transform, in its original
     intensities (clipped to the normalization window). ``magnitude``: length of the deformation in mm.
+    ``uncertainty``: spread of the sampled trajectories in mm (policies sampling K > 1 trajectories).
     """
 
     index: int
@@ -228,6 +229,7 @@ class StepFrame:
     warped: np.ndarray  # (k, j, i) float32
     magnitude: np.ndarray  # (k, j, i) float32, mm
     weight_map: np.ndarray | None  # (k, j, i) float32 in (0, 1]
+    uncertainty: np.ndarray | None = None  # (k, j, i) float32, mm
 
 
 @dataclass
@@ -242,6 +244,7 @@ class FinalOutputs:
     magnitude: np.ndarray  # (k, j, i) float32, deformation length in mm
     weight_map: np.ndarray | None  # (k, j, i) float32 on the working grid
     weight_map_ijk_to_ras: np.ndarray  # 4x4 of the working grid
+    uncertainty: np.ndarray | None = None  # (k, j, i) float32, mm, on the output grid (``ijk_to_ras``)
 
 
 def flattened_displacement(
@@ -292,6 +295,7 @@ def step_frame(
         lo, hi = moving_window
         warped = (lo + warped * (hi - lo)).astype(np.float32)
     weight = session.weight_map_at(index)
+    uncertainty = session.uncertainty_at(index)
     return StepFrame(
         index=index,
         ijk_to_ras=ijk_to_ras_matrix(grid),
@@ -299,6 +303,7 @@ def step_frame(
         warped=warped,
         magnitude=np.linalg.norm(u_mm, axis=-1).astype(np.float32),
         weight_map=None if weight is None else weight[0, 0].float().cpu().numpy(),
+        uncertainty=None if uncertainty is None else uncertainty[0, 0].float().cpu().numpy(),
     )
 
 
@@ -329,6 +334,9 @@ def final_outputs(
         magnitude=np.linalg.norm(u, axis=-1).astype(np.float32),
         weight_map=weight,
         weight_map_ijk_to_ras=ijk_to_ras_matrix(session.grid),
+        uncertainty=None
+        if result.uncertainty_map is None
+        else sitk.GetArrayFromImage(result.uncertainty_map).astype(np.float32),
     )
 
 
@@ -478,12 +486,14 @@ def _one_line(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class PolicyChoice:
-    """A policy the panel offers: registry name, one-line description, the modality it was trained for."""
+    """A policy the panel offers: registry name, one-line description, the modality it was trained for,
+    and whether it can sample several trajectories (the panel's Samples box; an uncertainty map)."""
 
     name: str
     description: str
     modality: str
     card: Path | None = None
+    supports_sampling: bool = False
 
     @property
     def label(self) -> str:
@@ -523,9 +533,9 @@ def policy_choices(
 
     The test-time-optimization policy ``tto`` comes first and is always offered.
     """
-    if registered is None:
-        from .policies import available_policies
+    from .policies import available_policies, policy_supports_sampling
 
+    if registered is None:
         registered = available_policies()
     cards = read_model_cards(find_models_dir() if models_dir is None else models_dir)
     choices = []
@@ -540,6 +550,7 @@ def policy_choices(
                 description=str(card.get("description") or description or ""),
                 modality=str(modality or "not stated"),
                 card=card.get("_path"),
+                supports_sampling=policy_supports_sampling(name) or card.get("family") == "morphseek",
             )
         )
     if not any(c.name == "tto" for c in choices):

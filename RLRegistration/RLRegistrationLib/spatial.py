@@ -51,6 +51,22 @@ def compose_displacements(step: torch.Tensor, previous: torch.Tensor) -> torch.T
     return step + warp(previous, step, padding_mode="border")
 
 
+def step_to_reach(previous: torch.Tensor, target: torch.Tensor, iterations: int = 5) -> torch.Tensor:
+    """The step ``a`` whose composition with ``previous`` gives ``target``:
+    ``a + previous o (id + a) = target``.
+
+    Fixed-point iteration ``a <- target - previous o (id + a)`` from ``a = target - previous`` (exact after
+    the first update when ``previous`` is constant; converges when ``previous`` has a small gradient,
+    which holds for the smooth fields of a registration). Fields (B, 3, D, H, W) in voxels of one grid.
+    Used when a policy decides the *total* field (e.g. the mean of several sampled trajectories) and the
+    session composes steps.
+    """
+    step = target - previous
+    for _ in range(int(iterations)):
+        step = target - warp(previous, step, padding_mode="border")
+    return step
+
+
 def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     """Scaling and squaring: displacement of ``exp(v)`` for a stationary velocity field (voxel units)."""
     displacement = velocity / (2**steps)
