@@ -310,6 +310,16 @@ def test_shipped_morphseek_configs_parse():
         assert {k: cfg.model.to_dict()[k] for k in shared} == {k: spac.model.to_dict()[k] for k in shared}
 
 
+def test_warmup_only_config_is_the_grpo_run_without_grpo():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    full = TrainConfig.load(root / "morphseek_cpu_small.json").to_dict()
+    warmup = TrainConfig.load(root / "morphseek_warmup_cpu_small.json").to_dict()
+    assert warmup["schedule"].pop("grpo_steps") == 0 and full["schedule"].pop("grpo_steps") > 0
+    for key in ("id", "description"):
+        assert warmup.pop(key) != full.pop(key)
+    assert warmup == full
+
+
 # -------------------------------------------------------------------------------------- training loop
 
 

@@ -10,6 +10,8 @@ the cross-contrast rows):
 * ``spac+tto``            : learned steps, then fine TTO steps regularized by the learned lambda map
 * ``spac+tto uniform λ``  : the same with lambda replaced by a uniform map of the same mean
 * cross-contrast (moving T2-like): ``tto ncc``, ``tto mind``, ``spac``, ``spac+tto mind``
+* ``ANTs SyN`` on the T1 pairs, when antspyx is installed (in its own process, like ``accuracy.py``;
+  final Dice only)
 
 and reports mean Dice per step, final Dice, % det J <= 0, wall seconds (prepare + steps, without the
 Dice bookkeeping), the lambda map's spread and its mean per anatomical label, and the per-step latency of
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -138,6 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--no-cross-contrast", action="store_true")
+    parser.add_argument("--no-syn", action="store_true", help="leave out ANTs SyN")
     args = parser.parse_args(argv)
     if not (Path(args.shared_dir) / "synthseg").is_dir():
         print(
@@ -148,7 +152,7 @@ def main(argv=None) -> int:
         return 2
     import SimpleITK as sitk
     import torch
-    from accuracy import prepare_pairs
+    from accuracy import available, prepare_pairs, run_one
 
     from RLRegistrationLib.learned_policies import ChainedPolicy, SPACPolicy
     from RLRegistrationLib.policies import make_policy
@@ -182,6 +186,10 @@ def main(argv=None) -> int:
         for pair in prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), contrast):
             images = [sitk.ReadImage(pair[k], sitk.sitkFloat32) for k in ("fixed", "moving")]
             images += [sitk.ReadImage(pair[k]) for k in ("fixed_labels", "moving_labels")]
+            if contrast == "t1" and not args.no_syn and available("syn"):
+                syn = run_one("syn", pair, argparse.Namespace(threads=2, profile=False))
+                rows.append({**syn, "method": "ANTs SyN", "dice_per_step": [syn.get("dice", float("nan"))]})
+                print(json.dumps(rows[-1]), flush=True)
             for name, factory, steps in methods:
                 dice, seconds, session = run_session(factory(), images, steps)
                 row = {
@@ -209,6 +217,7 @@ def main(argv=None) -> int:
                 print(json.dumps(row), flush=True)
     latency = network_latency(model, [(64, 64, 64), (128, 128, 128), (224, 192, 160)])
     table = summarize(rows, lambdas, latency)
+    table += f"\npeak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,10 +259,11 @@ def summarize(rows, lambdas, latency) -> str:
             "mean λ by fixed label: "
             + ", ".join(f"{k} {v:.3f}" for k, v in sorted(by_label.items(), key=lambda kv: kv[1]))
         )
-    lines.append(
-        "\nnetwork step latency on this CPU (2 threads): "
-        + ", ".join(f"{k}: {v:.0f} ms" for k, v in latency.items())
-    )
+    if latency:
+        lines.append(
+            "\nnetwork step latency on this CPU (2 threads): "
+            + ", ".join(f"{k}: {v:.0f} ms" for k, v in latency.items())
+        )
     return "\n".join(lines)
 
 

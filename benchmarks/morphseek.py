@@ -1,0 +1,164 @@
+"""MorphSeek (warm-up only vs GRPO fine-tuned) next to SPAC and test-time optimization, on the SynthSeg
+validation pairs (1 mm, 160x192x224, fixed and moving T1-like).
+
+    python benchmarks/morphseek.py [--pairs 11:12,12:13,13:14,14:11] [--samples 4]
+
+Side by side in one process, on the same pairs:
+
+* ``tto``                         : test-time optimization alone (the CLI default, 6 steps)
+* ``spac`` / ``spac+tto``         : the SPAC model's learned steps, alone and followed by fine TTO steps
+* ``morphseek-warmup`` (``+tto``) : MorphSeek after its unsupervised warm-up only
+* ``morphseek`` (``+tto``)        : MorphSeek after GRPO fine-tuning
+* ``morphseek K=<samples>``       : multi-trajectory sampling (temperature 1): mean field + uncertainty map
+
+Reports mean Dice per step, final Dice, % det J <= 0 and wall seconds (as ``policies.py``); for the sampled
+run, the correlation between the uncertainty map and the voxelwise label disagreement after registration
+(fixed labels vs moving labels warped by the mean field, on the fixed grid, inside the union of both
+label maps' foregrounds), and the per-step latency of MorphSeek with 1 and with K samples on this CPU.
+Needs ``../shared/data`` and the models; exits 2 with a message when either is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RLRegistration"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def disagreement_correlation(session, fixed_labels, moving_labels) -> dict[str, float]:
+    """Pearson correlation (point-biserial) between the session's uncertainty map and the voxelwise label
+    disagreement after registration, on the fixed grid inside the union foreground; and the mean
+    uncertainty (mm) where the labels disagree and where they agree."""
+    import SimpleITK as sitk
+
+    result = session.result()
+    warped = sitk.Resample(moving_labels, fixed_labels, result.transform, sitk.sitkNearestNeighbor, 0)
+    fixed = sitk.GetArrayViewFromImage(fixed_labels)
+    moved = sitk.GetArrayViewFromImage(warped)
+    uncertainty = sitk.GetArrayFromImage(
+        sitk.Resample(result.uncertainty_map, fixed_labels, sitk.Transform(), sitk.sitkLinear, 0.0)
+    )
+    inside = (fixed > 0) | (moved > 0)
+    disagree = (fixed != moved)[inside].astype(np.float64)
+    values = uncertainty[inside].astype(np.float64)
+    return {
+        "correlation": float(np.corrcoef(values, disagree)[0, 1]),
+        "uncertainty_where_disagree_mm": float(values[disagree > 0].mean()),
+        "uncertainty_where_agree_mm": float(values[disagree == 0].mean()),
+        "disagreement_fraction": float(disagree.mean()),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    models = REPO / "models"
+    parser.add_argument("--model", default=str(models / "morphseek-brain-synth"))
+    parser.add_argument("--warmup-model", default=str(models / "morphseek-brain-synth-warmup"))
+    parser.add_argument("--spac-model", default=str(models / "spac-brain-synth"))
+    parser.add_argument("--shared-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--pairs", default="11:12,12:13,13:14,14:11")
+    parser.add_argument("--learned-steps", type=int, default=5)
+    parser.add_argument("--tto-steps", type=int, default=6)
+    parser.add_argument("--then-steps", type=int, default=3, help="fine TTO steps after the learned ones")
+    parser.add_argument("--samples", type=int, default=4, help="K for the multi-trajectory run")
+    parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    if not (Path(args.shared_dir) / "synthseg").is_dir():
+        print(
+            f"benchmark: '{args.shared_dir}/synthseg' is absent: this benchmark needs the SynthSeg label maps "
+            "(../shared/data beside the repository, or --shared-dir)",
+            file=sys.stderr,
+        )
+        return 2
+    for folder in (args.model, args.warmup_model, args.spac_model):
+        if not (Path(folder) / "card.json").is_file():
+            print(f"benchmark: model folder '{folder}' (with card.json) is absent", file=sys.stderr)
+            return 2
+    import SimpleITK as sitk
+    import torch
+    from accuracy import prepare_pairs
+    from policies import folding_percent, run_session, summarize
+
+    from RLRegistrationLib.learned_policies import ChainedPolicy, MorphSeekPolicy, SPACPolicy
+    from RLRegistrationLib.policies import make_policy
+
+    torch.set_num_threads(2)
+    fine = {"pyramid": (1,)}
+    n, then = args.learned_steps, args.then_steps
+
+    def learned(kind: str, **options):
+        if kind == "spac":
+            return SPACPolicy(Path(args.spac_model), device="cpu")
+        folder = args.model if kind == "morphseek" else args.warmup_model
+        return MorphSeekPolicy(Path(folder), device="cpu", **options)
+
+    def chained(kind: str):
+        return ChainedPolicy(learned(kind), n, make_policy("tto", **fine))
+
+    methods = [("tto", lambda: make_policy("tto"), args.tto_steps)]
+    for kind in ("spac", "morphseek-warmup", "morphseek"):
+        methods += [
+            (kind, lambda k=kind: learned(k), n),
+            (f"{kind}+tto", lambda k=kind: chained(k), n + then),
+        ]
+    sampled_name = f"morphseek K={args.samples}"
+    methods.append((sampled_name, lambda: learned("morphseek", samples=args.samples, seed=0), n))
+
+    rows, uncertainty_rows = [], []
+    for pair in prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), "t1"):
+        images = [sitk.ReadImage(pair[k], sitk.sitkFloat32) for k in ("fixed", "moving")]
+        images += [sitk.ReadImage(pair[k]) for k in ("fixed_labels", "moving_labels")]
+        for name, factory, steps in methods:
+            dice, seconds, session = run_session(factory(), images, steps)
+            learned_steps = [r.step_seconds for r in session.reports[1 : n + 1]]
+            row = {
+                "method": name,
+                "pair": pair["pair"],
+                "dice_per_step": dice,
+                "seconds": seconds,
+                "folding_percent": folding_percent(session),
+                "ms_per_learned_step": 1000 * float(np.mean(learned_steps)),
+            }
+            if name == sampled_name:
+                correlation = disagreement_correlation(session, images[2], images[3])
+                row.update(correlation)
+                uncertainty_rows.append({"pair": pair["pair"], **correlation})
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    latency = {
+        name: float(np.mean([r["ms_per_learned_step"] for r in rows if r["method"] == name]))
+        for name in ("morphseek", sampled_name, "spac", "morphseek-warmup")
+    }
+    keys = ("correlation", "uncertainty_where_disagree_mm", "uncertainty_where_agree_mm")
+    table = summarize(rows, [], {})
+    table += (
+        f"\n\nuncertainty of {sampled_name} vs label disagreement after registration (mean over pairs): "
+        + ", ".join(f"{k} {np.mean([u[k] for u in uncertainty_rows]):.3f}" for k in keys)
+        + "\n\nper learned step in the session (working grid, this CPU, 2 threads): "
+        + ", ".join(f"{k}: {v:.0f} ms" for k, v in latency.items())
+        + f"\npeak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    )
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "morphseek.json").write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
+    (out / "morphseek.md").write_text(
+        f"`python benchmarks/morphseek.py {' '.join(argv or sys.argv[1:])}`\n\n{table}\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
