@@ -43,7 +43,7 @@ def write_morphseek_model(
     torch.manual_seed(seed)
     network = MorphSeekNetwork(SMALL)
     with torch.no_grad():  # a visible field, and latent noise that changes it
-        network.decoder.flow.weight.normal_(std=0.05)
+        network.decoder.flow.weight.normal_(std=0.005)
         network.latent_head.log_std.bias.add_(1.0)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / "weights.pt"

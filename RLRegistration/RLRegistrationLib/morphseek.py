@@ -132,10 +132,10 @@ class MorphSeekNetwork(nn.Module):
         super().__init__()
         arch = architecture or MorphSeekArchitecture()
         self.architecture = arch
-        self.backbone = backbone or UNetBackbone(arch.in_channels, arch.channels)
+        self.backbone = backbone or UNetBackbone(arch.in_channels, arch.channels, arch.group_norm)
         c_b, skips = self.backbone.bottleneck_channels, self.backbone.skip_channels
         self.latent_head = LatentGaussianHead(c_b)
-        self.decoder = SkipDecoder(c_b, skips, arch.decoder_channels, arch.max_step)
+        self.decoder = SkipDecoder(c_b, skips, arch.decoder_channels, arch.max_step, arch.group_norm)
         self.weight_head = WeightMapHead(self.decoder.feature_channels, arch.weight_head_channels)
 
     def check_shape(self, shape: tuple[int, ...]) -> None:

@@ -45,6 +45,7 @@ class BackboneArchitecture:
     decoder_channels: tuple[int, ...] = (32, 32, 32, 16)
     weight_head_channels: int = 16
     max_step: float = 2.0
+    group_norm: bool = True  # GroupNorm after each backbone/decoder convolution (keeps activations bounded)
 
     @classmethod
     def from_dict(cls, values: dict):
@@ -76,9 +77,18 @@ class SPACArchitecture(BackboneArchitecture):
     family: str = field(default="spac")
 
 
-def conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    """3x3x3 convolution + LeakyReLU(0.2), as in VoxelMorph."""
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, stride, 1), nn.LeakyReLU(0.2))
+def conv_block(
+    in_channels: int, out_channels: int, stride: int = 1, group_norm: bool = False
+) -> nn.Sequential:
+    """3x3x3 convolution (+ GroupNorm, groups of 8 channels) + LeakyReLU(0.2), as in VoxelMorph.
+
+    Without normalization, activations grew without bound during training on synthetic pairs until the
+    bounded (tanh) step field saturated and every gradient vanished; GroupNorm prevents that and works on
+    any grid size (unlike InstanceNorm on a 1-voxel bottleneck)."""
+    conv = nn.Conv3d(in_channels, out_channels, 3, stride, 1)
+    if not group_norm:
+        return nn.Sequential(conv, nn.LeakyReLU(0.2))
+    return nn.Sequential(conv, nn.GroupNorm(max(1, out_channels // 8), out_channels), nn.LeakyReLU(0.2))
 
 
 class UNetBackbone(nn.Module):
@@ -89,10 +99,14 @@ class UNetBackbone(nn.Module):
     ``channels[-1]`` features.
     """
 
-    def __init__(self, in_channels: int = 2, channels: tuple[int, ...] = (16, 32, 32, 64)):
+    def __init__(
+        self, in_channels: int = 2, channels: tuple[int, ...] = (16, 32, 32, 64), group_norm: bool = False
+    ):
         super().__init__()
         widths = (in_channels, *channels)
-        self.levels = nn.ModuleList(conv_block(a, b, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.levels = nn.ModuleList(
+            conv_block(a, b, stride=2, group_norm=group_norm) for a, b in zip(widths[:-1], widths[1:])
+        )
         self.bottleneck_channels = channels[-1]
         self.skip_channels = list(widths[:-1])  # finest first
 
@@ -154,6 +168,7 @@ class SkipDecoder(nn.Module):
         skip_channels: list[int],
         decoder_channels: tuple[int, ...] = (32, 32, 32, 16),
         max_step: float = 2.0,
+        group_norm: bool = False,
     ):
         super().__init__()
         if len(decoder_channels) != len(skip_channels):
@@ -162,7 +177,7 @@ class SkipDecoder(nn.Module):
         self.max_step = float(max_step)
         widths = [bottleneck_channels, *decoder_channels]
         self.levels = nn.ModuleList(
-            conv_block(widths[i] + skip, widths[i + 1])
+            conv_block(widths[i] + skip, widths[i + 1], group_norm=group_norm)
             for i, skip in enumerate(reversed(skip_channels))  # coarsest skip first
         )
         self.flow = nn.Conv3d(decoder_channels[-1], 3, 3, padding=1)
@@ -204,8 +219,9 @@ class ActorDecoder(SkipDecoder):
         decoder_channels: tuple[int, ...] = (32, 32, 32, 16),
         plan_grid: int = 2,
         max_step: float = 2.0,
+        group_norm: bool = False,
     ):
-        super().__init__(bottleneck_channels, skip_channels, decoder_channels, max_step)
+        super().__init__(bottleneck_channels, skip_channels, decoder_channels, max_step, group_norm)
         self.plan_grid = plan_grid
         self.project = nn.Linear(plan_dim, bottleneck_channels * plan_grid**3)
 
@@ -286,11 +302,11 @@ class SPACNetwork(nn.Module):
         super().__init__()
         arch = architecture or SPACArchitecture()
         self.architecture = arch
-        self.backbone = backbone or UNetBackbone(arch.in_channels, arch.channels)
+        self.backbone = backbone or UNetBackbone(arch.in_channels, arch.channels, arch.group_norm)
         c_b, skips = self.backbone.bottleneck_channels, self.backbone.skip_channels
         self.planner = PlannerHead(c_b, arch.plan_dim, arch.plan_grid)
         self.actor = ActorDecoder(
-            arch.plan_dim, c_b, skips, arch.decoder_channels, arch.plan_grid, arch.max_step
+            arch.plan_dim, c_b, skips, arch.decoder_channels, arch.plan_grid, arch.max_step, arch.group_norm
         )
         self.weight_head = WeightMapHead(self.actor.feature_channels, arch.weight_head_channels)
 

@@ -265,6 +265,7 @@ class TrainingStep(nn.Module):
         out = self.agent.network(fixed, warped)
         loss, logs = self.registration(fixed, moving, field, out.step, out.weight, labels)
         logs = {"loss_reg": loss.detach(), **logs, "sigma": out.log_std.exp().mean().detach()}
+        loss = loss + self.sac.plan_l2 * out.mean.pow(2).mean()  # in both stages: the plan must not drift
         if replay_batch is not None:
             parts = sac_losses(self.agent, replay_batch, self.sac)
             loss = loss + parts["critic_loss"] + parts["actor_loss"] + parts["alpha_loss"]
