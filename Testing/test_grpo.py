@@ -28,7 +28,7 @@ from RLRegistrationLib.training.grpo import (
     grpo_policy_loss,
     grpo_rollout,
     labelled_pair,
-    load_spac_weights,
+    load_initial_weights,
     make_morphseek_optimizer,
     morphseek_warmup_loss,
     prior_kl,
@@ -259,7 +259,7 @@ def test_spac_warm_start_copies_backbone_decoder_and_weight_head(tmp_path):
     spac = _spac_weights(tmp_path / "spac" / "weights.pt")
     network = MorphSeekNetwork(SMALL)
     head = {k: v.clone() for k, v in network.latent_head.state_dict().items()}
-    copied = load_spac_weights(network, tmp_path / "spac" / "weights.pt")
+    copied = load_initial_weights(network, tmp_path / "spac" / "weights.pt")
     assert copied and all(not k.startswith("latent_head") for k in copied)
     for name, module in (
         ("backbone", spac.backbone),
@@ -274,7 +274,7 @@ def test_spac_warm_start_copies_backbone_decoder_and_weight_head(tmp_path):
     for key, value in network.latent_head.state_dict().items():
         assert torch.equal(value, head[key])  # identity initialization kept
     with pytest.raises(InputError, match="not found"):
-        load_spac_weights(network, tmp_path / "missing.pt")
+        load_initial_weights(network, tmp_path / "missing.pt")
 
 
 def test_morphseek_config_sections():
@@ -299,24 +299,29 @@ def test_morphseek_config_sections():
 
 def test_shipped_morphseek_configs_parse():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("morphseek_cpu_small.json", "morphseek_gpu.json"):
+    for name in ("morphseek_cpu_small.json", "morphseek_warmup_cpu_small.json", "morphseek_gpu.json"):
         cfg = TrainConfig.load(root / name)
         assert cfg.family == "morphseek" and all(n % cfg.model.divisor == 0 for n in cfg.data.shape)
-        assert cfg.init["spac_weights"] == "models/spac-brain-synth/weights.pt"
         assert (cfg.grpo.group_size, cfg.grpo.horizon) == (6, 3)
-        spac = TrainConfig.load(root / name.replace("morphseek", "spac"))
+        spac = TrainConfig.load(root / ("spac_gpu.json" if "gpu" in name else "spac_cpu_small.json"))
         assert cfg.data == spac.data and cfg.loss == spac.loss
         shared = set(SMALL_SPAC.to_dict()) & set(SMALL.to_dict()) - {"family"}
         assert {k: cfg.model.to_dict()[k] for k in shared} == {k: spac.model.to_dict()[k] for k in shared}
 
 
-def test_warmup_only_config_is_the_grpo_run_without_grpo():
+def test_grpo_config_continues_the_warmup_only_model():
+    """The GRPO run starts from the shipped warm-up-only model and changes nothing else of its setup, so
+    the two shipped models differ by the GRPO stage alone."""
     root = Path(__file__).resolve().parents[1] / "configs"
     full = TrainConfig.load(root / "morphseek_cpu_small.json").to_dict()
     warmup = TrainConfig.load(root / "morphseek_warmup_cpu_small.json").to_dict()
-    assert warmup["schedule"].pop("grpo_steps") == 0 and full["schedule"].pop("grpo_steps") > 0
-    for key in ("id", "description"):
-        assert warmup.pop(key) != full.pop(key)
+    assert (
+        full["init"]["weights"] == f"models/{warmup['id']}/weights.pt" and warmup["init"]["weights"] is None
+    )
+    assert warmup["schedule"]["grpo_steps"] == 0 and full["schedule"]["warmup_steps"] == 0
+    assert full["schedule"]["grpo_steps"] > 0 and warmup["schedule"]["warmup_steps"] > 0
+    for key in ("id", "description", "comment", "init", "schedule"):
+        warmup.pop(key, None), full.pop(key, None)
     assert warmup == full
 
 
@@ -327,7 +332,7 @@ def test_train_morphseek_writes_model_card_and_resumes(tmp_path):
     weights = tmp_path / "spac" / "weights.pt"
     spac = _spac_weights(weights)
     out, run = tmp_path / "model", tmp_path / "run"
-    cfg = TrainConfig.from_dict(morphseek_config(init={"spac_weights": str(weights)}))
+    cfg = TrainConfig.from_dict(morphseek_config(init={"weights": str(weights)}))
     banks = (_bank((1, 2, 3)), _bank((4, 5)))
     train(cfg, out_dir=out, run_dir=run, progress=False, banks=banks)
 
@@ -366,8 +371,8 @@ def test_train_morphseek_writes_model_card_and_resumes(tmp_path):
     card = json.loads((out / "card.json").read_text())
     assert card["training"]["steps"] == 5 and card["grpo"]["label_reward_updates"] == 3
 
-    missing = TrainConfig.from_dict(morphseek_config(init={"spac_weights": str(tmp_path / "nope.pt")}))
-    with pytest.raises(InputError, match="spac_weights"):
+    missing = TrainConfig.from_dict(morphseek_config(init={"weights": str(tmp_path / "nope.pt")}))
+    with pytest.raises(InputError, match="weights"):
         train(missing, out_dir=tmp_path / "m2", run_dir=tmp_path / "r2", progress=False, banks=banks)
 
 

@@ -13,8 +13,10 @@ from RLRegistrationLib.networks import (
     SPACArchitecture,
     SPACNetwork,
     count_parameters,
+    network_input,
     sample_plan,
 )
+from RLRegistrationLib.similarity import ncc_descent_direction
 from RLRegistrationLib.training.train import RegistrationLoss
 
 SMALL = SPACArchitecture(
@@ -132,3 +134,16 @@ def test_twin_critics_and_soft_target_update():
 
 def test_default_network_is_small():
     assert 2e5 < count_parameters(SPACNetwork()) < 6e5
+
+
+def test_similarity_gradient_input_adds_three_channels():
+    arch = SPACArchitecture.from_dict({**SMALL.to_dict(), "in_channels": 5, "similarity_gradient": True})
+    network = SPACNetwork(arch)
+    fixed, warped = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    x = network_input(fixed, warped, arch)
+    assert x.shape == (1, 5, 16, 16, 16)
+    torch.testing.assert_close(x[:, 2:], ncc_descent_direction(fixed, warped))
+    with torch.no_grad():  # the descent direction needs autograd internally; inference runs without it
+        assert network(fixed, warped, deterministic=True).step.shape == (1, 3, 16, 16, 16)
+    with pytest.raises(ValueError, match="in_channels 2"):
+        SPACArchitecture(in_channels=2, similarity_gradient=True)

@@ -110,3 +110,18 @@ def test_make_similarity_names_and_unknown():
     assert isinstance(similarity.make_similarity("mse"), similarity.MSE)
     with pytest.raises(ValueError, match="unknown similarity 'nmi'"):
         similarity.make_similarity("nmi")
+
+
+@pytest.mark.parametrize("axis, channel", [(4, 0), (2, 2)])
+def test_ncc_descent_direction_points_towards_alignment(smooth_image, axis, channel):
+    """warped(x) = fixed(x - 2 e): sampling warped at x + u aligns it for u = +2 e, so the descent
+    direction's component along e is positive on average and the others are not."""
+    fixed = smooth_image
+    warped = torch.roll(fixed, shifts=2, dims=axis)
+    with torch.no_grad():
+        direction = similarity.ncc_descent_direction(fixed, warped)
+    assert direction.shape == (1, 3, *fixed.shape[2:])
+    assert float(direction.pow(2).mean()) == pytest.approx(1.0, rel=1e-4)  # RMS-normalized
+    means = direction.mean(dim=(2, 3, 4))[0]
+    others = [float(means[c].abs()) for c in range(3) if c != channel]
+    assert float(means[channel]) > 0.05 and float(means[channel]) > 3 * max(others)

@@ -111,11 +111,6 @@ def card_architecture(card: dict, path: Path) -> BackboneArchitecture:
         raise PolicyError(
             f"model card '{path}': the architecture is of family '{arch.family}' but the card says '{family}'"
         )
-    if arch.in_channels != 2:
-        raise PolicyError(
-            f"model card '{path}': in_channels {arch.in_channels}, but learned policies see 2 channels "
-            "(fixed, warped)"
-        )
     grid = card["working_grid"] if isinstance(card["working_grid"], dict) else {}
     shape, spacing = grid.get("shape"), grid.get("spacing_mm")
     if (

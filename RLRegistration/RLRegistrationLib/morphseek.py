@@ -27,6 +27,7 @@ from .networks import (
     SkipDecoder,
     UNetBackbone,
     WeightMapHead,
+    network_input,
 )
 
 INITIAL_LOG_STD = math.log(0.1)
@@ -153,7 +154,7 @@ class MorphSeekNetwork(nn.Module):
         max_step: float | None = None,
     ) -> MorphSeekOutput:
         self.check_shape(tuple(fixed.shape[2:]))
-        latent, skips = self.backbone(torch.cat([fixed, warped], dim=1))
+        latent, skips = self.backbone(network_input(fixed, warped, self.architecture))
         mean, log_std = self.latent_head(latent)
         z = sample_latent(mean, log_std, temperature, generator)
         log_prob = latent_log_prob(z.detach(), mean, log_std, temperature)
@@ -162,8 +163,9 @@ class MorphSeekNetwork(nn.Module):
         return MorphSeekOutput(mean, log_std, z, log_prob, step, weight)
 
     def load_spac_backbone(self, spac_state: dict[str, torch.Tensor]) -> list[str]:
-        """Warm start from a SPAC network's state dict: backbone, decoder (the actor's levels and flow) and
-        weight-map head. Returns the names copied; the latent head keeps its identity initialization."""
+        """Warm start from a SPAC network's state dict (backbone, decoder = the actor's levels and flow,
+        weight-map head; the latent head keeps its identity initialization) or from a MorphSeek one (all).
+        Returns the names copied."""
         own = self.state_dict()
         renamed = {
             k.replace("actor.", "decoder.", 1) if k.startswith("actor.") else k: v

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .similarity import ncc_descent_direction
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 
 
@@ -46,6 +48,15 @@ class BackboneArchitecture:
     weight_head_channels: int = 16
     max_step: float = 2.0
     group_norm: bool = True  # GroupNorm after each backbone/decoder convolution (keeps activations bounded)
+    similarity_gradient: bool = False  # the input adds the local-NCC descent direction (3 channels)
+
+    def __post_init__(self):
+        expected = 5 if self.similarity_gradient else 2
+        if self.in_channels != expected:
+            raise ValueError(
+                f"in_channels {self.in_channels}: the network sees {expected} channels (fixed, warped"
+                + (", NCC descent direction i, j, k)" if self.similarity_gradient else ")")
+            )
 
     @classmethod
     def from_dict(cls, values: dict):
@@ -75,6 +86,17 @@ class SPACArchitecture(BackboneArchitecture):
     plan_grid: int = 2
     critic_hidden: int = 128
     family: str = field(default="spac")
+
+
+def network_input(
+    fixed: torch.Tensor, warped: torch.Tensor, architecture: BackboneArchitecture
+) -> torch.Tensor:
+    """What the backbone sees of a state: (fixed, warped), plus the local-NCC descent direction
+    (``similarity.ncc_descent_direction``) when the architecture asks for it. (B, in_channels, D, H, W)."""
+    parts = [fixed, warped]
+    if architecture.similarity_gradient:
+        parts.append(ncc_descent_direction(fixed, warped))
+    return torch.cat(parts, dim=1)
 
 
 def conv_block(
@@ -318,7 +340,7 @@ class SPACNetwork(nn.Module):
 
     def plan_distribution(self, fixed: torch.Tensor, warped: torch.Tensor):
         """(mean, log_std, bottleneck, skips) of the planner on a (fixed, warped) pair."""
-        bottleneck, skips = self.backbone(torch.cat([fixed, warped], dim=1))
+        bottleneck, skips = self.backbone(network_input(fixed, warped, self.architecture))
         mean, log_std = self.planner(bottleneck)
         return mean, log_std, bottleneck, skips
 

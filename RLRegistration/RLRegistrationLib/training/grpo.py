@@ -335,23 +335,23 @@ class MorphSeekTrainingStep(nn.Module):
 # ------------------------------------------------------------------------------------------ warm start
 
 
-def load_spac_weights(network: MorphSeekNetwork, path: str | Path) -> list[str]:
-    """Warm start ``network`` from a SPAC model's ``weights.pt`` (backbone, decoder, weight-map head;
-    ``MorphSeekNetwork.load_spac_backbone``). Returns the names of the copied tensors; InputError when the
+def load_initial_weights(network: MorphSeekNetwork, path: str | Path) -> list[str]:
+    """Warm start ``network`` from a ``weights.pt`` of a SPAC model (backbone, decoder, weight-map head) or
+    of a MorphSeek model (everything, e.g. GRPO from a warm-up-only model); ``MorphSeekNetwork.load_spac_backbone``. Returns the names of the copied tensors; InputError when the
     file is missing or unreadable, or when no tensor matches (another architecture)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(
-            f"init.spac_weights '{path}': file not found (train the SPAC model first, e.g. "
-            "rlreg train --config configs/spac_cpu_small.json, or remove init.spac_weights)"
+            f"init.weights '{path}': file not found (train that model first, e.g. rlreg train --config "
+            "configs/morphseek_warmup_cpu_small.json, or remove init.weights)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is an input error
-        raise InputError(f"init.spac_weights '{path}': cannot read the weights ({error})") from None
+        raise InputError(f"init.weights '{path}': cannot read the weights ({error})") from None
     copied = network.load_spac_backbone(state)
     if not copied:
-        raise InputError(f"init.spac_weights '{path}': no tensor matches the MorphSeek architecture")
+        raise InputError(f"init.weights '{path}': no tensor matches the MorphSeek architecture")
     return copied
 
 
@@ -364,7 +364,7 @@ __all__ = [
     "grpo_policy_loss",
     "grpo_rollout",
     "labelled_pair",
-    "load_spac_weights",
+    "load_initial_weights",
     "make_morphseek_optimizer",
     "morphseek_warmup_loss",
     "prior_kl",

@@ -2,7 +2,7 @@
 
 Two families (``model.family`` in the config), sharing everything but the optimizer update
 (``FamilyTrainer``): ``"spac"`` (default, below) and ``"morphseek"`` (stages ``warmup`` then ``grpo``,
-see ``training.grpo``; optional warm start from a SPAC model with ``init.spac_weights``).
+see ``training.grpo``; optional warm start from a SPAC or MorphSeek ``weights.pt`` with ``init.weights``).
 
 SPAC: every optimization step takes one step in a batch of registration episodes (``environment``) on
 synthetic pairs (``training.data``), and makes one optimizer update of one summed loss:
@@ -55,7 +55,7 @@ from .grpo import (
     MorphSeekAgent,
     MorphSeekTrainingStep,
     labelled_pair,
-    load_spac_weights,
+    load_initial_weights,
     make_morphseek_optimizer,
 )
 from .sac import ReplayBuffer, SACConfig, sac_losses
@@ -81,7 +81,7 @@ class TrainConfig:
 
     ``model.family`` "morphseek" (``configs/morphseek_cpu_small.json``) replaces ``sac`` by ``grpo``
     (``training.grpo.GRPOConfig``) and ``schedule.sac_steps`` by ``grpo_steps``, has the optimizer keys
-    ``lr_encoder`` / ``lr_decoder`` and the optional ``init.spac_weights`` (a SPAC ``weights.pt``)."""
+    ``lr_encoder`` / ``lr_decoder`` and the optional ``init.weights`` (a SPAC or MorphSeek ``weights.pt``)."""
 
     id: str = "spac-brain-synth"
     description: str = "SPAC planner-actor-critic with a spatially varying regularization head"
@@ -124,7 +124,7 @@ class TrainConfig:
         }
     )
     grpo: GRPOConfig | None = None
-    init: dict = field(default_factory=lambda: {"spac_weights": None})
+    init: dict = field(default_factory=lambda: {"weights": None})
 
     @property
     def family(self) -> str:
@@ -698,11 +698,11 @@ class MorphSeekTrainer(FamilyTrainer):
         return f"network {count_parameters(self.network)} parameters (latent Gaussian head {100 * fraction:.1f} %)"
 
     def initialize(self) -> None:
-        path = self.cfg.init.get("spac_weights")
+        path = self.cfg.init.get("weights")
         if path:
-            copied = load_spac_weights(self.agent.network, path)
+            copied = load_initial_weights(self.agent.network, path)
             self.init_info = {
-                "spac_weights": str(path),
+                "weights": str(path),
                 "sha256": sha256_of(Path(path)),
                 "tensors_copied": len(copied),
             }
