@@ -35,9 +35,18 @@ from RLRegistrationLib.training.grpo import (
 )
 from RLRegistrationLib.training.train import RegistrationLoss, TrainConfig, train
 
-SMALL = MorphSeekArchitecture(channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), weight_head_channels=4)
+# the shipped configs' input: (fixed, warped, NCC descent direction)
+_INPUT = {"in_channels": 5, "similarity_gradient": True}
+SMALL = MorphSeekArchitecture(
+    channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), weight_head_channels=4, **_INPUT
+)
 SMALL_SPAC = SPACArchitecture(
-    channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16
+    channels=(4, 8, 8, 8),
+    decoder_channels=(8, 8, 8, 4),
+    plan_dim=8,
+    weight_head_channels=4,
+    critic_hidden=16,
+    **_INPUT,
 )
 SHAPE = (16, 16, 16)
 ENV = {"clusters": 3, "fold_weight": 1.0}
@@ -162,7 +171,7 @@ def test_zero_temperature_is_deterministic_with_zero_log_prob():
     _, values = grpo_rollout(
         network, copy.deepcopy(network), RegistrationLoss(ncc_window=5), pair, cfg, False, ENV
     )
-    assert values["pg_loss"] == 0.0 and values["reward_std"] == pytest.approx(0.0, abs=1e-6)
+    assert values["pg_loss"] == 0.0 and values["reward_std"] == pytest.approx(0.0, abs=1e-4)
     assert values["kl_ref"] == pytest.approx(0.0, abs=1e-7)  # the reference is the same policy
 
 

@@ -145,6 +145,12 @@ class MorphSeekNetwork(nn.Module):
         if len(shape) != 3 or any(n <= 0 or n % d for n in shape):
             raise ValueError(f"network grid {tuple(shape)} must be 3D with every dimension a multiple of {d}")
 
+    def latent_distribution(self, fixed: torch.Tensor, warped: torch.Tensor):
+        """(mean, log_std, skips) of the latent Gaussian at the state (fixed, warped)."""
+        latent, skips = self.backbone(network_input(fixed, warped, self.architecture))
+        mean, log_std = self.latent_head(latent)
+        return mean, log_std, skips
+
     def forward(
         self,
         fixed: torch.Tensor,
@@ -154,8 +160,7 @@ class MorphSeekNetwork(nn.Module):
         max_step: float | None = None,
     ) -> MorphSeekOutput:
         self.check_shape(tuple(fixed.shape[2:]))
-        latent, skips = self.backbone(network_input(fixed, warped, self.architecture))
-        mean, log_std = self.latent_head(latent)
+        mean, log_std, skips = self.latent_distribution(fixed, warped)
         z = sample_latent(mean, log_std, temperature, generator)
         log_prob = latent_log_prob(z.detach(), mean, log_std, temperature)
         step, features = self.decoder(z, skips, max_step)

@@ -148,8 +148,8 @@ def reference_distribution(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, log_std) of the reference policy's latent Gaussian at the states (fixed, warped); the
     decoder is not run."""
-    latent, _ = reference.backbone(torch.cat([fixed, warped], dim=1))
-    return reference.latent_head(latent)
+    mean, log_std, _ = reference.latent_distribution(fixed, warped)
+    return mean, log_std
 
 
 # ------------------------------------------------------------------------------------ labels / rewards
