@@ -40,11 +40,13 @@ def test_card_documents_the_training(model_id):
 
 @pytest.mark.parametrize("model_id", SHIPPED)
 def test_shipped_policy_improves_dice_on_the_sample_pair(model_id, sample_pair):
+    """Within its first 3 steps the policy raises Dice by more than 0.05, and after the card's number of
+    steps Dice is still above the affine result."""
     card = read_card(MODELS / model_id)
     steps = int(card["inference"]["steps"])
     options = SessionOptions(device="cpu", seed=0)
     session = RegistrationSession(*sample_pair[:2], make_policy(model_id), options, *sample_pair[2:])
     session.prepare()
-    reports = list(session.run(steps))
-    before, after = session.reports[0].dice, reports[-1].dice
-    assert after > before + 0.02, f"{model_id}: Dice {before:.3f} -> {after:.3f} after {steps} steps"
+    dice = [session.reports[0].dice] + [report.dice for report in session.run(steps)]
+    assert max(dice[1:4]) > dice[0] + 0.05, f"{model_id}: Dice per step {[round(d, 3) for d in dice]}"
+    assert dice[-1] > dice[0], f"{model_id}: Dice per step {[round(d, 3) for d in dice]}"

@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tto-steps", type=int, default=6)
     parser.add_argument("--then-steps", type=int, default=3, help="fine TTO steps after the learned ones")
     parser.add_argument("--samples", type=int, default=4, help="K for the multi-trajectory run")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (SyN runs with the same)")
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     from RLRegistrationLib.learned_policies import ChainedPolicy, MorphSeekPolicy, SPACPolicy
     from RLRegistrationLib.policies import make_policy
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     fine = {"pyramid": (1,)}
     n, then = args.learned_steps, args.then_steps
 
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     table += (
         f"\n\nuncertainty of {sampled_name} vs label disagreement after registration (mean over pairs): "
         + ", ".join(f"{k} {np.mean([u[k] for u in uncertainty_rows]):.3f}" for k in keys)
-        + "\n\nper learned step in the session (working grid, this CPU, 2 threads): "
+        + f"\n\nper learned step in the session (working grid, this CPU, {args.threads} threads): "
         + ", ".join(f"{k}: {v:.0f} ms" for k, v in latency.items())
         + f"\npeak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
     )

@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--spac-steps", type=int, default=5)
     parser.add_argument("--tto-steps", type=int, default=6)
     parser.add_argument("--then-steps", type=int, default=3, help="fine TTO steps after the learned ones")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (SyN runs with the same)")
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--no-cross-contrast", action="store_true")
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     from RLRegistrationLib.learned_policies import ChainedPolicy, SPACPolicy
     from RLRegistrationLib.policies import make_policy
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = Path(args.model)
     fine = {"pyramid": (1,)}
 
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
             images = [sitk.ReadImage(pair[k], sitk.sitkFloat32) for k in ("fixed", "moving")]
             images += [sitk.ReadImage(pair[k]) for k in ("fixed_labels", "moving_labels")]
             if contrast == "t1" and not args.no_syn and available("syn"):
-                syn = run_one("syn", pair, argparse.Namespace(threads=2, profile=False))
+                syn = run_one("syn", pair, argparse.Namespace(threads=args.threads, profile=False))
                 rows.append({**syn, "method": "ANTs SyN", "dice_per_step": [syn.get("dice", float("nan"))]})
                 print(json.dumps(rows[-1]), flush=True)
             for name, factory, steps in methods:
@@ -260,8 +261,10 @@ def summarize(rows, lambdas, latency) -> str:
             + ", ".join(f"{k} {v:.3f}" for k, v in sorted(by_label.items(), key=lambda kv: kv[1]))
         )
     if latency:
+        import torch
+
         lines.append(
-            "\nnetwork step latency on this CPU (2 threads): "
+            f"\nnetwork step latency on this CPU ({torch.get_num_threads()} threads): "
             + ", ".join(f"{k}: {v:.0f} ms" for k, v in latency.items())
         )
     return "\n".join(lines)
