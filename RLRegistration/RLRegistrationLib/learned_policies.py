@@ -196,12 +196,11 @@ def network_shape(shape: tuple[int, ...], factor: float, divisor: int = 16) -> t
 
 
 def resize_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Corner-aligned trilinear resize (like ``resize_displacement``); a 3^3 box blur first when
-    shrinking by more than 1.25x (anti-aliasing)."""
+    """Corner-aligned trilinear resize (like ``resize_displacement``), without a pre-filter: the working
+    images are already anti-aliased, and the networks were trained on unblurred images; an extra 3^3 box
+    blur made the learned steps overshoot after the second step (``benchmarks/RESULTS.md``)."""
     if tuple(image.shape[2:]) == tuple(shape):
         return image
-    if any(n > 1.25 * m for n, m in zip(image.shape[2:], shape)):
-        image = F.avg_pool3d(image, 3, stride=1, padding=1, count_include_pad=False)
     return F.interpolate(image, size=tuple(shape), mode="trilinear", align_corners=True)
 
 
