@@ -7,6 +7,8 @@
    not mis-measured).
 2. With ``--checkpoint``: the policy's deterministic steps on a few training-distribution pairs (true-label
    Dice per step, step size, mean lambda), to tell a domain gap from a policy that does not converge.
+3. With ``--model models/spac-brain-synth``: the shipped model's steps on the validation pairs with its
+   inputs as trained and with both inputs box-blurred (3^3), e.g. ``--model ... --steps 6``.
 
 Needs ``../shared/data`` (the config's ``shared_dir``); exits 2 with a message when absent.
 """
@@ -70,12 +72,43 @@ def checkpoint_on_training_pairs(cfg: TrainConfig, checkpoint: Path, pairs: int,
         )
 
 
+def blurred_inputs_in_environment(cfg: TrainConfig, model: Path, pairs: int, steps: int) -> None:
+    """A shipped model's deterministic steps on the validation pairs, with its inputs as trained and with
+    a 3^3 box blur on both inputs (what the policy's resampling to the network grid once did)."""
+    import torch.nn.functional as F
+
+    from RLRegistrationLib.learned_policies import load_model
+
+    network, _ = load_model(model)
+    _, val_bank = load_banks(cfg.data)
+    env = RegistrationEnv(steps, reward="labels", fold_weight=1.0, label_classes=evaluation_labels())
+
+    def blur(x):
+        return F.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+    for blurred in (False, True):
+        for pair in validation_pairs(val_bank, cfg.data, pairs):
+            state = env.reset(pair["fixed"], pair["moving"], pair["fixed_labels"], pair["moving_labels"])
+            dice = [float(env.initial_dice)]
+            for _ in range(steps):
+                inputs = (blur(state.fixed), blur(state.warped)) if blurred else (state.fixed, state.warped)
+                with torch.no_grad():
+                    out = network(*inputs, deterministic=True)
+                state, _, _, info = env.step(out.step)
+                dice.append(float(info["dice"]))
+            kind = "blurred inputs" if blurred else "inputs as trained"
+            print(f"{model.name}, {kind}, {pair['name']}: Dice per step {[round(d, 3) for d in dice]}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=str(REPO / "configs" / "spac_cpu_small.json"))
     parser.add_argument("--checkpoint", help="runs/<id>/checkpoint.pt of a training run")
+    parser.add_argument(
+        "--model", help="a SPAC model folder: compare its steps with and without blurred inputs"
+    )
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
@@ -88,6 +121,9 @@ def main(argv=None) -> int:
         )
         return 2
     torch.set_num_threads(2)
+    if args.model:
+        blurred_inputs_in_environment(cfg, Path(args.model), args.pairs, args.steps)
+        return 0
     tto_in_environment(cfg, args.pairs, args.steps)
     if args.checkpoint:
         checkpoint_on_training_pairs(cfg, Path(args.checkpoint), args.pairs + 1, args.steps)
