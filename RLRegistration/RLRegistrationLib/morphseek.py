@@ -139,12 +139,6 @@ class MorphSeekNetwork(nn.Module):
         self.decoder = SkipDecoder(c_b, skips, arch.decoder_channels, arch.max_step, arch.group_norm)
         self.weight_head = WeightMapHead(self.decoder.feature_channels, arch.weight_head_channels)
 
-    def check_shape(self, shape: tuple[int, ...]) -> None:
-        """ValueError unless every grid dimension is a positive multiple of the architecture's divisor."""
-        d = self.architecture.divisor
-        if len(shape) != 3 or any(n <= 0 or n % d for n in shape):
-            raise ValueError(f"network grid {tuple(shape)} must be 3D with every dimension a multiple of {d}")
-
     def latent_distribution(self, fixed: torch.Tensor, warped: torch.Tensor):
         """(mean, log_std, skips) of the latent Gaussian at the state (fixed, warped)."""
         latent, skips = self.backbone(network_input(fixed, warped, self.architecture))
@@ -159,7 +153,7 @@ class MorphSeekNetwork(nn.Module):
         generator: torch.Generator | None = None,
         max_step: float | None = None,
     ) -> MorphSeekOutput:
-        self.check_shape(tuple(fixed.shape[2:]))
+        self.architecture.check_grid(tuple(fixed.shape[2:]))
         mean, log_std, skips = self.latent_distribution(fixed, warped)
         z = sample_latent(mean, log_std, temperature, generator)
         log_prob = latent_log_prob(z.detach(), mean, log_std, temperature)

@@ -77,6 +77,12 @@ class BackboneArchitecture:
         """Every grid dimension must be a multiple of this (one halving per encoder level)."""
         return 2 ** len(self.channels)
 
+    def check_grid(self, shape: tuple[int, ...]) -> None:
+        """ValueError unless ``shape`` is 3D with every dimension a positive multiple of ``divisor``."""
+        d = self.divisor
+        if len(shape) != 3 or any(n <= 0 or n % d for n in shape):
+            raise ValueError(f"network grid {tuple(shape)} must be 3D with every dimension a multiple of {d}")
+
 
 @dataclass
 class SPACArchitecture(BackboneArchitecture):
@@ -332,12 +338,6 @@ class SPACNetwork(nn.Module):
         )
         self.weight_head = WeightMapHead(self.actor.feature_channels, arch.weight_head_channels)
 
-    def check_shape(self, shape: tuple[int, ...]) -> None:
-        """ValueError unless every grid dimension is a positive multiple of the architecture's divisor."""
-        d = self.architecture.divisor
-        if len(shape) != 3 or any(n <= 0 or n % d for n in shape):
-            raise ValueError(f"network grid {tuple(shape)} must be 3D with every dimension a multiple of {d}")
-
     def plan_distribution(self, fixed: torch.Tensor, warped: torch.Tensor):
         """(mean, log_std, bottleneck, skips) of the planner on a (fixed, warped) pair."""
         bottleneck, skips = self.backbone(network_input(fixed, warped, self.architecture))
@@ -352,7 +352,7 @@ class SPACNetwork(nn.Module):
         generator: torch.Generator | None = None,
         max_step: float | None = None,
     ) -> SPACOutput:
-        self.check_shape(tuple(fixed.shape[2:]))
+        self.architecture.check_grid(tuple(fixed.shape[2:]))
         mean, log_std, bottleneck, skips = self.plan_distribution(fixed, warped)
         plan, log_prob = sample_plan(mean, log_std, deterministic, generator)
         step, features = self.actor(plan, skips, max_step)
