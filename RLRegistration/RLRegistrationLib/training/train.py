@@ -24,6 +24,7 @@ final model folder (``weights.pt`` + ``card.json``).
 from __future__ import annotations
 
 import csv
+import gc
 import inspect
 import json
 import os
@@ -932,6 +933,10 @@ def train(
         if log is not None and log.path.is_file():
             (out_dir / "training_log.csv").write_bytes(log.path.read_bytes())
     if dist_info.enabled:
+        # the DDP wrapper (its reducer holds gloo work) must go before the process group; destroyed later,
+        # at interpreter exit, it aborted rank 0 now and then ("terminate called without an active exception")
+        del trainer
+        gc.collect()
         torch.distributed.barrier()
         if dist_info.owns_group:
             torch.distributed.destroy_process_group()
