@@ -95,6 +95,25 @@ class SinusoidField:
         return self.at(self.index_points()).permute(3, 0, 1, 2)[None].float().contiguous()
 
 
+def edit_card(folder: Path, **changes) -> None:
+    """Replace top-level entries of a model folder's ``card.json`` (to make it wrong on purpose)."""
+    import json
+
+    path = folder / "card.json"
+    card = json.loads(path.read_text())
+    card.update(changes)
+    path.write_text(json.dumps(card))
+
+
+def random_policy_state(shape=(16, 16, 16), seed: int = 0, step_index: int = 0):
+    """A policy state of random fixed and moving images (moving = warped, zero field), seeded."""
+    from RLRegistrationLib.policies import PolicyState
+
+    g = torch.Generator().manual_seed(seed)
+    fixed, moving = torch.rand((1, 1, *shape), generator=g), torch.rand((1, 1, *shape), generator=g)
+    return PolicyState(fixed, moving, moving, torch.zeros(1, 3, *shape), step_index)
+
+
 # the helpers above, as fixtures (test modules do not import conftest)
 @pytest.fixture(name="rotation_matrix")
 def _rotation_matrix_fixture():
@@ -119,6 +138,39 @@ def _blob_array_fixture():
 @pytest.fixture
 def sinusoid_field():
     return SinusoidField
+
+
+@pytest.fixture(name="edit_card")
+def _edit_card_fixture():
+    return edit_card
+
+
+@pytest.fixture(name="policy_state")
+def _policy_state_fixture():
+    return random_policy_state
+
+
+@pytest.fixture
+def small_pair(tmp_path):
+    """(fixed, moving) NIfTI files in ``tmp_path``: 24x20x18 blob images at 2 mm, moving shifted a voxel."""
+    grid = make_grid((24, 20, 18), (2.0, 2.0, 2.0), (-20.0, 10.0, 5.0))
+    fixed = image_on_grid(blob_array(grid.shape, seed=3), grid)
+    moving = image_on_grid(np.roll(blob_array(grid.shape, seed=3), 1, axis=1), grid)
+    paths = tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz"
+    for image, path in zip((fixed, moving), paths):
+        sitk.WriteImage(image, str(path))
+    return paths
+
+
+@pytest.fixture
+def restore_policy_registry():
+    """Models registered by a test point into its tmp folder: forget them afterwards."""
+    from RLRegistrationLib import policies
+
+    saved = dict(policies._REGISTRY)
+    yield
+    policies._REGISTRY.clear()
+    policies._REGISTRY.update(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_training import SHAPE, data_section, label_bank
 
 from RLRegistrationLib.errors import InputError
 from RLRegistrationLib.learned_policies import sha256_of
 from RLRegistrationLib.morphseek import MorphSeekArchitecture, MorphSeekNetwork
 from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
-from RLRegistrationLib.training.data import DataConfig, LabelBank, phantom_label_map, random_pair
+from RLRegistrationLib.training.data import DataConfig, random_pair
 from RLRegistrationLib.training.grpo import (
     GRPOConfig,
     MorphSeekAgent,
@@ -48,17 +49,13 @@ SMALL_SPAC = SPACArchitecture(
     critic_hidden=16,
     **_INPUT,
 )
-SHAPE = (16, 16, 16)
+
 ENV = {"clusters": 3, "fold_weight": 1.0}
-
-
-def _bank(seeds=(1, 2, 3)) -> LabelBank:
-    return LabelBank.from_arrays([phantom_label_map((20, 20, 20), s) for s in seeds], SHAPE, margin=2)
 
 
 def _pair(seed: int = 0) -> dict[str, torch.Tensor]:
     """One synthetic pair, tensors (1, 1, D, H, W)."""
-    pair = random_pair(_bank(), DataConfig(shape=SHAPE, margin=2), np.random.default_rng(seed))
+    pair = random_pair(label_bank(), DataConfig(shape=SHAPE, margin=2), np.random.default_rng(seed))
     return {k: v[None] for k, v in pair.items()}
 
 
@@ -78,15 +75,7 @@ def morphseek_config(**overrides) -> dict:
         "id": "morphseek-test",
         "seed": 0,
         "device": "cpu",
-        "data": {
-            "train_subjects": [1, 2, 3],
-            "val_subjects": [4, 5],
-            "spacing_mm": 2.0,
-            "shape": list(SHAPE),
-            "margin": 2,
-            "prealign": False,
-            "val_pairs": 1,
-        },
+        "data": data_section(),
         "model": SMALL.to_dict(),
         "env": {"episode_length": 2},
         "loss": {"ncc_window": 5, "label_weight": 0.5},
@@ -342,7 +331,7 @@ def test_train_morphseek_writes_model_card_and_resumes(tmp_path):
     spac = _spac_weights(weights)
     out, run = tmp_path / "model", tmp_path / "run"
     cfg = TrainConfig.from_dict(morphseek_config(init={"weights": str(weights)}))
-    banks = (_bank((1, 2, 3)), _bank((4, 5)))
+    banks = (label_bank((1, 2, 3)), label_bank((4, 5)))
     train(cfg, out_dir=out, run_dir=run, progress=False, banks=banks)
 
     card = json.loads((out / "card.json").read_text())
@@ -392,7 +381,11 @@ def test_train_morphseek_pseudo_label_rewards_without_labels(tmp_path):
         )
     )
     out = train(
-        cfg, out_dir=tmp_path / "m", run_dir=tmp_path / "r", progress=False, banks=(_bank(), _bank((4, 5)))
+        cfg,
+        out_dir=tmp_path / "m",
+        run_dir=tmp_path / "r",
+        progress=False,
+        banks=(label_bank(), label_bank((4, 5))),
     )
     grpo = json.loads((out / "card.json").read_text())["grpo"]
     assert grpo["label_subjects"] == 0 and grpo["labelled_subjects_used"] == 0

@@ -15,7 +15,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from RLRegistrationLib import policies
 from RLRegistrationLib.cli import main
 from RLRegistrationLib.errors import PolicyError
 from RLRegistrationLib.learned_policies import (
@@ -32,6 +31,8 @@ from RLRegistrationLib.morphseek import MorphSeekArchitecture, MorphSeekNetwork
 from RLRegistrationLib.policies import PolicyState, make_policy, policy_supports_sampling
 from RLRegistrationLib.session import RegistrationSession, SessionOptions
 from RLRegistrationLib.spatial import resize_displacement
+
+pytestmark = pytest.mark.usefixtures("restore_policy_registry")
 
 SMALL = MorphSeekArchitecture(channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), weight_head_channels=4)
 
@@ -67,32 +68,11 @@ def write_morphseek_model(
     return network.eval()
 
 
-@pytest.fixture(autouse=True)
-def _restore_policy_registry():
-    saved = dict(policies._REGISTRY)
-    yield
-    policies._REGISTRY.clear()
-    policies._REGISTRY.update(saved)
-
-
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
     folder = tmp_path / "models" / "morphseek-unit"
     write_morphseek_model(folder)
     return folder
-
-
-def _edit_card(folder: Path, **changes) -> None:
-    path = folder / CARD_NAME
-    card = json.loads(path.read_text())
-    card.update(changes)
-    path.write_text(json.dumps(card))
-
-
-def _state(shape=(16, 16, 16), seed=0) -> PolicyState:
-    g = torch.Generator().manual_seed(seed)
-    fixed, moving = torch.rand((1, 1, *shape), generator=g), torch.rand((1, 1, *shape), generator=g)
-    return PolicyState(fixed, moving, moving, torch.zeros(1, 3, *shape), 0)
 
 
 def _policy(model_dir, **options) -> MorphSeekPolicy:
@@ -116,11 +96,11 @@ def _run_steps(policy, state: PolicyState, steps: int = 2):
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def test_morphseek_folder_loads_with_its_network_class(model_dir):
+def test_morphseek_folder_loads_with_its_network_class(model_dir, policy_state):
     original = write_morphseek_model(model_dir)
     network, card = load_model(model_dir)
     assert isinstance(network, MorphSeekNetwork) and card["family"] == "morphseek"
-    state = _state()
+    state = policy_state()
     with torch.no_grad():
         a = original(state.fixed, state.warped)
         b = network(state.fixed, state.warped)
@@ -132,8 +112,8 @@ def test_morphseek_folder_loads_with_its_network_class(model_dir):
     assert {"latent_sigma", "lambda_mean", "max_step_vox"} <= set(proposal.diagnostics)
 
 
-def test_unknown_family_names_the_card(model_dir):
-    _edit_card(model_dir, family="voxelmorph")
+def test_unknown_family_names_the_card(model_dir, edit_card):
+    edit_card(model_dir, family="voxelmorph")
     with pytest.raises(PolicyError, match=r"card\.json': family 'voxelmorph' is not supported.*'morphseek'"):
         read_card(model_dir)
 
@@ -143,12 +123,12 @@ def test_wrong_family_for_the_policy_class(model_dir):
         SPACPolicy(model_dir, device="cpu")
 
 
-def test_architecture_of_another_family_or_shape(model_dir):
+def test_architecture_of_another_family_or_shape(model_dir, edit_card):
     card = json.loads((model_dir / CARD_NAME).read_text())
-    _edit_card(model_dir, architecture={**card["architecture"], "family": "spac"})
+    edit_card(model_dir, architecture={**card["architecture"], "family": "spac"})
     with pytest.raises(PolicyError, match="architecture is of family 'spac' but the card says 'morphseek'"):
         load_model(model_dir)
-    _edit_card(model_dir, architecture={**card["architecture"], "channels": [4, 8, 8, 16]})
+    edit_card(model_dir, architecture={**card["architecture"], "channels": [4, 8, 8, 16]})
     with pytest.raises(PolicyError, match=r"do not match the architecture.*\(morphseek, channels"):
         load_model(model_dir)
 
@@ -172,8 +152,8 @@ def test_bad_sampling_options(model_dir):
 # ---------------------------------------------------------------------------------------------- sampling
 
 
-def test_temperature_zero_is_deterministic(model_dir):
-    state = _state()
+def test_temperature_zero_is_deterministic(model_dir, policy_state):
+    state = policy_state()
     first = _run_steps(_policy(model_dir), state)
     second = _run_steps(_policy(model_dir, seed=99), state)
     for a, b in zip(first, second):
@@ -181,8 +161,8 @@ def test_temperature_zero_is_deterministic(model_dir):
 
 
 @pytest.mark.parametrize("samples", [1, 3])
-def test_sampling_is_seeded(model_dir, samples):
-    state = _state()
+def test_sampling_is_seeded(model_dir, samples, policy_state):
+    state = policy_state()
     runs = [
         _run_steps(_policy(model_dir, temperature=1.0, samples=samples, seed=seed), state)
         for seed in (5, 5, 6)
@@ -194,8 +174,8 @@ def test_sampling_is_seeded(model_dir, samples):
     assert not torch.allclose(runs[0][0].step_field, deterministic[0].step_field, atol=1e-4)
 
 
-def test_uncertainty_map_of_k_samples(model_dir):
-    state = _state((16, 32, 16))
+def test_uncertainty_map_of_k_samples(model_dir, policy_state):
+    state = policy_state((16, 32, 16))
     sampled = _run_steps(_policy(model_dir, samples=4, seed=0), state, steps=2)
     for proposal in sampled:
         u = proposal.uncertainty_map
@@ -210,9 +190,9 @@ def test_uncertainty_map_of_k_samples(model_dir):
     torch.testing.assert_close(frozen[0].step_field, single[0].step_field, atol=1e-5, rtol=0)
 
 
-def test_uncertainty_is_in_mm_of_the_working_grid(model_dir):
+def test_uncertainty_is_in_mm_of_the_working_grid(model_dir, policy_state):
     policy = _policy(model_dir, samples=2)
-    state = _state((16, 16, 16))
+    state = policy_state((16, 16, 16))
     policy.reset(state.fixed, state.moving, spacing_mm=3.0)  # 16^3 at 3 mm -> network grid 32^3
     fields = torch.zeros((2, 3, *policy.shape))
     fields[0, 0] = 1.0  # one network voxel along i, in opposite directions around the mean
@@ -271,17 +251,6 @@ def test_discovery_registers_sampling_policies(model_dir):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-
-
-@pytest.fixture
-def small_pair(tmp_path, blob_array, make_grid, image_on_grid):
-    grid = make_grid((24, 20, 18), (2.0, 2.0, 2.0), (-20.0, 10.0, 5.0))
-    fixed = image_on_grid(blob_array(grid.shape, seed=3), grid)
-    moving = image_on_grid(np.roll(blob_array(grid.shape, seed=3), 1, axis=1), grid)
-    paths = tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz"
-    for image, path in zip((fixed, moving), paths):
-        sitk.WriteImage(image, str(path))
-    return paths
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:

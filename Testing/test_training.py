@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_training import SHAPE, data_section, label_bank
 
 from RLRegistrationLib.cli import main
 from RLRegistrationLib.errors import InputError
 from RLRegistrationLib.learned_policies import load_model, sha256_of
 from RLRegistrationLib.networks import SPACAgent, SPACArchitecture
-from RLRegistrationLib.training.data import DataConfig, LabelBank, phantom_label_map, random_pair
+from RLRegistrationLib.training.data import DataConfig, LabelBank, random_pair
 from RLRegistrationLib.training.sac import ReplayBuffer, SACConfig, sac_losses
 from RLRegistrationLib.training.train import RegistrationLoss, TrainConfig, TrainingStep, make_optimizer
 
 SMALL = SPACArchitecture(
     channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16
 )
-SHAPE = (16, 16, 16)
 
 
 def small_config(**schedule) -> dict:
@@ -31,15 +31,7 @@ def small_config(**schedule) -> dict:
         "id": "spac-test",
         "seed": 0,
         "device": "cpu",
-        "data": {
-            "train_subjects": [1, 2, 3],
-            "val_subjects": [4, 5],
-            "spacing_mm": 2.0,
-            "shape": list(SHAPE),
-            "margin": 2,
-            "prealign": False,
-            "val_pairs": 1,
-        },
+        "data": data_section(),
         "model": SMALL.to_dict(),
         "env": {"episode_length": 2},
         "loss": {"ncc_window": 5},
@@ -62,10 +54,6 @@ def config_file(tmp_path) -> Path:
     return path
 
 
-def _bank(seeds=(1, 2, 3)) -> LabelBank:
-    return LabelBank.from_arrays([phantom_label_map((20, 20, 20), s) for s in seeds], SHAPE, margin=2)
-
-
 def _log_steps(path: Path) -> list[int]:
     with open(path, newline="") as handle:
         return [int(row["step"]) for row in csv.DictReader(handle)]
@@ -76,7 +64,7 @@ def _log_steps(path: Path) -> list[int]:
 
 def test_random_pairs_from_label_maps():
     cfg = DataConfig(shape=SHAPE, margin=2)
-    pair = random_pair(_bank(), cfg, np.random.default_rng(0))
+    pair = random_pair(label_bank(), cfg, np.random.default_rng(0))
     for key in ("fixed", "moving"):
         assert pair[key].shape == (1, *SHAPE) and pair[key].dtype == torch.float32
         assert 0.0 <= float(pair[key].min()) and float(pair[key].max()) <= 1.0
