@@ -281,6 +281,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.clear()
         self._policyDescriptions = {}
         self._policySampling = {}  # policy name -> can sample several trajectories (Samples box enabled)
+        self._policySteps = {}  # policy name -> its default number of steps (the Steps box follows it)
         self._choicesNeedTorch = importlib.util.find_spec("torch") is None
         if self._choicesNeedTorch:
             self.ui.policyComboBox.addItem("tto — test-time optimization", "tto")
@@ -306,6 +307,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.policyComboBox.addItem(choice.label, choice.name)
             self._policyDescriptions[choice.name] = f"{choice.description}\nTrained for: {choice.modality}"
             self._policySampling[choice.name] = choice.supports_sampling
+            self._policySteps[choice.name] = choice.default_steps
         for value, label, _available in deviceChoices:
             self.ui.deviceComboBox.addItem(label, value)
 
@@ -355,7 +357,10 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPolicyChanged(self, index) -> None:
         if not self._updatingGui and self._parameterNode and index >= 0:
-            self._parameterNode.policy = self.ui.policyComboBox.itemData(index)
+            name = self.ui.policyComboBox.itemData(index)
+            # the Steps box takes the number of steps the policy was measured with (learned + TTO for a chain)
+            self._parameterNode.steps = self._policySteps.get(name, self._parameterNode.steps)
+            self._parameterNode.policy = name
 
     def onDeviceChanged(self, index) -> None:
         if not self._updatingGui and self._parameterNode and index >= 0:

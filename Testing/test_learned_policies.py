@@ -11,18 +11,23 @@ import pytest
 import torch
 
 from RLRegistrationLib import policies
+from RLRegistrationLib.cli import main as cli_main
 from RLRegistrationLib.errors import DeviceError, PolicyError
 from RLRegistrationLib.learned_policies import (
     ChainedPolicy,
     SPACPolicy,
+    chain_settings,
     discover_models,
     load_model,
+    read_card,
     sha256_of,
 )
 from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
-from RLRegistrationLib.policies import PolicyState, available_policies, make_policy
+from RLRegistrationLib.policies import PolicyState, available_policies, make_policy, policy_default_steps
 from RLRegistrationLib.session import RegistrationSession, SessionOptions
 from RLRegistrationLib.training.train import TrainConfig, save_model
+
+pytestmark = pytest.mark.usefixtures("restore_policy_registry")
 
 SMALL = SPACArchitecture(
     channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16
@@ -40,15 +45,6 @@ def _write_model(folder: Path, model_id: str = "spac-unit", spacing_mm: float = 
     return network.eval()
 
 
-@pytest.fixture(autouse=True)
-def _restore_policy_registry():
-    """Models registered by a test point into its tmp folder: forget them afterwards."""
-    saved = dict(policies._REGISTRY)
-    yield
-    policies._REGISTRY.clear()
-    policies._REGISTRY.update(saved)
-
-
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
     folder = tmp_path / "models" / "spac-unit"
@@ -56,27 +52,13 @@ def model_dir(tmp_path) -> Path:
     return folder
 
 
-def _edit_card(folder: Path, **changes) -> None:
-    path = folder / "card.json"
-    card = json.loads(path.read_text())
-    for key, value in changes.items():
-        card[key] = value
-    path.write_text(json.dumps(card))
-
-
-def _state(shape=(16, 16, 16), seed=0, step_index=0) -> PolicyState:
-    g = torch.Generator().manual_seed(seed)
-    fixed, moving = torch.rand((1, 1, *shape), generator=g), torch.rand((1, 1, *shape), generator=g)
-    return PolicyState(fixed, moving, moving, torch.zeros(1, 3, *shape), step_index)
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def test_save_load_gives_identical_outputs(tmp_path):
+def test_save_load_gives_identical_outputs(tmp_path, policy_state):
     original = _write_model(tmp_path / "m")
     loaded, card = load_model(tmp_path / "m")
-    state = _state()
+    state = policy_state()
     with torch.no_grad():
         a = original(state.fixed, state.warped, deterministic=True)
         b = loaded(state.fixed, state.warped, deterministic=True)
@@ -107,19 +89,19 @@ def test_checksum_mismatch(model_dir):
         load_model(model_dir)
 
 
-def test_truncated_weights(model_dir):
+def test_truncated_weights(model_dir, edit_card):
     weights = model_dir / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:2000])
     with pytest.raises(PolicyError, match="weights corrupted or modified"):
         load_model(model_dir)
-    _edit_card(model_dir, sha256=sha256_of(weights))  # a card that matches the broken file
+    edit_card(model_dir, sha256=sha256_of(weights))  # a card that matches the broken file
     with pytest.raises(PolicyError, match="cannot be loaded.*truncated"):
         load_model(model_dir)
 
 
-def test_architecture_mismatch(model_dir):
+def test_architecture_mismatch(model_dir, edit_card):
     card = json.loads((model_dir / "card.json").read_text())
-    _edit_card(model_dir, architecture={**card["architecture"], "channels": [4, 8, 8, 16]})
+    edit_card(model_dir, architecture={**card["architecture"], "channels": [4, 8, 8, 16]})
     with pytest.raises(PolicyError, match="do not match the architecture.*differ in shape"):
         load_model(model_dir)
 
@@ -132,15 +114,15 @@ def test_architecture_mismatch(model_dir):
         ({"family": "other"}, "family 'other'"),
     ],
 )
-def test_bad_card(model_dir, change, message):
-    _edit_card(model_dir, **change)
+def test_bad_card(model_dir, change, message, edit_card):
+    edit_card(model_dir, **change)
     with pytest.raises(PolicyError, match=message):
         load_model(model_dir)
 
 
-def test_card_with_wrong_input_channels(model_dir):
+def test_card_with_wrong_input_channels(model_dir, edit_card):
     card = json.loads((model_dir / "card.json").read_text())
-    _edit_card(model_dir, architecture={**card["architecture"], "in_channels": 3})
+    edit_card(model_dir, architecture={**card["architecture"], "in_channels": 3})
     with pytest.raises(PolicyError, match="in_channels 3"):
         load_model(model_dir)
 
@@ -154,9 +136,9 @@ def test_cuda_without_gpu(model_dir):
 # ----------------------------------------------------------------------------------------------- policy
 
 
-def test_policy_runs_on_other_working_grids(model_dir):
+def test_policy_runs_on_other_working_grids(model_dir, policy_state):
     policy = SPACPolicy(model_dir, device="cpu", input_spacing_mm=1.0)  # finer session grid than the card
-    state = _state((32, 48, 32))
+    state = policy_state((32, 48, 32))
     policy.reset(state.fixed, state.moving)
     assert policy.shape == (16, 32, 16)
     proposal = policy.propose(state)
@@ -165,8 +147,8 @@ def test_policy_runs_on_other_working_grids(model_dir):
     assert float(proposal.weight_map.min()) > 0 and float(proposal.weight_map.max()) <= 1
 
 
-def test_stochastic_plans_are_seeded(model_dir):
-    state = _state()
+def test_stochastic_plans_are_seeded(model_dir, policy_state):
+    state = policy_state()
     steps = []
     for seed in (5, 5, 6):
         policy = SPACPolicy(model_dir, device="cpu", stochastic=True, seed=seed, input_spacing_mm=2.0)
@@ -176,10 +158,10 @@ def test_stochastic_plans_are_seeded(model_dir):
     assert not torch.allclose(steps[0], steps[2])
 
 
-def test_chained_policy_hands_field_and_lambda_to_tto(model_dir):
+def test_chained_policy_hands_field_and_lambda_to_tto(model_dir, policy_state):
     tto = policies.TestTimeOptimizationPolicy(policies.TestTimeOptimizationConfig(iterations=2, pyramid=(1,)))
     chained = ChainedPolicy(SPACPolicy(model_dir, device="cpu", input_spacing_mm=2.0), 1, tto)
-    state = _state()
+    state = policy_state()
     chained.reset(state.fixed, state.moving)
     first = chained.propose(state)
     assert first.diagnostics["stage"] == 0.0
@@ -200,7 +182,56 @@ def test_discovery_registers_models_and_their_tto_chain(model_dir):
         make_policy("spac-unit", iterations=5)
     chained = make_policy("spac-unit+tto", iterations=3, device="cpu")
     assert isinstance(chained, ChainedPolicy) and chained.then.config.iterations == 3
-    assert chained.first_steps == 5  # the card's inference steps
+    assert chained.first_steps == 5  # the card's inference steps (no inference.chain)
+    assert chained.then.config.pyramid == (1,)  # fine TTO steps
+    assert policy_default_steps("spac-unit") == 5 and policy_default_steps("spac-unit+tto") == 8
+
+
+def test_card_chain_settings_set_the_handover_and_user_options_win(model_dir, edit_card):
+    chain = {"learned_steps": 2, "then_steps": 4, "tto": {"pyramid": [2, 1], "regularization": 4.0}}
+    edit_card(model_dir, inference={"steps": 5, "max_step": 2.0, "chain": chain})
+    discover_models(model_dir.parent)
+    assert policy_default_steps("spac-unit+tto") == 6 and policy_default_steps("spac-unit") == 5
+    chained = make_policy("spac-unit+tto", device="cpu")
+    assert chained.first_steps == 2
+    assert chained.then.config.pyramid == (2, 1) and chained.then.config.regularization == 4.0
+    chained = make_policy("spac-unit+tto", regularization=1.5, iterations=None, first_steps=1)
+    assert chained.then.config.regularization == 1.5 and chained.first_steps == 1
+    assert chained.then.config.pyramid == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "chain, message",
+    [
+        ({"learned_steps": -1}, "learned_steps -1"),
+        ({"learned_steps": 0, "then_steps": 0}, "sum >= 1"),
+        ({"learned_steps": 2, "tto": {"pyramids": [1]}}, "unknown option 'pyramids'"),
+        ([3, 1], "must be an object"),
+    ],
+)
+def test_bad_chain_settings_name_the_card(model_dir, edit_card, chain, message):
+    edit_card(model_dir, inference={"steps": 5, "chain": chain})
+    with pytest.raises(PolicyError, match=rf"card\.json.*inference\.chain.*{message}"):
+        chain_settings(read_card(model_dir), model_dir / "card.json")
+    with pytest.warns(UserWarning, match="skipping model"):
+        assert discover_models(model_dir.parent) == {}
+
+
+def test_cli_runs_the_chain_for_its_default_steps(model_dir, edit_card, small_pair, tmp_path, capsys):
+    chain = {"learned_steps": 1, "then_steps": 2, "tto": {"iterations": 1}}
+    edit_card(model_dir, inference={"steps": 5, "max_step": 2.0, "chain": chain})
+    discover_models(model_dir.parent)
+    fixed, moving = small_pair
+    report = tmp_path / "report.json"
+    argv = ["register", fixed, moving, "-o", tmp_path / "t.h5", "--policy", "spac-unit+tto", "--no-affine"]
+    assert cli_main([str(a) for a in [*argv, "--device", "cpu", "--report", report, "--quiet"]]) == 0
+    assert len(json.loads(report.read_text())["steps"]) == 1 + 3  # the initial state, then 1 + 2 steps
+    capsys.readouterr()
+    assert cli_main(["info"]) == 0
+    lines = [
+        line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("spac-unit+tto")
+    ]
+    assert lines and "(3 steps by default)" in lines[0]
 
 
 def test_learned_policy_in_a_session(model_dir, blob_array, make_grid, image_on_grid):

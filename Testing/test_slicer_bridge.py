@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ import torch
 from RLRegistrationLib.errors import InputError
 from RLRegistrationLib.export import slicer_volume_arrays
 from RLRegistrationLib.geometry import Grid
-from RLRegistrationLib.policies import Policy, PolicyStep, available_policies
+from RLRegistrationLib.learned_policies import chain_settings, read_card
+from RLRegistrationLib.policies import Policy, PolicyStep, available_policies, policy_default_steps
 from RLRegistrationLib.session import RegistrationSession, SessionOptions
 from RLRegistrationLib.slicer_bridge import (
     RegistrationWorker,
@@ -389,6 +391,16 @@ def test_policy_choices_read_model_cards(tmp_path):
         c.name: c.supports_sampling for c in policy_choices({"morphseek-brain": "", "tto": ""}, tmp_path)
     }
     assert sampling == {"tto": False, "morphseek-brain": True}
+
+
+def test_policy_choices_carry_the_default_steps():
+    choices = {c.name: c for c in policy_choices()}
+    assert choices["tto"].default_steps == policy_default_steps("tto") == 6
+    for name, choice in choices.items():
+        assert choice.default_steps == policy_default_steps(name)
+    if "spac-brain-synth+tto" in choices:  # the shipped model's card sets its chain
+        chain = chain_settings(read_card(Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth"))
+        assert choices["spac-brain-synth+tto"].default_steps == chain.total_steps
 
 
 def test_device_choices_name_the_device():

@@ -22,7 +22,7 @@ from .errors import DeviceError, InputError, RLRegistrationError
 from .export import check_output_paths, write_image, write_transform
 from .imaging import read_image, read_label_map
 from .metrics import evaluate_transform, evaluation_labels
-from .policies import available_policies, make_policy, policy_supports_sampling
+from .policies import available_policies, make_policy, policy_default_steps, policy_supports_sampling
 from .session import RegistrationResult, RegistrationSession, SessionOptions
 
 SAMPLE_DIR = Path(__file__).with_name("sample_data")
@@ -90,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="tto", help="policy name (see 'rlreg info'); default tto")
-    parser.add_argument("--steps", type=int, default=6, help="number of steps (default 6)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="number of steps (default: the policy's, see 'rlreg info'; 6 for tto)",
+    )
     parser.add_argument("--iterations", type=int, help="test-time optimization iterations per step")
     parser.add_argument(
         "--similarity", choices=["ncc", "mind", "mse"], help="ncc (same contrast), mind (multi-modal)"
@@ -164,6 +168,12 @@ def _sampling_options(args) -> dict:
 
 
 def _policy_and_options(args) -> tuple:
+    """The policy and session options of ``register``/``demo``; fills in ``args.steps`` (the policy's
+    default when not given)."""
+    if args.steps is None:
+        args.steps = policy_default_steps(args.policy)
+    if args.steps < 0:
+        raise InputError(f"--steps must be >= 0, got {args.steps}")
     device = resolve_device(args.device)
     policy = make_policy(
         args.policy,
@@ -268,8 +278,6 @@ def cmd_register(args) -> int:
         "qc": args.qc,
         "report": args.report,
     }
-    if args.steps < 0:
-        raise InputError(f"--steps must be >= 0, got {args.steps}")
     if args.uncertainty and args.samples < 2:
         raise InputError(
             "--uncertainty needs --samples K > 1 (the map is the spread of K sampled trajectories)"
@@ -411,7 +419,7 @@ def cmd_info(args) -> int:
         sampling = (
             " [--samples K: sampled trajectories, uncertainty map]" if policy_supports_sampling(name) else ""
         )
-        print(f"  {name:12s} {description}{sampling}")
+        print(f"  {name:12s} {description} ({policy_default_steps(name)} steps by default){sampling}")
     return 0
 
 

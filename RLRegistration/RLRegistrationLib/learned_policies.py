@@ -31,6 +31,7 @@ import json
 import math
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ from .policies import (
     Policy,
     PolicyState,
     PolicyStep,
+    TestTimeOptimizationConfig,
     TestTimeOptimizationPolicy,
     make_tto_policy,
     register_policy,
@@ -124,6 +126,47 @@ def card_architecture(card: dict, path: Path) -> BackboneArchitecture:
     if not isinstance(spacing, (int, float)) or spacing <= 0:
         raise PolicyError(f"model card '{path}': working grid spacing_mm {spacing} must be a positive number")
     return arch
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """How ``<id>+tto`` hands over from the learned steps to test-time optimization (card
+    ``inference.chain``): ``learned_steps`` learned steps, then ``then_steps`` TTO steps (the default
+    length of a run is their sum) with ``tto`` options (``TestTimeOptimizationConfig`` fields, e.g. the
+    pyramid schedule and the regularization weight for the learned lambda map)."""
+
+    learned_steps: int
+    then_steps: int = 3
+    tto: dict = field(default_factory=lambda: {"pyramid": (1,)})
+
+    @property
+    def total_steps(self) -> int:
+        return self.learned_steps + self.then_steps
+
+
+def chain_settings(card: dict, path: Path | str = CARD_NAME) -> ChainSettings:
+    """The card's ``inference.chain`` (``PolicyError`` naming the card when malformed); without one, the
+    card's ``inference.steps`` learned steps then 3 fine TTO steps."""
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    chain = inference.get("chain")
+    if chain is None:
+        return ChainSettings(int(inference.get("steps", 5)))
+    problem = None
+    if not isinstance(chain, dict) or not isinstance(chain.get("tto", {}), dict):
+        problem = "must be an object with learned_steps, then_steps and tto options"
+    else:
+        steps = (chain.get("learned_steps"), chain.get("then_steps", 3))
+        unknown = [
+            k for k in chain.get("tto", {}) if k not in TestTimeOptimizationConfig.__dataclass_fields__
+        ]
+        if any(not isinstance(n, int) or n < 0 for n in steps) or steps[0] + steps[1] < 1:
+            problem = f"learned_steps {steps[0]} and then_steps {steps[1]} must be integers >= 0 (sum >= 1)"
+        elif unknown:
+            problem = f"tto has unknown option '{unknown[0]}'"
+    if problem:
+        raise PolicyError(f"model card '{path}': inference.chain {problem}")
+    tto = {k: tuple(v) if isinstance(v, list) else v for k, v in chain.get("tto", {}).items()}
+    return ChainSettings(chain["learned_steps"], chain.get("then_steps", 3), tto)
 
 
 def _architecture_mismatch(network: torch.nn.Module, state: dict) -> str | None:
@@ -574,15 +617,15 @@ def _learned_factory(folder: Path, name: str, family: str):
     return make
 
 
-def _chained_factory(folder: Path, name: str, default_steps: int, family: str = "spac"):
+def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str = "spac"):
     cls, allowed = _FAMILY_POLICIES[family]
 
     def make(first_steps: int | None = None, **options) -> ChainedPolicy:
         learned = {k: options.pop(k) for k in allowed if k in options and options[k] is not None}
-        tto = {k: v for k, v in options.items() if v is not None}
+        tto = {**chain.tto, **{k: v for k, v in options.items() if v is not None}}
         first = cls(folder, **learned)
         return ChainedPolicy(
-            first, default_steps if first_steps is None else first_steps, make_tto_policy(name, **tto)
+            first, chain.learned_steps if first_steps is None else first_steps, make_tto_policy(name, **tto)
         )
 
     return make
@@ -607,13 +650,19 @@ def discover_models(directory: str | Path | None = None) -> dict[str, Path]:
         description = str(card.get("description", f"{family} learned policy"))
         inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
         steps = int(inference.get("steps", 5))
+        try:
+            chain = chain_settings(card, card_path)
+        except PolicyError as error:
+            warnings.warn(f"skipping model: {error}", stacklevel=2)
+            continue
         sampling = _FAMILY_POLICIES[family][0].supports_sampling
-        register_policy(name, _learned_factory(card_path.parent, name, family), description, sampling)
+        register_policy(name, _learned_factory(card_path.parent, name, family), description, sampling, steps)
         register_policy(
             f"{name}+tto",
-            _chained_factory(card_path.parent, f"{name}+tto", steps, family),
-            f"{description}; {steps} learned steps, then test-time optimization",
+            _chained_factory(card_path.parent, f"{name}+tto", chain, family),
+            f"{description}; {chain.learned_steps} learned steps, then test-time optimization",
             sampling,
+            chain.total_steps,
         )
         found[name] = card_path.parent
     return found

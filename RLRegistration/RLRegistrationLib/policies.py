@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -210,34 +210,56 @@ class TestTimeOptimizationPolicy(Policy):
 
 
 PolicyFactory = Callable[..., Policy]
-_REGISTRY: dict[str, tuple[PolicyFactory, str, bool]] = {}
+DEFAULT_STEPS = 6  # steps of a run when neither the user nor the policy says otherwise
+
+
+class RegisteredPolicy(NamedTuple):
+    factory: PolicyFactory
+    description: str
+    supports_sampling: bool = False
+    default_steps: int = DEFAULT_STEPS
+
+
+_REGISTRY: dict[str, RegisteredPolicy] = {}
 
 
 def register_policy(
-    name: str, factory: PolicyFactory, description: str, supports_sampling: bool = False
+    name: str,
+    factory: PolicyFactory,
+    description: str,
+    supports_sampling: bool = False,
+    default_steps: int = DEFAULT_STEPS,
 ) -> None:
     """Make a policy available by name to the session, the CLI and the Slicer panel.
 
-    ``supports_sampling``: the factory accepts ``samples`` (K trajectories) and ``temperature``."""
-    _REGISTRY[name] = (factory, description, bool(supports_sampling))
+    ``supports_sampling``: the factory accepts ``samples`` (K trajectories) and ``temperature``.
+    ``default_steps``: the number of steps a run takes when the user does not say (the setting measured
+    for the policy, e.g. a trained model's card)."""
+    _REGISTRY[name] = RegisteredPolicy(factory, description, bool(supports_sampling), int(default_steps))
 
 
 def available_policies() -> dict[str, str]:
     """Policy names and one-line descriptions."""
-    return {name: entry[1] for name, entry in sorted(_REGISTRY.items())}
+    return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
 
 
 def policy_supports_sampling(name: str) -> bool:
     """True when the registered policy ``name`` can sample several trajectories (``samples`` > 1)."""
     entry = _REGISTRY.get(name)
-    return bool(entry is not None and len(entry) > 2 and entry[2])
+    return bool(entry is not None and entry.supports_sampling)
+
+
+def policy_default_steps(name: str) -> int:
+    """Steps of a run of policy ``name`` when the user gives none (``DEFAULT_STEPS`` for unknown names)."""
+    entry = _REGISTRY.get(name)
+    return entry.default_steps if entry is not None else DEFAULT_STEPS
 
 
 def make_policy(name: str, **kwargs) -> Policy:
     """Instantiate a registered policy; ``PolicyError`` naming the choices when ``name`` is unknown."""
     if name not in _REGISTRY:
         raise PolicyError(f"unknown policy '{name}' (available: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name][0](**kwargs)
+    return _REGISTRY[name].factory(**kwargs)
 
 
 def make_tto_policy(name: str = "tto", **overrides) -> TestTimeOptimizationPolicy:

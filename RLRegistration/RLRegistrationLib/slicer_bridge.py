@@ -487,13 +487,15 @@ def _one_line(error: BaseException) -> str:
 @dataclass(frozen=True)
 class PolicyChoice:
     """A policy the panel offers: registry name, one-line description, the modality it was trained for,
-    and whether it can sample several trajectories (the panel's Samples box; an uncertainty map)."""
+    whether it can sample several trajectories (the panel's Samples box; an uncertainty map), and its
+    default number of steps (the panel's Steps box follows it when the policy changes)."""
 
     name: str
     description: str
     modality: str
     card: Path | None = None
     supports_sampling: bool = False
+    default_steps: int = 6
 
     @property
     def label(self) -> str:
@@ -533,7 +535,7 @@ def policy_choices(
 
     The test-time-optimization policy ``tto`` comes first and is always offered.
     """
-    from .policies import available_policies, policy_supports_sampling
+    from .policies import available_policies, policy_default_steps, policy_supports_sampling
 
     if registered is None:
         registered = available_policies()
@@ -551,6 +553,7 @@ def policy_choices(
                 modality=str(modality or "not stated"),
                 card=card.get("_path"),
                 supports_sampling=policy_supports_sampling(name) or card.get("family") == "morphseek",
+                default_steps=policy_default_steps(name),
             )
         )
     if not any(c.name == "tto" for c in choices):
