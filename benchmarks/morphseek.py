@@ -6,7 +6,8 @@ validation pairs (1 mm, 160x192x224, fixed and moving T1-like).
 Side by side in one process, on the same pairs:
 
 * ``tto``                         : test-time optimization alone (the CLI default, 6 steps)
-* ``spac`` / ``spac+tto``         : the SPAC model's learned steps, alone and followed by fine TTO steps
+* ``spac`` / ``spac+tto``         : the SPAC model's learned steps, alone and as its ``<id>+tto`` policy
+                                    (the card's chain settings and default number of steps)
 * ``morphseek-warmup`` (``+tto``) : MorphSeek after its unsupervised warm-up only
 * ``morphseek`` (``+tto``)        : MorphSeek after GRPO fine-tuning
 * ``morphseek K=<samples>``       : multi-trajectory sampling (temperature 1): mean field + uncertainty map
@@ -28,9 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "RLRegistration"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    REPO,
+    add_session_arguments,
+    folding_percent,
+    method_table,
+    read_pair,
+    run_session,
+    shared_data_missing,
+    write_results,
+)
 
 
 def disagreement_correlation(session, fixed_labels, moving_labels) -> dict[str, float]:
@@ -65,61 +74,49 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=str(models / "morphseek-brain-synth"))
     parser.add_argument("--warmup-model", default=str(models / "morphseek-brain-synth-warmup"))
     parser.add_argument("--spac-model", default=str(models / "spac-brain-synth"))
-    parser.add_argument("--shared-dir", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--pairs", default="11:12,12:13,13:14,14:11")
     parser.add_argument("--learned-steps", type=int, default=5)
-    parser.add_argument("--tto-steps", type=int, default=6)
-    parser.add_argument("--then-steps", type=int, default=3, help="fine TTO steps after the learned ones")
     parser.add_argument("--samples", type=int, default=4, help="K for the multi-trajectory run")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (SyN runs with the same)")
-    parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    add_session_arguments(parser)
     args = parser.parse_args(argv)
-    if not (Path(args.shared_dir) / "synthseg").is_dir():
-        print(
-            f"benchmark: '{args.shared_dir}/synthseg' is absent: this benchmark needs the SynthSeg label maps "
-            "(../shared/data beside the repository, or --shared-dir)",
-            file=sys.stderr,
-        )
+    if shared_data_missing(args.shared_dir):
         return 2
     for folder in (args.model, args.warmup_model, args.spac_model):
         if not (Path(folder) / "card.json").is_file():
             print(f"benchmark: model folder '{folder}' (with card.json) is absent", file=sys.stderr)
             return 2
-    import SimpleITK as sitk
     import torch
     from accuracy import prepare_pairs
-    from policies import folding_percent, run_session, summarize
 
-    from RLRegistrationLib.learned_policies import ChainedPolicy, MorphSeekPolicy, SPACPolicy
-    from RLRegistrationLib.policies import make_policy
+    from RLRegistrationLib.learned_policies import discover_models, read_card
+    from RLRegistrationLib.policies import make_policy, policy_default_steps
 
     torch.set_num_threads(args.threads)
-    fine = {"pyramid": (1,)}
-    n, then = args.learned_steps, args.then_steps
+    n = args.learned_steps
+    ids = {}
+    for kind, folder in (
+        ("spac", args.spac_model),
+        ("morphseek-warmup", args.warmup_model),
+        ("morphseek", args.model),
+    ):
+        discover_models(Path(folder).parent)  # <id> and <id>+tto (the card's chain settings)
+        ids[kind] = read_card(folder)["id"]
 
     def learned(kind: str, **options):
-        if kind == "spac":
-            return SPACPolicy(Path(args.spac_model), device="cpu")
-        folder = args.model if kind == "morphseek" else args.warmup_model
-        return MorphSeekPolicy(Path(folder), device="cpu", **options)
-
-    def chained(kind: str):
-        return ChainedPolicy(learned(kind), n, make_policy("tto", **fine))
+        return make_policy(ids[kind], device="cpu", **options)
 
     methods = [("tto", lambda: make_policy("tto"), args.tto_steps)]
     for kind in ("spac", "morphseek-warmup", "morphseek"):
+        chain = f"{ids[kind]}+tto"
         methods += [
             (kind, lambda k=kind: learned(k), n),
-            (f"{kind}+tto", lambda k=kind: chained(k), n + then),
+            (f"{kind}+tto", lambda c=chain: make_policy(c, device="cpu"), policy_default_steps(chain)),
         ]
     sampled_name = f"morphseek K={args.samples}"
     methods.append((sampled_name, lambda: learned("morphseek", samples=args.samples, seed=0), n))
 
     rows, uncertainty_rows = [], []
     for pair in prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), "t1"):
-        images = [sitk.ReadImage(pair[k], sitk.sitkFloat32) for k in ("fixed", "moving")]
-        images += [sitk.ReadImage(pair[k]) for k in ("fixed_labels", "moving_labels")]
+        images = read_pair(pair)
         for name, factory, steps in methods:
             dice, seconds, session = run_session(factory(), images, steps)
             learned_steps = [r.step_seconds for r in session.reports[1 : n + 1]]
@@ -143,7 +140,7 @@ def main(argv=None) -> int:
         for name in ("morphseek", sampled_name, "spac", "morphseek-warmup")
     }
     keys = ("correlation", "uncertainty_where_disagree_mm", "uncertainty_where_agree_mm")
-    table = summarize(rows, [], {})
+    table = method_table(rows)
     table += (
         f"\n\nuncertainty of {sampled_name} vs label disagreement after registration (mean over pairs): "
         + ", ".join(f"{k} {np.mean([u[k] for u in uncertainty_rows]):.3f}" for k in keys)
@@ -152,12 +149,7 @@ def main(argv=None) -> int:
         + f"\npeak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
     )
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "morphseek.json").write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
-    (out / "morphseek.md").write_text(
-        f"`python benchmarks/morphseek.py {' '.join(argv or sys.argv[1:])}`\n\n{table}\n"
-    )
+    write_results(args.out, "morphseek", {"rows": rows, "args": vars(args)}, table, argv or sys.argv[1:])
     return 0
 
 

@@ -7,8 +7,12 @@ the cross-contrast rows):
 
 * ``tto``                 : test-time optimization alone (the CLI default, 6 steps)
 * ``spac``                : the learned policy's steps alone (per-step Dice: does it rise step by step?)
-* ``spac+tto``            : learned steps, then fine TTO steps regularized by the learned lambda map
+* ``spac+tto``            : the ``<id>+tto`` policy as a user gets it: the card's ``inference.chain``
+                            (learned steps, then TTO steps regularized by the learned lambda map; chosen by
+                            ``chain_settings.py`` on training subjects) and its default number of steps
 * ``spac+tto uniform λ``  : the same with lambda replaced by a uniform map of the same mean
+* ``λ ×s`` / ``uniform λ ×s`` for each ``--lambda-scales`` s: both maps multiplied by s (a Dice-vs-folding
+  curve for each, to compare them at equal folding, not only at the same mean)
 * cross-contrast (moving T2-like): ``tto ncc``, ``tto mind``, ``spac``, ``spac+tto mind``
 * ``ANTs SyN`` on the T1 pairs, when antspyx is installed (in its own process, like ``accuracy.py``;
   final Dice only)
@@ -29,9 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "RLRegistration"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    REPO,
+    add_session_arguments,
+    folding_percent,
+    method_table,
+    read_pair,
+    run_session,
+    shared_data_missing,
+    write_results,
+)
 
 LABEL_NAMES = {
     2: "cerebral WM",
@@ -48,32 +60,12 @@ LABEL_NAMES = {
 }
 
 
-def run_session(policy, pair_images, steps: int):
-    """Run a session with labels; returns per-step Dice, wall seconds of the registration, the session."""
-    from RLRegistrationLib.metrics import evaluation_labels
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+class ScaledWeight:
+    """Wraps a policy: its lambda map times ``scale``, or (``uniform``) a uniform map of the same mean times
+    ``scale`` (the ablations of the spatially varying regularization)."""
 
-    fixed, moving, fixed_labels, moving_labels = pair_images
-    labels = [v for v in evaluation_labels() if v not in (31, 63)]
-    options = SessionOptions(device="cpu", seed=0, dice_labels=labels)
-    session = RegistrationSession(fixed, moving, policy, options, fixed_labels, moving_labels)
-    session.prepare()
-    reports = list(session.run(steps))
-    seconds = session.reports[0].step_seconds + sum(r.step_seconds for r in reports)
-    return [session.reports[0].dice] + [r.dice for r in reports], seconds, session
-
-
-def folding_percent(session) -> float:
-    from RLRegistrationLib.metrics import jacobian_of_field, jacobian_stats
-
-    return jacobian_stats(jacobian_of_field(session.result().displacement))["folding_percent"]
-
-
-class UniformWeight:
-    """Wraps a policy: its lambda map is replaced by a uniform map of the same mean (ablation)."""
-
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self, inner, scale: float = 1.0, uniform: bool = False):
+        self.inner, self.scale, self.uniform = inner, float(scale), bool(uniform)
         self.name, self.description, self.modality = inner.name, inner.description, inner.modality
 
     def reset(self, fixed, moving, spacing_mm=None):
@@ -84,7 +76,10 @@ class UniformWeight:
 
         step = self.inner.propose(state)
         if step.weight_map is not None:
-            step.weight_map = torch.full_like(step.weight_map, float(step.weight_map.mean()))
+            weight = step.weight_map
+            if self.uniform:
+                weight = torch.full_like(weight, float(weight.mean()))
+            step.weight_map = weight * self.scale
         return step
 
 
@@ -133,60 +128,58 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=str(REPO / "models" / "spac-brain-synth"))
-    parser.add_argument("--shared-dir", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--pairs", default="11:12,12:13,13:14,14:11")
-    parser.add_argument("--spac-steps", type=int, default=5)
-    parser.add_argument("--tto-steps", type=int, default=6)
-    parser.add_argument("--then-steps", type=int, default=3, help="fine TTO steps after the learned ones")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (SyN runs with the same)")
-    parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--spac-steps", type=int, help="learned steps alone (default: the card's)")
+    parser.add_argument("--lambda-scales", default="0.5,2", help="extra scales of learned and uniform lambda")
     parser.add_argument("--no-cross-contrast", action="store_true")
     parser.add_argument("--no-syn", action="store_true", help="leave out ANTs SyN")
+    add_session_arguments(parser)
     args = parser.parse_args(argv)
-    if not (Path(args.shared_dir) / "synthseg").is_dir():
-        print(
-            f"benchmark: '{args.shared_dir}/synthseg' is absent: this benchmark needs the SynthSeg label maps "
-            "(../shared/data beside the repository, or --shared-dir)",
-            file=sys.stderr,
-        )
+    if shared_data_missing(args.shared_dir):
         return 2
-    import SimpleITK as sitk
     import torch
     from accuracy import available, prepare_pairs, run_one
 
-    from RLRegistrationLib.learned_policies import ChainedPolicy, SPACPolicy
+    from RLRegistrationLib.learned_policies import chain_settings, discover_models, read_card
     from RLRegistrationLib.policies import make_policy
 
     torch.set_num_threads(args.threads)
     model = Path(args.model)
-    fine = {"pyramid": (1,)}
+    card = read_card(model)
+    discover_models(model.parent)  # registers <id> and <id>+tto with the card's settings
+    learned_steps = args.spac_steps or int(card.get("inference", {}).get("steps", 5))
+    chain_steps = chain_settings(card, model).total_steps
 
     def spac():
-        return SPACPolicy(model, device="cpu")
+        return make_policy(card["id"], device="cpu")
 
-    def chained(uniform=False, similarity="ncc"):
-        first = UniformWeight(spac()) if uniform else spac()
-        return ChainedPolicy(first, args.spac_steps, make_policy("tto", similarity=similarity, **fine))
+    def chained(scale=1.0, uniform=False, similarity=None):
+        policy = make_policy(f"{card['id']}+tto", device="cpu", similarity=similarity)
+        if uniform or scale != 1.0:
+            policy.first = ScaledWeight(policy.first, scale, uniform)
+        return policy
 
     same = [
         ("tto", lambda: make_policy("tto"), args.tto_steps),
-        ("spac", spac, args.spac_steps),
-        ("spac+tto", chained, args.spac_steps + args.then_steps),
-        ("spac+tto uniform λ", lambda: chained(uniform=True), args.spac_steps + args.then_steps),
+        ("spac", spac, learned_steps),
+        ("spac+tto", chained, chain_steps),
+        ("spac+tto uniform λ", lambda: chained(uniform=True), chain_steps),
     ]
+    for scale in [float(v) for v in args.lambda_scales.split(",") if v]:
+        same += [
+            (f"spac+tto λ ×{scale:g}", lambda s=scale: chained(s), chain_steps),
+            (f"spac+tto uniform λ ×{scale:g}", lambda s=scale: chained(s, True), chain_steps),
+        ]
     cross = [
         ("T2: tto ncc", lambda: make_policy("tto"), args.tto_steps),
         ("T2: tto mind", lambda: make_policy("tto", similarity="mind"), args.tto_steps),
-        ("T2: spac", spac, args.spac_steps),
-        ("T2: spac+tto mind", lambda: chained(similarity="mind"), args.spac_steps + args.then_steps),
+        ("T2: spac", spac, learned_steps),
+        ("T2: spac+tto mind", lambda: chained(similarity="mind"), chain_steps),
     ]
     experiments = [("t1", same)] + ([] if args.no_cross_contrast else [("t2", cross)])
     rows, lambdas = [], []
     for contrast, methods in experiments:
         for pair in prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), contrast):
-            images = [sitk.ReadImage(pair[k], sitk.sitkFloat32) for k in ("fixed", "moving")]
-            images += [sitk.ReadImage(pair[k]) for k in ("fixed_labels", "moving_labels")]
+            images = read_pair(pair)
             if contrast == "t1" and not args.no_syn and available("syn"):
                 syn = run_one("syn", pair, argparse.Namespace(threads=args.threads, profile=False))
                 rows.append({**syn, "method": "ANTs SyN", "dice_per_step": [syn.get("dice", float("nan"))]})
@@ -201,49 +194,38 @@ def main(argv=None) -> int:
                     "folding_percent": folding_percent(session),
                 }
                 if name == "spac":
-                    lam = session.weight_map_at()[0, 0].numpy()
-                    lambdas.append(
-                        {
-                            "pair": pair["pair"],
-                            "min": float(lam.min()),
-                            "max": float(lam.max()),
-                            "mean": float(lam.mean()),
-                            "std": float(lam.std()),
-                            "p5": float(np.percentile(lam, 5)),
-                            "p95": float(np.percentile(lam, 95)),
-                            "by_label": lambda_by_label(session, images[2]),
-                        }
-                    )
+                    lambdas.append({"pair": pair["pair"], **lambda_summary(session, images[2])})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     latency = network_latency(model, [(64, 64, 64), (128, 128, 128), (224, 192, 160)])
-    table = summarize(rows, lambdas, latency)
+    table = summarize(rows, lambdas, latency, chain_settings(card, model))
     table += f"\npeak RSS of the benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "policies.json").write_text(
-        json.dumps({"rows": rows, "lambda": lambdas, "latency_ms": latency, "args": vars(args)}, indent=2)
-    )
-    (out / "policies.md").write_text(
-        f"`python benchmarks/policies.py {' '.join(argv or sys.argv[1:])}`\n\n{table}\n"
-    )
+    payload = {"rows": rows, "lambda": lambdas, "latency_ms": latency, "args": vars(args)}
+    write_results(args.out, "policies", payload, table, argv or sys.argv[1:])
     return 0
 
 
-def summarize(rows, lambdas, latency) -> str:
-    names = list(dict.fromkeys(r["method"] for r in rows))
-    lines = [
-        "| method | mean Dice per step (0 = affine) | final Dice | % det J ≤ 0 | wall s |",
-        "|---|---|---|---|---|",
-    ]
-    for name in names:
-        group = [r for r in rows if r["method"] == name]
-        curve = np.mean([r["dice_per_step"] for r in group], axis=0)
+def lambda_summary(session, fixed_labels) -> dict:
+    """Spread of the session's last lambda map (working grid) and its mean per anatomical label."""
+    lam = session.weight_map_at()[0, 0].numpy()
+    return {
+        "min": float(lam.min()),
+        "max": float(lam.max()),
+        "mean": float(lam.mean()),
+        "std": float(lam.std()),
+        "p5": float(np.percentile(lam, 5)),
+        "p95": float(np.percentile(lam, 95)),
+        "by_label": lambda_by_label(session, fixed_labels),
+    }
+
+
+def summarize(rows, lambdas, latency, chain=None) -> str:
+    lines = [method_table(rows)]
+    if chain is not None:
         lines.append(
-            f"| {name} | {' → '.join(f'{d:.3f}' for d in curve)} | {curve[-1]:.4f} | "
-            f"{np.mean([r['folding_percent'] for r in group]):.4f} | "
-            f"{np.mean([r['seconds'] for r in group]):.1f} |"
+            f"\nspac+tto = the card's inference.chain: {chain.learned_steps} learned steps, then "
+            f"{chain.then_steps} TTO steps with {chain.tto}"
         )
     if lambdas:
         keys = ("min", "p5", "mean", "p95", "max", "std")

@@ -1,0 +1,104 @@
+"""What the session benchmarks (``policies.py``, ``morphseek.py``) share: their arguments, the check that
+``../shared/data`` is there, reading a validation pair, running one session with Dice per step, and the
+Markdown table / JSON files they write.
+
+Heavy imports (torch, SimpleITK, the library) happen inside the functions, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RLRegistration"))
+DEFAULT_SHARED = REPO.parent / "shared" / "data"
+
+
+def shared_data_missing(shared_dir: str | Path, program: str = "benchmark") -> bool:
+    """True (after saying so on stderr) when ``<shared_dir>/synthseg`` is absent: a user's clone has no
+    ``../shared``, and the benchmarks need its SynthSeg label maps."""
+    folder = Path(shared_dir) / "synthseg"
+    if folder.is_dir():
+        return False
+    print(
+        f"{program}: '{folder}' is absent: this needs the SynthSeg label maps (../shared/data beside the "
+        "repository, or --shared-dir)",
+        file=sys.stderr,
+    )
+    return True
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of the benchmarks that run registration sessions on the validation pairs."""
+    parser.add_argument("--shared-dir", default=str(DEFAULT_SHARED))
+    parser.add_argument("--pairs", default="11:12,12:13,13:14,14:11", help="fixed:moving subject pairs")
+    parser.add_argument("--tto-steps", type=int, default=6, help="steps of test-time optimization alone")
+    parser.add_argument("--then-steps", type=int, default=3, help="fine TTO steps after the learned ones")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (SyN runs with the same)")
+    parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+
+
+def read_pair(pair: dict) -> list:
+    """[fixed, moving, fixed_labels, moving_labels] SimpleITK images of a prepared pair (``prepare_pairs``)."""
+    import SimpleITK as sitk
+
+    images = [sitk.ReadImage(pair[k], sitk.sitkFloat32) for k in ("fixed", "moving")]
+    return images + [sitk.ReadImage(pair[k]) for k in ("fixed_labels", "moving_labels")]
+
+
+def run_session(policy, pair_images, steps: int):
+    """Run a session with labels; returns per-step Dice (index 0 = affine), wall seconds of the
+    registration (prepare + steps, without the Dice bookkeeping) and the session."""
+    from RLRegistrationLib.metrics import evaluation_labels
+    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+
+    fixed, moving, fixed_labels, moving_labels = pair_images
+    labels = [v for v in evaluation_labels() if v not in (31, 63)]
+    options = SessionOptions(device="cpu", seed=0, dice_labels=labels)
+    session = RegistrationSession(fixed, moving, policy, options, fixed_labels, moving_labels)
+    session.prepare()
+    reports = list(session.run(steps))
+    seconds = session.reports[0].step_seconds + sum(r.step_seconds for r in reports)
+    return [session.reports[0].dice] + [r.dice for r in reports], seconds, session
+
+
+def folding_percent(session) -> float:
+    """% of voxels of the session's total field (fixed grid) with det J <= 0."""
+    from RLRegistrationLib.metrics import jacobian_of_field, jacobian_stats
+
+    return jacobian_stats(jacobian_of_field(session.result().displacement))["folding_percent"]
+
+
+def method_table(rows: list[dict]) -> str:
+    """Markdown table of the rows' methods (in order of appearance): mean Dice per step over the pairs,
+    final Dice, % det J <= 0 and wall seconds."""
+    lines = [
+        "| method | mean Dice per step (0 = affine) | final Dice | % det J ≤ 0 | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["method"] for r in rows):
+        group = [r for r in rows if r["method"] == name]
+        curve = np.mean([r["dice_per_step"] for r in group], axis=0)
+        lines.append(
+            f"| {name} | {' → '.join(f'{d:.3f}' for d in curve)} | {curve[-1]:.4f} | "
+            f"{np.mean([r['folding_percent'] for r in group]):.4f} | "
+            f"{np.mean([r['seconds'] for r in group]):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(
+    out: str | Path, stem: str, payload: dict, table: str, argv: list[str], script: str | None = None
+) -> None:
+    """``<out>/<stem>.json`` (all rows) and ``<out>/<stem>.md`` (the command line of ``benchmarks/<script>.py``,
+    ``script`` defaulting to ``stem``, and the table)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    (out / f"{stem}.md").write_text(f"`python benchmarks/{script or stem}.py {' '.join(argv)}`\n\n{table}\n")
