@@ -135,8 +135,8 @@ class RLRegistrationParameterNode:
     fixedLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
     movingLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
     policy: str = "tto"
-    steps: Annotated[int, WithinRange(1, 500)] = 10
-    iterations: Annotated[int, WithinRange(1, 500)] = 20
+    steps: Annotated[int, WithinRange(1, 500)] = 6  # the tto defaults (the CLI's; measured)
+    iterations: Annotated[int, WithinRange(1, 500)] = 5
     samples: Annotated[int, WithinRange(1, 16)] = 1
     regularization: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
@@ -282,6 +282,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._policyDescriptions = {}
         self._policySampling = {}  # policy name -> can sample several trajectories (Samples box enabled)
         self._policySteps = {}  # policy name -> its default number of steps (the Steps box follows it)
+        self._policyOptions = {}  # policy name -> its iterations / regularization defaults (boxes follow)
         self._choicesNeedTorch = importlib.util.find_spec("torch") is None
         if self._choicesNeedTorch:
             self.ui.policyComboBox.addItem("tto — test-time optimization", "tto")
@@ -308,6 +309,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._policyDescriptions[choice.name] = f"{choice.description}\nTrained for: {choice.modality}"
             self._policySampling[choice.name] = choice.supports_sampling
             self._policySteps[choice.name] = choice.default_steps
+            self._policyOptions[choice.name] = choice.option_defaults
         for value, label, _available in deviceChoices:
             self.ui.deviceComboBox.addItem(label, value)
 
@@ -358,9 +360,16 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPolicyChanged(self, index) -> None:
         if not self._updatingGui and self._parameterNode and index >= 0:
             name = self.ui.policyComboBox.itemData(index)
-            # the Steps box takes the number of steps the policy was measured with (learned + TTO for a chain)
-            self._parameterNode.steps = self._policySteps.get(name, self._parameterNode.steps)
-            self._parameterNode.policy = name
+            # the boxes take the settings the policy was measured with (e.g. learned + TTO steps of a chain
+            # and the regularization weight its lambda map was trained for)
+            params = self._parameterNode
+            params.steps = self._policySteps.get(name, params.steps)
+            defaults = self._policyOptions.get(name, {})
+            if "iterations" in defaults:
+                params.iterations = int(defaults["iterations"])
+            if "regularization" in defaults:
+                params.regularization = float(defaults["regularization"])
+            params.policy = name
 
     def onDeviceChanged(self, index) -> None:
         if not self._updatingGui and self._parameterNode and index >= 0:

@@ -23,7 +23,13 @@ from RLRegistrationLib.learned_policies import (
     sha256_of,
 )
 from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
-from RLRegistrationLib.policies import PolicyState, available_policies, make_policy, policy_default_steps
+from RLRegistrationLib.policies import (
+    PolicyState,
+    available_policies,
+    make_policy,
+    policy_default_steps,
+    policy_option_defaults,
+)
 from RLRegistrationLib.session import RegistrationSession, SessionOptions
 from RLRegistrationLib.training.train import TrainConfig, save_model
 
@@ -192,6 +198,9 @@ def test_card_chain_settings_set_the_handover_and_user_options_win(model_dir, ed
     edit_card(model_dir, inference={"steps": 5, "max_step": 2.0, "chain": chain})
     discover_models(model_dir.parent)
     assert policy_default_steps("spac-unit+tto") == 6 and policy_default_steps("spac-unit") == 5
+    assert policy_option_defaults("spac-unit+tto") == {"iterations": 5, "regularization": 4.0}
+    assert policy_option_defaults("tto") == {"iterations": 5, "regularization": 2.0}
+    assert policy_option_defaults("spac-unit") == {}
     chained = make_policy("spac-unit+tto", device="cpu")
     assert chained.first_steps == 2
     assert chained.then.config.pyramid == (2, 1) and chained.then.config.regularization == 4.0

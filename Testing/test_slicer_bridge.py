@@ -396,11 +396,14 @@ def test_policy_choices_read_model_cards(tmp_path):
 def test_policy_choices_carry_the_default_steps():
     choices = {c.name: c for c in policy_choices()}
     assert choices["tto"].default_steps == policy_default_steps("tto") == 6
+    assert choices["tto"].option_defaults == {"iterations": 5, "regularization": 2.0}
     for name, choice in choices.items():
         assert choice.default_steps == policy_default_steps(name)
     if "spac-brain-synth+tto" in choices:  # the shipped model's card sets its chain
         chain = chain_settings(read_card(Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth"))
         assert choices["spac-brain-synth+tto"].default_steps == chain.total_steps
+        regularization = chain.tto.get("regularization", 2.0)
+        assert choices["spac-brain-synth+tto"].option_defaults["regularization"] == regularization
 
 
 def test_device_choices_name_the_device():

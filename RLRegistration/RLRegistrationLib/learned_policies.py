@@ -49,6 +49,7 @@ from .policies import (
     TestTimeOptimizationPolicy,
     make_tto_policy,
     register_policy,
+    tto_option_defaults,
 )
 from .spatial import compose_displacements, resize_displacement, step_to_reach, warp
 
@@ -663,6 +664,7 @@ def discover_models(directory: str | Path | None = None) -> dict[str, Path]:
             f"{description}; {chain.learned_steps} learned steps, then test-time optimization",
             sampling,
             chain.total_steps,
+            tto_option_defaults(chain.tto),
         )
         found[name] = card_path.parent
     return found

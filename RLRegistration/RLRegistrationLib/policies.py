@@ -218,6 +218,7 @@ class RegisteredPolicy(NamedTuple):
     description: str
     supports_sampling: bool = False
     default_steps: int = DEFAULT_STEPS
+    option_defaults: tuple[tuple[str, object], ...] = ()
 
 
 _REGISTRY: dict[str, RegisteredPolicy] = {}
@@ -229,13 +230,18 @@ def register_policy(
     description: str,
     supports_sampling: bool = False,
     default_steps: int = DEFAULT_STEPS,
+    option_defaults: dict | None = None,
 ) -> None:
     """Make a policy available by name to the session, the CLI and the Slicer panel.
 
     ``supports_sampling``: the factory accepts ``samples`` (K trajectories) and ``temperature``.
     ``default_steps``: the number of steps a run takes when the user does not say (the setting measured
-    for the policy, e.g. a trained model's card)."""
-    _REGISTRY[name] = RegisteredPolicy(factory, description, bool(supports_sampling), int(default_steps))
+    for the policy, e.g. a trained model's card). ``option_defaults``: what the factory uses for its
+    options (e.g. ``iterations``, ``regularization``) when not given, for user interfaces to show."""
+    defaults = tuple(sorted((option_defaults or {}).items()))
+    _REGISTRY[name] = RegisteredPolicy(
+        factory, description, bool(supports_sampling), int(default_steps), defaults
+    )
 
 
 def available_policies() -> dict[str, str]:
@@ -247,6 +253,12 @@ def policy_supports_sampling(name: str) -> bool:
     """True when the registered policy ``name`` can sample several trajectories (``samples`` > 1)."""
     entry = _REGISTRY.get(name)
     return bool(entry is not None and entry.supports_sampling)
+
+
+def policy_option_defaults(name: str) -> dict:
+    """Option values policy ``name`` uses when not given (empty for unknown names and learned policies)."""
+    entry = _REGISTRY.get(name)
+    return dict(entry.option_defaults) if entry is not None else {}
 
 
 def policy_default_steps(name: str) -> int:
@@ -274,7 +286,16 @@ def make_tto_policy(name: str = "tto", **overrides) -> TestTimeOptimizationPolic
     return TestTimeOptimizationPolicy(config)
 
 
-register_policy("tto", make_tto_policy, TestTimeOptimizationPolicy.description)
+def tto_option_defaults(overrides: dict | None = None) -> dict:
+    """Iterations and regularization of a TTO policy with config ``overrides`` (what a panel shows)."""
+    config = TestTimeOptimizationConfig()
+    values = {"iterations": config.iterations, "regularization": config.regularization}
+    return {**values, **{k: v for k, v in (overrides or {}).items() if k in values}}
+
+
+register_policy(
+    "tto", make_tto_policy, TestTimeOptimizationPolicy.description, option_defaults=tto_option_defaults()
+)
 
 
 def _register_learned_policies() -> None:

@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -488,7 +488,8 @@ def _one_line(error: BaseException) -> str:
 class PolicyChoice:
     """A policy the panel offers: registry name, one-line description, the modality it was trained for,
     whether it can sample several trajectories (the panel's Samples box; an uncertainty map), and its
-    default number of steps (the panel's Steps box follows it when the policy changes)."""
+    default number of steps and option values (the panel's Steps, Iterations and Regularization boxes
+    follow them when the policy changes)."""
 
     name: str
     description: str
@@ -496,6 +497,7 @@ class PolicyChoice:
     card: Path | None = None
     supports_sampling: bool = False
     default_steps: int = 6
+    option_defaults: dict = field(default_factory=dict)  # e.g. iterations, regularization
 
     @property
     def label(self) -> str:
@@ -535,7 +537,12 @@ def policy_choices(
 
     The test-time-optimization policy ``tto`` comes first and is always offered.
     """
-    from .policies import available_policies, policy_default_steps, policy_supports_sampling
+    from .policies import (
+        available_policies,
+        policy_default_steps,
+        policy_option_defaults,
+        policy_supports_sampling,
+    )
 
     if registered is None:
         registered = available_policies()
@@ -554,6 +561,7 @@ def policy_choices(
                 card=card.get("_path"),
                 supports_sampling=policy_supports_sampling(name) or card.get("family") == "morphseek",
                 default_steps=policy_default_steps(name),
+                option_defaults=policy_option_defaults(name),
             )
         )
     if not any(c.name == "tto" for c in choices):
