@@ -1289,6 +1289,8 @@ class RLRegistrationTest(ScriptedLoadableModuleTest):
         self.test_RLRegistrationWorkflow()
         self.setUp()
         self.test_RLRegistrationMorphSeekSampling()
+        self.setUp()
+        self.test_RLRegistrationPolicyDefaults()
 
     def test_RLRegistrationWorkflow(self):
         self.delayDisplay("Loading the sample pair")
@@ -1433,3 +1435,22 @@ class RLRegistrationTest(ScriptedLoadableModuleTest):
         self.assertTrue(logic.uncertaintyRangeText.endswith("mm"))
         self.assertEqual(uncertaintyVolume.GetDisplayNode().GetColorNodeID(), UNCERTAINTY_COLORS)
         self.delayDisplay("Sampling test passed")
+
+    def test_RLRegistrationPolicyDefaults(self):
+        """Choosing a policy in the panel sets Steps, Iterations and Regularization to the policy's defaults
+        (a learned model's <id>+tto chain: the card's learned + TTO steps and its regularization weight)."""
+        from RLRegistrationLib import slicer_bridge
+
+        widget = slicer.util.getModuleWidget("RLRegistration")
+        choices = {c.name: c for c in slicer_bridge.policy_choices()}
+        chains = [name for name in choices if name.endswith("+tto")]
+        for name in ["tto"] + chains[:1]:
+            self.delayDisplay(f"Selecting {name}")
+            widget.ui.policyComboBox.currentIndex = widget.ui.policyComboBox.findData(name)
+            params = widget._parameterNode
+            self.assertEqual(params.policy, name)
+            self.assertEqual(params.steps, choices[name].default_steps)
+            defaults = choices[name].option_defaults
+            self.assertEqual(params.iterations, defaults["iterations"])
+            self.assertAlmostEqual(params.regularization, defaults["regularization"])
+        self.delayDisplay("Policy defaults test passed")
