@@ -29,6 +29,7 @@ from common import (  # noqa: E402
     REPO,
     add_session_arguments,
     folding_percent,
+    load_model_card,
     read_pair,
     run_session,
     shared_data_missing,
@@ -55,17 +56,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if shared_data_missing(args.shared_dir):
         return 2
-    import torch
     from accuracy import prepare_pairs
 
-    from RLRegistrationLib.learned_policies import ChainedPolicy, discover_models, read_card
+    from RLRegistrationLib.learned_policies import ChainedPolicy
     from RLRegistrationLib.policies import make_policy, make_tto_policy
 
-    torch.set_num_threads(args.threads)
     model = Path(args.model)
-    card = read_card(model)
+    card = load_model_card(model, args.threads)
     train_weight = float(card["training"]["config"]["loss"]["diffusion_weight"])
-    discover_models(model.parent)  # registers the model's id as a policy
     weights = [train_weight if w == "train" else float(w) for w in args.regularization.split(",")]
     pyramids = [tuple(_ints(p)) for p in args.pyramids.split(";")]
     settings = [

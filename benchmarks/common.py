@@ -44,6 +44,19 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
 
 
+def load_model_card(model_dir: str | Path, threads: int) -> dict:
+    """Set torch's thread count, register the model folder's policies (``<id>`` and ``<id>+tto`` with the
+    card's settings) and return its checked card."""
+    import torch
+
+    from RLRegistrationLib.learned_policies import discover_models, read_card
+
+    torch.set_num_threads(threads)
+    card = read_card(model_dir)
+    discover_models(Path(model_dir).parent)
+    return card
+
+
 def read_pair(pair: dict) -> list:
     """[fixed, moving, fixed_labels, moving_labels] SimpleITK images of a prepared pair (``prepare_pairs``)."""
     import SimpleITK as sitk

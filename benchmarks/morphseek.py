@@ -34,6 +34,7 @@ from common import (  # noqa: E402
     REPO,
     add_session_arguments,
     folding_percent,
+    load_model_card,
     method_table,
     read_pair,
     run_session,
@@ -84,22 +85,13 @@ def main(argv=None) -> int:
         if not (Path(folder) / "card.json").is_file():
             print(f"benchmark: model folder '{folder}' (with card.json) is absent", file=sys.stderr)
             return 2
-    import torch
     from accuracy import prepare_pairs
 
-    from RLRegistrationLib.learned_policies import discover_models, read_card
     from RLRegistrationLib.policies import make_policy, policy_default_steps
 
-    torch.set_num_threads(args.threads)
     n = args.learned_steps
-    ids = {}
-    for kind, folder in (
-        ("spac", args.spac_model),
-        ("morphseek-warmup", args.warmup_model),
-        ("morphseek", args.model),
-    ):
-        discover_models(Path(folder).parent)  # <id> and <id>+tto (the card's chain settings)
-        ids[kind] = read_card(folder)["id"]
+    models = {"spac": args.spac_model, "morphseek-warmup": args.warmup_model, "morphseek": args.model}
+    ids = {kind: load_model_card(folder, args.threads)["id"] for kind, folder in models.items()}
 
     def learned(kind: str, **options):
         return make_policy(ids[kind], device="cpu", **options)

@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     REPO,
     add_session_arguments,
     folding_percent,
+    load_model_card,
     method_table,
     read_pair,
     run_session,
@@ -136,16 +137,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if shared_data_missing(args.shared_dir):
         return 2
-    import torch
     from accuracy import available, prepare_pairs, run_one
 
-    from RLRegistrationLib.learned_policies import chain_settings, discover_models, read_card
+    from RLRegistrationLib.learned_policies import chain_settings
     from RLRegistrationLib.policies import make_policy
 
-    torch.set_num_threads(args.threads)
     model = Path(args.model)
-    card = read_card(model)
-    discover_models(model.parent)  # registers <id> and <id>+tto with the card's settings
+    card = load_model_card(model, args.threads)
     learned_steps = args.spac_steps or int(card.get("inference", {}).get("steps", 5))
     chain_steps = chain_settings(card, model).total_steps
 
