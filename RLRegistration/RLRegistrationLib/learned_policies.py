@@ -9,7 +9,8 @@ folder/card, bad card, unknown family, checksum mismatch, unreadable weights, ar
 
 Every folder found by ``discover_models`` is registered in ``policies`` under its card id (e.g.
 ``spac-brain-synth``) and as ``<id>+tto`` (the learned steps, then test-time optimization continuing from
-the learned field with the learned lambda as its fixed weight map). The models folder is
+the learned field with the learned lambda as its fixed weight map; the card's ``inference.chain`` says how
+many steps of each and which TTO options, see ``ChainSettings``). The models folder is
 ``$RLREG_MODELS_DIR``, else ``RLRegistrationLib/models`` (installed extension), else ``<repo>/models``.
 
 Grids: the networks are fully convolutional, so they run on any grid whose dimensions are multiples of 16.
