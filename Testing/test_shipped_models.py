@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib.learned_policies import load_model, read_card
-from RLRegistrationLib.policies import make_policy
+from RLRegistrationLib.learned_policies import chain_settings, load_model, read_card
+from RLRegistrationLib.policies import make_policy, policy_default_steps
 from RLRegistrationLib.session import RegistrationSession, SessionOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +50,23 @@ def test_shipped_policy_improves_dice_on_the_sample_pair(model_id, sample_pair):
     dice = [session.reports[0].dice] + [report.dice for report in session.run(steps)]
     assert max(dice[1:4]) > dice[0] + 0.05, f"{model_id}: Dice per step {[round(d, 3) for d in dice]}"
     assert dice[-1] > dice[0], f"{model_id}: Dice per step {[round(d, 3) for d in dice]}"
+
+
+@pytest.mark.parametrize("model_id", SHIPPED)
+def test_shipped_chain_runs_as_its_card_says(model_id, sample_pair):
+    """``<id>+tto`` as a user gets it (no options): the card's chain settings and number of steps; it ends
+    well above the affine Dice of the sample pair."""
+    card = read_card(MODELS / model_id)
+    chain = chain_settings(card)
+    assert "chain" in card["inference"] and chain.tto["regularization"] > 0
+    name = f"{model_id}+tto"
+    assert policy_default_steps(name) == chain.total_steps
+    policy = make_policy(name)
+    assert policy.first_steps == chain.learned_steps
+    assert policy.then.config.regularization == chain.tto["regularization"]
+    session = RegistrationSession(
+        *sample_pair[:2], policy, SessionOptions(device="cpu", seed=0), *sample_pair[2:]
+    )
+    session.prepare()
+    dice = [session.reports[0].dice] + [report.dice for report in session.run(policy_default_steps(name))]
+    assert dice[-1] > dice[0] + 0.1, f"{name}: Dice per step {[round(d, 3) for d in dice]}"
