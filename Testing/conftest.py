@@ -115,39 +115,21 @@ def random_policy_state(shape=(16, 16, 16), seed: int = 0, step_index: int = 0):
 
 
 # the helpers above, as fixtures (test modules do not import conftest)
-@pytest.fixture(name="rotation_matrix")
-def _rotation_matrix_fixture():
-    return rotation_matrix
+def _helper_fixture(name: str, helper):
+    @pytest.fixture(name=name)
+    def fixture():
+        return helper
+
+    return fixture
 
 
-@pytest.fixture(name="make_grid")
-def _make_grid_fixture():
-    return make_grid
-
-
-@pytest.fixture(name="image_on_grid")
-def _image_on_grid_fixture():
-    return image_on_grid
-
-
-@pytest.fixture(name="blob_array")
-def _blob_array_fixture():
-    return blob_array
-
-
-@pytest.fixture
-def sinusoid_field():
-    return SinusoidField
-
-
-@pytest.fixture(name="edit_card")
-def _edit_card_fixture():
-    return edit_card
-
-
-@pytest.fixture(name="policy_state")
-def _policy_state_fixture():
-    return random_policy_state
+rotation_matrix_fixture = _helper_fixture("rotation_matrix", rotation_matrix)
+make_grid_fixture = _helper_fixture("make_grid", make_grid)
+image_on_grid_fixture = _helper_fixture("image_on_grid", image_on_grid)
+blob_array_fixture = _helper_fixture("blob_array", blob_array)
+sinusoid_field_fixture = _helper_fixture("sinusoid_field", SinusoidField)
+edit_card_fixture = _helper_fixture("edit_card", edit_card)
+policy_state_fixture = _helper_fixture("policy_state", random_policy_state)
 
 
 @pytest.fixture
