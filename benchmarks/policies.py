@@ -130,7 +130,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--model", default=str(REPO / "models" / "spac-brain-synth"))
     parser.add_argument("--spac-steps", type=int, help="learned steps alone (default: the card's)")
-    parser.add_argument("--lambda-scales", default="0.5,2", help="extra scales of learned and uniform lambda")
+    parser.add_argument(
+        "--lambda-scales", default="0.125,0.25,0.5,2,4", help="extra scales of learned and uniform lambda"
+    )
     parser.add_argument("--no-cross-contrast", action="store_true")
     parser.add_argument("--no-syn", action="store_true", help="leave out ANTs SyN")
     add_session_arguments(parser)
