@@ -83,9 +83,23 @@ def run_session(policy, pair_images, steps: int):
 
 def folding_percent(session) -> float:
     """% of voxels of the session's total field (fixed grid) with det J <= 0."""
+    return folding_inside_and_out(session)["folding_percent"]
+
+
+def folding_inside_and_out(session, fixed_labels=None) -> dict[str, float]:
+    """% det J <= 0 of the session's total field (fixed grid) over all voxels, and, with the fixed label map,
+    inside the brain (labels > 0) and outside it."""
+    import SimpleITK as sitk
+
     from RLRegistrationLib.metrics import jacobian_of_field, jacobian_stats
 
-    return jacobian_stats(jacobian_of_field(session.result().displacement))["folding_percent"]
+    det = jacobian_of_field(session.result().displacement)
+    out = {"folding_percent": jacobian_stats(det)["folding_percent"]}
+    if fixed_labels is not None:
+        brain = sitk.GetArrayViewFromImage(fixed_labels) > 0
+        out["folding_in_brain_percent"] = jacobian_stats(det, brain)["folding_percent"]
+        out["folding_outside_brain_percent"] = jacobian_stats(det, ~brain)["folding_percent"]
+    return out
 
 
 def method_table(rows: list[dict]) -> str:

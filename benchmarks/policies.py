@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
     add_session_arguments,
-    folding_percent,
+    folding_inside_and_out,
     load_model_card,
     method_table,
     read_pair,
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
                     "pair": pair["pair"],
                     "dice_per_step": dice,
                     "seconds": seconds,
-                    "folding_percent": folding_percent(session),
+                    **folding_inside_and_out(session, images[2]),
                 }
                 if name == "spac":
                     lambdas.append({"pair": pair["pair"], **lambda_summary(session, images[2])})
@@ -222,6 +222,14 @@ def lambda_summary(session, fixed_labels) -> dict:
 
 def summarize(rows, lambdas, latency, chain=None) -> str:
     lines = [method_table(rows)]
+    inside = [r for r in rows if "folding_in_brain_percent" in r]
+    if inside:
+        lines.append("\n% det J ≤ 0 inside the fixed brain mask / outside it (mean over pairs):")
+        for name in dict.fromkeys(r["method"] for r in inside):
+            group = [r for r in inside if r["method"] == name]
+            brain = np.mean([r["folding_in_brain_percent"] for r in group])
+            outside = np.mean([r["folding_outside_brain_percent"] for r in group])
+            lines.append(f"* {name}: {brain:.4f} / {outside:.4f}")
     if chain is not None:
         lines.append(
             f"\nspac+tto = the card's inference.chain: {chain.learned_steps} learned steps, then "
