@@ -207,6 +207,9 @@ def test_card_chain_settings_set_the_handover_and_user_options_win(model_dir, ed
     chained = make_policy("spac-unit+tto", regularization=1.5, iterations=None, first_steps=1)
     assert chained.then.config.regularization == 1.5 and chained.first_steps == 1
     assert chained.then.config.pyramid == (2, 1)
+    # a chain block without tto options keeps the fine-only TTO stage of cards without a block
+    edit_card(model_dir, inference={"steps": 5, "chain": {"learned_steps": 1}})
+    assert chain_settings(read_card(model_dir)).tto == {"pyramid": (1,)}
 
 
 @pytest.mark.parametrize(

@@ -167,7 +167,9 @@ def chain_settings(card: dict, path: Path | str = CARD_NAME) -> ChainSettings:
             problem = f"tto has unknown option '{unknown[0]}'"
     if problem:
         raise PolicyError(f"model card '{path}': inference.chain {problem}")
-    tto = {k: tuple(v) if isinstance(v, list) else v for k, v in chain.get("tto", {}).items()}
+    if "tto" not in chain:  # the same TTO stage as without a chain block
+        return ChainSettings(chain["learned_steps"], chain.get("then_steps", 3))
+    tto = {k: tuple(v) if isinstance(v, list) else v for k, v in chain["tto"].items()}
     return ChainSettings(chain["learned_steps"], chain.get("then_steps", 3), tto)
 
 

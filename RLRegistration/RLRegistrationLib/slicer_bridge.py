@@ -496,7 +496,7 @@ class PolicyChoice:
     modality: str
     card: Path | None = None
     supports_sampling: bool = False
-    default_steps: int = 6
+    default_steps: int = 6  # policies.DEFAULT_STEPS (not imported here: policies needs torch)
     option_defaults: dict = field(default_factory=dict)  # e.g. iterations, regularization
 
     @property
