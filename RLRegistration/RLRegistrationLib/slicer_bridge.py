@@ -44,6 +44,7 @@ from .geometry import (
     voxel_to_physical,
 )
 from .imaging import intensity_window
+from .policies import DEFAULT_STEPS
 from .session import RegistrationResult, RegistrationSession, StepReport
 
 _FLIP4 = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -496,7 +497,7 @@ class PolicyChoice:
     modality: str
     card: Path | None = None
     supports_sampling: bool = False
-    default_steps: int = 6  # policies.DEFAULT_STEPS (not imported here: policies needs torch)
+    default_steps: int = DEFAULT_STEPS
     option_defaults: dict = field(default_factory=dict)  # e.g. iterations, regularization
 
     @property
