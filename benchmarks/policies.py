@@ -61,29 +61,6 @@ LABEL_NAMES = {
 }
 
 
-class ScaledWeight:
-    """Wraps a policy: its lambda map times ``scale``, or (``uniform``) a uniform map of the same mean times
-    ``scale`` (the ablations of the spatially varying regularization)."""
-
-    def __init__(self, inner, scale: float = 1.0, uniform: bool = False):
-        self.inner, self.scale, self.uniform = inner, float(scale), bool(uniform)
-        self.name, self.description, self.modality = inner.name, inner.description, inner.modality
-
-    def reset(self, fixed, moving, spacing_mm=None):
-        self.inner.reset(fixed, moving, spacing_mm)
-
-    def propose(self, state):
-        import torch
-
-        step = self.inner.propose(state)
-        if step.weight_map is not None:
-            weight = step.weight_map
-            if self.uniform:
-                weight = torch.full_like(weight, float(weight.mean()))
-            step.weight_map = weight * self.scale
-        return step
-
-
 def lambda_by_label(session, fixed_labels) -> dict[str, float]:
     """Mean of the last lambda map per anatomical label of the fixed image (on the working grid)."""
     import SimpleITK as sitk
@@ -141,7 +118,7 @@ def main(argv=None) -> int:
         return 2
     from accuracy import available, prepare_pairs, run_one
 
-    from RLRegistrationLib.learned_policies import chain_settings
+    from RLRegistrationLib.learned_policies import WeightMapOverride, chain_settings
     from RLRegistrationLib.policies import make_policy
 
     model = Path(args.model)
@@ -155,7 +132,7 @@ def main(argv=None) -> int:
     def chained(scale=1.0, uniform=False, similarity=None):
         policy = make_policy(f"{card['id']}+tto", device="cpu", similarity=similarity)
         if uniform or scale != 1.0:
-            policy.first = ScaledWeight(policy.first, scale, uniform)
+            policy.first = WeightMapOverride(policy.first, scale, uniform)
         return policy
 
     same = [

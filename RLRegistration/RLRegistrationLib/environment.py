@@ -116,14 +116,18 @@ def mean_dice(fixed: torch.Tensor, warped: torch.Tensor, classes: list[int] | to
     return torch.nanmean(stacked, dim=1).nan_to_num(0.0)
 
 
-def folded_fraction(field: torch.Tensor) -> torch.Tensor:
-    """Fraction (B,) of voxels with det(I + grad u) <= 0 of voxel-unit fields (B, 3, D, H, W).
-
-    The working grid is isotropic, so a unit-spacing grid gives the same sign of det J.
-    """
+def voxel_jacobian_determinant(field: torch.Tensor) -> torch.Tensor:
+    """det(I + grad u) (1, 1, D, H, W) of a voxel-unit field (1, 3, D, H, W) of an isotropic grid (where
+    voxel units give the same det J as millimetres)."""
     d, h, w = field.shape[2:]
     grid = Grid((w, h, d), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    return torch.stack([(jacobian_determinant(f[None], grid) <= 0).float().mean() for f in field])
+    return jacobian_determinant(field, grid)
+
+
+def folded_fraction(field: torch.Tensor) -> torch.Tensor:
+    """Fraction (B,) of voxels with det(I + grad u) <= 0 of voxel-unit fields (B, 3, D, H, W) of the
+    (isotropic) working grid."""
+    return torch.stack([(voxel_jacobian_determinant(f[None]) <= 0).float().mean() for f in field])
 
 
 # -------------------------------------------------------------------------------------- environment

@@ -577,6 +577,37 @@ class ChainedPolicy(Policy):
         return proposal
 
 
+def chained_tto_policy(first: Policy, first_steps: int, tto: dict, name: str = "tto") -> ChainedPolicy:
+    """``first`` for ``first_steps`` steps, then test-time optimization with the options ``tto``
+    (``TestTimeOptimizationConfig`` fields) regularized by ``first``'s last lambda map."""
+    return ChainedPolicy(first, first_steps, make_tto_policy(name, **tto))
+
+
+class WeightMapOverride(Policy):
+    """Wraps a policy and changes the lambda map it returns: times ``scale``; with ``uniform``, a uniform
+    map of its mean times ``scale``; with ``value``, a uniform map of that value. The ablations of the
+    spatially varying regularization (benchmarks) and the uniform-lambda chain runs of the weight-map
+    training stage (``training.weight_map``)."""
+
+    def __init__(self, inner: Policy, scale: float = 1.0, uniform: bool = False, value: float | None = None):
+        self.inner, self.scale, self.uniform, self.value = inner, float(scale), bool(uniform), value
+        self.name, self.description, self.modality = inner.name, inner.description, inner.modality
+
+    def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
+        self.inner.reset(fixed, moving, spacing_mm)
+
+    def propose(self, state: PolicyState) -> PolicyStep:
+        step = self.inner.propose(state)
+        if step.weight_map is not None:
+            weight = step.weight_map
+            if self.value is not None:
+                weight = torch.full_like(weight, float(self.value))
+            elif self.uniform:
+                weight = torch.full_like(weight, float(weight.mean()))
+            step.weight_map = weight * self.scale
+        return step
+
+
 # -------------------------------------------------------------------------------------------- discovery
 
 
@@ -627,10 +658,8 @@ def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str 
     def make(first_steps: int | None = None, **options) -> ChainedPolicy:
         learned = {k: options.pop(k) for k in allowed if k in options and options[k] is not None}
         tto = {**chain.tto, **{k: v for k, v in options.items() if v is not None}}
-        first = cls(folder, **learned)
-        return ChainedPolicy(
-            first, chain.learned_steps if first_steps is None else first_steps, make_tto_policy(name, **tto)
-        )
+        steps = chain.learned_steps if first_steps is None else first_steps
+        return chained_tto_policy(cls(folder, **learned), steps, tto, name)
 
     return make
 
