@@ -136,7 +136,14 @@ class MorphSeekNetwork(nn.Module):
         self.backbone = backbone or UNetBackbone(arch.in_channels, arch.channels, arch.group_norm)
         c_b, skips = self.backbone.bottleneck_channels, self.backbone.skip_channels
         self.latent_head = LatentGaussianHead(c_b)
-        self.decoder = SkipDecoder(c_b, skips, arch.decoder_channels, arch.max_step, arch.group_norm)
+        self.decoder = SkipDecoder(
+            c_b,
+            skips,
+            arch.decoder_channels,
+            arch.max_step,
+            arch.group_norm,
+            arch.weight_head_full_resolution,
+        )
         self.weight_head = WeightMapHead(self.decoder.feature_channels, arch.weight_head_channels)
 
     def latent_distribution(self, fixed: torch.Tensor, warped: torch.Tensor):

@@ -49,6 +49,8 @@ class BackboneArchitecture:
     max_step: float = 2.0
     group_norm: bool = True  # GroupNorm after each backbone/decoder convolution (keeps activations bounded)
     similarity_gradient: bool = False  # the input adds the local-NCC descent direction (3 channels)
+    # the weight-map head reads the decoder's last (full-resolution) features instead of those at 1/2
+    weight_head_full_resolution: bool = False
 
     def __post_init__(self):
         expected = 5 if self.similarity_gradient else 2
@@ -188,7 +190,8 @@ def sample_plan(
 class SkipDecoder(nn.Module):
     """U-Net decoder: a bottleneck-sized feature map (B, ``bottleneck_channels``, ...) + skips -> step field
     (B, 3, D, H, W) in voxels, ``|a| <= max_step`` per component (``tanh``), and the decoder features at
-    1/2 resolution (for the weight-map head). Shared by the SPAC actor and the MorphSeek policy."""
+    1/2 resolution, or with ``full_resolution_features`` the last ones (for the weight-map head). Shared
+    by the SPAC actor and the MorphSeek policy."""
 
     def __init__(
         self,
@@ -197,6 +200,7 @@ class SkipDecoder(nn.Module):
         decoder_channels: tuple[int, ...] = (32, 32, 32, 16),
         max_step: float = 2.0,
         group_norm: bool = False,
+        full_resolution_features: bool = False,
     ):
         super().__init__()
         if len(decoder_channels) != len(skip_channels):
@@ -211,7 +215,14 @@ class SkipDecoder(nn.Module):
         self.flow = nn.Conv3d(decoder_channels[-1], 3, 3, padding=1)
         nn.init.normal_(self.flow.weight, std=1e-5)
         nn.init.zeros_(self.flow.bias)
-        self.feature_channels = decoder_channels[-2] if len(decoder_channels) > 1 else decoder_channels[-1]
+        self.decoder_channels = tuple(decoder_channels)
+        self.use_full_resolution_features(full_resolution_features)
+
+    def use_full_resolution_features(self, full: bool) -> None:
+        """Return the last decoder level's features (``full``) or those at 1/2 resolution; a weight-map
+        head reading them needs ``feature_channels`` input channels."""
+        self.feature_level = -1 if full or len(self.decoder_channels) == 1 else -2
+        self.feature_channels = self.decoder_channels[self.feature_level]
 
     def decode(
         self, x: torch.Tensor, skips: list[torch.Tensor], max_step: float | None = None
@@ -221,7 +232,7 @@ class SkipDecoder(nn.Module):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=True)
             x = level(torch.cat([x, skip], dim=1))
             outputs.append(x)
-        features = outputs[-2] if len(outputs) > 1 else outputs[-1]
+        features = outputs[self.feature_level]
         bound = self.max_step if max_step is None else float(max_step)
         return bound * torch.tanh(self.flow(x)), features
 
@@ -248,8 +259,16 @@ class ActorDecoder(SkipDecoder):
         plan_grid: int = 2,
         max_step: float = 2.0,
         group_norm: bool = False,
+        full_resolution_features: bool = False,
     ):
-        super().__init__(bottleneck_channels, skip_channels, decoder_channels, max_step, group_norm)
+        super().__init__(
+            bottleneck_channels,
+            skip_channels,
+            decoder_channels,
+            max_step,
+            group_norm,
+            full_resolution_features,
+        )
         self.plan_grid = plan_grid
         self.project = nn.Linear(plan_dim, bottleneck_channels * plan_grid**3)
 
@@ -334,7 +353,14 @@ class SPACNetwork(nn.Module):
         c_b, skips = self.backbone.bottleneck_channels, self.backbone.skip_channels
         self.planner = PlannerHead(c_b, arch.plan_dim, arch.plan_grid)
         self.actor = ActorDecoder(
-            arch.plan_dim, c_b, skips, arch.decoder_channels, arch.plan_grid, arch.max_step, arch.group_norm
+            arch.plan_dim,
+            c_b,
+            skips,
+            arch.decoder_channels,
+            arch.plan_grid,
+            arch.max_step,
+            arch.group_norm,
+            arch.weight_head_full_resolution,
         )
         self.weight_head = WeightMapHead(self.actor.feature_channels, arch.weight_head_channels)
 
