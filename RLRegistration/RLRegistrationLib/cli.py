@@ -1,4 +1,4 @@
-"""Command line ``rlreg``: register, evaluate, demo, info, train.
+"""Command line ``rlreg``: register, evaluate, demo, info, train, tune-weight-map.
 
 Every expected problem (bad input, existing output, unknown policy, missing GPU) is reported as one line
 ``rlreg: error: ...`` with exit code 2 and nothing written; ``--debug`` shows tracebacks.
@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--shared-dir", help="shared data folder holding synthseg/ (default: the config's)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    wm = commands.add_parser(
+        "tune-weight-map",
+        help="train a SPAC model's lambda head on where test-time optimization folds (training stage c)",
+    )
+    wm.add_argument("--model", required=True, help="SPAC model folder (weights.pt + card.json)")
+    wm.add_argument("--config", required=True, help="config JSON (e.g. configs/spac_weight_map.json)")
+    wm.add_argument("--out", required=True, help="folder for the tuned model (weights.pt + card.json)")
+    wm.add_argument("--shared-dir", help="shared data folder holding synthseg/ (default: the config's)")
+    wm.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+    wm.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -136,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "demo": cmd_demo,
             "info": cmd_info,
             "train": cmd_train,
+            "tune-weight-map": cmd_tune_weight_map,
         }
         return commands[args.command](args)
     except RLRegistrationError as error:
@@ -442,6 +454,23 @@ def cmd_train(args) -> int:
         command=" ".join(["rlreg", *sys.argv[1:]]),
     )
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(f"model written to {out}/ (weights.pt, card.json)")
+    return 0
+
+
+def cmd_tune_weight_map(args) -> int:
+    from .training.weight_map import WeightMapConfig, tune_weight_map
+
+    out = tune_weight_map(
+        args.model,
+        args.out,
+        WeightMapConfig.load(args.config),
+        overwrite=args.overwrite,
+        shared_dir=args.shared_dir,
+        progress=not args.quiet,
+        command=" ".join(["rlreg", *sys.argv[1:]]),
+    )
+    if not args.quiet:
         print(f"model written to {out}/ (weights.pt, card.json)")
     return 0
 

@@ -13,6 +13,9 @@ synthetic pairs (``training.data``), and makes one optimizer update of one summe
 * stage ``sac`` (b): the same registration loss plus the SAC losses on a replay batch (``training.sac``):
   twin critics with target copies (soft updates), planner loss with learned entropy temperature.
 
+Stage (c), ``rlreg tune-weight-map`` (``training.weight_map``), then refits the lambda head alone on where the
+test-time optimization that follows the learned steps folds.
+
 Transitions (with the K-means pseudo-label Dice reward) go to the replay buffer in both stages. One
 forward and one backward per step, so the same code runs under ``torchrun`` with DistributedDataParallel
 (gloo on CPU, nccl on CUDA; ranks read ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``): gradients are averaged,
