@@ -77,6 +77,7 @@ class _Fixed:
         ({"uniform": True}, torch.full((8,), 0.3)),
         ({"value": 0.05}, torch.full((8,), 0.05)),
         ({"uniform": True, "scale": 0.5}, torch.full((8,), 0.15)),
+        ({"value": torch.full((1, 1, 2, 2, 2), 0.7)}, torch.full((8,), 0.7)),
     ],
 )
 def test_weight_map_override(options, expected):

@@ -585,11 +585,18 @@ def chained_tto_policy(first: Policy, first_steps: int, tto: dict, name: str = "
 
 class WeightMapOverride(Policy):
     """Wraps a policy and changes the lambda map it returns: times ``scale``; with ``uniform``, a uniform
-    map of its mean times ``scale``; with ``value``, a uniform map of that value. The ablations of the
-    spatially varying regularization (benchmarks) and the uniform-lambda chain runs of the weight-map
-    training stage (``training.weight_map``)."""
+    map of its mean times ``scale``; with ``value``, a uniform map of that value, or that map when it is a
+    tensor (1, 1, D, H, W) of the working grid. The ablations of the spatially varying regularization
+    (benchmarks) and the uniform-lambda chain runs of the weight-map training stage
+    (``training.weight_map``)."""
 
-    def __init__(self, inner: Policy, scale: float = 1.0, uniform: bool = False, value: float | None = None):
+    def __init__(
+        self,
+        inner: Policy,
+        scale: float = 1.0,
+        uniform: bool = False,
+        value: float | torch.Tensor | None = None,
+    ):
         self.inner, self.scale, self.uniform, self.value = inner, float(scale), bool(uniform), value
         self.name, self.description, self.modality = inner.name, inner.description, inner.modality
 
@@ -600,7 +607,9 @@ class WeightMapOverride(Policy):
         step = self.inner.propose(state)
         if step.weight_map is not None:
             weight = step.weight_map
-            if self.value is not None:
+            if isinstance(self.value, torch.Tensor):
+                weight = self.value
+            elif self.value is not None:
                 weight = torch.full_like(weight, float(self.value))
             elif self.uniform:
                 weight = torch.full_like(weight, float(weight.mean()))
