@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_training import write_small_spac_model
 
 from RLRegistrationLib import policies
 from RLRegistrationLib.cli import main as cli_main
@@ -22,7 +23,6 @@ from RLRegistrationLib.learned_policies import (
     read_card,
     sha256_of,
 )
-from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
 from RLRegistrationLib.policies import (
     PolicyState,
     available_policies,
@@ -31,30 +31,14 @@ from RLRegistrationLib.policies import (
     policy_option_defaults,
 )
 from RLRegistrationLib.session import RegistrationSession, SessionOptions
-from RLRegistrationLib.training.train import TrainConfig, save_model
 
 pytestmark = pytest.mark.usefixtures("restore_policy_registry")
-
-SMALL = SPACArchitecture(
-    channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16
-)
-
-
-def _write_model(folder: Path, model_id: str = "spac-unit", spacing_mm: float = 2.0) -> SPACNetwork:
-    torch.manual_seed(1)
-    network = SPACNetwork(SMALL)
-    with torch.no_grad():  # a visible field
-        network.actor.flow.weight.normal_(std=0.05)
-    cfg = TrainConfig.from_dict({"id": model_id, "model": SMALL.to_dict()})
-    cfg.data.shape, cfg.data.spacing_mm = (16, 16, 16), spacing_mm
-    save_model(folder, network.state_dict(), cfg, {"command": "test"}, {"val_dice": 0.5})
-    return network.eval()
 
 
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
     folder = tmp_path / "models" / "spac-unit"
-    _write_model(folder)
+    write_small_spac_model(folder)
     return folder
 
 
@@ -62,7 +46,7 @@ def model_dir(tmp_path) -> Path:
 
 
 def test_save_load_gives_identical_outputs(tmp_path, policy_state):
-    original = _write_model(tmp_path / "m")
+    original = write_small_spac_model(tmp_path / "m")
     loaded, card = load_model(tmp_path / "m")
     state = policy_state()
     with torch.no_grad():

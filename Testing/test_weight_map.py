@@ -4,37 +4,21 @@ uniform-lambda override it runs the chain with, and ``tune_weight_map`` end to e
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from tiny_training import SHAPE, data_section, label_bank
+from tiny_training import SHAPE, data_section, label_bank, write_small_spac_model
 
 from RLRegistrationLib.cli import main as cli_main
 from RLRegistrationLib.errors import InputError, OutputError
 from RLRegistrationLib.learned_policies import SPACPolicy, WeightMapOverride, load_model, sha256_of
-from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
 from RLRegistrationLib.policies import PolicyState, PolicyStep
-from RLRegistrationLib.training.train import TrainConfig, save_model
 from RLRegistrationLib.training.weight_map import (
     WeightMapConfig,
     fold_risk,
     tune_weight_map,
     weight_map_target,
 )
-
-SMALL = SPACArchitecture(
-    channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16
-)
-
-
-def _write_model(folder: Path) -> None:
-    torch.manual_seed(1)
-    network = SPACNetwork(SMALL)
-    with torch.no_grad():  # steps that compress and stretch, so the chain's det J varies
-        network.actor.flow.weight.normal_(std=0.05)
-    cfg = TrainConfig.from_dict({"id": "spac-unit", "model": SMALL.to_dict(), "data": data_section()})
-    save_model(folder, network.state_dict(), cfg, {"command": "test"}, {"val_dice": 0.5})
 
 
 def _config(**changes) -> WeightMapConfig:
@@ -87,7 +71,7 @@ def test_weight_map_override(options, expected):
 
 @pytest.mark.parametrize("full_resolution", [None, True])
 def test_tune_weight_map_fits_only_the_head_and_writes_a_checked_model(tmp_path, full_resolution):
-    _write_model(tmp_path / "m")
+    write_small_spac_model(tmp_path / "m")
     source_sha = sha256_of(tmp_path / "m" / "weights.pt")
     before, _ = load_model(tmp_path / "m")
     cfg = _config(head_full_resolution=full_resolution)
@@ -114,7 +98,7 @@ def test_tune_weight_map_fits_only_the_head_and_writes_a_checked_model(tmp_path,
 
 
 def test_tune_weight_map_refuses_to_replace_a_model_unless_asked(tmp_path):
-    _write_model(tmp_path / "m")
+    write_small_spac_model(tmp_path / "m")
     with pytest.raises(OutputError, match=r"card\.json exists.*--overwrite"):
         tune_weight_map(tmp_path / "m", tmp_path / "m", _config(), bank=label_bank(), progress=False)
     source_sha = sha256_of(tmp_path / "m" / "weights.pt")
@@ -146,7 +130,7 @@ def test_bad_config(values, message):
 
 
 def test_cli_names_a_missing_config(tmp_path, capsys):
-    _write_model(tmp_path / "m")
+    write_small_spac_model(tmp_path / "m")
     code = cli_main(
         [
             "tune-weight-map",
@@ -159,5 +143,5 @@ def test_cli_names_a_missing_config(tmp_path, capsys):
         ]
     )
     assert code != 0
-    assert "no.json' not found" in capsys.readouterr().err
+    assert "no.json': file not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

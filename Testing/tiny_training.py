@@ -1,4 +1,5 @@
-"""What the training tests share: a 16^3 (2 mm) data section on phantom label maps and its label banks.
+"""What the training and model tests share: a 16^3 (2 mm) data section on phantom label maps and its label
+banks, and a small SPAC model folder (``write_small_spac_model``).
 
 Subjects 1-3 train and 4-5 validate; the phantoms are 20^3 label maps (``phantom_label_map``), so a test
 trains in seconds on the CPU without ``../shared``.
@@ -6,9 +7,31 @@ trains in seconds on the CPU without ``../shared``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
+from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
 from RLRegistrationLib.training.data import LabelBank, phantom_label_map
+from RLRegistrationLib.training.train import TrainConfig, save_model
 
 SHAPE = (16, 16, 16)
+SMALL_SPAC = SPACArchitecture(
+    channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16
+)
+
+
+def write_small_spac_model(folder: Path, model_id: str = "spac-unit", spacing_mm: float = 2.0) -> SPACNetwork:
+    """A seeded ``SMALL_SPAC`` network whose steps visibly deform, saved as a model folder (card with a
+    16^3 working grid at ``spacing_mm``); returns the network in eval mode."""
+    torch.manual_seed(1)
+    network = SPACNetwork(SMALL_SPAC)
+    with torch.no_grad():  # a visible field
+        network.actor.flow.weight.normal_(std=0.05)
+    cfg = TrainConfig.from_dict({"id": model_id, "model": SMALL_SPAC.to_dict()})
+    cfg.data.shape, cfg.data.spacing_mm = SHAPE, spacing_mm
+    save_model(folder, network.state_dict(), cfg, {"command": "test"}, {"val_dice": 0.5})
+    return network.eval()
 
 
 def data_section() -> dict:

@@ -17,6 +17,7 @@ Validation pairs (other subjects) use the fixed T1-like contrast and no augmenta
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -77,6 +78,21 @@ class DataConfig:
         out = cls(**values)
         out.shape = tuple(int(s) for s in out.shape)
         return out
+
+
+def load_config(cls, path: str | Path):
+    """``cls.from_dict`` of the JSON object in ``path`` (a training config class); ``InputError`` naming the
+    file when it is missing, not JSON or has bad values."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config '{path}': file not found")
+    try:
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError("must hold a JSON object")
+        return cls.from_dict(values)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"config '{path}': {error}") from None
 
 
 # ------------------------------------------------------------------------------------------- label bank

@@ -53,7 +53,7 @@ from ..networks import BackboneArchitecture, SPACAgent, SPACArchitecture, count_
 from ..regularizers import beta_hyperprior, weighted_diffusion
 from ..similarity import make_similarity, soft_dice_loss
 from ..spatial import compose_displacements, warp
-from .data import DataConfig, LabelBank, pair_loader, validation_pairs
+from .data import DataConfig, LabelBank, load_config, pair_loader, validation_pairs
 from .grpo import (
     GRPOConfig,
     MorphSeekAgent,
@@ -193,13 +193,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"config '{path}': file not found")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as error:
-            raise InputError(f"config '{path}': {error}") from None
+        return load_config(cls, path)
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -48,7 +48,7 @@ from ..learned_policies import (
 from ..networks import SPACNetwork, WeightMapHead, sample_plan
 from ..policies import Policy, PolicyState
 from ..spatial import compose_displacements, warp
-from .data import DataConfig, LabelBank, random_pair
+from .data import DataConfig, LabelBank, load_config, random_pair
 
 
 @dataclass
@@ -86,16 +86,7 @@ class WeightMapConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> WeightMapConfig:
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"config '{path}' not found") from None
-        except json.JSONDecodeError as error:
-            raise InputError(f"config '{path}' is not valid JSON: {error}") from None
-        if not isinstance(values, dict):
-            raise InputError(f"config '{path}' must hold a JSON object")
-        return cls.from_dict(values)
+        return load_config(cls, path)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -190,7 +181,7 @@ def fit_head(network: SPACNetwork, samples: list[dict], cfg: WeightMapConfig, pr
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.learning_rate)
 
     def loss_of(sample: dict) -> torch.Tensor:
-        weight = network.weight_head(sample["features"], tuple(sample["target"].shape[2:]))
+        weight = head(sample["features"], tuple(sample["target"].shape[2:]))
         return F.binary_cross_entropy(weight, sample["target"])
 
     def held_out_loss() -> float:
@@ -234,7 +225,6 @@ def tune_weight_map(
         cfg.data.shared_dir = str(shared_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     if bank is None:
         from .train import load_banks
 
