@@ -21,6 +21,7 @@ from RLRegistrationLib.learned_policies import (
     discover_models,
     load_model,
     read_card,
+    register_model,
     sha256_of,
 )
 from RLRegistrationLib.policies import (
@@ -175,6 +176,18 @@ def test_discovery_registers_models_and_their_tto_chain(model_dir):
     assert chained.first_steps == 5  # the card's inference steps (no inference.chain)
     assert chained.then.config.pyramid == (1,)  # fine TTO steps
     assert policy_default_steps("spac-unit") == 5 and policy_default_steps("spac-unit+tto") == 8
+
+
+def test_a_registered_folder_wins_over_others_of_the_same_id(model_dir, edit_card):
+    other = model_dir.parent / "z-copy"
+    write_small_spac_model(other)
+    edit_card(other, inference={"steps": 3})
+    with pytest.warns(UserWarning, match=r"'spac-unit' is in both .*spac-unit and .*z-copy; using the latter"):
+        found = discover_models(model_dir.parent)
+    assert found == {"spac-unit": other} and policy_default_steps("spac-unit") == 3
+    assert register_model(model_dir) == "spac-unit"  # e.g. a benchmark's --model: exactly this folder
+    assert policy_default_steps("spac-unit") == 5
+    assert make_policy("spac-unit", device="cpu").model_dir == model_dir
 
 
 def test_card_chain_settings_set_the_handover_and_user_options_win(model_dir, edit_card):

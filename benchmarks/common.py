@@ -46,15 +46,14 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_card(model_dir: str | Path, threads: int) -> dict:
     """Set torch's thread count, register the model folder's policies (``<id>`` and ``<id>+tto`` with the
-    card's settings) and return its checked card."""
+    card's settings; this folder's, whatever else holds a model of that id) and return its checked card."""
     import torch
 
-    from RLRegistrationLib.learned_policies import discover_models, read_card
+    from RLRegistrationLib.learned_policies import read_card, register_model
 
     torch.set_num_threads(threads)
-    card = read_card(model_dir)
-    discover_models(Path(model_dir).parent)
-    return card
+    register_model(model_dir)
+    return read_card(model_dir)
 
 
 def read_pair(pair: dict) -> list:

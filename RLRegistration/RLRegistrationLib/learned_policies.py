@@ -673,40 +673,50 @@ def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str 
     return make
 
 
+def register_model(folder: str | Path) -> str:
+    """Register the model in ``folder`` (its ``card.json``; families 'spac' and 'morphseek') as the
+    policies ``<id>`` and ``<id>+tto``, replacing any registered under that id; returns the id.
+    MorphSeek policies are registered as sampling policies (``samples``, ``temperature``). Weights are only
+    read when a policy is made. ``PolicyError`` naming the card when it is unreadable or malformed."""
+    folder = Path(folder)
+    card = read_card(folder)
+    chain = chain_settings(card, folder / CARD_NAME)
+    name, family = str(card["id"]), str(card["family"])
+    description = str(card.get("description", f"{family} learned policy"))
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    steps = int(inference.get("steps", 5))
+    sampling = _FAMILY_POLICIES[family][0].supports_sampling
+    register_policy(name, _learned_factory(folder, name, family), description, sampling, steps)
+    register_policy(
+        f"{name}+tto",
+        _chained_factory(folder, f"{name}+tto", chain, family),
+        f"{description}; {chain.learned_steps} learned steps, then test-time optimization",
+        sampling,
+        chain.total_steps,
+        tto_option_defaults(chain.tto),
+    )
+    return name
+
+
 def discover_models(directory: str | Path | None = None) -> dict[str, Path]:
-    """Register every ``<directory>/<id>/card.json`` (families 'spac' and 'morphseek') as policies ``<id>``
-    and ``<id>+tto``; returns {id: folder}. MorphSeek policies are registered as sampling policies
-    (``samples``, ``temperature``). Unreadable cards are skipped with a warning (loading them later gives
-    the full error). Weights are only read when a policy is made."""
+    """Register every ``<directory>/<id>/card.json`` (``register_model``); returns {id: folder}. Unreadable
+    cards are skipped with a warning (loading them later gives the full error); of two folders with the
+    same id the later (by name) is used, with a warning."""
     directory = models_dir() if directory is None else Path(directory)
     found: dict[str, Path] = {}
     if directory is None or not directory.is_dir():
         return found
     for card_path in sorted(directory.glob(f"*/{CARD_NAME}")):
         try:
-            card = read_card(card_path.parent)
+            name = register_model(card_path.parent)
         except PolicyError as error:
             warnings.warn(f"skipping model: {error}", stacklevel=2)
             continue
-        name, family = str(card["id"]), str(card["family"])
-        description = str(card.get("description", f"{family} learned policy"))
-        inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
-        steps = int(inference.get("steps", 5))
-        try:
-            chain = chain_settings(card, card_path)
-        except PolicyError as error:
-            warnings.warn(f"skipping model: {error}", stacklevel=2)
-            continue
-        sampling = _FAMILY_POLICIES[family][0].supports_sampling
-        register_policy(name, _learned_factory(card_path.parent, name, family), description, sampling, steps)
-        register_policy(
-            f"{name}+tto",
-            _chained_factory(card_path.parent, f"{name}+tto", chain, family),
-            f"{description}; {chain.learned_steps} learned steps, then test-time optimization",
-            sampling,
-            chain.total_steps,
-            tto_option_defaults(chain.tto),
-        )
+        if name in found:
+            warnings.warn(
+                f"model id '{name}' is in both {found[name]} and {card_path.parent}; using the latter",
+                stacklevel=2,
+            )
         found[name] = card_path.parent
     return found
 
