@@ -16,6 +16,7 @@ from RLRegistrationLib.policies import PolicyState, PolicyStep
 from RLRegistrationLib.training.weight_map import (
     WeightMapConfig,
     fold_risk,
+    no_signal_region,
     tune_weight_map,
     weight_map_target,
 )
@@ -41,6 +42,31 @@ def test_fold_risk_is_one_at_a_fold_and_fades_with_distance():
     target = weight_map_target(det, WeightMapConfig(base_weight=0.1, det_threshold=0.0))
     assert target.min() == pytest.approx(0.1) and target.max() == pytest.approx(1.0)
     assert target[0, 0, 7, 7, 7] == pytest.approx(1.0)
+
+
+def test_no_signal_region_is_the_background_beyond_the_margin():
+    labels = torch.zeros((1, 1, 15, 15, 15), dtype=torch.long)
+    labels[0, 0, 6:9, 6:9, 6:9] = 3
+    inside = no_signal_region(labels, 0.0)[0, 0]
+    assert torch.equal(inside, labels[0, 0] == 0)
+    region = no_signal_region(labels, 2.0)[0, 0]
+    assert not region[7, 7, 4] and not region[7, 7, 10]  # 2 voxels from the head: within the margin
+    assert region[7, 7, 3] and region[7, 7, 11] and region[0, 0, 0]
+    assert not region[6:9, 6:9, 6:9].any()
+
+
+def test_weight_map_target_is_stiff_in_the_background_and_at_folds():
+    det = torch.ones((1, 1, 15, 15, 15))
+    det[0, 0, 7, 7, 7] = -0.5
+    no_signal = torch.zeros((1, 1, 15, 15, 15), dtype=torch.bool)
+    no_signal[..., :3] = True
+    cfg = WeightMapConfig(base_weight=0.1, det_threshold=0.0, background_weight=0.4)
+    target = weight_map_target(det, cfg, no_signal)[0, 0]
+    assert torch.allclose(target[..., :3], torch.tensor(0.4))  # background: its weight
+    assert target[7, 7, 7] == pytest.approx(1.0)  # a fold: stiff
+    assert target[0, 0, 5] == pytest.approx(0.1)  # elsewhere: the base
+    plain = weight_map_target(det, WeightMapConfig(base_weight=0.1, det_threshold=0.0), no_signal)
+    assert plain[0, 0, 0, 0, 0] == pytest.approx(0.1)  # no background_weight: the base everywhere
 
 
 class _Fixed:
@@ -120,6 +146,7 @@ def test_tune_weight_map_refuses_to_replace_a_model_unless_asked(tmp_path):
     [
         ({"base": 1}, r"unknown keys \['base'\]"),
         ({"base_weight": 0.0}, "base_weight must be in"),
+        ({"background_weight": 1.5}, "background_weight must be in"),
         ({"pairs": 1}, "pairs >= 2"),
         ({"data": {"spacing": 2}}, "unknown keys"),
     ],

@@ -7,8 +7,11 @@ Per pair (training subjects by default, synthesized T1-like, 1 mm), with the SPA
 chain: (1) λ uniform = ``--base``; (2) the *oracle* map built from run (1)'s own result exactly as stage
 (c) builds its targets, ``base + (1 - base) * fold_risk(det J)`` with the model's stage (c) settings
 (threshold, blur and gain, the blur converted from the stage's 2 mm voxels to this grid); (3) λ uniform at
-the oracle map's mean; (4) the model's learned λ (the policy as shipped). The oracle cheats (it sees where
-run (1) folded); the learned head has to predict that from the images. Needs ``../shared/data``.
+the oracle map's mean; (4) the model's learned λ (the policy as shipped). With a background weight (the
+model's stage (c) ``background_weight``, or ``--background-weight``) also (5) the oracle map made at least
+that stiff where the fixed label map is background farther than the margin from the head (again as stage
+(c) builds its targets) and (6) λ uniform at that map's mean. The oracle cheats (it sees where run (1)
+folded); the learned head has to predict that from the images. Needs ``../shared/data``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
@@ -42,12 +46,24 @@ def record(rows: list, name: str, policy, pair: dict, images: list, steps: int, 
     return session
 
 
+def resized(weight_map, shape: tuple):
+    """A λ map (1, 1, D, H, W) resampled (trilinear) to ``shape``, or itself when it has that shape."""
+    import torch
+
+    if tuple(weight_map.shape[2:]) == shape:
+        return weight_map
+    return torch.nn.functional.interpolate(weight_map, size=shape, mode="trilinear", align_corners=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=str(REPO / "models" / "spac-brain-synth"))
     parser.add_argument("--base", type=float, help="uniform λ of run (1) (default: the stage (c) base)")
+    parser.add_argument(
+        "--background-weight", type=float, help="λ of the oracle's background (default: the stage (c) one)"
+    )
     add_session_arguments(parser)
     parser.set_defaults(pairs="1:2,3:4,5:6,7:8")
     args = parser.parse_args(argv)
@@ -59,13 +75,18 @@ def main(argv=None) -> int:
     from RLRegistrationLib.learned_policies import WeightMapOverride, chain_settings
     from RLRegistrationLib.metrics import jacobian_of_field
     from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.training.weight_map import WeightMapConfig, weight_map_target
+    from RLRegistrationLib.training.weight_map import (
+        WeightMapConfig,
+        no_signal_region,
+        weight_map_target,
+    )
 
     model = Path(args.model)
     card = load_model_card(model, args.threads)
     stage = card.get("training", {}).get("weight_map", {}).get("config", {})
     cfg = WeightMapConfig.from_dict(stage)
     base = args.base if args.base is not None else cfg.base_weight
+    background = args.background_weight if args.background_weight is not None else cfg.background_weight
     steps = chain_settings(card, model).total_steps
 
     def chained(value=None):
@@ -86,14 +107,21 @@ def main(argv=None) -> int:
             det_threshold=cfg.det_threshold,
             risk_sigma_vox=cfg.risk_sigma_vox * cfg.data.spacing_mm / spacing,
             risk_gain=cfg.risk_gain,
+            background_weight=background,
         )
-        oracle = weight_map_target(det, grid_cfg)
         shape = tuple(session.weight_map_at().shape[2:])
-        if tuple(oracle.shape[2:]) != shape:
-            oracle = torch.nn.functional.interpolate(oracle, size=shape, mode="trilinear", align_corners=True)
+        oracle = resized(weight_map_target(det, grid_cfg), shape)
         mean = float(oracle.mean())
         record(rows, "oracle λ", chained(oracle), pair, images, steps, {"lambda_mean": mean})
         record(rows, "uniform λ, oracle mean", chained(mean), pair, images, steps)
+        if background is not None:
+            labels = torch.from_numpy(sitk.GetArrayFromImage(images[2]).astype(np.int64))[None, None]
+            no_signal = no_signal_region(labels, cfg.background_margin_mm / spacing)
+            stiff = resized(weight_map_target(det, grid_cfg, no_signal), shape)
+            stiff_mean = float(stiff.mean())
+            name = f"oracle λ, background ≥ {background:g}"
+            record(rows, name, chained(stiff), pair, images, steps, {"lambda_mean": stiff_mean})
+            record(rows, "uniform λ, that mean", chained(stiff_mean), pair, images, steps)
         record(rows, "learned λ", chained(), pair, images, steps)
 
     lines = ["| λ map | final Dice | % det J ≤ 0 | in brain | mean λ |", "|---|---|---|---|---|"]

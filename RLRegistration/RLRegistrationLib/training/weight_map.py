@@ -10,7 +10,10 @@ folding a uniform lambda did better. Here the head learns from the outcome of th
 Gaussian (``risk_sigma_vox``, working-grid voxels) and scaled so that an isolated folded voxel gets
 ``risk_gain`` at its centre (clipped to 1): the fold risk r in [0, 1]. The target is
 ``lambda* = base + (1 - base) r``: stiff where the uniform map let the registration fold, ``base``
-elsewhere. The head alone is fitted to it (binary cross-entropy, on the network grid) from the state the
+elsewhere; and, with ``background_weight``, at least that where the fixed image has nothing to align (its
+label map's background farther than ``background_margin_mm`` from the head): there the similarity has no
+gradient, so stiffness costs no accuracy and keeps the field from folding where nothing constrains it.
+The labels only shape the target; the head predicts it from the images. The head alone is fitted to it (binary cross-entropy, on the network grid) from the state the
 chain reads its lambda from (the last learned step's input); backbone, planner and actor stay as trained,
 so the learned steps do not change. The head starts afresh (seeded), so the result does not depend on
 the head it replaces.
@@ -59,6 +62,10 @@ class WeightMapConfig:
     det_threshold: float = 0.05  # det J below this counts as (nearly) folded
     risk_sigma_vox: float = 1.0
     risk_gain: float = 4.0
+    # lambda of the target where the fixed image has nothing to align: its background (label 0) farther
+    # than background_margin_mm from the head; None: base_weight there too
+    background_weight: float | None = None
+    background_margin_mm: float = 4.0
     pairs: int = 160  # synthesized training pairs (targets)
     validation_fraction: float = 0.15
     epochs: int = 30
@@ -80,6 +87,10 @@ class WeightMapConfig:
         cfg = cls(**values, data=data)
         if not 0.0 < cfg.base_weight <= 1.0:
             raise InputError(f"weight-map config: base_weight must be in (0, 1], got {cfg.base_weight}")
+        if cfg.background_weight is not None and not 0.0 < cfg.background_weight <= 1.0:
+            raise InputError(
+                f"weight-map config: background_weight must be in (0, 1], got {cfg.background_weight}"
+            )
         if cfg.pairs < 2 or not 0.0 < cfg.validation_fraction < 1.0:
             raise InputError("weight-map config: needs pairs >= 2 and 0 < validation_fraction < 1")
         return cfg
@@ -109,10 +120,26 @@ def fold_risk(det: torch.Tensor, threshold: float, sigma_vox: float, gain: float
     return torch.from_numpy(risk)[None, None].to(det)
 
 
-def weight_map_target(det: torch.Tensor, cfg: WeightMapConfig) -> torch.Tensor:
-    """lambda* = base + (1 - base) * fold risk, (1, 1, D, H, W) in [base, 1]."""
+def no_signal_region(fixed_labels: torch.Tensor, margin_vox: float) -> torch.Tensor:
+    """Where the fixed image has nothing to align: background (label 0) more than ``margin_vox`` voxels
+    from any labelled voxel. Bool, the shape of ``fixed_labels`` (1, 1, D, H, W)."""
+    head = sitk.GetImageFromArray((fixed_labels[0, 0] > 0).to(torch.uint8).cpu().numpy())
+    radius = int(round(margin_vox))
+    if radius > 0:
+        head = sitk.BinaryDilate(head, [radius] * 3, sitk.sitkBall)
+    return torch.from_numpy(sitk.GetArrayFromImage(head) == 0)[None, None].to(fixed_labels.device)
+
+
+def weight_map_target(
+    det: torch.Tensor, cfg: WeightMapConfig, no_signal: torch.Tensor | None = None
+) -> torch.Tensor:
+    """lambda* = base + (1 - base) * fold risk, (1, 1, D, H, W) in [base, 1]; at least
+    ``cfg.background_weight`` inside ``no_signal`` (bool, same shape) when both are given."""
     risk = fold_risk(det, cfg.det_threshold, cfg.risk_sigma_vox, cfg.risk_gain)
-    return cfg.base_weight + (1.0 - cfg.base_weight) * risk
+    target = cfg.base_weight + (1.0 - cfg.base_weight) * risk
+    if no_signal is not None and cfg.background_weight is not None:
+        target = torch.where(no_signal, target.clamp(min=cfg.background_weight), target)
+    return target
 
 
 def run_policy(
@@ -159,7 +186,8 @@ def make_samples(
         fixed, moving = pair["fixed"][None], pair["moving"][None]
         field, inputs = run_policy(policy, fixed, moving, chain.total_steps, cfg.data.spacing_mm)
         det = voxel_jacobian_determinant(field)
-        target = weight_map_target(det, cfg)
+        margin = cfg.background_margin_mm / cfg.data.spacing_mm
+        target = weight_map_target(det, cfg, no_signal_region(pair["fixed_labels"][None], margin))
         folded.append(100.0 * float((det <= 0).float().mean()))
         covered.append(100.0 * float((target > cfg.base_weight + 0.5 * (1 - cfg.base_weight)).float().mean()))
         warped = first.to_network(inputs[chain.learned_steps - 1])
