@@ -182,7 +182,9 @@ def test_a_registered_folder_wins_over_others_of_the_same_id(model_dir, edit_car
     other = model_dir.parent / "z-copy"
     write_small_spac_model(other)
     edit_card(other, inference={"steps": 3})
-    with pytest.warns(UserWarning, match=r"'spac-unit' is in both .*spac-unit and .*z-copy; using the latter"):
+    with pytest.warns(
+        UserWarning, match=r"'spac-unit' is in both .*spac-unit and .*z-copy; using the latter"
+    ):
         found = discover_models(model_dir.parent)
     assert found == {"spac-unit": other} and policy_default_steps("spac-unit") == 3
     assert register_model(model_dir) == "spac-unit"  # e.g. a benchmark's --model: exactly this folder
@@ -204,6 +206,17 @@ def test_card_chain_settings_set_the_handover_and_user_options_win(model_dir, ed
     chained = make_policy("spac-unit+tto", regularization=1.5, iterations=None, first_steps=1)
     assert chained.then.config.regularization == 1.5 and chained.first_steps == 1
     assert chained.then.config.pyramid == (2, 1)
+    # options for one similarity replace the chain's when a run uses it; the user's still win
+    chain["tto_by_similarity"] = {"mind": {"regularization": 1.0, "pyramid": [1]}}
+    edit_card(model_dir, inference={"steps": 5, "chain": chain})
+    discover_models(model_dir.parent)
+    mind = make_policy("spac-unit+tto", similarity="mind", regularization=None, device="cpu").then.config
+    assert (mind.similarity, mind.regularization, mind.pyramid) == ("mind", 1.0, (1,))
+    ncc = make_policy("spac-unit+tto", similarity="ncc", device="cpu").then.config
+    assert (ncc.similarity, ncc.regularization, ncc.pyramid) == ("ncc", 4.0, (2, 1))
+    assert (
+        make_policy("spac-unit+tto", similarity="mind", regularization=3.0).then.config.regularization == 3.0
+    )
     # a chain block without tto options keeps the fine-only TTO stage of cards without a block
     edit_card(model_dir, inference={"steps": 5, "chain": {"learned_steps": 1}})
     assert chain_settings(read_card(model_dir)).tto == {"pyramid": (1,)}
@@ -216,6 +229,15 @@ def test_card_chain_settings_set_the_handover_and_user_options_win(model_dir, ed
         ({"learned_steps": 0, "then_steps": 0}, "sum >= 1"),
         ({"learned_steps": 2, "tto": {"pyramids": [1]}}, "unknown option 'pyramids'"),
         ([3, 1], "must be an object"),
+        ({"learned_steps": 2, "tto_by_similarity": [1]}, "tto_by_similarity must be an object"),
+        (
+            {"learned_steps": 2, "tto_by_similarity": {"mind": {"step": 1}}},
+            "tto_by_similarity.mind has unknown",
+        ),
+        (
+            {"learned_steps": 2, "tto_by_similarity": {"mind": 2.0}},
+            "tto_by_similarity.mind must be an object",
+        ),
     ],
 )
 def test_bad_chain_settings_name_the_card(model_dir, edit_card, chain, message):

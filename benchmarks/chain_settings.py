@@ -9,6 +9,10 @@ validation pairs), so that the validation pairs (11-14) of ``policies.py`` and `
 untouched by this choice. ``train`` as a regularization value means the model's own training diffusion
 weight (``card.training.config.loss.diffusion_weight``): the weight its lambda map was learned with.
 
+With ``--contrast t2 --similarity mind`` the moving images are T2-like and TTO (alone and in the chain)
+uses MIND-SSC: this chooses the card's ``inference.chain.tto_by_similarity.mind`` (the options that replace
+``tto``'s when a user picks that similarity).
+
 Prints mean final Dice, % det J <= 0 and wall seconds per setting (and TTO alone for reference), and the
 ``inference.chain`` block of the best setting (highest mean Dice; among settings within 0.002 of it, the
 fastest) to put in the model's card. Needs ``../shared/data``; exits 2 with a message when absent.
@@ -51,6 +55,8 @@ def main(argv=None) -> int:
         "--pyramids", default="1;2,1", help="TTO pyramid schedules, ';'-separated (2,1 = one coarse step)"
     )
     parser.add_argument("--regularization", default="2,train", help="TTO weights; 'train' = the card's")
+    parser.add_argument("--contrast", choices=("t1", "t2"), default="t1", help="of the moving images")
+    parser.add_argument("--similarity", choices=("ncc", "mind"), default="ncc", help="of the TTO steps")
     add_session_arguments(parser)
     parser.set_defaults(pairs="1:2,3:4,5:6,7:8", then_steps=4)
     args = parser.parse_args(argv)
@@ -70,17 +76,18 @@ def main(argv=None) -> int:
         {"learned_steps": n, "tto": {"pyramid": list(p), "regularization": w}}
         for n, p, w in itertools.product(_ints(args.learned_steps), pyramids, weights)
     ]
+    similarity = {"similarity": args.similarity}
 
     rows = []
-    for pair in prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), "t1"):
+    for pair in prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), args.contrast):
         images = read_pair(pair)
-        dice, seconds, session = run_session(make_policy("tto"), images, args.tto_steps)
+        dice, seconds, session = run_session(make_policy("tto", **similarity), images, args.tto_steps)
         rows.append({"setting": "tto", "pair": pair["pair"], "dice": dice[-1], "seconds": seconds})
         rows[-1]["folding_percent"] = folding_percent(session)
         print(json.dumps(rows[-1]), flush=True)
         for setting in settings:
             first = make_policy(card["id"], device="cpu")
-            tto = make_tto_policy("tto", **setting["tto"])
+            tto = make_tto_policy("tto", **setting["tto"], **similarity)
             steps = setting["learned_steps"] + args.then_steps
             dice, seconds, session = run_session(
                 ChainedPolicy(first, setting["learned_steps"], tto), images, steps
@@ -100,9 +107,11 @@ def main(argv=None) -> int:
     best_dice = max(s["dice"] for s in chained)
     best = min((s for s in chained if s["dice"] >= best_dice - 0.002), key=lambda s: s["seconds"])
     chain = {**json.loads(best["setting"]), "then_steps": args.then_steps}
+    if args.similarity != "ncc":  # the options that replace the chain's TTO options for this similarity
+        chain = {"tto_by_similarity": {args.similarity: chain["tto"]}}
     lines = [
-        f"model {model.name}; pairs {args.pairs} (training subjects); {args.then_steps} TTO steps after the "
-        "learned ones",
+        f"model {model.name}; pairs {args.pairs} (training subjects, moving {args.contrast.upper()}-like, TTO "
+        f"with {args.similarity}); {args.then_steps} TTO steps after the learned ones",
         "",
         "| setting | mean final Dice | % det J ≤ 0 | wall s |",
         "|---|---|---|---|",
@@ -115,8 +124,16 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     payload = {"rows": rows, "summary": summary, "chosen": chain, "args": vars(args)}
+    suffix = (
+        "" if (args.contrast, args.similarity) == ("t1", "ncc") else f"_{args.contrast}_{args.similarity}"
+    )
     write_results(
-        args.out, f"chain_settings_{card['id']}", payload, table, argv or sys.argv[1:], "chain_settings"
+        args.out,
+        f"chain_settings_{card['id']}{suffix}",
+        payload,
+        table,
+        argv or sys.argv[1:],
+        "chain_settings",
     )
     return 0
 

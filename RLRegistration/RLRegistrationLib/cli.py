@@ -110,7 +110,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--similarity", choices=["ncc", "mind", "mse"], help="ncc (same contrast), mind (multi-modal)"
     )
-    parser.add_argument("--regularization", type=float, help="smoothness weight (default 1.0)")
+    parser.add_argument(
+        "--regularization", type=float, help="smoothness weight (default: the policy's; 2.0 for tto)"
+    )
     parser.add_argument("--spacing", type=float, default=2.0, help="working grid spacing in mm (default 2)")
     parser.add_argument(
         "--output-grid",

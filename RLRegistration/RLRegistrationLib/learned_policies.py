@@ -135,15 +135,32 @@ class ChainSettings:
     """How ``<id>+tto`` hands over from the learned steps to test-time optimization (card
     ``inference.chain``): ``learned_steps`` learned steps, then ``then_steps`` TTO steps (the default
     length of a run is their sum) with ``tto`` options (``TestTimeOptimizationConfig`` fields, e.g. the
-    pyramid schedule and the regularization weight for the learned lambda map)."""
+    pyramid schedule and the regularization weight for the learned lambda map); ``tto_by_similarity``
+    maps a similarity name to options that replace those of ``tto`` when the run uses that similarity
+    (e.g. a weight chosen for MIND-SSC)."""
 
     learned_steps: int
     then_steps: int = 3
     tto: dict = field(default_factory=lambda: {"pyramid": (1,)})
+    tto_by_similarity: dict = field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
         return self.learned_steps + self.then_steps
+
+    def tto_options(self, similarity: str | None = None) -> dict:
+        """The TTO options of a run with ``similarity`` (None: the TTO default's)."""
+        return {**self.tto, **self.tto_by_similarity.get(similarity or "", {})}
+
+
+def _tto_options(options: object, where: str) -> tuple[dict | None, str | None]:
+    """(options with lists as tuples, None) or (None, the problem) for a card's TTO options object."""
+    if not isinstance(options, dict):
+        return None, f"{where} must be an object of TTO options"
+    unknown = [k for k in options if k not in TestTimeOptimizationConfig.__dataclass_fields__]
+    if unknown:
+        return None, f"{where} has unknown option '{unknown[0]}'"
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}, None
 
 
 def chain_settings(card: dict, path: Path | str = CARD_NAME) -> ChainSettings:
@@ -153,24 +170,28 @@ def chain_settings(card: dict, path: Path | str = CARD_NAME) -> ChainSettings:
     chain = inference.get("chain")
     if chain is None:
         return ChainSettings(int(inference.get("steps", 5)))
+    if not isinstance(chain, dict):
+        raise PolicyError(
+            f"model card '{path}': inference.chain must be an object with learned_steps, then_steps and tto "
+            "options"
+        )
+    steps = (chain.get("learned_steps"), chain.get("then_steps", 3))
     problem = None
-    if not isinstance(chain, dict) or not isinstance(chain.get("tto", {}), dict):
-        problem = "must be an object with learned_steps, then_steps and tto options"
-    else:
-        steps = (chain.get("learned_steps"), chain.get("then_steps", 3))
-        unknown = [
-            k for k in chain.get("tto", {}) if k not in TestTimeOptimizationConfig.__dataclass_fields__
-        ]
-        if any(not isinstance(n, int) or n < 0 for n in steps) or steps[0] + steps[1] < 1:
-            problem = f"learned_steps {steps[0]} and then_steps {steps[1]} must be integers >= 0 (sum >= 1)"
-        elif unknown:
-            problem = f"tto has unknown option '{unknown[0]}'"
+    if any(not isinstance(n, int) or n < 0 for n in steps) or steps[0] + steps[1] < 1:
+        problem = f"learned_steps {steps[0]} and then_steps {steps[1]} must be integers >= 0 (sum >= 1)"
+    tto, by_similarity = ChainSettings(0).tto, {}
+    if problem is None and "tto" in chain:
+        tto, problem = _tto_options(chain["tto"], "tto")
+    extra = chain.get("tto_by_similarity", {})
+    if problem is None and not isinstance(extra, dict):
+        problem = "tto_by_similarity must be an object {similarity: TTO options}"
+    for name, options in extra.items() if problem is None else ():
+        by_similarity[name], problem = _tto_options(options, f"tto_by_similarity.{name}")
+        if problem:
+            break
     if problem:
         raise PolicyError(f"model card '{path}': inference.chain {problem}")
-    if "tto" not in chain:  # the same TTO stage as without a chain block
-        return ChainSettings(chain["learned_steps"], chain.get("then_steps", 3))
-    tto = {k: tuple(v) if isinstance(v, list) else v for k, v in chain["tto"].items()}
-    return ChainSettings(chain["learned_steps"], chain.get("then_steps", 3), tto)
+    return ChainSettings(steps[0], steps[1], tto, by_similarity)
 
 
 def _architecture_mismatch(network: torch.nn.Module, state: dict) -> str | None:
@@ -666,7 +687,10 @@ def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str 
 
     def make(first_steps: int | None = None, **options) -> ChainedPolicy:
         learned = {k: options.pop(k) for k in allowed if k in options and options[k] is not None}
-        tto = {**chain.tto, **{k: v for k, v in options.items() if v is not None}}
+        tto = {
+            **chain.tto_options(options.get("similarity")),
+            **{k: v for k, v in options.items() if v is not None},
+        }
         steps = chain.learned_steps if first_steps is None else first_steps
         return chained_tto_policy(cls(folder, **learned), steps, tto, name)
 
