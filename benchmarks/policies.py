@@ -13,7 +13,8 @@ the cross-contrast rows):
 * ``spac+tto uniform λ``  : the same with lambda replaced by a uniform map of the same mean
 * ``λ ×s`` / ``uniform λ ×s`` for each ``--lambda-scales`` s: both maps multiplied by s (a Dice-vs-folding
   curve for each, to compare them at equal folding, not only at the same mean)
-* cross-contrast (moving T2-like): ``tto ncc``, ``tto mind``, ``spac``, ``spac+tto mind``
+* cross-contrast (moving T2-like): ``tto ncc``, ``tto mind``, ``spac``, ``spac+tto ncc`` (the default
+  similarity), ``spac+tto mind``
 * ``ANTs SyN`` on the T1 pairs, when antspyx is installed (in its own process, like ``accuracy.py``;
   final Dice only)
 
@@ -150,6 +151,7 @@ def main(argv=None) -> int:
         ("T2: tto ncc", lambda: make_policy("tto"), args.tto_steps),
         ("T2: tto mind", lambda: make_policy("tto", similarity="mind"), args.tto_steps),
         ("T2: spac", spac, learned_steps),
+        ("T2: spac+tto ncc", chained, chain_steps),
         ("T2: spac+tto mind", lambda: chained(similarity="mind"), chain_steps),
     ]
     experiments = [("t1", same)] + ([] if args.no_cross_contrast else [("t2", cross)])
@@ -197,8 +199,50 @@ def lambda_summary(session, fixed_labels) -> dict:
     }
 
 
+def final_dice_and_folding(rows, name) -> tuple[float, float] | None:
+    """Mean final Dice and mean % det J <= 0 of the method ``name`` over its pairs (None: not run)."""
+    group = [r for r in rows if r["method"] == name]
+    if not group:
+        return None
+    return np.mean([r["dice_per_step"][-1] for r in group]), np.mean([r["folding_percent"] for r in group])
+
+
+def lambda_comparison(rows) -> list[str]:
+    """The spatially-varying-regularization claim, per lambda scale: learned vs uniform map of the same
+    mean (Dice and folding), and vs the uniform maps' Dice-vs-folding curve (all scales, linear in %
+    folded) at the learned map's folding."""
+    names = sorted(
+        {r["method"].removeprefix("spac+tto λ ×") for r in rows if r["method"].startswith("spac+tto λ ×")},
+        key=float,
+    )
+    pairs = [("1", "spac+tto", "spac+tto uniform λ")] + [
+        (s, f"spac+tto λ ×{s}", f"spac+tto uniform λ ×{s}") for s in names
+    ]
+    measured = [(s, final_dice_and_folding(rows, a), final_dice_and_folding(rows, b)) for s, a, b in pairs]
+    measured = [m for m in measured if m[1] and m[2]]
+    if not measured:
+        return []
+    curve = sorted((u[1], u[0]) for _, _, u in measured)  # (folding, Dice) of the uniform maps
+    lines = [
+        "\nlearned vs uniform λ (final Dice / % det J ≤ 0); 'curve' = the uniform maps' Dice interpolated at "
+        "the learned map's folding:",
+        "",
+        "| λ scale | learned | uniform, same mean | learned wins at equal or lower folding | curve at that folding |",
+        "|---|---|---|---|---|",
+    ]
+    for scale, (dice, fold), (u_dice, u_fold) in sorted(measured, key=lambda m: float(m[0])):
+        inside = curve[0][0] <= fold <= curve[-1][0]
+        at_curve = np.interp(fold, *zip(*curve)) if inside else float("nan")
+        wins = "yes" if dice >= u_dice and fold <= u_fold else "no"
+        lines.append(
+            f"| ×{scale} | {dice:.4f} / {fold:.4f} | {u_dice:.4f} / {u_fold:.4f} | {wins} | "
+            + (f"{at_curve:.4f} ({dice - at_curve:+.4f}) |" if inside else "outside the curve |")
+        )
+    return lines
+
+
 def summarize(rows, lambdas, latency, chain=None) -> str:
-    lines = [method_table(rows)]
+    lines = [method_table(rows), *lambda_comparison(rows)]
     inside = [r for r in rows if "folding_in_brain_percent" in r]
     if inside:
         lines.append("\n% det J ≤ 0 inside the fixed brain mask / outside it (mean over pairs):")
