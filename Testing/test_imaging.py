@@ -303,11 +303,12 @@ def test_affine_prealign_recovers_known_transform(blob_array):
 
 def test_affine_prealign_default_seed_is_reproducible(blob_array):
     fixed, moving, _ = _prealign_case(blob_array)
-    points = _central_points(fixed, 20)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     runs = [imaging.affine_prealign(fixed, moving) for _ in range(3)]
-    for other in runs[1:]:
-        for p in points:
-            np.testing.assert_allclose(other.TransformPoint(p), runs[0].TransformPoint(p), atol=1e-4)
+    for other in runs[1:]:  # bit for bit: the metric runs on one thread
+        assert other.GetParameters() == runs[0].GetParameters()
+        assert other.GetFixedParameters() == runs[0].GetFixedParameters()
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads  # ITK's default restored
 
 
 def test_affine_prealign_explicit_seed_is_reproducible(blob_array):

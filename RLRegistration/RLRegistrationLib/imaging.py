@@ -189,7 +189,15 @@ def affine_prealign(
     method.SetSmoothingSigmasPerLevel([spacing_mm, spacing_mm / 2])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(flatten_linear(initial), inPlace=False)
-    return flatten_linear(method.Execute(fixed_c, moving_c))
+    # one thread: with several, ITK's thread pool sums the metric in a varying order and the same pair gave
+    # a different transform from run to run (parameters differing by up to 3e-4). The metric is made inside
+    # Execute with ITK's global default, which the method's own SetNumberOfThreads does not reach.
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        return flatten_linear(method.Execute(fixed_c, moving_c))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def _isotropic_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
