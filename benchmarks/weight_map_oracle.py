@@ -46,15 +46,6 @@ def record(rows: list, name: str, policy, pair: dict, images: list, steps: int, 
     return session
 
 
-def resized(weight_map, shape: tuple):
-    """A λ map (1, 1, D, H, W) resampled (trilinear) to ``shape``, or itself when it has that shape."""
-    import torch
-
-    if tuple(weight_map.shape[2:]) == shape:
-        return weight_map
-    return torch.nn.functional.interpolate(weight_map, size=shape, mode="trilinear", align_corners=True)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,7 +63,7 @@ def main(argv=None) -> int:
     import torch
     from accuracy import prepare_pairs
 
-    from RLRegistrationLib.learned_policies import WeightMapOverride, chain_settings
+    from RLRegistrationLib.learned_policies import WeightMapOverride, chain_settings, resize_image
     from RLRegistrationLib.metrics import jacobian_of_field
     from RLRegistrationLib.policies import make_policy
     from RLRegistrationLib.training.weight_map import (
@@ -110,14 +101,14 @@ def main(argv=None) -> int:
             background_weight=background,
         )
         shape = tuple(session.weight_map_at().shape[2:])
-        oracle = resized(weight_map_target(det, grid_cfg), shape)
+        oracle = resize_image(weight_map_target(det, grid_cfg), shape)
         mean = float(oracle.mean())
         record(rows, "oracle λ", chained(oracle), pair, images, steps, {"lambda_mean": mean})
         record(rows, "uniform λ, oracle mean", chained(mean), pair, images, steps)
         if background is not None:
             labels = torch.from_numpy(sitk.GetArrayFromImage(images[2]).astype(np.int64))[None, None]
             no_signal = no_signal_region(labels, cfg.background_margin_mm / spacing)
-            stiff = resized(weight_map_target(det, grid_cfg, no_signal), shape)
+            stiff = resize_image(weight_map_target(det, grid_cfg, no_signal), shape)
             stiff_mean = float(stiff.mean())
             name = f"oracle λ, background ≥ {background:g}"
             record(rows, name, chained(stiff), pair, images, steps, {"lambda_mean": stiff_mean})

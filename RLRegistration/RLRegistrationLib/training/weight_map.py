@@ -13,8 +13,9 @@ Gaussian (``risk_sigma_vox``, working-grid voxels) and scaled so that an isolate
 elsewhere; and, with ``background_weight``, at least that where the fixed image has nothing to align (its
 label map's background farther than ``background_margin_mm`` from the head): there the similarity has no
 gradient, so stiffness costs no accuracy and keeps the field from folding where nothing constrains it.
-The labels only shape the target; the head predicts it from the images. The head alone is fitted to it (binary cross-entropy, on the network grid) from the state the
-chain reads its lambda from (the last learned step's input); backbone, planner and actor stay as trained,
+The labels only shape the target; the head predicts it from the images. The head alone is fitted to it
+(binary cross-entropy, on the network grid) from the state the chain reads its lambda from (the last
+learned step's input); backbone, planner and actor stay as trained,
 so the learned steps do not change. The head starts afresh (seeded), so the result does not depend on
 the head it replaces.
 
@@ -46,6 +47,7 @@ from ..learned_policies import (
     WeightMapOverride,
     chain_settings,
     chained_tto_policy,
+    resize_image,
     sha256_of,
 )
 from ..networks import SPACNetwork, WeightMapHead, sample_plan
@@ -192,7 +194,7 @@ def make_samples(
         covered.append(100.0 * float((target > cfg.base_weight + 0.5 * (1 - cfg.base_weight)).float().mean()))
         warped = first.to_network(inputs[chain.learned_steps - 1])
         features = head_features(first.network, first._fixed, warped, first.max_step)
-        target = F.interpolate(target, size=first.shape, mode="trilinear", align_corners=True)
+        target = resize_image(target, first.shape)
         samples.append({"features": features, "target": target})
     stats = {"chain_folding_percent": float(np.mean(folded)), "target_stiff_percent": float(np.mean(covered))}
     return samples, stats
