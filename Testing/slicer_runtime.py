@@ -219,7 +219,13 @@ def start() -> SlicerRuntime:
     colors.AddDefaultColorNodes()
     color_files = SHARED_SLICER_PYTHON / "Base" / "Logic" / "Resources" / "ColorFiles"
     for color_file in sorted(color_files.glob("*.txt")):
-        colors.LoadColorFile(str(color_file))
+        # as vtkSlicerColorLogic registers them: singletons "vtkMRMLColorTableNodeFile<name>.txt"
+        loaded = colors.LoadColorFile(str(color_file))
+        scene.RemoveNode(loaded)
+        node = slicer.vtkMRMLColorTableNode()
+        node.Copy(loaded)
+        node.SetSingletonTag(colors.GetFileColorNodeSingletonTag(str(color_file)))
+        scene.AddNode(node)
     import vtk
 
     app_logic.SetSliceLogics(vtk.vtkCollection())

@@ -609,8 +609,15 @@ class RegistrationSceneLogic:
         scene = self.scene
         for nodeID in self.createdNodeIDs:
             node = scene.GetNodeByID(nodeID)
-            if node is not None:
-                scene.RemoveNode(node)
+            if node is None:
+                continue
+            # MRML leaves a removed node's display nodes in the scene: remove them with it
+            if node.IsA("vtkMRMLDisplayableNode"):
+                for i in reversed(range(node.GetNumberOfDisplayNodes())):
+                    displayNode = node.GetNthDisplayNode(i)
+                    if displayNode is not None:
+                        scene.RemoveNode(displayNode)
+            scene.RemoveNode(node)
         self.createdNodeIDs = []
         if params is not None:
             for attribute in (
@@ -737,6 +744,14 @@ class RegistrationSceneLogic:
         if linear:
             useLinearInterpolation(node)
         return node
+
+
+def pointsFromWorld(transformNode, pointsRas) -> np.ndarray:
+    """World (RAS) points mapped into the coordinates of a node placed under ``transformNode``: the
+    resampling map of everything between the world and it (all its parents included), (n, 3) mm."""
+    transform = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, transformNode, transform)
+    return np.array([transform.TransformPoint(tuple(float(v) for v in p)) for p in np.asarray(pointsRas)])
 
 
 def useLinearInterpolation(transformNode) -> None:
