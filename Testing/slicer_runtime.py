@@ -200,6 +200,8 @@ def start() -> SlicerRuntime:
     import slicer
     import slicer.util  # the wheel's own copy of Slicer's slicer/util.py
 
+    sys.path.insert(0, str(ROOT / "RLRegistration"))  # the module's folder, as Slicer's module path
+
     widgets = _stand_in_module("slicer")  # PythonQt classes of Slicer's GUI, named by the Python layer
     for name in QT_WIDGET_CLASSES:
         if not hasattr(slicer, name):
@@ -208,44 +210,21 @@ def start() -> SlicerRuntime:
     if python_layer not in slicer.__path__:
         slicer.__path__.append(python_layer)
 
-    scene = slicer.vtkMRMLScene()
-    crosshair = slicer.vtkMRMLCrosshairNode()
-    crosshair.SetCrosshairName("default")
-    scene.AddNode(crosshair)
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    colors = app_logic.GetColorLogic()
-    colors.SetMRMLScene(scene)
-    colors.AddDefaultColorNodes()
-    color_files = SHARED_SLICER_PYTHON / "Base" / "Logic" / "Resources" / "ColorFiles"
-    for color_file in sorted(color_files.glob("*.txt")):
-        # as vtkSlicerColorLogic registers them: singletons "vtkMRMLColorTableNodeFile<name>.txt"
-        loaded = colors.LoadColorFile(str(color_file))
-        scene.RemoveNode(loaded)
-        node = slicer.vtkMRMLColorTableNode()
-        node.Copy(loaded)
-        node.SetSingletonTag(colors.GetFileColorNodeSingletonTag(str(color_file)))
-        scene.AddNode(node)
-    import vtk
+    from RLRegistrationMRML.core_scene import create_core_scene
 
-    app_logic.SetSliceLogics(vtk.vtkCollection())
-    app_logic.SetViewLogics(vtk.vtkCollection())
-    slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance().SetMRMLApplicationLogic(app_logic)
-    slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance().SetMRMLApplicationLogic(app_logic)
-    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
-
-    def register(logic, name):
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app_logic)
-        app_logic.SetModuleLogic(name, logic)
-        return logic
-
-    app_logic.SetModuleLogic("Colors", colors)  # the Volumes logic looks it up when it loads label maps
-    volumes = register(slicer.vtkSlicerVolumesLogic(), "Volumes")
-    transforms = register(slicer.vtkSlicerTransformLogic(), "Transforms")
-    segmentations = register(slicer.vtkSlicerSegmentationsModuleLogic(), "Segmentations")
-    hierarchy = register(slicer.vtkSlicerSubjectHierarchyModuleLogic(), "SubjectHierarchy")
-    runtime = SlicerRuntime(scene, app_logic, volumes, transforms, segmentations, hierarchy, colors)
+    core = create_core_scene(color_files=SHARED_SLICER_PYTHON / "Base" / "Logic" / "Resources" / "ColorFiles")
+    scene = core.scene
+    runtime = SlicerRuntime(
+        scene,
+        core.app_logic,
+        core.volumes_logic,
+        core.transforms_logic,
+        core.segmentations_logic,
+        core.subject_hierarchy_logic,
+        core.colors_logic,
+    )
+    volumes, transforms, segmentations = core.volumes_logic, core.transforms_logic, core.segmentations_logic
+    hierarchy, colors = core.subject_hierarchy_logic, core.colors_logic
 
     slicer.mrmlScene = scene
     slicer.app = CoreApplication(runtime)

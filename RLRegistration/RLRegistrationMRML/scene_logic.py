@@ -33,7 +33,9 @@ import numpy as np
 import slicer
 import slicer.util
 import vtk
+from slicer import vtkMRMLDisplayableNode
 
+from .colors import ensure_color_table
 from .parameters import OVERLAY_VOLUMES, PREVIOUS_PARENT_ATTRIBUTE
 
 
@@ -494,6 +496,7 @@ class RegistrationSceneLogic:
     @staticmethod
     def setColors(volumeNode, colorNodeID: str, valueRange=None) -> None:
         """Colour table (and a fixed window, e.g. [0, 1] for the weight map) of an overlay volume."""
+        ensure_color_table(volumeNode.GetScene(), colorNodeID)
         volumeNode.CreateDefaultDisplayNodes()
         displayNode = volumeNode.GetDisplayNode()
         displayNode.SetAndObserveColorNodeID(colorNodeID)
@@ -609,15 +612,8 @@ class RegistrationSceneLogic:
         scene = self.scene
         for nodeID in self.createdNodeIDs:
             node = scene.GetNodeByID(nodeID)
-            if node is None:
-                continue
-            # MRML leaves a removed node's display nodes in the scene: remove them with it
-            if node.IsA("vtkMRMLDisplayableNode"):
-                for i in reversed(range(node.GetNumberOfDisplayNodes())):
-                    displayNode = node.GetNthDisplayNode(i)
-                    if displayNode is not None:
-                        scene.RemoveNode(displayNode)
-            scene.RemoveNode(node)
+            if node is not None:
+                self._removeWithDisplayNodes(node)
         self.createdNodeIDs = []
         if params is not None:
             for attribute in (
@@ -629,6 +625,15 @@ class RegistrationSceneLogic:
                 node = getattr(params, attribute)
                 if node is not None and scene.GetNodeByID(node.GetID()) is None:
                     setattr(params, attribute, None)
+
+    def _removeWithDisplayNodes(self, node: vtkMRMLDisplayableNode) -> None:
+        """Remove a created node; MRML leaves a removed node's display nodes in the scene, so them too."""
+        scene = self.scene
+        for i in reversed(range(node.GetNumberOfDisplayNodes())):
+            displayNode = node.GetNthDisplayNode(i)
+            if displayNode is not None:
+                scene.RemoveNode(displayNode)
+        scene.RemoveNode(node)
 
     # ------------------------------------------------------------------ display
     def updateDisplay(self, params) -> None:

@@ -10,6 +10,8 @@ Used by ``scripts/render_panel_frames.py`` (README pictures) and by tests that a
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import slicer
 import vtk
@@ -22,6 +24,12 @@ SLICE_DISPLAYABLE_MANAGERS = (
 )
 
 
+def use_egl_without_display() -> None:
+    """Without an X display, make VTK's render windows EGL ones (Mesa's llvmpipe renders on the CPU)."""
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
 class OffscreenSliceView:
     """One slice view (``name``: Red, Yellow, Green; ``orientation``: Axial, Sagittal, Coronal) of ``scene``.
 
@@ -31,6 +39,7 @@ class OffscreenSliceView:
 
     def __init__(self, scene, appLogic, name: str = "Red", orientation: str = "Axial", size=(320, 320)):
         self.size = (int(size[0]), int(size[1]))
+        use_egl_without_display()
         self.renderWindow = vtk.vtkRenderWindow()
         self.renderWindow.SetOffScreenRendering(1)
         self.renderWindow.SetSize(*self.size)
