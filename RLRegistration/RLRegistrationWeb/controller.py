@@ -27,7 +27,7 @@ from RLRegistrationLib.panel_state import PanelState, PanelStateError, PanelStat
 
 from . import mrml_layer
 from .files import DataFolder, PathRefused
-from .scene import load_volume
+from .scene import volume_from_image
 
 log = logging.getLogger("rlreg.web")
 
@@ -128,10 +128,8 @@ class PanelController:
             return True
         try:
             path = self.data.resolve(name, what)
-            (read_label_map if labels else read_image)(path, what)  # validates: 3D, scalar, finite, ...
-            node = load_volume(self.app, path, Path(name).name.split(".")[0], labels=labels)
-            if node is None:
-                raise RLRegistrationError(f"{what} '{name}': Slicer could not read this file")
+            image = (read_label_map if labels else read_image)(path, what)  # validated: 3D, scalar, finite
+            node = volume_from_image(self.scene, image, Path(name).name.split(".")[0], labels=labels)
         except PathRefused as error:
             return self._fail(str(error))
         except (RLRegistrationError, OSError) as error:

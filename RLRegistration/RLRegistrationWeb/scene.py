@@ -9,12 +9,13 @@ panel relies on are not part of it, and are added here, once:
   ``ColorFiles`` folder at start-up. The wheel ships none, so they are made from matplotlib's colour maps of
   the same name, under the IDs Slicer gives them (``vtkMRMLColorTableNodeFileViridis.txt``, ...).
 
-Files are read into the scene with the Volumes logic (``AddArchetypeVolume``), as Slicer's volume reader does.
+Files are read with the library's own reader (SimpleITK, validated) and put into volume nodes with their
+exact geometry and voxel order (:func:`volume_from_image`). Slicer's file reader re-indexes volumes (it may
+flip IJK axes); going through the library keeps the browser's registration identical to ``rlreg register``
+on the same files.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 FILE_COLOR_TABLES = ("Viridis", "Plasma", "Inferno")
 
@@ -51,17 +52,25 @@ def add_file_color_tables(scene, names: tuple[str, ...] = FILE_COLOR_TABLES) -> 
             for i in range(256):
                 r, g, b, _ = colors(i / 255.0)
                 node.SetColor(i, str(i), r, g, b, 1.0)
-            node.SetNamesInitialised(True)
             scene.AddNode(node)
         ids.append(node_id)
     return ids
 
 
-def load_volume(app, path: str | Path, name: str, labels: bool = False):
-    """Read an image file into the scene as a scalar volume (or label map) node; None when it cannot be read.
+def volume_from_image(scene, image, name: str, labels: bool = False):
+    """A scalar volume (or label map) node holding ``image`` (SimpleITK, LPS) with its own voxel order and
+    geometry (RAS IJK-to-RAS matrix), display nodes created."""
+    import numpy as np
+    import slicer.util
 
-    The caller validates the file with SimpleITK first, so a None here is rare (a format ITK reads and
-    MRML's reader does not).
-    """
-    flags = 1 if labels else 0  # vtkSlicerVolumesLogic: 1 = label map
-    return app.volumes_logic.AddArchetypeVolume(str(path), name, flags)
+    from RLRegistrationLib.export import slicer_volume_arrays
+
+    ijk_to_ras, array = slicer_volume_arrays(image)
+    class_name = "vtkMRMLLabelMapVolumeNode" if labels else "vtkMRMLScalarVolumeNode"
+    node = scene.AddNewNodeByClass(class_name, scene.GetUniqueNameByString(name))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    node.CreateDefaultDisplayNodes()
+    if labels:
+        node.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeLabels")
+    return node
