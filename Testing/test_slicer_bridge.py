@@ -265,17 +265,22 @@ def test_worker_posts_prepared_steps_final_finished(blob_array, make_grid):
     assert lo - 1e-5 <= frame.warped.min() and frame.warped.max() <= hi + 1e-5
     # step 2 of 0.25 voxels along i (composed), spacing 4 mm: |u| = 2 mm inside
     assert np.median(frame.magnitude) == pytest.approx(2.0, abs=1e-3)
-    # the frame's field is the whole transform (affine is identity here): x -> x + u, RAS
+    # the frame's field is the deformation, its affine the pre-alignment: A(x + u(x)) is the transform, RAS
     result = session.result(2)
     points_lps = np.array([[0.0, 0.0, 0.0], [3.0, -5.0, 2.0]])
     expected = np.array([result.transform.TransformPoint(tuple(p)) for p in points_lps]) * FLIP
-    np.testing.assert_allclose(transform_points_ras(points_lps * FLIP, frame.field), expected, atol=1e-4)
+
+    def through(frame_or_final, points_ras):
+        moved = transform_points_ras(points_ras, frame_or_final.field)
+        return moved @ frame_or_final.affine_ras[:3, :3].T + frame_or_final.affine_ras[:3, 3]
+
+    np.testing.assert_allclose(through(frame, points_lps * FLIP), expected, atol=1e-4)
 
     final = messages[3].final
     fixed_grid = Grid.from_image(session.fixed)
     assert final.index == 2 and final.field.vectors.shape == (*fixed_grid.shape, 3)
     assert final.warped.shape == fixed_grid.shape and final.weight_map.shape == grid.shape
-    np.testing.assert_allclose(transform_points_ras(points_lps * FLIP, final.field), expected, atol=1e-3)
+    np.testing.assert_allclose(through(final, points_lps * FLIP), expected, atol=1e-3)
     assert format_range(final.weight_map) == "0.5 – 0.5"
 
 

@@ -26,6 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "RLRegistration" / "RLRegistration.py"
+MRML_LAYER = ROOT / "RLRegistration" / "RLRegistrationMRML"
 UI = ROOT / "RLRegistration" / "Resources" / "UI" / "RLRegistration.ui"
 SUBSET = Path(__file__).with_name("slicer_api_subset.json")
 FULL = ROOT.parent / "shared" / "slicer-api" / "slicer_api.json"
@@ -102,6 +103,15 @@ def api() -> dict:
 
 @pytest.fixture(scope="module")
 def tree() -> ast.Module:
+    """The module and its Qt-free MRML layer as one tree: every Slicer name either of them calls is checked."""
+    module = ast.parse(MODULE.read_text(encoding="utf-8"))
+    for path in sorted(MRML_LAYER.glob("*.py")):
+        module.body.extend(ast.parse(path.read_text(encoding="utf-8")).body)
+    return module
+
+
+@pytest.fixture(scope="module")
+def module_tree() -> ast.Module:
     return ast.parse(MODULE.read_text(encoding="utf-8"))
 
 
@@ -238,8 +248,8 @@ def annotation_class(annotation: ast.expr | None) -> str | list[str] | None:
     if isinstance(annotation, ast.Subscript):
         base = dotted(annotation.value)
         inner = annotation.slice
-        if base == "Union" and isinstance(inner, ast.Tuple):
-            return [annotation_class(e) for e in inner.elts]
+        if base == "Union" and isinstance(inner, ast.Tuple):  # Union[A, B, None]: the classes A and B
+            return [c for c in (annotation_class(e) for e in inner.elts) if c is not None]
         if base == "Annotated" and isinstance(inner, ast.Tuple):
             return annotation_class(inner.elts[0])
     return None
@@ -275,7 +285,7 @@ class TypeWalker:
         if isinstance(node, ast.Name):
             return self.scope.get(node.id)
         name = dotted(node)
-        if name == "slicer.mrmlScene":
+        if name in ("slicer.mrmlScene", "self.scene"):  # the MRML layer's scene is Slicer's by default
             return "vtkMRMLScene"
         if name == "slicer.app":
             return "qSlicerApplication"
@@ -289,7 +299,15 @@ class TypeWalker:
         if isinstance(node, ast.Call):
             func = node.func
             fname = dotted(func)
-            if fname in ("slicer.mrmlScene.AddNewNodeByClass",) and node.args:
+            if (
+                fname
+                in (
+                    "slicer.mrmlScene.AddNewNodeByClass",
+                    "self.scene.AddNewNodeByClass",
+                    "scene.AddNewNodeByClass",
+                )
+                and node.args
+            ):
                 arg = node.args[0]
                 return arg.value if isinstance(arg, ast.Constant) else None
             if fname and fname.startswith("slicer.util.") and fname.split(".")[-1] in UTIL_RETURNS:
@@ -539,7 +557,13 @@ def test_mrml_and_vtk_methods_exist_on_inferred_classes(api, tree, parameter_fie
 
     vtk_names = {
         m
-        for cls in ("vtkImageData", "vtkGridTransform", "vtkMatrix4x4", "vtkStringArray")
+        for cls in (
+            "vtkImageData",
+            "vtkGridTransform",
+            "vtkGeneralTransform",
+            "vtkMatrix4x4",
+            "vtkStringArray",
+        )
         for m in dir(vtk_class(cls))
     }
     sitk_names = set(dir(sitk.AffineTransform)) | set(dir(sitk.CompositeTransform))
@@ -604,13 +628,15 @@ def test_vtk_and_qt_names_exist(tree, qt_app):
                 obj = getattr(obj, part)
 
 
-def test_module_layout_follows_the_template(tree):
+def test_module_layout_follows_the_template(module_tree):
+    tree = module_tree
     classes = {
         node.name: [dotted(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)
     }
     assert classes["RLRegistration"] == ["ScriptedLoadableModule"]
     assert classes["RLRegistrationWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert classes["RLRegistrationLogic"] == ["ScriptedLoadableModuleLogic"]
+    # the Logic is a facade: the scene work is the Qt-free MRML layer's (shared with the browser app)
+    assert classes["RLRegistrationLogic"] == ["ScriptedLoadableModuleLogic", "RegistrationSceneLogic"]
     assert classes["RLRegistrationTest"] == ["ScriptedLoadableModuleTest"]
     source = MODULE.read_text(encoding="utf-8")
     # torch is never pip-installed directly; RLRegistrationLib (torch) is imported lazily
@@ -628,6 +654,20 @@ def test_module_layout_follows_the_template(tree):
     assert not any(isinstance(n, ast.Import) and any(a.name == "torch" for a in n.names) for n in top_level)
 
 
+def test_mrml_layer_imports_no_qt():
+    for path in MRML_LAYER.rglob("*.py"):
+        module = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(module):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in ("qt", "ctk", "PySide6", "PythonQt"), (path, name)
+                assert name not in ("slicer.i18n", "slicer.ScriptedLoadableModule"), (path, name)
+
+
 def test_library_modules_do_not_import_slicer():
     lib = ROOT / "RLRegistration" / "RLRegistrationLib"
     for path in lib.rglob("*.py"):
@@ -642,7 +682,7 @@ def test_library_modules_do_not_import_slicer():
 def test_cmake_lists_every_library_file_and_resource():
     cmake = (ROOT / "RLRegistration" / "CMakeLists.txt").read_text(encoding="utf-8")
     lib = ROOT / "RLRegistration" / "RLRegistrationLib"
-    for path in sorted(lib.rglob("*.py")):
+    for path in sorted([*lib.rglob("*.py"), *MRML_LAYER.rglob("*.py")]):
         if "__pycache__" in path.parts:
             continue
         rel = path.relative_to(ROOT / "RLRegistration").as_posix()

@@ -204,10 +204,13 @@ def vtk_displacement_grid(arrays: SlicerGridArrays):
     return image
 
 
-def homogeneous(matrix3: np.ndarray) -> np.ndarray:
-    """4x4 matrix with ``matrix3`` as its upper-left 3x3 block (e.g. a grid direction for VTK)."""
+def homogeneous(matrix3: np.ndarray, translation: np.ndarray | None = None) -> np.ndarray:
+    """4x4 matrix with ``matrix3`` as its upper-left 3x3 block (e.g. a grid direction for VTK) and
+    ``translation`` (default 0) as its last column."""
     out = np.eye(4)
     out[:3, :3] = np.asarray(matrix3, dtype=np.float64)
+    if translation is not None:
+        out[:3, 3] = np.asarray(translation, dtype=np.float64)
     return out
 
 
@@ -218,15 +221,18 @@ def homogeneous(matrix3: np.ndarray) -> np.ndarray:
 class StepFrame:
     """Everything the slice views show for one step, on the working grid (cheap to compute and to copy).
 
-    ``field``: the whole transform (pre-alignment and deformation flattened into one field) as RAS arrays for
-    a Slicer grid transform (from parent). ``warped``: the moving image through the transform, in its original
+    ``field``: the deformable refinement ``u`` alone as RAS arrays for a Slicer grid transform (from parent);
+    ``affine_ras``: the pre-alignment ``A`` as a 4x4 RAS matrix (from parent). The whole transform is
+    ``T(x) = A(x + u(x))``: in Slicer the grid node is the parent of the linear node (see
+    ``RLRegistrationMRML.scene_logic``). ``warped``: the moving image through the transform, in its original
     intensities (clipped to the normalization window). ``magnitude``: length of the deformation in mm.
     ``uncertainty``: spread of the sampled trajectories in mm (policies sampling K > 1 trajectories).
     """
 
     index: int
     ijk_to_ras: np.ndarray  # 4x4 of the working grid
-    field: SlicerGridArrays
+    field: SlicerGridArrays  # deformation u, RAS, on the working grid
+    affine_ras: np.ndarray  # 4x4 RAS matrix of the pre-alignment A (fixed point -> moving point)
     warped: np.ndarray  # (k, j, i) float32
     magnitude: np.ndarray  # (k, j, i) float32, mm
     weight_map: np.ndarray | None  # (k, j, i) float32 in (0, 1]
@@ -240,7 +246,8 @@ class FinalOutputs:
     index: int
     result: RegistrationResult
     ijk_to_ras: np.ndarray  # 4x4 of the output grid
-    field: SlicerGridArrays  # flattened transform, RAS, on the output grid
+    field: SlicerGridArrays  # deformation u, RAS, on the output grid
+    affine_ras: np.ndarray  # 4x4 RAS matrix of the pre-alignment A (fixed point -> moving point)
     warped: np.ndarray | None  # (k, j, i) moving image resampled through the transform
     magnitude: np.ndarray  # (k, j, i) float32, deformation length in mm
     weight_map: np.ndarray | None  # (k, j, i) float32 on the working grid
@@ -273,6 +280,13 @@ def flattened_displacement(
     return out
 
 
+def affine_ras_matrix(affine: sitk.Transform | None) -> np.ndarray:
+    """4x4 RAS matrix of a linear LPS transform (fixed point -> moving point), for a linear transform node's
+    "transform from parent"."""
+    matrix, translation = affine_to_matrix(affine)
+    return _FLIP4 @ homogeneous(matrix, translation) @ _FLIP4
+
+
 def _ras_arrays(vectors_lps: np.ndarray, grid: Grid, dtype) -> SlicerGridArrays:
     origin, spacing, direction = ras_grid_from_lps(grid)
     vectors = lps_vectors_to_ras(vectors_lps).astype(dtype, copy=False)
@@ -290,7 +304,6 @@ def step_frame(
     grid = session.grid
     with torch.no_grad():
         u_mm = voxel_to_physical(session.field_at(index).double(), grid)[0].permute(1, 2, 3, 0).cpu().numpy()
-    flattened = flattened_displacement(session.affine, u_mm, grid, dtype=np.float64)
     warped = session.warped_at(index).astype(np.float32, copy=False)
     if moving_window is not None:
         lo, hi = moving_window
@@ -300,7 +313,8 @@ def step_frame(
     return StepFrame(
         index=index,
         ijk_to_ras=ijk_to_ras_matrix(grid),
-        field=_ras_arrays(flattened, grid, dtype),
+        field=_ras_arrays(u_mm, grid, dtype),
+        affine_ras=affine_ras_matrix(session.affine),
         warped=warped,
         magnitude=np.linalg.norm(u_mm, axis=-1).astype(np.float32),
         weight_map=None if weight is None else weight[0, 0].float().cpu().numpy(),
@@ -319,7 +333,6 @@ def final_outputs(
     result = session.result(index)
     grid = result.output_grid
     u = sitk.GetArrayViewFromImage(result.displacement)
-    flattened = flattened_displacement(result.affine, u, grid, dtype=np.float64)
     warped = None
     if moving is not None:
         warped = sitk.GetArrayFromImage(result.warp_image(moving, default_value=_background(moving)))
@@ -330,7 +343,8 @@ def final_outputs(
         index=index,
         result=result,
         ijk_to_ras=ijk_to_ras_matrix(grid),
-        field=_ras_arrays(flattened, grid, dtype),
+        field=_ras_arrays(u, grid, dtype),
+        affine_ras=affine_ras_matrix(result.affine),
         warped=warped,
         magnitude=np.linalg.norm(u, axis=-1).astype(np.float32),
         weight_map=weight,
