@@ -29,6 +29,8 @@ SAMPLE = ROOT / "RLRegistration" / "RLRegistrationLib" / "sample_data"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STEPS = 3
 STARTUP_TIMEOUT_S = 180
+# set to a folder (e.g. Resources/Screenshots) to save the page during a run, for the README
+SCREENSHOT_DIR = os.environ.get("RLREG_SCREENSHOT_DIR")
 STEP_TIMEOUT_MS = 120_000
 
 
@@ -136,7 +138,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def page(server, browser):
-    page = browser.new_page(viewport={"width": 1500, "height": 950}, accept_downloads=True)
+    page = browser.new_page(viewport={"width": 1500, "height": 1180}, accept_downloads=True)
     page.goto(server.url)
     page.wait_for_selector("#register-button", timeout=60_000)
     page.wait_for_function(
@@ -176,6 +178,12 @@ def _wait_state_value(page, key: str, value, timeout: int = 30_000) -> None:
 
 def _wait_idle(page) -> None:
     _wait_state(page, "idle", "done", "failed")
+
+
+def _screenshot(page, name: str) -> None:
+    if SCREENSHOT_DIR:
+        Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOT_DIR) / name))
 
 
 def _changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
@@ -234,6 +242,7 @@ def test_register_watch_overlay_step_back_and_download(page, server, tmp_path):
     _wait_text(page, "#progress-text", f"Step 2/{STEPS}")
     time.sleep(1.0)  # the frame follows the text by one render
     second = _axial_png(page)
+    _screenshot(page, "web-run-glyphs.png")
     assert _changed_fraction(first, second) > 0.001, "the axial view did not change between steps 1 and 2"
     _wait_text(page, "#progress-text", f"Step {STEPS}/{STEPS}")
     _wait_idle(page)
@@ -247,7 +256,13 @@ def test_register_watch_overlay_step_back_and_download(page, server, tmp_path):
     page.wait_for_selector("#colorbar", timeout=30_000)
     time.sleep(1.5)
     assert _changed_fraction(before, _axial_png(page)) > 0.01, "the λ overlay did not change the slice view"
-    page.screenshot(path=str(tmp_path / "overlay.png"))
+    _screenshot(page, "web-weight-map.png")
+    if SCREENSHOT_DIR:
+        page.evaluate("() => window.trame.state.set('field_display', 'Grid')")
+        _wait_state_value(page, "field_display", "Grid")
+        page.click("#overlay-none")
+        time.sleep(2.0)
+        _screenshot(page, "web-grid.png")
 
     page.click("#step-back-button")
     _wait_text(page, "#step-label", f"{STEPS - 1} / {STEPS - 1}", timeout=60_000)

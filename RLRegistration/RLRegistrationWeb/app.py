@@ -240,8 +240,15 @@ class RegistrationWebApp:
 
     # ------------------------------------------------------------------ loop
     def _fit_views(self, volume_node) -> None:
-        """A new input is shown: fit the slice views to it."""
+        """A new input is shown: fit the views to it; the 3D view looks obliquely at the three slices."""
         self.slicer.display_manager.reset_views()
+        for view in self.slicer.view_manager.get_threed_views():
+            camera = view.renderer().GetActiveCamera()
+            camera.Azimuth(40)
+            camera.Elevation(25)
+            camera.OrthogonalizeViewUp()
+            view.renderer().ResetCameraClippingRange()
+            view.schedule_render()
 
     def _on_server_ready(self, **_) -> None:
         self._poll_task = asyncio.ensure_future(self._poll_loop())
@@ -264,7 +271,9 @@ class RegistrationWebApp:
         if self.autorun and not self._autorun_done:
             self._autorun_done = True
             asyncio.get_event_loop().call_later(1.0, self._start_autorun)
-        asyncio.get_event_loop().call_later(1.5, self.slicer.display_manager.reset_views)
+        volume = self.panel.params.fixedVolume
+        if volume is not None:
+            asyncio.get_event_loop().call_later(1.5, self._fit_views, volume)
 
     def _on_client_exited(self, *_, **__) -> None:
         self._clients = max(0, self._clients - 1)
