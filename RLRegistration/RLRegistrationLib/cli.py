@@ -1,4 +1,4 @@
-"""Command line ``rlreg``: register, evaluate, demo, info, train, tune-weight-map.
+"""Command line ``rlreg``: register, evaluate, demo, info, train, tune-weight-map, view.
 
 Every expected problem (bad input, existing output, unknown policy, missing GPU) is reported as one line
 ``rlreg: error: ...`` with exit code 2 and nothing written; ``--debug`` shows tracebacks.
@@ -72,6 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace existing results in --out-dir")
 
     commands.add_parser("info", help="version, device and available policies")
+
+    view = commands.add_parser(
+        "view",
+        help="watch a registration in a browser (web panel on Slicer's rendering; needs the web extra)",
+    )
+    view.add_argument("fixed", nargs="?", help="fixed image (default: the embedded sample pair)")
+    view.add_argument("moving", nargs="?", help="moving image")
+    view.add_argument("--fixed-labels", help="fixed label map (Dice per step)")
+    view.add_argument("--moving-labels", help="moving label map")
+    view.add_argument(
+        "--data-dir", help="folder whose images the page may pick from (nothing outside it is readable)"
+    )
+    view.add_argument(
+        "--sample", action="store_true", help="with --data-dir: also offer and preselect the sample pair"
+    )
+    view.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    view.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)"
+    )
+    view.add_argument("--autorun", type=int, metavar="N", help="register N steps as soon as the page opens")
+    view.add_argument("--policy", help="policy preselected in the panel (default tto)")
+    view.add_argument("--steps", type=int, help="steps preselected in the panel (default: the policy's)")
+    view.add_argument("--iterations", type=int, help="iterations per step preselected in the panel")
+    view.add_argument("--regularization", type=float, help="regularization preselected in the panel")
+    view.add_argument("--device", help="device preselected in the panel: auto, cpu or cuda")
 
     tr = commands.add_parser(
         "train", help="train a SPAC policy (also under torchrun: DistributedDataParallel, no change needed)"
@@ -150,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             "info": cmd_info,
             "train": cmd_train,
             "tune-weight-map": cmd_tune_weight_map,
+            "view": cmd_view,
         }
         return commands[args.command](args)
     except RLRegistrationError as error:
@@ -435,6 +461,13 @@ def cmd_info(args) -> int:
         )
         print(f"  {name:12s} {description} ({policy_default_steps(name)} steps by default){sampling}")
     return 0
+
+
+def cmd_view(args) -> int:
+    """``rlreg view``: the web app (imported here only: the library never needs the web extra)."""
+    from RLRegistrationWeb.launcher import run
+
+    return run(args)
 
 
 def cmd_train(args) -> int:

@@ -1,0 +1,290 @@
+"""The page: the registration panel (left drawer) beside trame-slicer's view layout (slice views and 3D).
+
+The panel mirrors the Slicer module's: inputs, policy (with its description), steps / iterations / samples /
+regularization / device / initialization, Register (Cancel while running) with its progress line, the step
+slider with Play/Pause, Continue and Step back, the field display and one overlay at a time (λ, |u|,
+uncertainty) with opacity, value range and colour bar, and the downloads. Widgets only bind to the state
+keys of :meth:`RLRegistrationWeb.controller.PanelController.view` and call the app's triggers; the
+``id`` of every control is what the browser test clicks.
+"""
+
+from __future__ import annotations
+
+from trame.ui.vuetify3 import VAppLayout
+from trame.widgets import html
+from trame.widgets import vuetify3 as v3
+
+FIELD_DISPLAYS = ["Glyph", "Grid", "Contour", "Hidden"]
+OVERLAYS = [("none", "None"), ("weight_map", "λ map"), ("magnitude", "|u|"), ("uncertainty", "Uncertainty")]
+INITIALIZATIONS = [
+    ("affine", "Affine pre-alignment"),
+    ("parent", "Moving volume's parent transform only"),
+    ("none", "None (images' own coordinates)"),
+]
+
+
+def colormap_css(name: str, stops: int = 11) -> str:
+    """A CSS linear-gradient of a matplotlib colour map (the overlays' colour bar)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name]
+    colors = []
+    for i in range(stops):
+        r, g, b, _ = cmap(i / (stops - 1))
+        colors.append(f"rgb({round(255 * r)},{round(255 * g)},{round(255 * b)}) {100 * i / (stops - 1):.0f}%")
+    return "linear-gradient(to right, " + ", ".join(colors) + ")"
+
+
+def build_page(server, layout_manager, actions: dict, title: str = "RLRegistration") -> VAppLayout:
+    """Build the page. ``actions``: name -> callable (register, continue_run, step_back, toggle_play,
+    download_h5, download_warped) bound to buttons."""
+    state = server.state
+    state.colorbar_css = {
+        name: colormap_css(cmap)
+        for name, cmap in (("weight_map", "viridis"), ("magnitude", "inferno"), ("uncertainty", "plasma"))
+    }
+    state.trame__title = title
+    with VAppLayout(server, full_height=True) as layout:
+        layout.root.theme = "dark"
+        with v3.VNavigationDrawer(permanent=True, width=390, classes="pa-3", style="font-size: 0.9rem"):
+            html.Div(title, classes="text-h6 mb-1")
+            html.Div("{{ clients_text }}", id="clients-text", classes="text-caption text-grey mb-2")
+            _inputs()
+            _options()
+            _run(actions)
+            _replay(actions)
+            _display()
+            _downloads(actions)
+        with v3.VMain():
+            with html.Div(style="position: relative; width: 100%; height: 100vh;", id="views"):
+                layout_manager.initialize_layout_grid(layout)
+    return layout
+
+
+def _section(title: str) -> None:
+    v3.VDivider(classes="my-2")
+    html.Div(title, classes="text-subtitle-2 mb-1")
+
+
+def _inputs() -> None:
+    _section("Inputs")
+    for key, label, clearable in (
+        ("fixed_name", "Fixed image", False),
+        ("moving_name", "Moving image", False),
+        ("fixed_labels_name", "Fixed labels (optional, Dice)", True),
+        ("moving_labels_name", "Moving labels (optional, Dice)", True),
+    ):
+        v3.VSelect(
+            v_model=(key,),
+            items=("file_names",),
+            label=label,
+            id=key.replace("_", "-"),
+            density="compact",
+            hide_details=True,
+            clearable=clearable,
+            disabled=("!inputs_enabled",),
+            classes="mb-1",
+        )
+
+
+def _options() -> None:
+    _section("Registration")
+    v3.VSelect(
+        v_model=("policy",),
+        items=("policy_items",),
+        label="Policy",
+        id="policy",
+        density="compact",
+        hide_details=True,
+        disabled=("!inputs_enabled",),
+    )
+    html.Div("{{ policy_description }}", id="policy-description", classes="text-caption text-grey mt-1")
+    html.Div("Trained for: {{ policy_modality }}", classes="text-caption text-grey mb-1")
+    with v3.VRow(dense=True):
+        for key, label, step in (
+            ("steps", "Steps", 1),
+            ("iterations", "Iterations", 1),
+            ("regularization", "Regularization", 0.1),
+        ):
+            with v3.VCol(cols=4):
+                v3.VTextField(
+                    v_model_number=(key,),
+                    type="number",
+                    step=step,
+                    label=label,
+                    id=key,
+                    density="compact",
+                    hide_details=True,
+                    disabled=("!inputs_enabled",),
+                )
+    with v3.VRow(dense=True):
+        with v3.VCol(cols=4):
+            v3.VTextField(
+                v_model_number=("samples",),
+                type="number",
+                label="Samples",
+                id="samples",
+                density="compact",
+                hide_details=True,
+                disabled=("!inputs_enabled || !policy_samples",),
+            )
+        with v3.VCol(cols=8):
+            v3.VSelect(
+                v_model=("device",),
+                items=("device_items",),
+                label="Device",
+                id="device",
+                density="compact",
+                hide_details=True,
+                disabled=("!inputs_enabled",),
+            )
+    v3.VSelect(
+        v_model=("initialization",),
+        items=("initialization_items", [{"value": v, "title": t} for v, t in INITIALIZATIONS]),
+        label="Initialization",
+        id="initialization",
+        density="compact",
+        hide_details=True,
+        disabled=("!inputs_enabled",),
+        classes="mt-1",
+    )
+
+
+def _run(actions: dict) -> None:
+    v3.VDivider(classes="my-2")
+    v3.VBtn(
+        "{{ register_text }}",
+        id="register-button",
+        block=True,
+        color=("panel_state === 'running' ? 'error' : 'primary'",),
+        disabled=("!register_enabled",),
+        click=actions["register"],
+    )
+    v3.VProgressLinear(
+        model_value=("progress_percent",),
+        v_show=("progress_visible",),
+        color="primary",
+        height=4,
+        classes="mt-2",
+    )
+    html.Div("{{ progress_text }}", id="progress-text", classes="text-body-2 mt-1")
+    html.Div("{{ status_text }}", id="status-text", classes="text-caption text-grey")
+    v3.VAlert(
+        "{{ error_text }}",
+        v_if=("error_text",),
+        id="error-banner",
+        type="error",
+        density="compact",
+        closable=True,
+        classes="mt-2 text-body-2",
+        **{"click:close": "error_text = ''"},
+    )
+
+
+def _replay(actions: dict) -> None:
+    _section("Steps")
+    with html.Div(classes="d-flex align-center"):
+        v3.VSlider(
+            v_model_number=("slider_value",),
+            min=0,
+            max=("slider_max",),
+            step=1,
+            id="step-slider",
+            hide_details=True,
+            disabled=("!slider_enabled",),
+            density="compact",
+        )
+        html.Span("{{ step_label }}", id="step-label", classes="ml-2 text-no-wrap")
+    with html.Div(classes="d-flex ga-1 mt-1"):
+        v3.VBtn(
+            "{{ playing ? 'Pause' : 'Play' }}",
+            id="play-button",
+            size="small",
+            disabled=("!play_enabled",),
+            click=actions["toggle_play"],
+        )
+        v3.VBtn(
+            "Continue",
+            id="continue-button",
+            size="small",
+            disabled=("!continue_enabled",),
+            click=actions["continue_run"],
+        )
+        v3.VBtn(
+            "Step back",
+            id="step-back-button",
+            size="small",
+            disabled=("!step_back_enabled",),
+            click=actions["step_back"],
+        )
+
+
+def _display() -> None:
+    _section("Display")
+    v3.VSelect(
+        v_model=("field_display",),
+        items=("field_display_items", FIELD_DISPLAYS),
+        label="Displacement",
+        id="field-display",
+        density="compact",
+        hide_details=True,
+    )
+    with v3.VBtnToggle(
+        v_model=("overlay",),
+        mandatory=True,
+        density="compact",
+        divided=True,
+        classes="mt-2",
+        id="overlay-toggle",
+    ):
+        for value, label in OVERLAYS:
+            v3.VBtn(label, value=value, id=f"overlay-{value}", size="small")
+    v3.VSlider(
+        v_model_number=("overlay_opacity",),
+        min=0,
+        max=1,
+        step=0.05,
+        label="Opacity",
+        id="overlay-opacity",
+        hide_details=True,
+        density="compact",
+        classes="mt-1",
+    )
+    with html.Div(v_if=("overlay !== 'none' && overlay_available",), id="colorbar", classes="mt-1"):
+        html.Div(style=("{height: '12px', borderRadius: '2px', background: colorbar_css[overlay]}",))
+        with html.Div(classes="d-flex text-caption"):
+            html.Span("{{ overlay_window ? overlay_window[0].toPrecision(3) : '' }}", id="colorbar-min")
+            v3.VSpacer()
+            html.Span(
+                "{{ overlay_window ? overlay_window[1].toPrecision(3) + overlay_unit : '' }}",
+                id="colorbar-max",
+            )
+        v3.VRangeSlider(
+            v_model=("overlay_range_ui", [0, 1]),
+            min=("overlay_data_range ? overlay_data_range[0] : 0",),
+            max=("overlay_data_range ? overlay_data_range[1] : 1",),
+            step=("overlay_data_range ? (overlay_data_range[1] - overlay_data_range[0]) / 100 : 0.01",),
+            label="Range",
+            id="overlay-range",
+            hide_details=True,
+            density="compact",
+        )
+    html.Div(
+        "λ {{ ranges.weight_map }} · |u| {{ ranges.magnitude }} · uncertainty {{ ranges.uncertainty }}",
+        classes="text-caption text-grey",
+        id="overlay-ranges",
+    )
+
+
+def _downloads(actions: dict) -> None:
+    _section("Export")
+    with html.Div(classes="d-flex ga-1"):
+        for key, label in (("download_h5", "Download .h5"), ("download_warped", "Download warped")):
+            v3.VBtn(
+                label,
+                id=key.replace("_", "-"),
+                size="small",
+                prepend_icon="mdi-download",
+                disabled=("!export_enabled",),
+                click=f"utils.download({key}_name, trigger('{actions[key]}'), 'application/octet-stream')",
+            )

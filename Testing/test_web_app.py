@@ -1,0 +1,402 @@
+"""``rlreg view`` in a real browser (Debian's chromium driven by playwright), plus its file sandbox and CLI.
+
+The browser tests start ``rlreg view`` on the sample pair as a subprocess on a free port and click through
+the panel: Register, 3 steps (the step text, the axial slice view's image changing between steps), the λ
+overlay, Step back, the ``.h5`` download (checked with SimpleITK against the library's own result at 1000
+points), a second run cancelled mid-way, bad inputs (a non-image file, a path outside ``--data-dir``), a
+second tab, and ``--autorun``. They skip, saying why, when chromium, playwright or the web extra is missing
+locally; under CI (``CI`` set) a missing piece is a failure, since ``.ci/run`` installs them all.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "RLRegistration" / "RLRegistrationLib" / "sample_data"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+STEPS = 3
+STARTUP_TIMEOUT_S = 180
+# set to a folder (e.g. Resources/Screenshots) to save the page during a run, for the README
+SCREENSHOT_DIR = os.environ.get("RLREG_SCREENSHOT_DIR")
+STEP_TIMEOUT_MS = 120_000
+
+
+def _browser_missing() -> str | None:
+    from RLRegistrationWeb import INSTALL_COMMAND, missing_dependencies
+
+    missing = missing_dependencies()
+    if missing:
+        return f"the web extra is not installed (missing {', '.join(missing)}): {INSTALL_COMMAND}"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed: pip install playwright"
+    if CHROMIUM is None:
+        return "chromium is not installed: apt-get install -y chromium"
+    return None
+
+
+def _require_browser() -> None:
+    reason = _browser_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the browser tests: {reason}")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ViewServer:
+    """``rlreg view`` as a subprocess; its stderr goes to a log file the tests read."""
+
+    def __init__(self, args: list[str], log_path: Path):
+        self.port = _free_port()
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the packages this test imports
+        command = [sys.executable, "-m", "RLRegistrationLib.cli", "view", "--port", str(self.port), *args]
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"rlreg view exited with {self.process.returncode}:\n{self.log()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f"rlreg view did not start within {STARTUP_TIMEOUT_S} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "not_an_image.nii.gz").write_bytes(b"this is not an image\n" * 10)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(data_dir, tmp_path_factory):
+    _require_browser()
+    log_path = tmp_path_factory.mktemp("logs") / "view.log"
+    view = ViewServer(
+        ["--data-dir", str(data_dir), "--sample", "--steps", str(STEPS), "--device", "cpu"], log_path
+    )
+    try:
+        view.wait_ready()
+        yield view
+    finally:
+        view.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 1180}, accept_downloads=True)
+    page.goto(server.url)
+    page.wait_for_selector("#register-button", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#status-text').innerText.includes('Ready')", timeout=60_000
+    )
+    yield page
+    page.close()
+
+
+def _axial_png(page) -> np.ndarray:
+    """Pixels of the axial slice view (the 4th remote view of the Quad View layout: coronal, sagittal, 3D, axial)."""
+    from PIL import Image
+
+    image = page.locator("#views img.image-display-area").nth(3)
+    return np.asarray(Image.open(io.BytesIO(image.screenshot())).convert("RGB"), dtype=np.int16)
+
+
+def _wait_text(page, selector: str, text: str, timeout: int = STEP_TIMEOUT_MS) -> None:
+    page.wait_for_function(
+        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+
+
+def _wait_state(page, *states: str, timeout: int = STEP_TIMEOUT_MS) -> None:
+    page.wait_for_function(
+        "(states) => states.includes(window.trame.state.get('panel_state'))",
+        arg=list(states),
+        timeout=timeout,
+    )
+
+
+def _wait_state_value(page, key: str, value, timeout: int = 30_000) -> None:
+    page.wait_for_function("([k, v]) => window.trame.state.get(k) === v", arg=[key, value], timeout=timeout)
+
+
+def _wait_idle(page) -> None:
+    _wait_state(page, "idle", "done", "failed")
+
+
+def _screenshot(page, name: str) -> None:
+    if SCREENSHOT_DIR:
+        Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOT_DIR) / name))
+
+
+def _changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return 1.0
+    return float(np.mean(np.abs(a - b).max(axis=-1) > 8))
+
+
+def _library_transform(steps: int, step_back: bool) -> tuple[sitk.Transform, sitk.Image]:
+    """The library's own result on the sample pair with the panel's defaults (tto, 5 iterations, 2.0),
+    and the fixed image."""
+    from RLRegistrationLib.imaging import read_image
+    from RLRegistrationLib.policies import make_policy
+    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+
+    fixed = read_image(SAMPLE / "fixed.nii.gz", "fixed image")
+    moving = read_image(SAMPLE / "moving.nii.gz", "moving image")
+    session = RegistrationSession(
+        fixed, moving, make_policy("tto", iterations=5, regularization=2.0), SessionOptions(device="cpu")
+    )
+    for _ in session.run(steps):
+        pass
+    if step_back:
+        session.step_back()
+    return session.result().transform, fixed
+
+
+def _points_inside(image: sitk.Image, n: int = 1000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    size = np.array(image.GetSize(), dtype=np.float64)
+    index = rng.uniform(0.1, 0.9, (n, 3)) * (size - 1)
+    return np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(i)) for i in index])
+
+
+# ---------------------------------------------------------------------------------------------- browser
+
+
+def test_register_watch_overlay_step_back_and_download(page, server, tmp_path):
+    """Register on the sample pair: 3 steps appear one by one, the λ overlay shows, Step back undoes one, and
+    the downloaded .h5 is the library's result."""
+    page.evaluate(
+        """() => { window.__events = []; const t = document.querySelector('#progress-text');
+        new MutationObserver(() => window.__events.push(['text', performance.now(), t.innerText]))
+          .observe(t, {childList: true, characterData: true, subtree: true});
+        const img = document.querySelectorAll('#views img.image-display-area')[3];
+        new MutationObserver(() => window.__events.push(['image', performance.now(), '']))
+          .observe(img, {attributes: true, attributeFilter: ['src']}); }"""
+    )
+    started = time.monotonic()
+    page.click("#register-button")
+    _wait_state(page, "running", timeout=30_000)
+    assert page.inner_text("#register-button").strip().lower() == "cancel"
+    _wait_text(page, "#progress-text", f"Step 1/{STEPS}")
+    first_step_s = time.monotonic() - started
+    first = _axial_png(page)
+    _wait_text(page, "#progress-text", f"Step 2/{STEPS}")
+    time.sleep(1.0)  # the frame follows the text by one render
+    second = _axial_png(page)
+    _screenshot(page, "web-run-glyphs.png")
+    assert _changed_fraction(first, second) > 0.001, "the axial view did not change between steps 1 and 2"
+    _wait_text(page, "#progress-text", f"Step {STEPS}/{STEPS}")
+    _wait_idle(page)
+    assert page.inner_text("#step-label").strip() == f"{STEPS} / {STEPS}"
+    assert f"{STEPS} steps" in page.inner_text("#status-text")
+    print(f"\nfirst step shown {first_step_s:.2f} s after the click; frame delays: {_frame_delays(page)}")
+
+    time.sleep(1.0)
+    before = _axial_png(page)
+    page.click("#overlay-weight_map")
+    page.wait_for_selector("#colorbar", timeout=30_000)
+    time.sleep(1.5)
+    assert _changed_fraction(before, _axial_png(page)) > 0.01, "the λ overlay did not change the slice view"
+    _screenshot(page, "web-weight-map.png")
+    if SCREENSHOT_DIR:
+        page.evaluate("() => window.trame.state.set('field_display', 'Grid')")
+        _wait_state_value(page, "field_display", "Grid")
+        page.click("#overlay-none")
+        time.sleep(2.0)
+        _screenshot(page, "web-grid.png")
+
+    page.click("#step-back-button")
+    _wait_text(page, "#step-label", f"{STEPS - 1} / {STEPS - 1}", timeout=60_000)
+
+    with page.expect_download(timeout=120_000) as download_info:
+        page.click("#download-h5")
+    path = tmp_path / "downloaded.h5"
+    download_info.value.save_as(path)
+    downloaded = sitk.ReadTransform(str(path))
+    expected, fixed = _library_transform(STEPS, step_back=True)
+    points = _points_inside(fixed)
+    got = np.array([downloaded.TransformPoint(tuple(p)) for p in points])
+    want = np.array([expected.TransformPoint(tuple(p)) for p in points])
+    error = np.linalg.norm(got - want, axis=1).max()
+    assert error <= 1e-3, f"downloaded .h5 differs from the library's result by {error:.2e} mm"
+
+
+def _frame_delays(page) -> list[int]:
+    """ms from each progress-text change (a step drained and shown in MRML) to the next image update."""
+    events = page.evaluate("() => window.__events || []")
+    delays = []
+    for i, (kind, t, text) in enumerate(events):
+        if kind == "text" and re.search(r"Step \d+/", text):
+            later = [e[1] for e in events[i + 1 :] if e[0] == "image"]
+            if later:
+                delays.append(round(later[0] - t))
+    return delays
+
+
+def test_cancel_a_second_run_mid_way(page):
+    """Cancel stops within one step: the run ends before its last step and the panel is usable again."""
+    _wait_idle(page)
+    page.click("#overlay-none")
+    page.click("#register-button")
+    _wait_text(page, "#progress-text", f"Step 1/{STEPS}")
+    page.click("#register-button")  # now "Cancel"
+    _wait_idle(page)
+    assert "Cancelled after" in page.inner_text("#status-text")
+    done = int(page.inner_text("#step-label").split("/")[0])
+    assert 1 <= done < STEPS, f"cancel did not stop the run mid-way ({done} of {STEPS} steps)"
+
+
+def test_bad_inputs_show_a_banner_and_change_nothing(page, server):
+    """A file that is not an image, and a path outside --data-dir (403, logged): banner, nothing else."""
+    _wait_idle(page)
+    status = page.inner_text("#status-text")
+    page.evaluate("() => window.trame.state.set('moving_name', 'not_an_image.nii.gz')")
+    _wait_text(page, "#error-banner", "not_an_image.nii.gz", timeout=30_000)
+    _wait_state_value(page, "moving_name", "moving.nii.gz")
+    assert page.inner_text("#status-text") == status
+    page.evaluate("() => window.trame.state.set('fixed_name', '../../../../etc/passwd')")
+    _wait_text(page, "#error-banner", "403", timeout=30_000)
+    _wait_state_value(page, "fixed_name", "fixed.nii.gz")
+    assert re.search(r"refused fixed image '\.\./\.\./\.\./\.\./etc/passwd'", server.log())
+
+
+def test_second_tab_sees_the_same_panel(page, browser, server):
+    """trame keeps one state for all clients: a second tab shows the same run and says it shares it."""
+    other = browser.new_page(viewport={"width": 1200, "height": 800})
+    try:
+        other.goto(server.url)
+        other.wait_for_selector("#register-button", timeout=60_000)
+        _wait_text(other, "#step-label", page.inner_text("#step-label").strip(), timeout=30_000)
+        _wait_text(page, "#clients-text", "2 browser tabs", timeout=30_000)
+    finally:
+        other.close()
+
+
+def test_autorun_registers_as_soon_as_the_page_opens(browser, tmp_path):
+    """--autorun N: the page opens on a running registration that ends at 'Step N/N'."""
+    _require_browser()
+    view = ViewServer(["--autorun", "2", "--iterations", "2", "--device", "cpu"], tmp_path / "autorun.log")
+    try:
+        view.wait_ready()
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        page.goto(view.url)
+        _wait_text(page, "#progress-text", "Step 2/2")
+        _wait_idle(page)
+        page.close()
+    finally:
+        view.stop()
+
+
+# ---------------------------------------------------------------------------------------------- no browser
+
+
+def test_data_folder_refuses_paths_outside(tmp_path):
+    from RLRegistrationWeb.files import DataFolder, PathRefused
+
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "secret.nii.gz").write_bytes(b"x")
+    (root / "link.nii.gz").symlink_to(tmp_path / "secret.nii.gz")
+    named = tmp_path / "named.nii.gz"
+    named.write_bytes(b"x")
+    folder = DataFolder(root, [named])
+    assert folder.names() == ["named.nii.gz", "sub/a.nii.gz"]  # the link pointing out is not offered
+    assert folder.resolve("sub/a.nii.gz") == (root / "sub" / "a.nii.gz").resolve()
+    assert folder.resolve("named.nii.gz") == named.resolve()
+    for bad in (
+        "../secret.nii.gz",
+        str(tmp_path / "secret.nii.gz"),
+        "link.nii.gz",
+        "/etc/passwd",
+        "",
+        "a\x00b",
+    ):
+        with pytest.raises(PathRefused, match="403"):
+            folder.resolve(bad)
+    with pytest.raises(PathRefused, match="no --data-dir"):
+        DataFolder(None, [named]).resolve("sub/a.nii.gz")
+
+
+def test_view_without_the_web_extra_says_how_to_install(monkeypatch, capsys):
+    import RLRegistrationWeb
+    from RLRegistrationLib import cli
+
+    monkeypatch.setattr(RLRegistrationWeb, "missing_dependencies", lambda: ["trame_slicer"])
+    assert cli.main(["view"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlreg: error:") and 'pip install -e ".[web]"' in err
+
+
+def test_view_on_a_port_in_use_names_it(capsys):
+    from RLRegistrationWeb import missing_dependencies
+
+    if missing_dependencies():
+        pytest.skip("the web extra is not installed")
+    from RLRegistrationLib import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert cli.main(["view", "--port", str(port)]) == 2
+    assert f"rlreg: error: port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
