@@ -37,6 +37,8 @@ def check_file_integrity(path: str | Path, name: str) -> None:
         io = reader.GetImageIOFromFileName(str(path))
         reader.ReadImageInformation()
     except RuntimeError as error:
+        if path.name.lower().endswith(".gz"):
+            _stream_length(path, 0, name, _GZIP)  # a cut-short or corrupt stream says so
         raise InputError(unreadable_message(name, error)) from None
     if io == "NiftiImageIO":
         _check_nifti(path, reader, name)
