@@ -37,7 +37,9 @@ def check_file_integrity(path: str | Path, name: str) -> None:
         io = reader.GetImageIOFromFileName(str(path))
         reader.ReadImageInformation()
     except RuntimeError as error:
-        if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as stream:
+            gzipped = stream.read(2) == b"\x1f\x8b"
+        if gzipped:
             _stream_length(path, 0, name, _GZIP)  # a cut-short or corrupt stream says so
         raise InputError(unreadable_message(name, error)) from None
     if io == "NiftiImageIO":
