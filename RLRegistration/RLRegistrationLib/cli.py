@@ -12,15 +12,16 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from . import __version__
 from .devices import describe_device, is_out_of_memory, resolve_device
-from .errors import DeviceError, InputError, RLRegistrationError
-from .export import check_output_paths, write_image, write_transform
-from .imaging import read_image, read_label_map
+from .errors import DeviceError, InputError, InputWarning, RLRegistrationError
+from .export import check_output_paths, check_transform_suffix, write_image, write_transform
+from .imaging import check_same_geometry, read_image, read_label_map
 from .metrics import evaluate_transform, evaluation_labels
 from .policies import available_policies, make_policy, policy_default_steps, policy_supports_sampling
 from .session import RegistrationResult, RegistrationSession, SessionOptions
@@ -161,12 +162,39 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="latent sampling temperature of MorphSeek models (default 0 = deterministic with --samples 1, "
         "1 with --samples K > 1)",
     )
+    parser.add_argument(
+        "--max-memory",
+        type=float,
+        default=4.0,
+        metavar="GIB",
+        help="refuse up front a registration estimated to need more memory than this (GiB, default 4)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _warning_printer(default):
+    """``warnings.showwarning`` that prints input warnings as one line ``rlreg: warning: ...`` and hands
+    other warnings to ``default``."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            print(f"rlreg: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():  # restores warnings.showwarning when the command ends
+        warnings.simplefilter("always", InputWarning)
+        warnings.showwarning = _warning_printer(warnings.showwarning)
+        return _run_command(args)
+
+
+def _run_command(args) -> int:
     try:
         commands = {
             "register": cmd_register,
@@ -214,6 +242,8 @@ def _policy_and_options(args) -> tuple:
         args.steps = policy_default_steps(args.policy)
     if args.steps < 0:
         raise InputError(f"--steps must be >= 0, got {args.steps}")
+    if not (math.isfinite(args.max_memory) and args.max_memory > 0):
+        raise InputError(f"--max-memory must be a number of GiB > 0, got {args.max_memory}")
     device = resolve_device(args.device)
     policy = make_policy(
         args.policy,
@@ -228,6 +258,7 @@ def _policy_and_options(args) -> tuple:
         device=str(device),
         seed=args.seed,
         output_grid=args.output_grid,
+        max_memory_gib=args.max_memory,
     )
     return policy, options
 
@@ -323,7 +354,14 @@ def cmd_register(args) -> int:
             "--uncertainty needs --samples K > 1 (the map is the spread of K sampled trajectories)"
         )
     policy, options = _policy_and_options(args)
-    check_output_paths(outputs.values(), args.overwrite)
+    inputs = {
+        "fixed image": args.fixed,
+        "moving image": args.moving,
+        "fixed labels": args.fixed_labels,
+        "moving labels": args.moving_labels,
+    }
+    check_transform_suffix(args.output)
+    check_output_paths(outputs.values(), args.overwrite, inputs)
     fixed = read_image(args.fixed, "fixed image")
     moving = read_image(args.moving, "moving image")
     fixed_labels = moving_labels = None
@@ -332,7 +370,10 @@ def cmd_register(args) -> int:
     if args.fixed_labels:
         fixed_labels = read_label_map(args.fixed_labels, "fixed labels")
         moving_labels = read_label_map(args.moving_labels, "moving labels")
-    session = RegistrationSession(fixed, moving, policy, options, fixed_labels, moving_labels)
+        check_same_geometry(fixed, fixed_labels, f"fixed labels '{args.fixed_labels}'")
+        check_same_geometry(moving, moving_labels, f"moving labels '{args.moving_labels}'")
+    names = (f"fixed image '{args.fixed}'", f"moving image '{args.moving}'")
+    session = RegistrationSession(fixed, moving, policy, options, fixed_labels, moving_labels, names=names)
     start = time.perf_counter()
     result = run_registration(session, args.steps, args.quiet)
     _write_outputs(
@@ -407,8 +448,12 @@ def cmd_demo(args) -> int:
     policy, options = _policy_and_options(args)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out-dir '{out}' is a file")
+    sample_inputs = {
+        f"sample {name.replace('_', ' ')}": SAMPLE_DIR / f"{name}.nii.gz"
+        for name in ("fixed", "moving", "fixed_labels", "moving_labels")
+    }
     out.mkdir(parents=True, exist_ok=True)
-    check_output_paths(outputs.values(), args.overwrite)
+    check_output_paths(outputs.values(), args.overwrite, sample_inputs)
     fixed = read_image(SAMPLE_DIR / "fixed.nii.gz", "sample fixed image")
     moving = read_image(SAMPLE_DIR / "moving.nii.gz", "sample moving image")
     fixed_labels = read_label_map(SAMPLE_DIR / "fixed_labels.nii.gz", "sample fixed labels")

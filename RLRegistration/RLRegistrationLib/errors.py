@@ -23,3 +23,7 @@ class DeviceError(RLRegistrationError):
 
 class RegistrationCancelled(RLRegistrationError):
     """The registration was cancelled by the user."""
+
+
+class InputWarning(UserWarning):
+    """An input is usable but the result will suffer (e.g. very thick slices); the CLI prints one line."""

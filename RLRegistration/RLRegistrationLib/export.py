@@ -6,7 +6,7 @@ Written transforms map a fixed point to a moving point (LPS mm): ``sitk.ReadTran
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +19,26 @@ from .geometry import Grid, ijk_to_ras_matrix, lps_vectors_to_ras, ras_grid_from
 TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
 
 
-def check_output_paths(paths: Iterable[str | Path | None], overwrite: bool = False) -> None:
-    """Refuse, before any work is done, outputs that exist (unless ``overwrite``) or whose folder is missing."""
+def check_output_paths(
+    paths: Iterable[str | Path | None],
+    overwrite: bool = False,
+    inputs: Mapping[str, str | Path | None] | None = None,
+) -> None:
+    """Refuse, before any work is done, outputs that exist (unless ``overwrite``) or whose folder is missing,
+    two outputs on one file, and (with or without ``overwrite``) an output that is one of the ``inputs``
+    ({name: path}, e.g. {"moving image": "m.nii.gz"}), also through symbolic or hard links."""
+    protected = _input_files(inputs or {})
     seen = set()
     for path in paths:
         if path is None:
             continue
         path = Path(path)
+        for name, source in protected:
+            if _same_file(path, source):
+                raise OutputError(
+                    f"output '{path}': is the same file as the {name} '{source}'; an output never replaces an input "
+                    "(choose another file name)"
+                )
         if path.resolve() in seen:
             raise OutputError(f"output '{path}': the same path is given for two outputs")
         seen.add(path.resolve())
@@ -37,11 +50,37 @@ def check_output_paths(paths: Iterable[str | Path | None], overwrite: bool = Fal
             raise OutputError(f"output '{path}': folder '{path.parent}' does not exist")
 
 
+def _input_files(inputs: Mapping[str, str | Path | None]) -> list[tuple[str, Path]]:
+    """(name, file) of every file an input consists of: the file, its detached data file (MHD, NRRD,
+    Analyze/NIfTI pair), or the files of a DICOM folder."""
+    from .integrity import data_files
+
+    files = []
+    for name, source in inputs.items():
+        if source is not None:
+            files.extend((name, file) for file in data_files(Path(source)))
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)  # hard links
+    except OSError:
+        return False
+
+
+def check_transform_suffix(path: str | Path) -> None:
+    """Refuse a transform file name ITK cannot write (it must end in one of ``TRANSFORM_SUFFIXES``)."""
+    if Path(path).suffix.lower() not in TRANSFORM_SUFFIXES:
+        raise OutputError(f"output '{path}': transform files end in {', '.join(TRANSFORM_SUFFIXES)}")
+
+
 def write_transform(transform: sitk.Transform, path: str | Path, overwrite: bool = False) -> Path:
     """Write an ITK transform file (``.h5`` recommended: holds affine + displacement field)."""
     path = Path(path)
-    if path.suffix.lower() not in TRANSFORM_SUFFIXES:
-        raise OutputError(f"output '{path}': transform files end in {', '.join(TRANSFORM_SUFFIXES)}")
+    check_transform_suffix(path)
     check_output_paths([path], overwrite)
     _atomic_write(path, lambda tmp: sitk.WriteTransform(transform, str(tmp)))
     return path

@@ -5,13 +5,26 @@ Every check raises ``InputError`` with a one-line message that names the file an
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .geometry import Grid, flatten_linear
+from .errors import InputError, InputWarning
+from .geometry import Grid, affine_to_matrix, flatten_linear
+from .integrity import check_dicom_slices, check_file_integrity, unreadable_message
+
+# spacing outside these bounds (mm) is a header error (metres for millimetres, a missing unit), not anatomy
+MIN_SPACING_MM = 0.01
+MAX_SPACING_MM = 50.0
+# warn when the thickest voxel axis is this many times the finest: the result is coarse along it
+ANISOTROPY_WARNING_RATIO = 10.0
+# voxels each axis needs: the pyramids halve the image (affine: shrink factor 2; deformable: the working
+# grid at half resolution) and ITK's recursive Gaussian smoothing needs 4 voxels per axis at every level
+MIN_PYRAMID_VOXELS = 8
+# fixed and moving must share at least this fraction of the fixed image's foreground
+MIN_OVERLAP_FRACTION = 0.05
 
 
 def read_image(path: str | Path, role: str = "image") -> sitk.Image:
@@ -26,12 +39,16 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
 
 def _read(path: str | Path, role: str) -> sitk.Image:
     path = Path(path)
+    name = f"{role} '{path}'"
     if not path.exists():
-        raise InputError(f"{role} '{path}': file not found")
+        raise InputError(f"{name}: file not found")
+    if path.is_dir():
+        return _read_dicom_series(path, role)
+    check_file_integrity(path, name)  # ITK reads a cut-short file without a word
     try:
-        return _read_dicom_series(path, role) if path.is_dir() else sitk.ReadImage(str(path))
-    except (RuntimeError, OSError):
-        raise InputError(f"{role} '{path}': not a readable image (unknown format or corrupt file)") from None
+        return sitk.ReadImage(str(path))
+    except (RuntimeError, OSError) as error:
+        raise InputError(unreadable_message(name, error)) from None
 
 
 def _read_dicom_series(folder: Path, role: str) -> sitk.Image:
@@ -45,9 +62,13 @@ def _read_dicom_series(folder: Path, role: str) -> sitk.Image:
     else:
         chosen = series[0]
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), chosen)
+    check_dicom_slices(list(files), f"{role} '{folder}'")  # ITK only warns about gaps
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    return reader.Execute()
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(unreadable_message(f"{role} '{folder}'", error)) from None
 
 
 def validate_image(image: sitk.Image, name: str, labels: bool = False) -> None:
@@ -63,14 +84,126 @@ def validate_image(image: sitk.Image, name: str, labels: bool = False) -> None:
         raise InputError(
             f"{name}: a 3D volume is required, size {image.GetSize()} has a flat axis (2D image?)"
         )
-    if not np.all(np.asarray(image.GetSpacing()) > 0):
-        raise InputError(f"{name}: spacing {image.GetSpacing()} is not positive")
+    check_grid_geometry(image, name)
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise InputError(f"{name}: contains {bad} NaN or Inf voxels")
     if not labels and float(array.max()) == float(array.min()):
         raise InputError(f"{name}: image is empty or constant (all voxels = {float(array.min()):g})")
+    if not labels:
+        _warn_anisotropy(image, name)
+
+
+def check_grid_geometry(image: sitk.Image, name: str) -> None:
+    """Raise ``InputError`` for a degenerate grid: spacing outside [``MIN_SPACING_MM``, ``MAX_SPACING_MM``],
+    or a direction matrix that is singular or not orthonormal (skewed or scaled axes)."""
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    if not np.all(spacing > 0):
+        raise InputError(f"{name}: spacing {_mm(spacing)} mm is not positive")
+    if spacing.min() < MIN_SPACING_MM or spacing.max() > MAX_SPACING_MM:
+        raise InputError(
+            f"{name}: spacing {_mm(spacing)} mm is outside {MIN_SPACING_MM:g}-{MAX_SPACING_MM:g} mm "
+            "(wrong units in the header?)"
+        )
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    determinant = float(np.linalg.det(direction))
+    if abs(determinant) < 1e-6:
+        raise InputError(f"{name}: direction matrix is singular (determinant {determinant:.3g})")
+    deviation = float(np.abs(direction.T @ direction - np.eye(3)).max())
+    if deviation > 1e-3:
+        raise InputError(
+            f"{name}: direction matrix is not orthonormal (largest deviation of D^T D from the identity: "
+            f"{deviation:.3f}): the grid axes are skewed or scaled"
+        )
+
+
+def _mm(values) -> str:
+    return "x".join(f"{v:g}" for v in values)
+
+
+def _warn_anisotropy(image: sitk.Image, name: str) -> None:
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    ratio = spacing.max() / spacing.min()
+    if ratio >= ANISOTROPY_WARNING_RATIO:
+        axis = "ijk"[int(np.argmax(spacing))]
+        warnings.warn(
+            f"{name}: voxels are {ratio:.1f}x thicker along axis {axis} ({spacing.max():g} mm) than along "
+            f"the finest axis ({spacing.min():g} mm): the result will be coarse along {axis}",
+            InputWarning,
+            stacklevel=3,
+        )
+
+
+def check_pyramid_size(image: sitk.Image, name: str) -> None:
+    """Raise ``InputError`` when an axis has fewer than ``MIN_PYRAMID_VOXELS`` voxels."""
+    if min(image.GetSize()) < MIN_PYRAMID_VOXELS:
+        raise InputError(
+            f"{name}: size {_mm(image.GetSize())} voxels is too small for the registration pyramid "
+            f"(at least {MIN_PYRAMID_VOXELS} voxels along each axis)"
+        )
+
+
+def foreground_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None) -> float:
+    """Fraction of the fixed image's foreground that maps (``transform``: fixed point -> moving point) onto
+    the moving image's foreground, on a coarse grid (about 32 voxels along the longest axis).
+
+    Foreground: above 10 % of the image's robust intensity window (0.5-99.5 percentiles).
+    """
+    from .geometry import working_grid
+
+    reference = Grid.from_image(fixed)
+    extent = np.asarray(reference.size) * np.asarray(reference.spacing)
+    coarse = working_grid(reference, max(float(extent.max()) / 32.0, min(reference.spacing)), multiple=1)
+
+    def foreground(image: sitk.Image, through: sitk.Transform | None) -> np.ndarray:
+        lo, hi = intensity_window(image)
+        mask = image > lo + 0.1 * (hi - lo)  # uint8, no float copy of a large image
+        sampled = resample_to_grid(mask, coarse, through, sitk.sitkNearestNeighbor, default_value=0)
+        return sitk.GetArrayViewFromImage(sampled) > 0
+
+    fixed_fg = foreground(fixed, None)
+    if not fixed_fg.any():
+        return 1.0
+    moving_fg = foreground(moving, flatten_linear(transform))
+    return float((fixed_fg & moving_fg).sum() / fixed_fg.sum())
+
+
+def check_overlap(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    transform: sitk.Transform | None,
+    initialization: str,
+    names: tuple[str, str] = ("fixed image", "moving image"),
+) -> float:
+    """Raise ``InputError`` when less than ``MIN_OVERLAP_FRACTION`` of the fixed image's foreground meets the
+    moving image's foreground through ``transform`` (fixed point -> moving point, linear); returns the
+    fraction. ``initialization`` is "affine" (the pre-alignment ran), "initial" (a given transform only) or
+    "none" (identity); it chooses the advice in the message."""
+    fraction = foreground_overlap(fixed, moving, transform)
+    if fraction >= MIN_OVERLAP_FRACTION:
+        return fraction
+    matrix, translation = affine_to_matrix(flatten_linear(transform))
+    centre = matrix @ _centre(fixed) + translation
+    distance = float(np.linalg.norm(centre - _centre(moving)))
+    after = {"affine": "after the affine pre-alignment", "initial": "after the initial transform"}.get(
+        initialization, "without initialization"
+    )
+    advice = (
+        "the affine pre-alignment did not bring them together: check that both show the same region, or "
+        "start from a rigid/affine initial transform"
+        if initialization == "affine"
+        else "use the affine pre-alignment, or a rigid/affine initial transform that brings them together"
+    )
+    raise InputError(
+        f"{names[1]}: does not overlap the fixed image: {100 * fraction:.1f} % of the "
+        f"fixed image's foreground lies on the moving image's foreground {after} (at least "
+        f"{100 * MIN_OVERLAP_FRACTION:.0f} % needed; image centres {distance:.0f} mm apart); {advice}"
+    )
+
+
+def _centre(image: sitk.Image) -> np.ndarray:
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
 
 
 def read_label_map(path: str | Path, role: str = "labels") -> sitk.Image:

@@ -33,11 +33,14 @@ from .geometry import (
 )
 from .imaging import (
     affine_prealign,
+    check_overlap,
+    check_pyramid_size,
     check_same_geometry,
     intensity_window,
     normalize_intensity,
     resample_to_grid,
 )
+from .memory import check_memory, estimate_peak_memory
 from .metrics import common_labels, dice_per_label
 from .policies import Policy, PolicyState
 from .similarity import LocalNCC
@@ -55,6 +58,8 @@ class SessionOptions:
     seed: int = 0
     output_grid: str = "fixed"  # "fixed": the fixed image's own grid; "working": the coarse working grid
     dice_labels: list[int] | None = None  # labels to score (default: all shared non-zero labels)
+    # refuse, before any work, a registration whose estimated peak memory exceeds this (GiB); None: no cap
+    max_memory_gib: float | None = None
 
 
 @dataclass
@@ -104,6 +109,8 @@ class RegistrationSession:
     ``run(n)`` yields a ``StepReport`` per step; call it again to continue. ``step_back()`` undoes the last
     step, ``cancel()`` (from any thread) stops ``run`` after the step in progress, ``result()`` gives the
     transform. ``initial_transform`` (fixed -> moving, linear) initializes or replaces the affine stage.
+    ``names`` ("fixed image 'f.nii.gz'", ...) start the messages of ``InputError``: an image too small for
+    the pyramid, over the memory cap (here), or images that do not overlap (``prepare``).
     """
 
     def __init__(
@@ -115,8 +122,12 @@ class RegistrationSession:
         fixed_labels: sitk.Image | None = None,
         moving_labels: sitk.Image | None = None,
         initial_transform: sitk.Transform | None = None,
+        names: tuple[str, str] = ("fixed image", "moving image"),
     ):
         self.options = options or SessionOptions()
+        self.names = names
+        check_pyramid_size(fixed, names[0])
+        check_pyramid_size(moving, names[1])
         if (fixed_labels is None) != (moving_labels is None):
             raise InputError("labels: give both fixed and moving label maps, or neither")
         if fixed_labels is not None:
@@ -124,6 +135,12 @@ class RegistrationSession:
             check_same_geometry(moving, moving_labels, "moving labels")
         self.fixed, self.moving = fixed, moving
         self.fixed_labels, self.moving_labels = fixed_labels, moving_labels
+        if self.options.max_memory_gib is not None:
+            check_memory(
+                estimate_peak_memory(fixed, moving, self.options, labels=fixed_labels is not None),
+                self.options.max_memory_gib,
+                names[0],
+            )
         self.policy = policy
         self.initial_transform = initial_transform
         self.device = resolve_device(self.options.device)
@@ -145,9 +162,15 @@ class RegistrationSession:
         torch.manual_seed(self.options.seed)
         opts = self.options
         if opts.affine:
-            self.affine = affine_prealign(self.fixed, self.moving, self.initial_transform, seed=opts.seed)
+            try:
+                self.affine = affine_prealign(self.fixed, self.moving, self.initial_transform, seed=opts.seed)
+            except RuntimeError as error:  # ITK's registration gives up (e.g. no sample inside the moving)
+                reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                raise InputError(f"{self.names[1]}: the affine pre-alignment failed ({reason})") from None
         else:
             self.affine = flatten_linear(self.initial_transform)
+        initialization = "affine" if opts.affine else ("initial" if self.initial_transform else "none")
+        check_overlap(self.fixed, self.moving, self.affine, initialization, self.names)
         self.fixed_grid = Grid.from_image(self.fixed)
         self.grid = working_grid(self.fixed_grid, opts.working_spacing_mm, max_voxels=opts.max_working_voxels)
         self.output_grid = self.fixed_grid if opts.output_grid == "fixed" else self.grid

@@ -1,0 +1,93 @@
+"""How much memory a registration will take, estimated before any work, so a too-large one is refused up
+front with the size it would need instead of being killed by the out-of-memory killer half-way.
+
+The estimate adds what the session holds and the largest transient copies, per voxel of the image or grid
+they scale with. The per-voxel costs were measured as peak RSS of ``rlreg register`` subprocesses on
+synthetic CT-like volumes (``benchmarks/big_image_memory.py``); the estimate is meant to err on the high
+side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .geometry import Grid, working_grid
+
+GIB = 1 << 30
+# interpreter, torch and SimpleITK loaded (0.34 GiB measured)
+RUNTIME_BYTES = 400 << 20
+# the policy's tensors on the working grid: pyramid levels, optimizer state, the total field of every step
+# (a 6-step tto run at the 112^3 CPU cap took 0.93 GiB above the loaded runtime)
+WORKING_BYTES_PER_VOXEL = 720
+# resampling a full image: a float32 copy, its Gaussian-smoothed copy and ITK's line buffers
+RESAMPLE_BYTES_PER_VOXEL = 12
+# the displacement field on the output grid: float32 tensor, float64 array and image (3 components), and
+# the copy the composite transform takes when it is written or applied
+FIELD_BYTES_PER_VOXEL = 3 * (4 + 8 + 8 + 8)
+# label points (mapped through the affine, then per step through the field) on the output grid
+LABEL_BYTES_PER_VOXEL = 3 * 4 * 4
+
+
+@dataclass
+class MemoryEstimate:
+    """Estimated peak memory of a registration (bytes), and the parts it is made of."""
+
+    parts: dict[str, int]
+
+    @property
+    def total_bytes(self) -> int:
+        return int(sum(self.parts.values()))
+
+    @property
+    def largest_part(self) -> tuple[str, int]:
+        name = max(self.parts, key=self.parts.get)
+        return name, self.parts[name]
+
+
+def _voxels(image: sitk.Image) -> int:
+    return int(np.prod(image.GetSize(), dtype=np.int64))
+
+
+def _image_bytes(image: sitk.Image) -> int:
+    return _voxels(image) * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+
+
+def estimate_peak_memory(
+    fixed: sitk.Image, moving: sitk.Image, options, labels: bool = False
+) -> MemoryEstimate:
+    """Peak memory of registering ``moving`` to ``fixed`` with ``options`` (a ``SessionOptions``): the two
+    images, one full-resolution resampling, and the displacement field (and label points) on the output
+    grid, which is the fixed image's own grid unless ``options.output_grid == "working"``."""
+    work = working_grid(
+        Grid.from_image(fixed), options.working_spacing_mm, max_voxels=options.max_working_voxels
+    )
+    working_voxels = int(np.prod(work.size, dtype=np.int64))
+    output_voxels = working_voxels if options.output_grid == "working" else _voxels(fixed)
+    parts = {
+        "the runtime": RUNTIME_BYTES,
+        "the working grid's tensors": WORKING_BYTES_PER_VOXEL * working_voxels,
+        "the two images": _image_bytes(fixed) + _image_bytes(moving),
+        "resampling a full-resolution image": RESAMPLE_BYTES_PER_VOXEL * max(_voxels(fixed), _voxels(moving)),
+        "the displacement field on the output grid": FIELD_BYTES_PER_VOXEL * output_voxels,
+    }
+    if labels:
+        parts["the label maps and label points"] = LABEL_BYTES_PER_VOXEL * output_voxels + 4 * (
+            _voxels(fixed) + _voxels(moving)
+        )
+    return MemoryEstimate(parts)
+
+
+def check_memory(estimate: MemoryEstimate, cap_gib: float, name: str) -> None:
+    """Raise ``InputError`` (starting with ``name``) when ``estimate`` exceeds ``cap_gib`` GiB."""
+    if estimate.total_bytes <= cap_gib * GIB:
+        return
+    part, size = estimate.largest_part
+    raise InputError(
+        f"{name}: registering it would need about {estimate.total_bytes / GIB:.1f} GiB of memory, above the "
+        f"{cap_gib:g} GiB cap ({part}: {size / GIB:.1f} GiB); write the field on the working grid "
+        "(--output-grid working) or raise the cap (--max-memory)"
+    )
