@@ -156,6 +156,18 @@ def restore_policy_registry():
 
 
 @pytest.fixture(autouse=True)
+def _collect_slicer_garbage(request):
+    """After each test that used Slicer's core, collect garbage at once: cycles holding VTK/MRML objects
+    (scene, slice logics, render windows) that were collected later, inside an unrelated test, crashed the
+    interpreter (segmentation fault in the garbage collector) in a full run."""
+    yield
+    if "slicer" in sys.modules:
+        import gc
+
+        gc.collect()
+
+
+@pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
 

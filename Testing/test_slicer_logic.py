@@ -466,3 +466,17 @@ def test_the_modules_own_self_test_passes_headless(module, scene):
     test.test_RLRegistrationWorkflow()
     test.setUp()
     test.test_RLRegistrationMorphSeekSampling()
+
+
+def test_images_that_do_not_overlap_are_refused_with_the_cores_message(module, scene):
+    """The core's overlap check (``imaging.check_overlap``, run by the session) reaches the Logic as the
+    run's error, the message the panel's error display shows; nothing is left in the scene."""
+    nodes = load_pair(labels=False)
+    origin = list(nodes["moving"].GetOrigin())
+    nodes["moving"].SetOrigin(origin[0] + 1000.0, origin[1], origin[2])
+    logic = module.RLRegistrationLogic()
+    params = fast_parameters(logic, nodes, initialization="none")
+    before = node_ids(scene)
+    with pytest.raises(RuntimeError, match="does not overlap the fixed image"):
+        logic.runBlocking(params, 1)
+    assert node_ids(scene) == before
