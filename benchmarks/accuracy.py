@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RLRegistration"))
 
 DEFAULT_PAIRS = ["11:12", "12:13", "13:14", "14:11"]
-ALL_METHODS = ["identity", "affine", "rlreg", "greedy", "syn", "elastix", "demons"]
+ALL_METHODS = ["identity", "affine-legacy", "affine", "rlreg", "greedy", "syn", "elastix", "demons"]
 
 
 def _threads(n: int) -> None:
@@ -63,6 +63,14 @@ def run_identity(fixed, moving, workdir, args):
 
 
 def run_affine(fixed, moving, workdir, args):
+    """The session's default pre-alignment (``prealign``: rigid 8-4 mm, then affine 4-2-1 mm)."""
+    from RLRegistrationLib.prealign import prealign
+
+    return prealign(fixed, moving, "affine", seed=0), None
+
+
+def run_affine_legacy(fixed, moving, workdir, args):
+    """The earlier pre-alignment (``imaging.affine_prealign``: Mattes MI on 8 and 4 mm copies)."""
     from RLRegistrationLib.imaging import affine_prealign
 
     return affine_prealign(fixed, moving, seed=0), None
@@ -213,6 +221,7 @@ def run_demons(fixed, moving, workdir, args):
 METHODS = {
     "identity": run_identity,
     "affine": run_affine,
+    "affine-legacy": run_affine_legacy,
     "rlreg": run_rlreg,
     "syn": run_syn,
     "greedy": run_greedy,
