@@ -59,15 +59,37 @@ def follow_up_pair(
     path = _subject_path(Path(shared_dir), subject)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: follow-up pairs need the shared SynthSeg label maps")
-    rng = np.random.default_rng([int(seed), int(subject), 7])
-    moving_labels = downsample_labels(_head_crop(load_label_map(path)), spacing_mm)
+    return follow_up_from_labels(
+        load_label_map(path),
+        [int(seed), int(subject)],
+        spacing_mm,
+        rotation_deg,
+        translation_mm,
+        max_displacement_mm,
+        neck_cut_mm,
+    )
+
+
+def follow_up_from_labels(
+    labels: sitk.Image,
+    seed: int | list[int] = 0,
+    spacing_mm: float = 1.5,
+    rotation_deg: float = 3.0,
+    translation_mm: float = 5.0,
+    max_displacement_mm: float = 3.0,
+    neck_cut_mm: float = 30.0,
+) -> FollowUpPair:
+    """:func:`follow_up_pair` of a whole-head label map (UInt16 image, any grid); ``seed`` seeds all draws."""
+    seed = [int(v) for v in np.atleast_1d(seed)]
+    rng = np.random.default_rng([*seed, 7])
+    moving_labels = downsample_labels(_head_crop(labels), spacing_mm)
     fixed_grid = _without_neck(moving_labels, neck_cut_mm)
     truth = _true_transform(moving_labels, fixed_grid, rng, rotation_deg, translation_mm, max_displacement_mm)
     fixed_labels = sitk.Resample(
         moving_labels, fixed_grid, truth, sitk.sitkNearestNeighbor, 0, moving_labels.GetPixelID()
     )
     images = [
-        synthesize_volume(labels, contrast="t1", rng=[int(seed), int(subject), role], skull_strip=False)
+        synthesize_volume(labels, contrast="t1", rng=[*seed, role], skull_strip=False)
         for role, labels in ((0, fixed_labels), (1, moving_labels))
     ]
     return FollowUpPair(images[0], images[1], fixed_labels, moving_labels, truth)
