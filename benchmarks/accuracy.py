@@ -124,24 +124,30 @@ GREEDY_DEFORMABLE = "-m NCC 2x2x2 -n 100x50x10 -s 1.732vox 0.7071vox"
 
 
 def run_greedy(fixed, moving, workdir, args):
-    """Greedy (picsl-greedy): affine, then deformable; both stages timed. Its affine matrix maps a fixed RAS
-    point to a moving RAS point (4x4); it becomes an LPS SimpleITK transform. Its warp is an ITK displacement
-    field (LPS mm) on the fixed grid, applied before the affine: x -> A(x + u(x)), our composite."""
-    import numpy as np
-    import SimpleITK as sitk
+    """Greedy (picsl-greedy): affine, then deformable; both stages timed."""
+    return greedy_transform(greedy_register(fixed, moving, args.threads))
+
+
+def greedy_register(fixed, moving, threads: int):
+    """A ``Greedy3D`` holding ``affine`` (4x4, fixed RAS point -> moving RAS point) and ``warp`` (ITK
+    displacement field, LPS mm, on the fixed grid) for the images registered as ``fixed`` / ``moving``.
+    (Two runs of the same pair differ slightly: keep the object to reslice with the same result.)"""
     from picsl_greedy import Greedy3D
 
-    threads = f"-threads {args.threads} -V 0"
+    options = f"-d 3 -threads {threads} -V 0"
     greedy = Greedy3D()
     greedy.execute(
-        f"-d 3 {threads} -i fixed moving {GREEDY_AFFINE} -o affine", fixed=fixed, moving=moving, affine=None
+        f"{options} -i fixed moving {GREEDY_AFFINE} -o affine", fixed=fixed, moving=moving, affine=None
     )
-    greedy.execute(
-        f"-d 3 {threads} -i fixed moving -it affine {GREEDY_DEFORMABLE} -o warp",
-        fixed=fixed,
-        moving=moving,
-        warp=None,
-    )
+    greedy.execute(f"{options} -i fixed moving -it affine {GREEDY_DEFORMABLE} -o warp", warp=None)
+    return greedy
+
+
+def greedy_transform(greedy):
+    """Greedy's result as our composite x -> A(x + u(x)) (LPS) and its displacement field."""
+    import numpy as np
+    import SimpleITK as sitk
+
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     matrix = flip @ np.asarray(greedy["affine"], dtype=np.float64) @ flip  # RAS -> LPS
     affine = sitk.AffineTransform(3)
