@@ -80,13 +80,30 @@ def run_rlreg(fixed, moving, workdir, args):
     from RLRegistrationLib.policies import make_policy
     from RLRegistrationLib.session import RegistrationSession, SessionOptions
 
-    policy = make_policy("tto", similarity=args.similarity)
-    options = SessionOptions(device="cpu", seed=0, working_spacing_mm=args.spacing)
+    tto = parse_tto(getattr(args, "tto", ""))
+    spacing = float(tto.pop("spacing", args.spacing))
+    max_voxels = int(tto.pop("max_voxels", 112**3)) or None
+    steps = int(tto.pop("steps", args.steps))
+    policy = make_policy("tto", similarity=args.similarity, **tto)
+    options = SessionOptions(device="cpu", seed=0, working_spacing_mm=spacing, max_working_voxels=max_voxels)
     session = RegistrationSession(fixed, moving, policy, options)
-    for _ in session.run(args.steps):
+    for _ in session.run(steps):
         pass
     result = session.result()
     return result.transform, result.displacement
+
+
+def parse_tto(text: str) -> dict:
+    """``key:value;key:value`` (``--tto``) -> TTO options; ``spacing`` (mm), ``max_voxels`` (0 = no cap) and
+    ``steps`` are session settings; tuples as ``4/2/1``."""
+    out = {}
+    for item in filter(None, text.split(";")):
+        key, value = item.split(":")
+        if "/" in value:
+            out[key] = tuple(int(v) for v in value.split("/"))
+        else:
+            out[key] = float(value) if "." in value else int(value)
+    return out
 
 
 def run_syn(fixed, moving, workdir, args):
@@ -326,6 +343,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="rlreg steps (default: the CLI default, 6)")
     parser.add_argument("--spacing", type=float, default=2.0, help="rlreg working grid spacing (mm)")
     parser.add_argument("--similarity", default="ncc", help="rlreg similarity (ncc or mind)")
+    parser.add_argument(
+        "--tto",
+        default="",
+        help="rlreg schedule, e.g. 'spacing:1.0;max_voxels:0;pyramid:4/4/4/2/2/1' (see tto_schedule.py)",
+    )
     parser.add_argument("--contrast-moving", default="t1", help="t1 (same contrast) or t2 (cross-contrast)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import prepare_pairs  # noqa: E402
+from accuracy import parse_tto, prepare_pairs  # noqa: E402
 from common import REPO, folding_percent, read_pair, shared_data_missing, write_results  # noqa: E402
 
 CONFIGS = {
@@ -30,18 +30,6 @@ CONFIGS = {
     "sp1.5": "spacing:1.5;max_voxels:0",
     "reg1-win5": "regularization:1.0;ncc_window:5",
 }
-
-
-def parse_config(text: str) -> dict:
-    """``key:value;key:value`` -> dict of numbers / tuples (``a/b/c``)."""
-    out = {}
-    for item in filter(None, text.split(";")):
-        key, value = item.split(":")
-        if "/" in value:
-            out[key] = tuple(int(v) for v in value.split("/"))
-        else:
-            out[key] = float(value) if "." in value else int(value)
-    return out
 
 
 def run(pair_images, config: dict) -> dict:
@@ -89,7 +77,7 @@ def main(argv=None) -> int:
     configs = {}
     for item in args.configs.split(","):
         name, _, spec = item.partition("=")
-        configs[name] = parse_config(spec if spec else CONFIGS[name])
+        configs[name] = parse_tto(spec if spec else CONFIGS[name])
     pairs = prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), "t1")
     rows = []
     for pair in pairs:
