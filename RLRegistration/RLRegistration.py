@@ -87,6 +87,7 @@ class RLRegistrationParameterNode:
 
     fixedVolume, movingVolume - the images to register (moving is resampled onto fixed).
     fixedLabels, movingLabels - optional label maps or segmentations (Dice per step).
+    fixedMask, movingMask - optional label maps or segmentations restricting the similarity to their inside.
     policy, steps, iterations, regularization, device, initialization - how the registration runs.
     samples - trajectories sampled per step (policies that sample, e.g. MorphSeek; 1 = one trajectory).
     outputTransform - grid transform node receiving the deformation u (created when empty).
@@ -104,6 +105,8 @@ class RLRegistrationParameterNode:
     # None in the unions: the wrapper must be able to write the empty default (else getParameterNode raises)
     fixedLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
     movingLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
+    fixedMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
+    movingMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
     policy: str = "tto"
     steps: Annotated[int, WithinRange(1, 500)] = 6  # the tto defaults (the CLI's; measured)
     iterations: Annotated[int, WithinRange(1, 500)] = 5

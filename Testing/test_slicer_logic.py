@@ -480,3 +480,63 @@ def test_images_that_do_not_overlap_are_refused_with_the_cores_message(module, s
     with pytest.raises(RuntimeError, match="does not overlap the fixed image"):
         logic.runBlocking(params, 1)
     assert node_ids(scene) == before
+
+
+# ---------------------------------------------------------------------------------------------- pre-alignment, masks
+
+
+def test_rigid_pre_alignment_with_a_label_map_mask_and_a_segmentation_mask(module, scene):
+    """Initialization 'rigid' gives a rigid pre-alignment (orthonormal matrix); the fixed mask is a label map,
+    the moving mask a segmentation (exported on the moving grid): both reach the session."""
+    import slicer
+
+    nodes = load_pair()
+    values = np.unique(slicer.util.arrayFromVolume(nodes["movingLabels"]))
+    movingMask = segmentation_from_labels(nodes["movingLabels"], {int(v): f"s{int(v)}" for v in values if v})
+    logic = module.RLRegistrationLogic()
+    params = fast_parameters(
+        logic,
+        nodes,
+        iterations=1,
+        initialization="rigid",
+        fixedMask=nodes["fixedLabels"],
+        movingMask=movingMask,
+    )
+    reports = logic.runBlocking(params, 1)
+    session = logic.session
+    assert session.options.initialization == "rigid"
+    fixedMask = sitk.GetArrayFromImage(session.fixed_mask)
+    movingMaskImage = sitk.GetArrayFromImage(session.moving_mask)
+    np.testing.assert_array_equal(fixedMask > 0, slicer.util.arrayFromVolume(nodes["fixedLabels"]) > 0)
+    assert (movingMaskImage > 0).sum() == (slicer.util.arrayFromVolume(nodes["movingLabels"]) > 0).sum()
+    matrix = np.array(session.affine.GetMatrix()).reshape(3, 3)
+    np.testing.assert_allclose(matrix.T @ matrix, np.eye(3), atol=1e-6)
+    assert reports[-1].dice > reports[0].dice
+
+
+def test_an_empty_mask_is_refused_naming_it(module, scene):
+    import slicer
+
+    from RLRegistrationLib.errors import InputError
+
+    nodes = load_pair(labels=False)
+    empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "empty mask")
+    slicer.util.updateVolumeFromArray(
+        empty, np.zeros(slicer.util.arrayFromVolume(nodes["fixed"]).shape, np.uint8)
+    )
+    matrix = vtk_matrix_of(nodes["fixed"])
+    empty.SetIJKToRASMatrix(matrix)
+    logic = module.RLRegistrationLogic()
+    params = fast_parameters(logic, nodes, fixedMask=empty)
+    before = node_ids(scene)
+    with pytest.raises(InputError, match="fixed mask: mask is empty"):
+        logic.startRegistration(params, 1)
+    assert node_ids(scene) == before
+
+
+def vtk_matrix_of(volume_node):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return matrix

@@ -1,8 +1,9 @@
 """Accuracy and speed benchmark on the SynthSeg validation pairs (subjects 11-14, 1 mm, 160x192x224).
 
 Methods: identity, affine only (this project's SimpleITK affine), this project's default (rlreg tto), and,
-when installed (``pip install .[bench]``), ANTs SyN (antspyx), elastix (itk-elastix, default affine +
-B-spline maps) and SimpleITK diffeomorphic demons. Each (method, pair) runs in a fresh process so that
+when installed (``pip install .[bench]``), Greedy (picsl-greedy: affine then deformable NCC, the anchor the
+time ratios refer to), ANTs SyN (antspyx), elastix (itk-elastix, default affine + B-spline maps) and
+SimpleITK diffeomorphic demons. Each (method, pair) runs in a fresh process so that
 peak RSS is its own; wall time covers the registration only (images in memory -> transform).
 
     python benchmarks/accuracy.py                      # all methods, 4 pairs, table to stdout + results/
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RLRegistration"))
 
 DEFAULT_PAIRS = ["11:12", "12:13", "13:14", "14:11"]
-ALL_METHODS = ["identity", "affine", "rlreg", "syn", "elastix", "demons"]
+ALL_METHODS = ["identity", "affine-legacy", "affine", "rlreg", "greedy", "syn", "elastix", "demons"]
 
 
 def _threads(n: int) -> None:
@@ -62,6 +63,14 @@ def run_identity(fixed, moving, workdir, args):
 
 
 def run_affine(fixed, moving, workdir, args):
+    """The session's default pre-alignment (``prealign``: rigid 8-4 mm, then affine 4-2-1 mm)."""
+    from RLRegistrationLib.prealign import prealign
+
+    return prealign(fixed, moving, "affine", seed=0), None
+
+
+def run_affine_legacy(fixed, moving, workdir, args):
+    """The earlier pre-alignment (``imaging.affine_prealign``: Mattes MI on 8 and 4 mm copies)."""
     from RLRegistrationLib.imaging import affine_prealign
 
     return affine_prealign(fixed, moving, seed=0), None
@@ -71,13 +80,30 @@ def run_rlreg(fixed, moving, workdir, args):
     from RLRegistrationLib.policies import make_policy
     from RLRegistrationLib.session import RegistrationSession, SessionOptions
 
-    policy = make_policy("tto", similarity=args.similarity)
-    options = SessionOptions(device="cpu", seed=0, working_spacing_mm=args.spacing)
+    tto = parse_tto(getattr(args, "tto", ""))
+    spacing = float(tto.pop("spacing", args.spacing))
+    max_voxels = int(tto.pop("max_voxels", 112**3)) or None
+    steps = int(tto.pop("steps", args.steps))
+    policy = make_policy("tto", similarity=args.similarity, **tto)
+    options = SessionOptions(device="cpu", seed=0, working_spacing_mm=spacing, max_working_voxels=max_voxels)
     session = RegistrationSession(fixed, moving, policy, options)
-    for _ in session.run(args.steps):
+    for _ in session.run(steps):
         pass
     result = session.result()
     return result.transform, result.displacement
+
+
+def parse_tto(text: str) -> dict:
+    """``key:value;key:value`` (``--tto``) -> TTO options; ``spacing`` (mm), ``max_voxels`` (0 = no cap) and
+    ``steps`` are session settings; tuples as ``4/2/1``."""
+    out = {}
+    for item in filter(None, text.split(";")):
+        key, value = item.split(":")
+        if "/" in value:
+            out[key] = tuple(int(v) for v in value.split("/"))
+        else:
+            out[key] = float(value) if "." in value else int(value)
+    return out
 
 
 def run_syn(fixed, moving, workdir, args):
@@ -101,6 +127,50 @@ def run_syn(fixed, moving, workdir, args):
     # fwdtransforms = [warp, affine]: a fixed point x maps to affine(x + warp(x)), the same composite as ours
     affine = sitk.ReadTransform(affine_file)
     field = sitk.ReadImage(warp_file, sitk.sitkVectorFloat64)
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(affine)
+    composite.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(field)))
+    return composite, field
+
+
+#: Greedy's settings for brain MRI, from its documentation (greedy.readthedocs.io, "Quick start"): affine
+#: with 12 dof, NCC 2x2x2 patch, image-centre initialization, 100x50x10 iterations (4x, 2x, 1x levels);
+#: then deformable with the same metric and schedule and its default smoothing (-s 1.732vox 0.7071vox).
+GREEDY_AFFINE = "-a -dof 12 -m NCC 2x2x2 -ia-image-centers -n 100x50x10"
+GREEDY_DEFORMABLE = "-m NCC 2x2x2 -n 100x50x10 -s 1.732vox 0.7071vox"
+
+
+def run_greedy(fixed, moving, workdir, args):
+    """Greedy (picsl-greedy): affine, then deformable; both stages timed."""
+    return greedy_transform(greedy_register(fixed, moving, args.threads))
+
+
+def greedy_register(fixed, moving, threads: int):
+    """A ``Greedy3D`` holding ``affine`` (4x4, fixed RAS point -> moving RAS point) and ``warp`` (ITK
+    displacement field, LPS mm, on the fixed grid) for the images registered as ``fixed`` / ``moving``.
+    (Two runs of the same pair differ slightly: keep the object to reslice with the same result.)"""
+    from picsl_greedy import Greedy3D
+
+    options = f"-d 3 -threads {threads} -V 0"
+    greedy = Greedy3D()
+    greedy.execute(
+        f"{options} -i fixed moving {GREEDY_AFFINE} -o affine", fixed=fixed, moving=moving, affine=None
+    )
+    greedy.execute(f"{options} -i fixed moving -it affine {GREEDY_DEFORMABLE} -o warp", warp=None)
+    return greedy
+
+
+def greedy_transform(greedy):
+    """Greedy's result as our composite x -> A(x + u(x)) (LPS) and its displacement field."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    matrix = flip @ np.asarray(greedy["affine"], dtype=np.float64) @ flip  # RAS -> LPS
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(matrix[:3, :3].ravel().tolist())
+    affine.SetTranslation(matrix[:3, 3].tolist())
+    field = sitk.Cast(greedy["warp"], sitk.sitkVectorFloat64)
     composite = sitk.CompositeTransform(3)
     composite.AddTransform(affine)
     composite.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(field)))
@@ -174,12 +244,14 @@ def run_demons(fixed, moving, workdir, args):
 METHODS = {
     "identity": run_identity,
     "affine": run_affine,
+    "affine-legacy": run_affine_legacy,
     "rlreg": run_rlreg,
     "syn": run_syn,
+    "greedy": run_greedy,
     "elastix": run_elastix,
     "demons": run_demons,
 }
-REQUIRES = {"syn": "ants", "elastix": "itk", "demons": None}
+REQUIRES = {"syn": "ants", "greedy": "picsl_greedy", "elastix": "itk", "demons": None}
 
 
 def available(method: str) -> bool:
@@ -242,19 +314,21 @@ def summarize(rows: list[dict], methods: list[str]) -> str:
         values = [r[key] for r in rows if r["method"] == method and key in r]
         return float(np.mean(values)) if values else float("nan")
 
-    syn_time = mean("syn", "seconds")
+    syn_time, greedy_time = mean("syn", "seconds"), mean("greedy", "seconds")
     lines = [
-        "| method | mean Dice | HD95 (mm) | % det J ≤ 0 | SDlogJ | wall s | time / SyN | peak RSS GiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | mean Dice | HD95 (mm) | % det J ≤ 0 | SDlogJ | wall s | time / Greedy | time / SyN "
+        "| peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         if not any(r["method"] == method and "dice" in r for r in rows):
             continue
-        ratio = mean(method, "seconds") / syn_time if syn_time == syn_time else float("nan")
+        seconds = mean(method, "seconds")
         lines.append(
             f"| {method} | {mean(method, 'dice'):.4f} | {mean(method, 'hd95_mm'):.2f} | "
             f"{mean(method, 'folding_percent'):.4f} | {mean(method, 'sdlogj'):.3f} | "
-            f"{mean(method, 'seconds'):.1f} | {ratio:.2f} | {mean(method, 'peak_rss_gib'):.2f} |"
+            f"{seconds:.1f} | {seconds / greedy_time:.2f} | {seconds / syn_time:.2f} | "
+            f"{mean(method, 'peak_rss_gib'):.2f} |"
         )
     return "\n".join(lines)
 
@@ -269,11 +343,17 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="rlreg steps (default: the CLI default, 6)")
     parser.add_argument("--spacing", type=float, default=2.0, help="rlreg working grid spacing (mm)")
     parser.add_argument("--similarity", default="ncc", help="rlreg similarity (ncc or mind)")
+    parser.add_argument(
+        "--tto",
+        default="",
+        help="rlreg schedule, e.g. 'spacing:1.0;max_voxels:0;pyramid:4/4/4/2/2/1' (see tto_schedule.py)",
+    )
     parser.add_argument("--contrast-moving", default="t1", help="t1 (same contrast) or t2 (cross-contrast)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--tag", default="", help="suffix of the result files (accuracy_t1_ncc_<tag>.json)")
     args = parser.parse_args(argv)
     shared = Path(args.shared_dir)
     if not (shared / "synthseg").is_dir():
@@ -302,7 +382,7 @@ def main(argv=None) -> int:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"accuracy_{args.contrast_moving}_{args.similarity}"
+    tag = f"accuracy_{args.contrast_moving}_{args.similarity}" + (f"_{args.tag}" if args.tag else "")
     (out / f"{tag}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     (out / f"{tag}.md").write_text(
         f"`python benchmarks/accuracy.py {' '.join(argv or sys.argv[1:])}`\n\n{table}\n"

@@ -22,8 +22,10 @@ from .devices import describe_device, is_out_of_memory, resolve_device
 from .errors import DeviceError, InputError, InputWarning, RLRegistrationError
 from .export import check_output_paths, check_transform_suffix, write_image, write_transform
 from .imaging import check_same_geometry, read_image, read_label_map
+from .masks import MaskWarning, conform_mask
 from .metrics import evaluate_transform, evaluation_labels
 from .policies import available_policies, make_policy, policy_default_steps, policy_supports_sampling
+from .prealign import INITIALIZATIONS
 from .session import RegistrationResult, RegistrationSession, SessionOptions
 
 SAMPLE_DIR = Path(__file__).with_name("sample_data")
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--report", help="write per-step numbers as JSON")
     reg.add_argument("--fixed-labels", help="fixed label map (enables Dice per step)")
     reg.add_argument("--moving-labels", help="moving label map")
+    reg.add_argument(
+        "--fixed-mask", help="label map (nonzero = inside) restricting the similarity to a fixed-image region"
+    )
+    reg.add_argument("--moving-mask", help="label map (nonzero = inside) of the moving image's region")
     reg.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     ev = commands.add_parser("evaluate", help="Dice/HD95/folding of a transform given label maps")
@@ -147,7 +153,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="grid of the written displacement field (default: the fixed image's)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
+    parser.add_argument(
+        "--initialization",
+        choices=list(INITIALIZATIONS),
+        help="linear pre-alignment: affine (rigid then affine, the default), rigid, or none",
+    )
+    parser.add_argument("--no-affine", action="store_true", help="no pre-alignment (= --initialization none)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (pre-alignment, sampling)")
     parser.add_argument(
         "--samples",
@@ -254,13 +265,34 @@ def _policy_and_options(args) -> tuple:
     )
     options = SessionOptions(
         working_spacing_mm=args.spacing,
-        affine=not args.no_affine,
+        initialization=_initialization(args),
         device=str(device),
         seed=args.seed,
         output_grid=args.output_grid,
         max_memory_gib=args.max_memory,
     )
     return policy, options
+
+
+def _initialization(args) -> str:
+    """``--initialization``, with ``--no-affine`` as an alias of ``none`` (default: affine)."""
+    if args.no_affine:
+        if args.initialization not in (None, "none"):
+            raise InputError(f"--no-affine contradicts --initialization {args.initialization}")
+        return "none"
+    return args.initialization or "affine"
+
+
+def _read_mask(path: str | None, image: sitk.Image, role: str) -> sitk.Image | None:
+    """A mask file conformed to its image (``masks.conform_mask``); a resampling is said on stderr."""
+    if not path:
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MaskWarning)
+        mask = conform_mask(read_label_map(path, role), image, f"{role} '{path}'")
+    for warning in caught:
+        print(f"rlreg: warning: {warning.message}", file=sys.stderr)
+    return mask
 
 
 def run_registration(session: RegistrationSession, steps: int, quiet: bool = False) -> RegistrationResult:
@@ -359,6 +391,8 @@ def cmd_register(args) -> int:
         "moving image": args.moving,
         "fixed labels": args.fixed_labels,
         "moving labels": args.moving_labels,
+        "fixed mask": args.fixed_mask,
+        "moving mask": args.moving_mask,
     }
     check_transform_suffix(args.output)
     check_output_paths(outputs.values(), args.overwrite, inputs)
@@ -372,8 +406,14 @@ def cmd_register(args) -> int:
         moving_labels = read_label_map(args.moving_labels, "moving labels")
         check_same_geometry(fixed, fixed_labels, f"fixed labels '{args.fixed_labels}'")
         check_same_geometry(moving, moving_labels, f"moving labels '{args.moving_labels}'")
+    masks = {
+        "fixed_mask": _read_mask(args.fixed_mask, fixed, "fixed mask"),
+        "moving_mask": _read_mask(args.moving_mask, moving, "moving mask"),
+    }
     names = (f"fixed image '{args.fixed}'", f"moving image '{args.moving}'")
-    session = RegistrationSession(fixed, moving, policy, options, fixed_labels, moving_labels, names=names)
+    session = RegistrationSession(
+        fixed, moving, policy, options, fixed_labels, moving_labels, names=names, **masks
+    )
     start = time.perf_counter()
     result = run_registration(session, args.steps, args.quiet)
     _write_outputs(

@@ -32,7 +32,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -590,9 +590,7 @@ class ChainedPolicy(Policy):
         if weight is not None and self.then.fixed_weight_map is not weight:
             self.then.fixed_weight_map = weight  # used as is (interpolated to each pyramid level)
             self.then.weight_logits = None
-        sub_state = PolicyState(
-            state.fixed, state.moving, state.warped, state.field, state.step_index - self.first_steps
-        )
+        sub_state = replace(state, step_index=state.step_index - self.first_steps)
         proposal = self.then.propose(sub_state)
         proposal.diagnostics["stage"] = 1.0
         return proposal

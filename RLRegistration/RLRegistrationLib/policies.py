@@ -24,13 +24,19 @@ from .spatial import compose_displacements, integrate_velocity, resize_displacem
 
 @dataclass
 class PolicyState:
-    """What a policy sees at step ``step_index``: tensors (1, C, D, H, W) on the working grid."""
+    """What a policy sees at step ``step_index``: tensors (1, C, D, H, W) on the working grid.
+
+    ``fixed_mask`` / ``moving_mask`` (1, 1, D, H, W) in [0, 1], when given, restrict the similarity: the
+    fixed one on the working grid, the moving one resampled like ``moving`` (through the pre-alignment),
+    to be warped with the field like the image."""
 
     fixed: torch.Tensor
     moving: torch.Tensor
     warped: torch.Tensor
     field: torch.Tensor
     step_index: int
+    fixed_mask: torch.Tensor | None = None
+    moving_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -105,6 +111,18 @@ def downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(smooth, size=shape, mode="trilinear", align_corners=True)
 
 
+def similarity_weight(
+    fixed_mask: torch.Tensor | None, moving_mask: torch.Tensor | None, total: torch.Tensor
+) -> torch.Tensor | None:
+    """Where the similarity counts (1, 1, D, H, W): the fixed mask times the moving mask warped by the
+    total field ``total`` (voxels); None without masks."""
+    weight = fixed_mask
+    if moving_mask is not None:
+        warped = warp(moving_mask, total)
+        weight = warped if weight is None else weight * warped
+    return weight
+
+
 class TestTimeOptimizationPolicy(Policy):
     """Each step runs a few Adam iterations on a new step field against the moving image.
 
@@ -150,9 +168,13 @@ class TestTimeOptimizationPolicy(Policy):
         )
         return lam.clamp(1e-6, 1.0)
 
-    def _level(self, state: PolicyState, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _level(self, state: PolicyState, factor: int) -> tuple[torch.Tensor, ...]:
+        """(fixed, moving, fixed mask or None, moving mask or None) at pyramid ``factor``."""
         if factor not in self._pyramid:
-            self._pyramid[factor] = (downsample(state.fixed, factor), downsample(state.moving, factor))
+            self._pyramid[factor] = tuple(
+                None if t is None else downsample(t, factor)
+                for t in (state.fixed, state.moving, state.fixed_mask, state.moving_mask)
+            )
         return self._pyramid[factor]
 
     def _step_from_control(self, control: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -164,7 +186,7 @@ class TestTimeOptimizationPolicy(Policy):
         cfg = self.config
         full_shape = tuple(state.fixed.shape[2:])
         factor = _scheduled(cfg.pyramid, state.step_index)
-        fixed, moving = self._level(state, factor)
+        fixed, moving, fixed_mask, moving_mask = self._level(state, factor)
         shape = tuple(fixed.shape[2:])
         previous = resize_displacement(state.field.detach(), shape) if factor > 1 else state.field.detach()
         spacing = _scheduled(cfg.control_spacing, state.step_index)
@@ -179,7 +201,9 @@ class TestTimeOptimizationPolicy(Policy):
         for _ in range(cfg.iterations):
             optimizer.zero_grad(set_to_none=True)
             total = compose_displacements(self._step_from_control(control, shape), previous)
-            similarity = self.similarity(fixed, warp(moving, total))
+            similarity = self.similarity(
+                fixed, warp(moving, total), similarity_weight(fixed_mask, moving_mask, total)
+            )
             loss = similarity + self._regularization(total, shape)
             loss.backward()
             optimizer.step()

@@ -1,6 +1,6 @@
 """A registration as a sequence of steps that can be watched, cancelled, continued and stepped back.
 
-Flow: affine pre-alignment (fixed -> moving) -> working grid (isotropic, dims divisible by 16) -> the policy
+Flow: linear pre-alignment (fixed -> moving; rigid, affine or none, ``prealign``) -> working grid (isotropic, dims divisible by 16) -> the policy
 proposes step fields that are composed into the total field ``phi_t`` (working-grid voxels) -> the result is
 ``T(x) = A(x + u(x))`` with ``u`` = ``phi_T`` resampled to the output grid in LPS mm (DESIGN.md §3).
 
@@ -32,7 +32,6 @@ from .geometry import (
     working_grid,
 )
 from .imaging import (
-    affine_prealign,
     check_overlap,
     check_pyramid_size,
     check_same_geometry,
@@ -40,20 +39,28 @@ from .imaging import (
     normalize_intensity,
     resample_to_grid,
 )
+from .masks import conform_mask, mask_to_grid
 from .memory import check_memory, estimate_peak_memory
 from .metrics import common_labels, dice_per_label
-from .policies import Policy, PolicyState
+from .policies import Policy, PolicyState, similarity_weight
+from .prealign import INITIALIZATIONS, prealign
 from .similarity import LocalNCC
 from .spatial import compose_displacements, resample_field_to_grid, sample_image_at_points, warp
 
 
 @dataclass
 class SessionOptions:
-    """How a registration runs. Spacing in mm; ``max_working_voxels`` caps the working grid (CPU memory)."""
+    """How a registration runs. Spacing in mm; ``max_working_voxels`` caps the working grid (CPU memory).
+
+    ``initialization``: the linear pre-alignment, "affine" (rigid then affine, the default), "rigid" or
+    "none" (the ``initial_transform`` as given, identity without one). ``affine=False`` (the older switch)
+    means "none" whatever ``initialization`` says.
+    """
 
     working_spacing_mm: float = 2.0
     max_working_voxels: int | None = 112 * 112 * 112
     affine: bool = True
+    initialization: str = "affine"
     device: str = "auto"
     seed: int = 0
     output_grid: str = "fixed"  # "fixed": the fixed image's own grid; "working": the coarse working grid
@@ -67,7 +74,9 @@ class StepReport:
     """What one step produced. Arrays are on the working grid; ``index`` 0 is the state after the affine."""
 
     index: int
-    similarity: float  # local NCC (window 9) of fixed and warped on the working grid, higher is better
+    similarity: (
+        float  # local NCC (window 9) of fixed and warped on the working grid (in the masks), higher is better
+    )
     dice: float | None  # mean Dice of the label maps on the output grid (if labels were given)
     step_seconds: float
     elapsed_seconds: float
@@ -122,12 +131,21 @@ class RegistrationSession:
         fixed_labels: sitk.Image | None = None,
         moving_labels: sitk.Image | None = None,
         initial_transform: sitk.Transform | None = None,
+        fixed_mask: sitk.Image | None = None,
+        moving_mask: sitk.Image | None = None,
         names: tuple[str, str] = ("fixed image", "moving image"),
     ):
         self.options = options or SessionOptions()
         self.names = names
         check_pyramid_size(fixed, names[0])
         check_pyramid_size(moving, names[1])
+        if self.options.initialization not in INITIALIZATIONS:
+            raise InputError(
+                f"initialization '{self.options.initialization}': choose from {', '.join(INITIALIZATIONS)}"
+            )
+        # label maps, nonzero = inside, restricting the similarity (pre-alignment metric and policy loss)
+        self.fixed_mask = None if fixed_mask is None else conform_mask(fixed_mask, fixed, "fixed mask")
+        self.moving_mask = None if moving_mask is None else conform_mask(moving_mask, moving, "moving mask")
         if (fixed_labels is None) != (moving_labels is None):
             raise InputError("labels: give both fixed and moving label maps, or neither")
         if fixed_labels is not None:
@@ -154,23 +172,39 @@ class RegistrationSession:
         self._similarity = LocalNCC(window=9)
 
     # ----------------------------------------------------------------- preparation
+    @property
+    def initialization(self) -> str:
+        """The pre-alignment this session runs: "affine", "rigid" or "none" (``SessionOptions``)."""
+        return self.options.initialization if self.options.affine else "none"
+
     def prepare(self) -> StepReport:
-        """Affine pre-alignment, working grid and tensors; returns the report of step 0 (idempotent)."""
+        """Pre-alignment, working grid and tensors; returns the report of step 0 (idempotent)."""
         if self._prepared:
             return self.reports[0]
         start = time.perf_counter()
         torch.manual_seed(self.options.seed)
         opts = self.options
-        if opts.affine:
-            try:
-                self.affine = affine_prealign(self.fixed, self.moving, self.initial_transform, seed=opts.seed)
-            except RuntimeError as error:  # ITK's registration gives up (e.g. no sample inside the moving)
-                reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-                raise InputError(f"{self.names[1]}: the affine pre-alignment failed ({reason})") from None
+        try:
+            linear = prealign(
+                self.fixed,
+                self.moving,
+                self.initialization,
+                self.initial_transform,
+                self.fixed_mask,
+                self.moving_mask,
+                seed=opts.seed,
+            )
+        except RuntimeError as error:  # ITK's registration gives up (e.g. no sample inside the moving)
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise InputError(
+                f"{self.names[1]}: the {self.initialization} pre-alignment failed ({reason})"
+            ) from None
+        self.affine = flatten_linear(linear)
+        if self.initialization != "none":
+            stage = "affine"
         else:
-            self.affine = flatten_linear(self.initial_transform)
-        initialization = "affine" if opts.affine else ("initial" if self.initial_transform else "none")
-        check_overlap(self.fixed, self.moving, self.affine, initialization, self.names)
+            stage = "initial" if self.initial_transform else "none"
+        check_overlap(self.fixed, self.moving, self.affine, stage, self.names)
         self.fixed_grid = Grid.from_image(self.fixed)
         self.grid = working_grid(self.fixed_grid, opts.working_spacing_mm, max_voxels=opts.max_working_voxels)
         self.output_grid = self.fixed_grid if opts.output_grid == "fixed" else self.grid
@@ -178,6 +212,8 @@ class RegistrationSession:
         moving_w = resample_to_grid(self.moving, self.grid, self.affine)
         self.fixed_tensor = self._normalized_tensor(fixed_w, intensity_window(self.fixed))
         self.moving_tensor = self._normalized_tensor(moving_w, intensity_window(self.moving))
+        self.fixed_mask_tensor = self._mask_tensor(self.fixed_mask, None)
+        self.moving_mask_tensor = self._mask_tensor(self.moving_mask, self.affine)
         self._prepare_labels()
         self.policy.reset(self.fixed_tensor, self.moving_tensor, spacing_mm=self.grid.spacing[0])
         identity = torch.zeros((1, 3, *self.grid.shape))
@@ -191,6 +227,17 @@ class RegistrationSession:
 
     def _normalized_tensor(self, image: sitk.Image, window: tuple[float, float]) -> torch.Tensor:
         array = normalize_intensity(sitk.GetArrayViewFromImage(image), window)
+        return torch.from_numpy(array)[None, None].to(self.device)
+
+    def _mask_tensor(self, mask: sitk.Image | None, transform: sitk.Transform | None) -> torch.Tensor | None:
+        """A mask on the working grid (through ``transform``, working point -> mask point), (1, 1, D, H, W)
+        in [0, 1]; None without a mask. ``InputError`` when nothing of it lands on the working grid."""
+        if mask is None:
+            return None
+        array = sitk.GetArrayFromImage(mask_to_grid(mask, self.grid, transform))
+        if not np.any(array > 0.5):
+            which = "fixed" if mask is self.fixed_mask else "moving"
+            raise InputError(f"{which} mask: no voxel of it falls inside the registered field of view")
         return torch.from_numpy(array)[None, None].to(self.device)
 
     def _prepare_labels(self) -> None:
@@ -256,6 +303,8 @@ class RegistrationSession:
             warped=warp(self.moving_tensor, previous),
             field=previous,
             step_index=self.step_count,
+            fixed_mask=self.fixed_mask_tensor,
+            moving_mask=self.moving_mask_tensor,
         )
         proposal = self.policy.propose(state)
         with torch.no_grad():
@@ -291,7 +340,8 @@ class RegistrationSession:
     ) -> StepReport:
         total = total.to(self.device)
         warped = warp(self.moving_tensor, total)
-        similarity = -float(self._similarity(self.fixed_tensor, warped))
+        weight = similarity_weight(self.fixed_mask_tensor, self.moving_mask_tensor, total)
+        similarity = -float(self._similarity(self.fixed_tensor, warped, weight))
         dice = self._dice(total) if self._label_points is not None else None
         magnitude = torch.linalg.vector_norm(voxel_to_physical(total, self.grid), dim=1)
         return StepReport(

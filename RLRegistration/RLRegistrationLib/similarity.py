@@ -3,12 +3,24 @@
 * ``LocalNCC``: local normalized cross-correlation with a separable box filter (mono-modal).
 * ``MINDSSC``: modality-independent neighbourhood descriptor, self-similarity context (multi-modal).
 * ``MSE``.
+
+Each takes an optional ``weight`` (B, 1, D, H, W) in [0, 1]: the loss is then the weighted mean over
+voxels (a mask restricting the similarity to a region); without it, the plain mean.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-voxel ``values`` (B, D, H, W) weighted by ``weight`` (B, 1, D, H, W); plain mean
+    without one."""
+    if weight is None:
+        return values.mean()
+    w = weight[:, 0]
+    return (values * w).sum() / w.sum().clamp_min(1e-6)
 
 
 def box_filter(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -34,7 +46,9 @@ class LocalNCC(torch.nn.Module):
         self.window = window
         self.eps = eps
 
-    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         n = float(self.window**3)
         stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
         sums = box_filter(stacked, self.window)
@@ -43,12 +57,16 @@ class LocalNCC(torch.nn.Module):
         f_var = (ff_sum - f_sum * f_sum / n).clamp(min=0)
         w_var = (ww_sum - w_sum * w_sum / n).clamp(min=0)
         cc = cross * cross / (f_var * w_var + self.eps)
-        return -cc.mean()
+        return -weighted_mean(cc, weight)
 
 
 class MSE(torch.nn.Module):
-    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(warped, fixed)
+    def forward(
+        self, fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if weight is None:
+            return F.mse_loss(warped, fixed)
+        return weighted_mean(((warped - fixed) ** 2).mean(dim=1), weight)
 
 
 def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
@@ -89,11 +107,16 @@ class MINDSSC(torch.nn.Module):
         self.dilation = dilation
         self._fixed_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # the fixed descriptor is constant during an optimization: compute it once per tensor
         if self._fixed_cache is None or self._fixed_cache[0] is not fixed:
             self._fixed_cache = (fixed, mind_ssc(fixed, self.radius, self.dilation).detach())
-        return F.mse_loss(mind_ssc(warped, self.radius, self.dilation), self._fixed_cache[1])
+        descriptor = mind_ssc(warped, self.radius, self.dilation)
+        if weight is None:
+            return F.mse_loss(descriptor, self._fixed_cache[1])
+        return weighted_mean(((descriptor - self._fixed_cache[1]) ** 2).mean(dim=1), weight)
 
 
 SIMILARITIES = {"ncc": LocalNCC, "mind": MINDSSC, "mse": MSE}

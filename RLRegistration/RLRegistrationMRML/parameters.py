@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 FIELD_DISPLAY_MODES = ["Hidden", "Glyph", "Grid", "Contour"]
-INITIALIZATION_MODES = ["affine", "parent", "none"]
+INITIALIZATION_MODES = ["affine", "rigid", "parent", "none"]
 INITIALIZATIONS = [
     ("affine", "Affine pre-alignment (starts from the moving volume's parent transform)"),
+    ("rigid", "Rigid pre-alignment (same patient; starts from the moving volume's parent transform)"),
     ("parent", "Moving volume's parent transform only (no affine)"),
     ("none", "None (images' own coordinates)"),
 ]
@@ -51,6 +52,8 @@ OVERLAY_VOLUMES = {
         "unit": " mm",
     },
 }
+# the session's pre-alignment (RLRegistrationLib.prealign) for each initialization mode of the panel
+SESSION_INITIALIZATION = {"affine": "affine", "rigid": "rigid", "parent": "none", "none": "none"}
 # the moving volume's parent before "apply to moving" put it under the result (restored on re-runs)
 PREVIOUS_PARENT_ATTRIBUTE = "RLRegistration.PreviousParentTransformID"
 
@@ -61,7 +64,8 @@ class RegistrationParameters:
     ``RLRegistrationParameterNode`` in ``RLRegistration.py``; a test keeps the two in step).
 
     Node fields hold MRML nodes (or None): fixedVolume, movingVolume (scalar volumes); fixedLabels,
-    movingLabels (label map volumes or segmentations); outputTransform (grid transform node of the
+    movingLabels (label map volumes or segmentations); fixedMask, movingMask (label maps or segmentations:
+    the similarity counts only voxels inside); outputTransform (grid transform node of the
     deformation u), outputLinearTransform (linear transform node of the pre-alignment A, child of
     outputTransform), outputParentTransform; warpedVolume, weightMapVolume, uncertaintyVolume,
     magnitudeVolume (scalar volumes).
@@ -71,6 +75,8 @@ class RegistrationParameters:
     movingVolume: Any = None
     fixedLabels: Any = None
     movingLabels: Any = None
+    fixedMask: Any = None
+    movingMask: Any = None
     policy: str = "tto"
     steps: int = 6
     iterations: int = 5

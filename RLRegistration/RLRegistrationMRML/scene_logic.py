@@ -36,7 +36,7 @@ import vtk
 from slicer import vtkMRMLDisplayableNode
 
 from .colors import ensure_color_table
-from .parameters import OVERLAY_VOLUMES, PREVIOUS_PARENT_ATTRIBUTE
+from .parameters import OVERLAY_VOLUMES, PREVIOUS_PARENT_ATTRIBUTE, SESSION_INITIALIZATION
 
 
 class RunUpdate:
@@ -197,8 +197,26 @@ class RegistrationSceneLogic:
         parent.GetMatrixTransformToWorld(matrix)
         return slicer.util.arrayFromVTKMatrix(matrix)
 
+    def maskImages(self, params):
+        """(fixed mask, moving mask) as SimpleITK label images (non-zero = inside), each None when not set.
+
+        A label map is taken as it is (the core resamples one on another grid onto its image, saying so); a
+        segmentation is exported, all its segments, onto its volume's grid."""
+        images = []
+        for maskNode, volumeNode in (
+            (params.fixedMask, params.fixedVolume),
+            (params.movingMask, params.movingVolume),
+        ):
+            if maskNode is None:
+                images.append(None)
+            elif maskNode.IsA("vtkMRMLSegmentationNode"):
+                images.append(self._segmentationToImage(maskNode, volumeNode, self._segmentNames(maskNode)))
+            else:
+                images.append(self.volumeToImage(maskNode))
+        return tuple(images)
+
     def initialTransform(self, params):
-        """(initial fixed -> moving transform in LPS or None, run the affine stage?) for the chosen mode."""
+        """(initial fixed -> moving transform in LPS or None, run a pre-alignment stage?) for the chosen mode."""
         from RLRegistrationLib import slicer_bridge
 
         if params.initialization == "none":
@@ -206,7 +224,7 @@ class RegistrationSceneLogic:
         movingToWorld = self.parentToWorld(params.movingVolume, params)
         fixedToWorld = self.parentToWorld(params.fixedVolume, params)
         initial = slicer_bridge.initial_transform_from_parents(movingToWorld, fixedToWorld)
-        return initial, params.initialization == "affine"
+        return initial, params.initialization in ("affine", "rigid")
 
     def resultParentTransform(self, params):
         """Where the output nodes go: the chosen parent, else the fixed volume's parent (same world)."""
@@ -221,7 +239,14 @@ class RegistrationSceneLogic:
             raise ValueError("Select the fixed and the moving volume.")
         if params.fixedVolume.GetID() == params.movingVolume.GetID():
             raise ValueError("The fixed and the moving volume must be different volumes.")
-        inputs = (params.fixedVolume, params.movingVolume, params.fixedLabels, params.movingLabels)
+        inputs = (
+            params.fixedVolume,
+            params.movingVolume,
+            params.fixedLabels,
+            params.movingLabels,
+            params.fixedMask,
+            params.movingMask,
+        )
         inputIDs = {node.GetID() for node in inputs if node is not None}
         for label, node in (
             ("warped volume", params.warpedVolume),
@@ -254,10 +279,13 @@ class RegistrationSceneLogic:
         imaging.validate_image(self._fixedImage, f"fixed volume '{params.fixedVolume.GetName()}'")
         imaging.validate_image(self.movingImage, f"moving volume '{params.movingVolume.GetName()}'")
         fixedLabels, movingLabels = self.labelImages(params)
-        initial, affine = self.initialTransform(params)
+        fixedMask, movingMask = self.maskImages(params)
+        initial, _ = self.initialTransform(params)
         device = resolve_device(params.device)
         self.deviceDescription = describe_device(device)
-        options = session.SessionOptions(affine=affine, device=str(device))
+        options = session.SessionOptions(
+            initialization=SESSION_INITIALIZATION[params.initialization], device=str(device)
+        )
         if device.type == "cuda":
             options.max_working_voxels = 160 * 192 * 224
         sampling = {}
@@ -271,7 +299,15 @@ class RegistrationSceneLogic:
             logging.info(f"Policy '{params.policy}' used with its own settings ({error})")
             policy = policies.make_policy(params.policy, **sampling)  # a policy without these options
         self.session = session.RegistrationSession(
-            self._fixedImage, self.movingImage, policy, options, fixedLabels, movingLabels, initial
+            self._fixedImage,
+            self.movingImage,
+            policy,
+            options,
+            fixedLabels,
+            movingLabels,
+            initial,
+            fixed_mask=fixedMask,
+            moving_mask=movingMask,
         )
         self.createdNodeIDs = []
         self._startWorker(steps)

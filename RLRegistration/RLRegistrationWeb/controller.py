@@ -24,6 +24,7 @@ from pathlib import Path
 
 from RLRegistrationLib.errors import RLRegistrationError
 from RLRegistrationLib.panel_state import PanelState, PanelStateError, PanelStateMachine, progress_text
+from RLRegistrationMRML.parameters import INITIALIZATION_MODES
 
 from . import mrml_layer
 from .files import DataFolder, PathRefused
@@ -198,7 +199,7 @@ class PanelController:
                     return self._fail(f"device '{value}' is not available here")
                 self.settings.device = value
             elif key == "initialization":
-                if value not in ("affine", "parent", "none"):
+                if value not in INITIALIZATION_MODES:
                     return self._fail(f"unknown initialization '{value}'")
                 self.settings.initialization = value
             elif key in self.settings.limits:

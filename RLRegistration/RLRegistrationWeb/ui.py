@@ -14,13 +14,10 @@ from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
+from RLRegistrationMRML.parameters import INITIALIZATIONS  # the Slicer panel's choices
+
 FIELD_DISPLAYS = ["Glyph", "Grid", "Contour", "Hidden"]
 OVERLAYS = [("none", "None"), ("weight_map", "λ map"), ("magnitude", "|u|"), ("uncertainty", "Uncertainty")]
-INITIALIZATIONS = [
-    ("affine", "Affine pre-alignment"),
-    ("parent", "Moving volume's parent transform only"),
-    ("none", "None (images' own coordinates)"),
-]
 
 
 def colormap_css(name: str, stops: int = 11) -> str:
