@@ -24,7 +24,7 @@ from pathlib import Path
 
 from RLRegistrationLib.errors import RLRegistrationError
 from RLRegistrationLib.panel_state import PanelState, PanelStateError, PanelStateMachine, progress_text
-from RLRegistrationMRML.parameters import INITIALIZATION_MODES
+from RLRegistrationMRML.parameters import INITIALIZATION_MODES, RegistrationParameters
 
 from . import mrml_layer
 from .files import DataFolder, PathRefused
@@ -63,13 +63,14 @@ class FrameTiming:
 class RunSettings:
     """The registration options of the panel (what the Slicer panel's spin boxes hold)."""
 
-    policy: str = "tto"
-    steps: int = 6
-    iterations: int = 5
-    samples: int = 1
-    regularization: float = 2.0
-    device: str = "auto"
-    initialization: str = "affine"
+    # the defaults of the panel's parameters (the Slicer parameter node's)
+    policy: str = RegistrationParameters.policy
+    steps: int = RegistrationParameters.steps
+    iterations: int = RegistrationParameters.iterations
+    samples: int = RegistrationParameters.samples
+    regularization: float = RegistrationParameters.regularization
+    device: str = RegistrationParameters.device
+    initialization: str = RegistrationParameters.initialization
     limits: dict = field(
         default_factory=lambda: {
             "steps": (1, 500),
