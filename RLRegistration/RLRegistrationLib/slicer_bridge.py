@@ -23,6 +23,7 @@ import json
 import math
 import queue
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,6 +384,7 @@ class WorkerMessage:
     error: str = ""
     out_of_memory: bool = False
     details: str = ""
+    posted: float = field(default_factory=time.monotonic)  # when the worker posted it (monotonic s)
 
 
 class RegistrationWorker:

@@ -50,6 +50,7 @@ class RunUpdate:
         self.error = ""
         self.outOfMemory = False
         self.details = ""
+        self.framePosted = None  # monotonic time the worker posted the frame shown (None: no frame)
 
 
 class RegistrationSceneLogic:
@@ -376,6 +377,7 @@ class RegistrationSceneLogic:
             if message.kind in ("prepared", "step"):
                 update.reports.append(message.report)
                 latestFrame = message.frame
+                update.framePosted = message.posted
             elif message.kind == "final":
                 self._pendingFinal = message.final
             elif message.kind == "finished":

@@ -57,6 +57,7 @@ class FrameTiming:
     received: float
     shown: float
     step_seconds: float
+    posted: float | None = None  # when the worker finished the step and posted it
 
 
 @dataclass
@@ -304,11 +305,14 @@ class PanelController:
             self.last_report = report
         if update.reports:
             report = self.last_report
-            self.frame_timings.append(FrameTiming(report.index, received, shown, report.step_seconds))
+            posted = update.framePosted or received
+            self.frame_timings.append(FrameTiming(report.index, received, shown, report.step_seconds, posted))
             log.info(
-                "step %d shown %.2f s after the click (step %.0f ms, display %.0f ms)",
+                "step %d shown %.2f s after the click, %.0f ms after the step finished (step %.0f ms, "
+                "display %.0f ms)",
                 report.index,
                 shown - (self.run_started or shown),
+                1000 * (shown - posted),
                 1000 * report.step_seconds,
                 1000 * (shown - received),
             )
