@@ -128,11 +128,16 @@ def test_session_with_masks_restricts_the_loss_to_them(blob_array):
 
 
 def test_session_mask_outside_the_working_grid_is_an_error(blob_array):
+    """The images overlap (same content), but the moving mask covers only a part of the moving image that lies
+    beyond the fixed field of view: nothing of it reaches the registered grid."""
     fixed = _image(blob_array)
-    shift = sitk.TranslationTransform(3, (400.0, 0.0, 0.0))  # the moving mask lands far outside
+    pad = 30
+    moving = sitk.ConstantPad(fixed, (0, 0, 0), (pad, 0, 0), 0.0)  # more voxels along i, beyond the fixed
+    inside = np.zeros(sitk.GetArrayViewFromImage(moving).shape, np.uint8)
+    inside[:, :, -pad // 2 :] = 1  # only in the padding
+    mask = sitk.GetImageFromArray(inside)
+    mask.CopyInformation(moving)
     options = SessionOptions(working_spacing_mm=4.0, initialization="none", device="cpu")
-    session = RegistrationSession(
-        fixed, fixed, make_policy("tto"), options, initial_transform=shift, moving_mask=_box_mask(fixed)
-    )
-    with pytest.raises(InputError, match="moving mask"):
+    session = RegistrationSession(fixed, moving, make_policy("tto"), options, moving_mask=mask)
+    with pytest.raises(InputError, match="moving mask: no voxel of it falls inside the registered field"):
         session.prepare()
