@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -391,7 +392,7 @@ def main(argv=None) -> int:
     tag = f"accuracy_{args.contrast_moving}_{args.similarity}" + (f"_{args.tag}" if args.tag else "")
     (out / f"{tag}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     (out / f"{tag}.md").write_text(
-        f"`python benchmarks/accuracy.py {' '.join(argv or sys.argv[1:])}`\n\n{table}\n"
+        f"`python benchmarks/accuracy.py {shlex.join(argv or sys.argv[1:])}`\n\n{table}\n"
     )
     return 0
 
