@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -76,11 +77,16 @@ def run_affine_legacy(fixed, moving, workdir, args):
     return affine_prealign(fixed, moving, seed=0), None
 
 
-def run_rlreg(fixed, moving, workdir, args):
+def run_rlreg_tuned(fixed, moving, workdir, args):
+    """rlreg's default policy with the schedule of ``--tto`` (see ``tto_schedule.py``)."""
+    return run_rlreg(fixed, moving, workdir, args, tto=args.tto)
+
+
+def run_rlreg(fixed, moving, workdir, args, tto: str = ""):
     from RLRegistrationLib.policies import make_policy
     from RLRegistrationLib.session import RegistrationSession, SessionOptions
 
-    tto = parse_tto(getattr(args, "tto", ""))
+    tto = parse_tto(tto)
     spacing = float(tto.pop("spacing", args.spacing))
     max_voxels = int(tto.pop("max_voxels", 112**3)) or None
     steps = int(tto.pop("steps", args.steps))
@@ -246,6 +252,7 @@ METHODS = {
     "affine": run_affine,
     "affine-legacy": run_affine_legacy,
     "rlreg": run_rlreg,
+    "rlreg-tuned": run_rlreg_tuned,
     "syn": run_syn,
     "greedy": run_greedy,
     "elastix": run_elastix,
@@ -346,7 +353,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--tto",
         default="",
-        help="rlreg schedule, e.g. 'spacing:1.0;max_voxels:0;pyramid:4/4/4/2/2/1' (see tto_schedule.py)",
+        help="schedule of the rlreg-tuned method, e.g. 'spacing:1.0;max_voxels:0;pyramid:4/4/4/2/2/1' (see tto_schedule.py)",
     )
     parser.add_argument("--contrast-moving", default="t1", help="t1 (same contrast) or t2 (cross-contrast)")
     parser.add_argument("--threads", type=int, default=2)
@@ -385,7 +392,7 @@ def main(argv=None) -> int:
     tag = f"accuracy_{args.contrast_moving}_{args.similarity}" + (f"_{args.tag}" if args.tag else "")
     (out / f"{tag}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     (out / f"{tag}.md").write_text(
-        f"`python benchmarks/accuracy.py {' '.join(argv or sys.argv[1:])}`\n\n{table}\n"
+        f"`python benchmarks/accuracy.py {shlex.join(argv or sys.argv[1:])}`\n\n{table}\n"
     )
     return 0
 

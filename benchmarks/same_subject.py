@@ -160,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--out-stem", default="same_subject", help="name of the result files")
     args = parser.parse_args(argv)
     if shared_data_missing(args.shared_dir, "same_subject"):
         return 2
@@ -185,7 +186,14 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     text = table(rows, methods)
     print(text)
-    write_results(args.out, "same_subject", {"args": vars(args), "rows": rows}, text, argv or sys.argv[1:])
+    write_results(
+        args.out,
+        args.out_stem,
+        {"args": vars(args), "rows": rows},
+        text,
+        argv or sys.argv[1:],
+        "same_subject",
+    )
     return 0
 
 

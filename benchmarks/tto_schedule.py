@@ -12,6 +12,7 @@ Prints a table (mean final Dice, % det J <= 0, wall s) and writes ``results/<out
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
         args.out_stem,
         {"args": vars(args), "rows": rows},
         table,
-        argv or sys.argv[1:],
+        [shlex.quote(a) for a in (argv or sys.argv[1:])],
         script="tto_schedule",
     )
     return 0

@@ -1,8 +1,9 @@
 """A registration as a sequence of steps that can be watched, cancelled, continued and stepped back.
 
-Flow: linear pre-alignment (fixed -> moving; rigid, affine or none, ``prealign``) -> working grid (isotropic, dims divisible by 16) -> the policy
-proposes step fields that are composed into the total field ``phi_t`` (working-grid voxels) -> the result is
-``T(x) = A(x + u(x))`` with ``u`` = ``phi_T`` resampled to the output grid in LPS mm (DESIGN.md §3).
+Flow: linear pre-alignment (fixed -> moving; rigid, affine or none: ``prealign``) -> working grid
+(isotropic, dims divisible by 16) -> the policy proposes step fields that are composed into the total field
+``phi_t`` (working-grid voxels) -> the result is ``T(x) = A(x + u(x))`` with ``u`` = ``phi_T`` resampled to
+the output grid in LPS mm (DESIGN.md §3).
 
 Nothing here knows about files, threads or Slicer; ``cancel()`` is safe to call from another thread.
 """
@@ -74,9 +75,8 @@ class StepReport:
     """What one step produced. Arrays are on the working grid; ``index`` 0 is the state after the affine."""
 
     index: int
-    similarity: (
-        float  # local NCC (window 9) of fixed and warped on the working grid (in the masks), higher is better
-    )
+    # local NCC (window 9) of fixed and warped on the working grid (inside the masks), higher is better
+    similarity: float
     dice: float | None  # mean Dice of the label maps on the output grid (if labels were given)
     step_seconds: float
     elapsed_seconds: float
