@@ -1,0 +1,63 @@
+"""``--quality``: the working grid and TTO schedule each preset sets, and what it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from RLRegistrationLib.cli import _policy_and_options, build_parser
+from RLRegistrationLib.errors import InputError
+
+
+def parse(*extra: str):
+    return build_parser().parse_args(
+        ["register", "f.nii.gz", "m.nii.gz", "-o", "t.h5", "--device", "cpu", *extra]
+    )
+
+
+def test_standard_is_the_2mm_capped_grid_and_the_4_gib_cap():
+    args = parse()
+    policy, options = _policy_and_options(args)
+    assert (options.working_spacing_mm, options.max_working_voxels, options.max_memory_gib) == (
+        2.0,
+        112**3,
+        4.0,
+    )
+    assert policy.config.pyramid == (2, 2, 2, 1)
+
+
+def test_fine_is_the_1mm_uncapped_grid_with_a_last_step_at_1mm():
+    policy, options = _policy_and_options(parse("--quality", "fine"))
+    assert (options.working_spacing_mm, options.max_working_voxels, options.max_memory_gib) == (
+        1.0,
+        None,
+        8.0,
+    )
+    assert policy.config.pyramid == (4, 4, 4, 2, 2, 1)
+
+
+def test_explicit_spacing_and_memory_cap_win_over_the_preset():
+    _, options = _policy_and_options(parse("--quality", "fine", "--spacing", "1.5", "--max-memory", "12"))
+    assert (options.working_spacing_mm, options.max_memory_gib) == (1.5, 12.0)
+
+
+def test_fine_is_refused_for_other_policies():
+    with pytest.raises(InputError, match="--quality fine sets the tto schedule: use it with --policy tto"):
+        _policy_and_options(parse("--quality", "fine", "--policy", "spac-brain-synth+tto"))
+
+
+def test_fine_is_never_finer_than_the_fixed_image():
+    import SimpleITK as sitk
+
+    from RLRegistrationLib.cli import no_finer_than_the_image
+
+    coarse = sitk.Image(8, 8, 8, sitk.sitkFloat32)
+    coarse.SetSpacing((2.0, 2.5, 3.0))
+    args = parse("--quality", "fine")
+    policy, options = _policy_and_options(args)
+    no_finer_than_the_image(args, policy, options, coarse)
+    assert options.working_spacing_mm == 2.0
+    assert policy.config.pyramid == (2, 2, 2, 1, 1, 1)  # steps at 4, 4, 4, 2, 2, 2 mm: the standard ones
+    args = parse("--quality", "fine", "--spacing", "1.0")  # asked for: kept
+    policy, options = _policy_and_options(args)
+    no_finer_than_the_image(args, policy, options, coarse)
+    assert options.working_spacing_mm == 1.0 and policy.config.pyramid == (4, 4, 4, 2, 2, 1)
