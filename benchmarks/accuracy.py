@@ -277,17 +277,15 @@ def _worker(method: str, pair: dict, args_dict: dict, queue) -> None:
     _threads(args_dict["threads"])
     import tempfile
 
-    import SimpleITK as sitk
     import torch
 
     torch.set_num_threads(args_dict["threads"])
+    from common import read_pair
+
     from RLRegistrationLib.metrics import evaluate_transform, evaluation_labels
 
     args = argparse.Namespace(**args_dict)
-    fixed = sitk.ReadImage(pair["fixed"], sitk.sitkFloat32)
-    moving = sitk.ReadImage(pair["moving"], sitk.sitkFloat32)
-    fixed_labels = sitk.ReadImage(pair["fixed_labels"])
-    moving_labels = sitk.ReadImage(pair["moving_labels"])
+    fixed, moving, fixed_labels, moving_labels = read_pair(pair)
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)  # elastix/transformix write files into the working directory
         start = time.perf_counter()

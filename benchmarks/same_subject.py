@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import METHODS, _threads, available  # noqa: E402
-from common import REPO, shared_data_missing, write_results  # noqa: E402
+from common import REPO, read_pair, shared_data_missing, write_results  # noqa: E402
 
 DEFAULT_METHODS = "affine-legacy,rigid,affine,rlreg,rlreg-rigid,greedy,syn"
 
@@ -83,9 +83,7 @@ def _worker(method: str, pair: dict, args_dict: dict, queue) -> None:
     from RLRegistrationLib.synthesis import brain_mask
 
     args = argparse.Namespace(**args_dict)
-    fixed = sitk.ReadImage(pair["fixed"], sitk.sitkFloat32)
-    moving = sitk.ReadImage(pair["moving"], sitk.sitkFloat32)
-    fixed_labels, moving_labels = (sitk.ReadImage(pair[k]) for k in ("fixed_labels", "moving_labels"))
+    fixed, moving, fixed_labels, moving_labels = read_pair(pair)
     truth = sitk.ReadTransform(pair["truth"])
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)
