@@ -20,6 +20,12 @@ rounded to multiples of 16), runs there, and resizes the step field back (``spat
 vectors rescaled). The session passes its working spacing to ``reset``; ``input_spacing_mm`` is the
 fallback (default 2 mm, the session's default).
 
+Steps: with the card's ``inference.diffeomorphic_steps`` (or the policy option of that name) the network's
+step output is read as a stationary velocity field and the policy returns exp(output) (scaling and
+squaring on the network grid, ``inference.integration_steps`` squarings, default 7), as TTO does with its
+own steps, so a learned step cannot fold the field; without it (cards written before the option) the raw
+output is the step. ``benchmarks/policy_safety.py`` measures both.
+
 MorphSeek with ``samples`` K > 1 keeps K trajectories on the network grid, each with its own total field,
 warped image and latent samples; the session's total field follows their mean (``spatial.step_to_reach``)
 and each step reports the per-voxel spread of the K total displacements in mm (the uncertainty map).
