@@ -278,3 +278,82 @@ def test_learned_policy_in_a_session(model_dir, blob_array, make_grid, image_on_
     assert [r.diagnostics["stage"] for r in reports] == [0.0, 1.0]
     result = session.result()
     assert result.weight_map is not None and result.displacement.GetSize() == fixed.GetSize()
+
+
+# ------------------------------------------------------------------------------------ diffeomorphic steps
+
+
+def folding_phantom(shape=(16, 16, 16)) -> torch.Tensor:
+    """A smooth step field (1, 3, D, H, W), voxels, that folds: the i component 1.5 sin(2 pi x / 6) (a
+    network step with max_step 1.5) has a central difference down to -1.3, so det(I + grad u) < 0 where
+    it dips."""
+    x = torch.arange(shape[2], dtype=torch.float32)
+    field = torch.zeros((1, 3, *shape))
+    field[0, 0] = 1.5 * torch.sin(2 * torch.pi * x / 6).view(1, 1, -1).expand(*shape)
+    return field
+
+
+def test_integrated_step_has_no_folds_where_the_raw_step_folds(model_dir, edit_card):
+    from RLRegistrationLib.environment import voxel_jacobian_determinant
+
+    card = json.loads((model_dir / "card.json").read_text())
+    edit_card(model_dir, inference={**card.get("inference", {}), "diffeomorphic_steps": True})
+    policy = SPACPolicy(model_dir, device="cpu")
+    raw = folding_phantom()
+    assert float(voxel_jacobian_determinant(raw).min()) < 0  # the raw step folds
+    step = policy.learned_step(raw)
+    assert float(voxel_jacobian_determinant(step).min()) > 0  # exp(raw) does not
+    assert float(step.abs().max()) > 0.3  # and still moves
+    # off, the step is the network's output as is
+    assert SPACPolicy(model_dir, device="cpu", diffeomorphic_steps=False).learned_step(raw) is raw
+
+
+def test_cards_with_and_without_diffeomorphic_steps_load(model_dir, edit_card, policy_state):
+    from RLRegistrationLib.spatial import integrate_velocity
+
+    state = policy_state()
+    raw_policy = SPACPolicy(model_dir, device="cpu", input_spacing_mm=2.0)  # no option in the card
+    assert raw_policy.diffeomorphic_steps is False
+    raw_policy.reset(state.fixed, state.moving)
+    raw = raw_policy.propose(state).step_field
+    card = json.loads((model_dir / "card.json").read_text())
+    edit_card(
+        model_dir,
+        inference={**card.get("inference", {}), "diffeomorphic_steps": True, "integration_steps": 5},
+    )
+    policy = SPACPolicy(model_dir, device="cpu", input_spacing_mm=2.0)
+    assert policy.diffeomorphic_steps is True and policy.integration_steps == 5
+    policy.reset(state.fixed, state.moving)
+    step = policy.propose(state).step_field
+    torch.testing.assert_close(step, integrate_velocity(raw, 5), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(step, raw)
+    # the registered policies follow the card, and the option overrides it
+    discover_models(model_dir.parent)
+    assert make_policy("spac-unit", device="cpu").diffeomorphic_steps is True
+    assert make_policy("spac-unit", device="cpu", diffeomorphic_steps=False).diffeomorphic_steps is False
+    assert (
+        make_policy("spac-unit+tto", device="cpu", diffeomorphic_steps=False).first.diffeomorphic_steps
+        is False
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"diffeomorphic_steps": "yes"}, "inference.diffeomorphic_steps must be true or false, got 'yes'"),
+        ({"diffeomorphic_steps": 1}, "inference.diffeomorphic_steps must be true or false, got 1"),
+        (
+            {"diffeomorphic_steps": True, "integration_steps": 0},
+            "inference.integration_steps must be an integer",
+        ),
+        ({"integration_steps": "7"}, "inference.integration_steps must be an integer"),
+    ],
+)
+def test_bad_diffeomorphic_option_names_the_card(model_dir, edit_card, change, message):
+    edit_card(model_dir, inference={"steps": 5, **change})
+    with pytest.raises(PolicyError, match=rf"card\.json.*{message}"):
+        read_card(model_dir)
+    with pytest.raises(PolicyError, match=r"card\.json.*inference\."):
+        load_model(model_dir)
+    with pytest.warns(UserWarning, match="skipping model"):
+        assert discover_models(model_dir.parent) == {}

@@ -321,3 +321,26 @@ def test_cli_sampling_errors(model_dir, small_pair, tmp_path, capsys, argv, mess
     assert code == 2
     assert stderr.startswith("rlreg: error: ") and message in stderr and len(stderr.strip().splitlines()) == 1
     assert not out.exists() and not u.exists()
+
+
+def test_diffeomorphic_steps_apply_to_every_sampled_trajectory(model_dir, policy_state, edit_card):
+    from RLRegistrationLib.spatial import integrate_velocity
+
+    card = json.loads((model_dir / CARD_NAME).read_text())
+    edit_card(model_dir, inference={**card.get("inference", {}), "diffeomorphic_steps": True})
+    state = policy_state()
+    fields = {}
+    for diffeomorphic in (False, True):
+        policy = MorphSeekPolicy(
+            model_dir,
+            device="cpu",
+            samples=2,
+            seed=3,
+            input_spacing_mm=2.0,
+            diffeomorphic_steps=diffeomorphic,
+        )
+        assert policy.diffeomorphic_steps is diffeomorphic
+        policy.reset(state.fixed, state.moving)
+        policy.propose(state)
+        fields[diffeomorphic] = policy._history[1]  # the K trajectories after the first step
+    torch.testing.assert_close(fields[True], integrate_velocity(fields[False]), rtol=1e-5, atol=1e-6)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib.learned_policies import chain_settings, load_model, read_card
+from RLRegistrationLib.learned_policies import chain_settings, inference_step_options, load_model, read_card
+from RLRegistrationLib.metrics import jacobian_of_field, jacobian_stats
 from RLRegistrationLib.policies import make_policy, policy_default_steps
 from RLRegistrationLib.session import RegistrationSession, SessionOptions
 
@@ -16,6 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 SAMPLE = REPO / "RLRegistration" / "RLRegistrationLib" / "sample_data"
 SHIPPED = ["spac-brain-synth", "morphseek-brain-synth", "morphseek-brain-synth-warmup"]
+SAFE_FOLDING_PERCENT = 0.05  # issue 13: every shipped policy folds less than this
+
+
+def folding_percent(session) -> float:
+    """% det J <= 0 of the session's whole transform on the fixed grid (as the benchmarks measure it)."""
+    return jacobian_stats(jacobian_of_field(session.result().displacement))["folding_percent"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +57,8 @@ def test_shipped_policy_improves_dice_on_the_sample_pair(model_id, sample_pair):
     dice = [session.reports[0].dice] + [report.dice for report in session.run(steps)]
     assert max(dice[1:4]) > dice[0] + 0.05, f"{model_id}: Dice per step {[round(d, 3) for d in dice]}"
     assert dice[-1] > dice[0], f"{model_id}: Dice per step {[round(d, 3) for d in dice]}"
+    assert inference_step_options(card)[0], f"{model_id}: the shipped card composes raw learned steps"
+    assert folding_percent(session) < SAFE_FOLDING_PERCENT
 
 
 @pytest.mark.parametrize("model_id", SHIPPED)
@@ -70,3 +79,4 @@ def test_shipped_chain_runs_as_its_card_says(model_id, sample_pair):
     session.prepare()
     dice = [session.reports[0].dice] + [report.dice for report in session.run(policy_default_steps(name))]
     assert dice[-1] > dice[0] + 0.1, f"{name}: Dice per step {[round(d, 3) for d in dice]}"
+    assert folding_percent(session) < SAFE_FOLDING_PERCENT

@@ -20,6 +20,12 @@ rounded to multiples of 16), runs there, and resizes the step field back (``spat
 vectors rescaled). The session passes its working spacing to ``reset``; ``input_spacing_mm`` is the
 fallback (default 2 mm, the session's default).
 
+Steps: with the card's ``inference.diffeomorphic_steps`` (or the policy option of that name) the network's
+step output is read as a stationary velocity field and the policy returns exp(output) (scaling and
+squaring on the network grid, ``inference.integration_steps`` squarings, default 7), as TTO does with its
+own steps, so a learned step cannot fold the field; without it (cards written before the option) the raw
+output is the step. ``benchmarks/policy_safety.py`` measures both.
+
 MorphSeek with ``samples`` K > 1 keeps K trajectories on the network grid, each with its own total field,
 warped image and latent samples; the session's total field follows their mean (``spatial.step_to_reach``)
 and each step reports the per-voxel spread of the K total displacements in mm (the uncertainty map).
@@ -52,10 +58,17 @@ from .policies import (
     register_policy,
     tto_option_defaults,
 )
-from .spatial import compose_displacements, resize_displacement, step_to_reach, warp
+from .spatial import (
+    compose_displacements,
+    integrate_velocity,
+    resize_displacement,
+    step_to_reach,
+    warp,
+)
 
 CARD_NAME = "card.json"
 DEFAULT_SESSION_SPACING_MM = 2.0  # SessionOptions.working_spacing_mm
+INTEGRATION_STEPS = 7  # squarings of a diffeomorphic learned step (as TTO's ``integrate_velocity``)
 _CARD_FIELDS = ("id", "family", "architecture", "working_grid", "weights", "sha256")
 # family of a model card -> (architecture class, network class)
 FAMILIES: dict[str, tuple[type[BackboneArchitecture], type[torch.nn.Module]]] = {
@@ -98,7 +111,28 @@ def read_card(folder: str | Path) -> dict:
             f"model card '{path}': family '{card['family']}' is not supported (expected one of "
             f"{', '.join(repr(f) for f in sorted(FAMILIES))})"
         )
+    inference_step_options(card, path)
     return card
+
+
+def inference_step_options(card: dict, path: Path | str = CARD_NAME) -> tuple[bool, int]:
+    """(diffeomorphic_steps, integration_steps) of a card's ``inference``: whether each learned step is
+    read as a stationary velocity field and integrated (scaling and squaring, ``integration_steps``
+    squarings) before it is composed, so that it is a diffeomorphism like a TTO step. Absent: (False, 7),
+    the raw step of the cards written before the option. ``PolicyError`` naming the card otherwise."""
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    diffeomorphic = inference.get("diffeomorphic_steps", False)
+    squarings = inference.get("integration_steps", INTEGRATION_STEPS)
+    if not isinstance(diffeomorphic, bool):
+        raise PolicyError(
+            f"model card '{path}': inference.diffeomorphic_steps must be true or false, got {diffeomorphic!r}"
+        )
+    if isinstance(squarings, bool) or not isinstance(squarings, int) or not 1 <= squarings <= 12:
+        raise PolicyError(
+            f"model card '{path}': inference.integration_steps must be an integer from 1 to 12, got "
+            f"{squarings!r}"
+        )
+    return diffeomorphic, squarings
 
 
 def card_architecture(card: dict, path: Path) -> BackboneArchitecture:
@@ -290,6 +324,7 @@ class NetworkPolicy(Policy):
         device: str = "auto",
         max_step: float | None = None,
         input_spacing_mm: float | None = None,
+        diffeomorphic_steps: bool | None = None,
     ):
         self.network, self.card = load_model(model_dir, resolve_device(device))
         self.model_dir = Path(model_dir)
@@ -304,6 +339,12 @@ class NetworkPolicy(Policy):
         inference = self.card.get("inference", {}) if isinstance(self.card.get("inference"), dict) else {}
         card_step = inference.get("max_step", self.network.architecture.max_step)
         self.max_step = float(card_step if max_step is None else max_step)
+        card_diffeomorphic, self.integration_steps = inference_step_options(
+            self.card, self.model_dir / CARD_NAME
+        )
+        self.diffeomorphic_steps = (
+            card_diffeomorphic if diffeomorphic_steps is None else bool(diffeomorphic_steps)
+        )
         self.working_spacing_mm = float(self.card["working_grid"]["spacing_mm"])
         self.input_spacing_mm = float(input_spacing_mm or DEFAULT_SESSION_SPACING_MM)
         self.shape: tuple[int, int, int] | None = None
@@ -324,6 +365,15 @@ class NetworkPolicy(Policy):
     def to_network(self, image: torch.Tensor) -> torch.Tensor:
         """An image of the working grid on the network grid."""
         return resize_image(image, self.shape)
+
+    def learned_step(self, output: torch.Tensor) -> torch.Tensor:
+        """The step field (network-grid voxels) of the network's output (B, 3, ...): the output itself, or
+        with ``diffeomorphic_steps`` the displacement of exp(output), the output read as a stationary
+        velocity field (``spatial.integrate_velocity``, ``integration_steps`` squarings). exp(v) has a
+        positive Jacobian determinant wherever v is smooth on the scale of a voxel / 2^squarings, whatever
+        the size of v's gradient; where the raw output is small and smooth the two agree to first order.
+        The integrated step may exceed ``max_step`` (it is the bound of the velocity)."""
+        return integrate_velocity(output, self.integration_steps) if self.diffeomorphic_steps else output
 
     @staticmethod
     def to_working(
@@ -367,8 +417,9 @@ class SPACPolicy(NetworkPolicy):
         seed: int | None = None,
         max_step: float | None = None,
         input_spacing_mm: float | None = None,
+        diffeomorphic_steps: bool | None = None,
     ):
-        super().__init__(model_dir, device, max_step, input_spacing_mm)
+        super().__init__(model_dir, device, max_step, input_spacing_mm, diffeomorphic_steps)
         self.stochastic = bool(stochastic)
         self.seed = seed
         self._generator: torch.Generator | None = None
@@ -388,7 +439,7 @@ class SPACPolicy(NetworkPolicy):
             generator=self._generator,
             max_step=self.max_step,
         )
-        step, weight = self.to_working(out.step, out.weight, tuple(state.fixed.shape[2:]))
+        step, weight = self.to_working(self.learned_step(out.step), out.weight, tuple(state.fixed.shape[2:]))
         return PolicyStep(
             step_field=step,
             weight_map=weight,
@@ -436,13 +487,14 @@ class MorphSeekPolicy(NetworkPolicy):
         max_step: float | None = None,
         input_spacing_mm: float | None = None,
         fixed_point_iterations: int = 5,
+        diffeomorphic_steps: bool | None = None,
     ):
         samples = int(samples)
         if samples < 1:
             raise PolicyError(f"policy '{model_dir}': samples must be >= 1, got {samples}")
         if temperature is not None and not (math.isfinite(float(temperature)) and float(temperature) >= 0):
             raise PolicyError(f"policy '{model_dir}': temperature must be >= 0, got {temperature}")
-        super().__init__(model_dir, device, max_step, input_spacing_mm)
+        super().__init__(model_dir, device, max_step, input_spacing_mm, diffeomorphic_steps)
         self.samples = samples
         self.temperature = float(temperature) if temperature is not None else (1.0 if samples > 1 else 0.0)
         self.seed = seed
@@ -473,7 +525,7 @@ class MorphSeekPolicy(NetworkPolicy):
             generator=self._generator,
             max_step=self.max_step,
         )
-        step, weight = self.to_working(out.step, out.weight, tuple(state.fixed.shape[2:]))
+        step, weight = self.to_working(self.learned_step(out.step), out.weight, tuple(state.fixed.shape[2:]))
         return PolicyStep(
             step_field=step, weight_map=weight, diagnostics=self._diagnostics(out, step, weight)
         )
@@ -515,7 +567,9 @@ class MorphSeekPolicy(NetworkPolicy):
             generator=self._generator,
             max_step=self.max_step,
         )
-        fields = compose_displacements(out.step, fields)  # phi_k,t = a_k + phi_k,t-1 o (id + a_k)
+        fields = compose_displacements(
+            self.learned_step(out.step), fields
+        )  # phi_k,t = a_k + phi_k,t-1 o (id + a_k)
         mean = fields.mean(dim=0, keepdim=True)
         target = resize_displacement(mean, working_shape)
         step = step_to_reach(state.field, target, self.fixed_point_iterations)
@@ -651,8 +705,16 @@ def models_dir() -> Path | None:
     return None
 
 
-_SPAC_OPTIONS = ("device", "stochastic", "seed", "max_step", "input_spacing_mm")
-_MORPHSEEK_OPTIONS = ("device", "temperature", "samples", "seed", "max_step", "input_spacing_mm")
+_SPAC_OPTIONS = ("device", "stochastic", "seed", "max_step", "input_spacing_mm", "diffeomorphic_steps")
+_MORPHSEEK_OPTIONS = (
+    "device",
+    "temperature",
+    "samples",
+    "seed",
+    "max_step",
+    "input_spacing_mm",
+    "diffeomorphic_steps",
+)
 # family -> (policy class, its options)
 _FAMILY_POLICIES: dict[str, tuple[type[NetworkPolicy], tuple[str, ...]]] = {
     "spac": (SPACPolicy, _SPAC_OPTIONS),
