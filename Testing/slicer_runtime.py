@@ -23,8 +23,11 @@ import os
 import sys
 import tempfile
 import types
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # slicer-core may be absent (the tests then skip)
+    from RLRegistrationMRML.core_scene import CoreScene
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SLICER_PYTHON = ROOT.parent / "shared" / "slicer-python"
@@ -92,7 +95,7 @@ def _stand_in_module(name: str) -> types.ModuleType:
 class CoreIOManager:
     """The part of ``qSlicerCoreIOManager`` the module and its tests use, on real MRML storage nodes."""
 
-    def __init__(self, runtime: SlicerRuntime):
+    def __init__(self, runtime: CoreScene):
         self.runtime = runtime
 
     def fileType(self, filename) -> str:
@@ -147,7 +150,7 @@ class CoreIOManager:
 class CoreApplication:
     """``slicer.app`` of a headless run: the scene, its logics, a temporary folder and settings."""
 
-    def __init__(self, runtime: SlicerRuntime):
+    def __init__(self, runtime: CoreScene):
         self._runtime = runtime
         self.temporaryPath = tempfile.mkdtemp(prefix="rlreg-slicer-")
         self._io = CoreIOManager(runtime)
@@ -170,25 +173,14 @@ class CoreApplication:
         return {"Developer/SelfTestDisplayMessageDelay": 0}
 
 
-@dataclass
-class SlicerRuntime:
-    scene: object
-    app_logic: object
-    volumes_logic: object
-    transforms_logic: object
-    segmentations_logic: object
-    subject_hierarchy_logic: object
-    colors_logic: object
-
-
 def _module(logic) -> types.SimpleNamespace:
     return types.SimpleNamespace(logic=lambda: logic)
 
 
-_RUNTIME: SlicerRuntime | None = None
+_RUNTIME: CoreScene | None = None
 
 
-def start() -> SlicerRuntime:
+def start() -> CoreScene:
     """Start (once per process) Slicer's core as ``qSlicerCoreApplication`` does; returns the runtime."""
     global _RUNTIME
     if _RUNTIME is not None:
@@ -214,26 +206,15 @@ def start() -> SlicerRuntime:
 
     core = create_core_scene(color_files=SHARED_SLICER_PYTHON / "Base" / "Logic" / "Resources" / "ColorFiles")
     scene = core.scene
-    runtime = SlicerRuntime(
-        scene,
-        core.app_logic,
-        core.volumes_logic,
-        core.transforms_logic,
-        core.segmentations_logic,
-        core.subject_hierarchy_logic,
-        core.colors_logic,
-    )
-    volumes, transforms, segmentations = core.volumes_logic, core.transforms_logic, core.segmentations_logic
-    hierarchy, colors = core.subject_hierarchy_logic, core.colors_logic
 
     slicer.mrmlScene = scene
-    slicer.app = CoreApplication(runtime)
+    slicer.app = CoreApplication(core)
     slicer.modules = types.SimpleNamespace(
-        volumes=_module(volumes),
-        transforms=_module(transforms),
-        segmentations=_module(segmentations),
-        subjecthierarchy=_module(hierarchy),
-        colors=_module(colors),
+        volumes=_module(core.volumes_logic),
+        transforms=_module(core.transforms_logic),
+        segmentations=_module(core.segmentations_logic),
+        subjecthierarchy=_module(core.subject_hierarchy_logic),
+        colors=_module(core.colors_logic),
     )
-    _RUNTIME = runtime
-    return runtime
+    _RUNTIME = core
+    return core

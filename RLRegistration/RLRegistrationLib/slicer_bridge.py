@@ -336,7 +336,7 @@ def final_outputs(
     u = sitk.GetArrayViewFromImage(result.displacement)
     warped = None
     if moving is not None:
-        warped = sitk.GetArrayFromImage(result.warp_image(moving, default_value=_background(moving)))
+        warped = sitk.GetArrayFromImage(result.warp_image(moving, default_value=background_value(moving)))
     weight = (
         None if result.weight_map is None else sitk.GetArrayFromImage(result.weight_map).astype(np.float32)
     )
@@ -356,7 +356,7 @@ def final_outputs(
     )
 
 
-def _background(image: sitk.Image) -> float:
+def background_value(image: sitk.Image) -> float:
     """Value for voxels mapped outside the moving image: its minimum (0 for most MR, -1024 for CT)."""
     return float(np.min(sitk.GetArrayViewFromImage(image)))
 

@@ -509,9 +509,6 @@ class RegistrationSceneLogic:
             )
         return volumeNode
 
-    def weightMapNode(self, params):
-        return self.overlayNode(params, "weight_map")
-
     def updateOverlay(self, params, overlay: str, array, ijkToRas, parent=None) -> None:
         """Voxels, geometry and colours of an overlay volume, and the text of its range label."""
         from RLRegistrationLib import slicer_bridge
@@ -651,7 +648,7 @@ class RegistrationSceneLogic:
         for nodeID in self.createdNodeIDs:
             node = scene.GetNodeByID(nodeID)
             if node is not None:
-                self._removeWithDisplayNodes(node)
+                self.removeWithDisplayNodes(node)
         self.createdNodeIDs = []
         if params is not None:
             for attribute in (
@@ -664,8 +661,8 @@ class RegistrationSceneLogic:
                 if node is not None and scene.GetNodeByID(node.GetID()) is None:
                     setattr(params, attribute, None)
 
-    def _removeWithDisplayNodes(self, node: vtkMRMLDisplayableNode) -> None:
-        """Remove a created node; MRML leaves a removed node's display nodes in the scene, so them too."""
+    def removeWithDisplayNodes(self, node: vtkMRMLDisplayableNode) -> None:
+        """Remove a node of the scene; MRML leaves a removed node's display nodes behind, so them too."""
         scene = self.scene
         for i in reversed(range(node.GetNumberOfDisplayNodes())):
             displayNode = node.GetNthDisplayNode(i)
@@ -745,10 +742,8 @@ class RegistrationSceneLogic:
         moving = params.movingVolume
         linearNode = params.outputLinearTransform
         previous = moving.GetParentTransformNode()
-        if previous is not None and previous.GetID() in self._ownTransformIDs(params):
-            moving.SetAndObserveTransformNodeID(linearNode.GetID())
-            return
-        moving.SetAttribute(PREVIOUS_PARENT_ATTRIBUTE, previous.GetID() if previous is not None else "")
+        if previous is None or previous.GetID() not in self._ownTransformIDs(params):
+            moving.SetAttribute(PREVIOUS_PARENT_ATTRIBUTE, previous.GetID() if previous is not None else "")
         moving.SetAndObserveTransformNodeID(linearNode.GetID())
 
     def unusedParentWouldBeReplaced(self, params) -> bool:

@@ -147,7 +147,7 @@ class PanelController:
             self.state.reset()
         self.logic.forgetSession()
         setattr(self.params, attribute, node)
-        mrml_layer.remove_nodes(self.scene, [old])
+        mrml_layer.remove_nodes(self.logic, [old])
         self.inputs[role] = name
         self.error = ""
         self.progress = ""
@@ -495,10 +495,11 @@ class PanelController:
 
         self._require_result()
         result = self.logic.result(self.params)
+        from RLRegistrationLib.slicer_bridge import background_value
+
         moving = self.logic.movingImage
-        background = float(sitk.GetArrayViewFromImage(moving).min())
         path = self.output_dir / "warped.nii.gz"
-        sitk.WriteImage(result.warp_image(moving, default_value=background), str(path), True)
+        sitk.WriteImage(result.warp_image(moving, default_value=background_value(moving)), str(path), True)
         return self._download_name("nii.gz", "warped"), path.read_bytes()
 
     def _require_result(self) -> None:

@@ -47,11 +47,12 @@ def ensure_output_volumes(scene, params, base_name: str) -> None:
             setattr(params, attribute, node)
 
 
-def remove_nodes(scene, nodes) -> None:
-    """Remove nodes (None and nodes already gone are skipped)."""
+def remove_nodes(logic, nodes) -> None:
+    """Remove nodes with their display nodes (the scene logic's removal); None and nodes already gone are
+    skipped."""
     for node in nodes:
-        if node is not None and scene.GetNodeByID(node.GetID()) is not None:
-            scene.RemoveNode(node)
+        if node is not None and logic.scene.GetNodeByID(node.GetID()) is not None:
+            logic.removeWithDisplayNodes(node)
 
 
 def volume_node_from_image(scene, image, name: str, labels: bool = False):
