@@ -220,15 +220,19 @@ def read_label_map(path: str | Path, role: str = "labels") -> sitk.Image:
     return image
 
 
-def check_same_geometry(image: sitk.Image, labels: sitk.Image, name: str) -> None:
-    """Labels must sit on the image's grid (same size, and origin/spacing/direction within 1e-3)."""
-    same = (
-        image.GetSize() == labels.GetSize()
-        and np.allclose(image.GetSpacing(), labels.GetSpacing(), atol=1e-3)
-        and np.allclose(image.GetOrigin(), labels.GetOrigin(), atol=1e-3)
-        and np.allclose(image.GetDirection(), labels.GetDirection(), atol=1e-3)
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same size, and origin/spacing/direction within 1e-3 (mm, or unitless for the direction)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-3)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-3)
     )
-    if not same:
+
+
+def check_same_geometry(image: sitk.Image, labels: sitk.Image, name: str) -> None:
+    """Labels must sit on the image's grid (``same_grid``)."""
+    if not same_grid(image, labels):
         raise InputError(
             f"{name}: label map is not on the same grid as its image (size/origin/spacing/direction)"
         )

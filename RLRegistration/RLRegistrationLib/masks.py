@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid
+from .imaging import same_grid
 
 
 class MaskWarning(UserWarning):
@@ -33,7 +34,7 @@ def conform_mask(mask: sitk.Image, image: sitk.Image, name: str) -> sitk.Image:
     if not np.any(array):
         raise InputError(f"{name}: mask is empty (all zero)")
     inside = sitk.Cast(mask != 0, sitk.sitkUInt8)
-    if not _same_grid(inside, image):
+    if not same_grid(inside, image):
         warnings.warn(
             f"{name}: not on its image's grid; resampled onto it (nearest neighbour)",
             MaskWarning,
@@ -43,16 +44,6 @@ def conform_mask(mask: sitk.Image, image: sitk.Image, name: str) -> sitk.Image:
         if not np.any(sitk.GetArrayViewFromImage(inside)):
             raise InputError(f"{name}: mask does not overlap its image (no voxel inside after resampling)")
     return inside
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    """Same size, and origin/spacing/direction within 1e-3 (mm, or unitless for the direction)."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-3)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-3)
-    )
 
 
 def mask_to_grid(mask: sitk.Image, grid: Grid, transform: sitk.Transform | None = None) -> sitk.Image:

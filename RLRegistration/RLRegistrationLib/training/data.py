@@ -188,7 +188,9 @@ def read_subject(shared_dir: str | Path, subject: int, spacing_mm: float) -> sit
 
 def align_labels(reference: sitk.Image, labels: sitk.Image) -> sitk.Image:
     """``labels`` resampled (nearest) on ``reference``'s grid through an affine fitted between T1-like
-    syntheses of both (``imaging.affine_prealign``, Mattes MI), i.e. what the session does at inference."""
+    syntheses of both (``imaging.affine_prealign``, Mattes MI): the pre-alignment the shipped models were
+    trained with. The session now pre-aligns with ``prealign.prealign`` (rigid then affine down to 1 mm);
+    switching the training data to it means retraining the models."""
     fixed = synthesize_volume(reference, contrast="t1", rng=0)
     moving = synthesize_volume(labels, contrast="t1", rng=1)
     transform = affine_prealign(fixed, moving, seed=0)
