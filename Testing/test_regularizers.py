@@ -89,3 +89,18 @@ def test_beta_hyperprior_is_finite_at_zero_weight():
     value = regularizers.beta_hyperprior(torch.zeros(1, 1, 2, 2, 2))
     assert torch.isfinite(value)
     assert float(value) == pytest.approx(-0.18 * torch.log(torch.tensor(1e-6)).item(), rel=1e-5)
+
+
+def test_weighted_diffusion_gradient_equals_autograd_of_the_formula():
+    """The written-out backward pass gives autograd's gradients for both the field and the weight map."""
+    g = torch.Generator().manual_seed(3)
+    field = torch.randn(1, 3, 5, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    lam = torch.rand(1, 1, 5, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(regularizers.weighted_diffusion, (field, lam))
+    crop = lam[:, :, :-1, :-1, :-1]
+    reference = sum((crop * d.pow(2)).mean() for d in regularizers.spatial_gradients(field)) / 3.0
+    expected = torch.autograd.grad(reference, (field, lam))
+    got = torch.autograd.grad(regularizers.weighted_diffusion(field, lam), (field, lam))
+    assert float(regularizers.weighted_diffusion(field, lam)) == pytest.approx(float(reference), rel=1e-12)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -125,3 +125,22 @@ def test_ncc_descent_direction_points_towards_alignment(smooth_image, axis, chan
     means = direction.mean(dim=(2, 3, 4))[0]
     others = [float(means[c].abs()) for c in range(3) if c != channel]
     assert float(means[channel]) > 0.05 and float(means[channel]) > 3 * max(others)
+
+
+def test_strided_box_filter_and_ncc_are_the_full_ones_subsampled():
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(1, 2, 9, 10, 11, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(
+        similarity.box_filter(x, 5, stride=2), similarity.box_filter(x, 5)[..., ::2, ::2, ::2]
+    )
+    fixed, warped = x[:, :1], x[:, 1:]
+    weight = (torch.rand(1, 1, 9, 10, 11, generator=g, dtype=torch.float64) > 0.3).double()
+    full = similarity.LocalNCC(window=5)
+    n = float(5**3)
+    sums = similarity.box_filter(torch.cat([fixed, warped, fixed**2, warped**2, fixed * warped], 1), 5)
+    f, w, ff, ww, fw = sums.unbind(1)
+    cc = (fw - f * w / n) ** 2 / ((ff - f * f / n).clamp(min=0) * (ww - w * w / n).clamp(min=0) + full.eps)
+    sub, sub_weight = cc[..., ::3, ::3, ::3], weight[:, 0, ::3, ::3, ::3]
+    expected = -(sub * sub_weight).sum() / sub_weight.sum()
+    got = similarity.LocalNCC(window=5, stride=3)(fixed, warped, weight)
+    assert float(got) == pytest.approx(float(expected), rel=1e-12)

@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from .errors import PolicyError
 from .regularizers import beta_hyperprior, normal_hyperprior, weighted_diffusion
 from .similarity import make_similarity
-from .spatial import compose_displacements, integrate_velocity, resize_displacement, warp
+from .spatial import (
+    compose_displacements,
+    compose_linearized,
+    field_gradient,
+    integrate_velocity,
+    resize_displacement,
+    squarings_needed,
+    warp,
+)
 
 
 @dataclass
@@ -32,7 +40,7 @@ class PolicyState:
 
     fixed: torch.Tensor
     moving: torch.Tensor
-    warped: torch.Tensor
+    warped: torch.Tensor | None  # moving o (id + field); None for a policy with ``uses_warped = False``
     field: torch.Tensor
     step_index: int
     fixed_mask: torch.Tensor | None = None
@@ -60,6 +68,7 @@ class Policy:
     description = ""
     modality = "any"
     supports_sampling = False  # True: accepts ``samples`` K > 1 and returns an uncertainty map
+    uses_warped = True  # False: ``propose`` never reads ``state.warped`` (the session skips warping it)
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
         """Called once per image pair: working-grid tensors in [0, 1] and the grid's (isotropic) spacing."""
@@ -75,7 +84,7 @@ class TestTimeOptimizationConfig:
     Schedules (tuples) give one value per step; the last value repeats for later steps.
     """
 
-    iterations: int = 5  # Adam iterations per step
+    iterations: int | tuple[int, ...] = 5  # Adam iterations per step (or a schedule)
     learning_rate: float = 0.2  # Adam step on the control field (control-grid voxels)
     similarity: str = "ncc"  # ncc (mono-modal), mind (multi-modal), mse
     ncc_window: int = 7
@@ -85,6 +94,13 @@ class TestTimeOptimizationConfig:
     # step field parametrized on a control grid this many (pyramid-level) voxels apart
     control_spacing: tuple[int, ...] = (2,)
     diffeomorphic: bool = True  # step = exp(v), scaling and squaring on the control grid
+    # inside the loss, compose step and previous field to first order (``compose_linearized``): no
+    # resampling of the previous field per iteration; the chosen step is composed exactly by the session
+    linearized_composition: bool = True
+    # optimize on the box holding the foreground of both images (plus ``crop_margin`` working voxels) and
+    # extend the step outside it by its border values: a skull-stripped brain fills ~half of its grid
+    crop_to_foreground: bool = True
+    crop_margin: int = 8
     learn_weight_map: bool = True  # optimize a smooth lambda map jointly
     weight_map_spacing: int = 8  # lambda parametrized this many working voxels apart
     weight_map_lr: float = 0.05
@@ -107,8 +123,60 @@ def downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
     if factor == 1:
         return image
     shape = [max(2, math.ceil(n / factor)) for n in image.shape[2:]]
-    smooth = F.avg_pool3d(image, 2 * factor - 1, stride=1, padding=factor - 1, count_include_pad=False)
+    # a (2 factor - 1)^3 box mean, as three 1D means: the same values (the box and the part of it inside
+    # the volume are products of intervals) at 3 (2 factor - 1) instead of (2 factor - 1)^3 operations
+    smooth = image
+    for axis in range(3):
+        kernel, padding = [1, 1, 1], [0, 0, 0]
+        kernel[axis], padding[axis] = 2 * factor - 1, factor - 1
+        smooth = F.avg_pool3d(smooth, kernel, stride=1, padding=padding, count_include_pad=False)
     return F.interpolate(smooth, size=shape, mode="trilinear", align_corners=True)
+
+
+Box = tuple[slice, slice, slice]
+
+
+def foreground_box(
+    images: list[torch.Tensor], margin: int, threshold: float = 0.05, factor: int = 4
+) -> Box | None:
+    """The index box (k, j, i slices of the grid) around every voxel where one of ``images`` (1, 1, D, H,
+    W), in [0, 1], exceeds ``threshold`` after smoothing (``downsample`` by ``factor``, so isolated noise
+    does not count), grown by ``margin`` voxels; None when it is the whole grid or nothing is above."""
+    shape = images[0].shape[2:]
+    coarse = [downsample(image, factor)[0, 0] > threshold for image in images]
+    occupied = coarse[0]
+    for other in coarse[1:]:
+        occupied = occupied | other
+    if not bool(occupied.any()):
+        return None
+    box = []
+    for axis, n in enumerate(shape):
+        rest = tuple(a for a in range(3) if a != axis)
+        where = torch.nonzero(occupied.any(dim=rest)).flatten()
+        scale = (n - 1) / max(1, occupied.shape[axis] - 1)  # corner-aligned coarse -> grid index
+        low = max(0, math.floor(float(where.min()) * scale) - margin)
+        high = min(n, math.ceil(float(where.max()) * scale) + margin + 1)
+        box.append(slice(low, high))
+    if all(b.start == 0 and b.stop == n for b, n in zip(box, shape)):
+        return None
+    return tuple(box)
+
+
+def crop(tensor: torch.Tensor | None, box: Box | None) -> torch.Tensor | None:
+    """``tensor`` (B, C, D, H, W) restricted to ``box`` (None: unchanged)."""
+    if tensor is None or box is None:
+        return tensor
+    return tensor[:, :, box[0], box[1], box[2]]
+
+
+def uncrop(tensor: torch.Tensor, box: Box | None, shape: tuple[int, int, int]) -> torch.Tensor:
+    """A tensor on ``box`` extended to the grid ``shape`` by its border values (replicate padding)."""
+    if box is None:
+        return tensor
+    padding = []
+    for b, n in zip(reversed(box), reversed(shape)):  # F.pad takes the last axis first
+        padding += [b.start, n - b.stop]
+    return F.pad(tensor, padding, mode="replicate")
 
 
 def similarity_weight(
@@ -138,6 +206,7 @@ class TestTimeOptimizationPolicy(Policy):
     modality = "any (ncc: same contrast; mind: cross-modality)"
 
     __test__ = False  # not a pytest class
+    uses_warped = False  # it warps the moving image through each candidate field itself
 
     def __init__(
         self, config: TestTimeOptimizationConfig | None = None, weight_map: torch.Tensor | None = None
@@ -148,19 +217,33 @@ class TestTimeOptimizationPolicy(Policy):
         self.fixed_weight_map = weight_map
         self.weight_logits: torch.Tensor | None = None
         self._pyramid: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.box: Box | None = None  # the optimized part of the working grid (None: all of it)
+        self._started = False
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
         self.weight_logits = None
         self._pyramid = {}
+        self.box = None
+        self._started = False  # the box and the weight map are made at the first step (it has the masks)
+
+    def _start(self, state: PolicyState) -> None:
+        """The optimized box (around the masks when given: only there does the similarity count; else
+        around the images' foreground) and the initial weight map, once per pair."""
+        self._started = True
+        if self.config.crop_to_foreground:
+            masks = [m for m in (state.fixed_mask, state.moving_mask) if m is not None]
+            self.box = foreground_box(masks or [state.fixed, state.moving], self.config.crop_margin)
         if self.config.learn_weight_map and self.fixed_weight_map is None:
-            shape = [max(2, math.ceil(n / self.config.weight_map_spacing)) for n in fixed.shape[2:]]
+            cropped = crop(state.fixed, self.box).shape[2:]
+            shape = [max(2, math.ceil(n / self.config.weight_map_spacing)) for n in cropped]
             # start at lam = sigmoid(2) ~ 0.88: mostly stiff, free to soften where the data asks
-            self.weight_logits = torch.full((1, 1, *shape), 2.0, device=fixed.device)
+            self.weight_logits = torch.full((1, 1, *shape), 2.0, device=state.fixed.device)
 
     def current_weight_map(self, shape: tuple[int, int, int]) -> torch.Tensor | None:
-        """lam (1, 1, *shape) in (0, 1], or None when the policy has no weight map."""
+        """lam (1, 1, *shape) in (0, 1] over the optimized box, or None when the policy has no weight map."""
         if self.fixed_weight_map is not None:
-            return F.interpolate(self.fixed_weight_map, size=shape, mode="trilinear", align_corners=True)
+            given = crop(self.fixed_weight_map, self.box)
+            return F.interpolate(given, size=shape, mode="trilinear", align_corners=True)
         if self.weight_logits is None:
             return None
         lam = torch.sigmoid(
@@ -172,23 +255,29 @@ class TestTimeOptimizationPolicy(Policy):
         """(fixed, moving, fixed mask or None, moving mask or None) at pyramid ``factor``."""
         if factor not in self._pyramid:
             self._pyramid[factor] = tuple(
-                None if t is None else downsample(t, factor)
+                None if t is None else downsample(crop(t, self.box).contiguous(), factor)
                 for t in (state.fixed, state.moving, state.fixed_mask, state.moving_mask)
             )
         return self._pyramid[factor]
 
     def _step_from_control(self, control: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         """Dense step field (voxels of ``shape``) from control-grid values (control voxels)."""
-        step = integrate_velocity(control) if self.config.diffeomorphic else control
+        step = (
+            integrate_velocity(control, squarings_needed(control)) if self.config.diffeomorphic else control
+        )
         return resize_displacement(step, shape)
 
     def propose(self, state: PolicyState) -> PolicyStep:
+        if not self._started:
+            self._start(state)
         cfg = self.config
         full_shape = tuple(state.fixed.shape[2:])
+        box_shape = tuple(crop(state.fixed, self.box).shape[2:])
         factor = _scheduled(cfg.pyramid, state.step_index)
         fixed, moving, fixed_mask, moving_mask = self._level(state, factor)
         shape = tuple(fixed.shape[2:])
-        previous = resize_displacement(state.field.detach(), shape) if factor > 1 else state.field.detach()
+        previous = crop(state.field.detach(), self.box)
+        previous = resize_displacement(previous, shape) if factor > 1 else previous
         spacing = _scheduled(cfg.control_spacing, state.step_index)
         control_shape = [max(2, math.ceil(n / spacing)) for n in shape]
         control = torch.zeros((1, 3, *control_shape), device=fixed.device, requires_grad=True)
@@ -197,10 +286,20 @@ class TestTimeOptimizationPolicy(Policy):
             self.weight_logits.requires_grad_(True)
             params.append({"params": [self.weight_logits], "lr": cfg.weight_map_lr})
         optimizer = torch.optim.Adam(params)
+        if cfg.linearized_composition:
+            previous_gradient = field_gradient(previous)
+
+            def compose(step: torch.Tensor) -> torch.Tensor:
+                return compose_linearized(step, previous, previous_gradient)
+        else:
+
+            def compose(step: torch.Tensor) -> torch.Tensor:
+                return compose_displacements(step, previous)
+
         loss_value = similarity_value = 0.0
-        for _ in range(cfg.iterations):
+        for _ in range(_scheduled(cfg.iterations, state.step_index)):
             optimizer.zero_grad(set_to_none=True)
-            total = compose_displacements(self._step_from_control(control, shape), previous)
+            total = compose(self._step_from_control(control, shape))
             similarity = self.similarity(
                 fixed, warp(moving, total), similarity_weight(fixed_mask, moving_mask, total)
             )
@@ -211,8 +310,9 @@ class TestTimeOptimizationPolicy(Policy):
         if self.weight_logits is not None:
             self.weight_logits.requires_grad_(False)
         with torch.no_grad():
-            step = self._step_from_control(control.detach(), full_shape)
-            lam = self.current_weight_map(full_shape)
+            step = uncrop(self._step_from_control(control.detach(), box_shape), self.box, full_shape)
+            lam = self.current_weight_map(box_shape)
+            lam = None if lam is None else uncrop(lam, self.box, full_shape)
         return PolicyStep(
             step_field=step,
             weight_map=lam,

@@ -23,40 +23,63 @@ def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Te
     return (values * w).sum() / w.sum().clamp_min(1e-6)
 
 
-def box_filter(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum over a ``window``^3 neighbourhood (zero padded), as three separable 1D convolutions."""
+def box_filter(x: torch.Tensor, window: int, stride: int = 1) -> torch.Tensor:
+    """Sum over a ``window``^3 neighbourhood (zero padded), as three separable 1D convolutions; with
+    ``stride`` s only at the voxels whose indices are multiples of s (``x[..., ::s, ::s, ::s]``'s shape)."""
     channels = x.shape[1]
     pad = window // 2
     out = x
     for axis in range(3):
-        shape = [1, 1, 1]
-        shape[axis] = window
+        shape, padding, steps = [1, 1, 1], [0, 0, 0], [1, 1, 1]
+        shape[axis], padding[axis], steps[axis] = window, pad, stride
         kernel = torch.ones((channels, 1, *shape), dtype=x.dtype, device=x.device)
-        padding = [0, 0, 0]
-        padding[axis] = pad
-        out = F.conv3d(out, kernel, padding=tuple(padding), groups=channels)
+        out = F.conv3d(out, kernel, padding=tuple(padding), stride=tuple(steps), groups=channels)
     return out
 
 
 class LocalNCC(torch.nn.Module):
-    """Negative mean squared local normalized cross-correlation over ``window``^3 neighbourhoods."""
+    """Negative mean squared local normalized cross-correlation over ``window``^3 neighbourhoods.
 
-    def __init__(self, window: int = 9, eps: float = 1e-5):
+    The fixed image's local sums do not change while a registration optimizes against it: for a fixed
+    tensor that needs no gradient they are computed once and kept while the same tensor object is passed
+    (do not modify it in place meanwhile); only the three sums that involve the warped image are filtered
+    on each call."""
+
+    def __init__(self, window: int = 9, eps: float = 1e-5, stride: int = 1):
         super().__init__()
         self.window = window
         self.eps = eps
+        # > 1: the mean over the voxels whose indices are multiples of ``stride`` (a cheaper estimate of
+        # the same mean, for reports on large grids)
+        self.stride = int(stride)
+        self._fixed_stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def fixed_statistics(self, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local sum and (n times the) local variance of ``fixed``, (B, D, H, W) each."""
+        if fixed.requires_grad:
+            return self._statistics(fixed)
+        if self._fixed_stats is None or self._fixed_stats[0] is not fixed:
+            self._fixed_stats = (fixed, *self._statistics(fixed))
+        return self._fixed_stats[1], self._fixed_stats[2]
+
+    def _statistics(self, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = float(self.window**3)
+        stacked = torch.cat([fixed, fixed * fixed], dim=1)
+        f_sum, ff_sum = box_filter(stacked, self.window, self.stride).unbind(dim=1)
+        return f_sum, (ff_sum - f_sum * f_sum / n).clamp(min=0)
 
     def forward(
         self, fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         n = float(self.window**3)
-        stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
-        sums = box_filter(stacked, self.window)
-        f_sum, w_sum, ff_sum, ww_sum, fw_sum = sums.unbind(dim=1)
+        f_sum, f_var = self.fixed_statistics(fixed)
+        stacked = torch.cat([warped, warped * warped, fixed * warped], dim=1)
+        w_sum, ww_sum, fw_sum = box_filter(stacked, self.window, self.stride).unbind(dim=1)
         cross = fw_sum - f_sum * w_sum / n
-        f_var = (ff_sum - f_sum * f_sum / n).clamp(min=0)
         w_var = (ww_sum - w_sum * w_sum / n).clamp(min=0)
         cc = cross * cross / (f_var * w_var + self.eps)
+        if weight is not None and self.stride > 1:
+            weight = weight[:, :, :: self.stride, :: self.stride, :: self.stride]
         return -weighted_mean(cc, weight)
 
 

@@ -6,6 +6,8 @@ the grid of the image they warp *into* (the fixed/working grid). ``warp(image, u
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,27 @@ def compose_displacements(step: torch.Tensor, previous: torch.Tensor) -> torch.T
     return step + warp(previous, step, padding_mode="border")
 
 
+def field_gradient(field: torch.Tensor) -> torch.Tensor:
+    """``d u_c / d x_d`` (B, 3, 3, D, H, W) of a field (B, 3, D, H, W), both indices in (i, j, k) order,
+    voxel units, central differences inside and one-sided at the borders."""
+    d_k, d_j, d_i = torch.gradient(field, dim=(2, 3, 4))
+    return torch.stack([d_i, d_j, d_k], dim=2)
+
+
+def compose_linearized(step: torch.Tensor, previous: torch.Tensor, previous_gradient: torch.Tensor):
+    """First-order ``compose_displacements``: ``phi = a + previous + (d previous / dx) a``.
+
+    ``previous_gradient`` is ``field_gradient(previous)``. The error is second order in the step (half
+    its square times the field's second derivative): small for the sub-voxel to few-voxel steps of an
+    optimizer on a smooth field, and it needs no resampling of ``previous`` (the costliest part of the
+    exact composition in a gradient step). Optimizers use it inside their loss; the step they settle on
+    is composed exactly."""
+    total = step + previous
+    for d in range(3):
+        total = total + previous_gradient[:, :, d] * step[:, d : d + 1]
+    return total
+
+
 def step_to_reach(previous: torch.Tensor, target: torch.Tensor, iterations: int = 5) -> torch.Tensor:
     """The step ``a`` whose composition with ``previous`` gives ``target``:
     ``a + previous o (id + a) = target``.
@@ -69,10 +92,23 @@ def step_to_reach(previous: torch.Tensor, target: torch.Tensor, iterations: int 
 
 def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     """Scaling and squaring: displacement of ``exp(v)`` for a stationary velocity field (voxel units)."""
+    steps = int(steps)
     displacement = velocity / (2**steps)
     for _ in range(steps):
         displacement = displacement + warp(displacement, displacement)
     return displacement
+
+
+def squarings_needed(velocity: torch.Tensor, max_scaled_voxels: float = 0.25, most: int = 7) -> int:
+    """The fewest scaling-and-squaring steps N (0..``most``) with max |v| / 2^N <= ``max_scaled_voxels``.
+
+    A scaled field of at most a quarter voxel has finite differences of at most half a voxel, so
+    ``id + v / 2^N`` does not fold and neither do its N self-compositions; a small step (the usual case
+    late in a test-time optimization) then needs two or three squarings instead of seven."""
+    largest = float(velocity.detach().abs().amax()) if velocity.numel() else 0.0
+    if largest <= max_scaled_voxels:
+        return 0
+    return min(int(most), math.ceil(math.log2(largest / max_scaled_voxels)))
 
 
 def resize_displacement(displacement: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

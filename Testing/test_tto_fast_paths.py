@@ -1,0 +1,162 @@
+"""The test-time optimization's shortcuts give what the plain computations give.
+
+Cached fixed-image NCC statistics, adaptive scaling and squaring, the first-order composition inside
+the loss and the foreground crop each make an iteration cheaper; these tests hold each one to the
+computation it replaces, with numbers, on small seeded volumes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from RLRegistrationLib import policies, similarity, spatial
+from RLRegistrationLib.policies import PolicyState, TestTimeOptimizationConfig, TestTimeOptimizationPolicy
+
+
+def _reference_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int, eps: float = 1e-5):
+    """The five-channel formula the cached one replaces."""
+    n = float(window**3)
+    stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
+    f_sum, w_sum, ff_sum, ww_sum, fw_sum = similarity.box_filter(stacked, window).unbind(dim=1)
+    cross = fw_sum - f_sum * w_sum / n
+    f_var = (ff_sum - f_sum * f_sum / n).clamp(min=0)
+    w_var = (ww_sum - w_sum * w_sum / n).clamp(min=0)
+    return -(cross * cross / (f_var * w_var + eps)).mean()
+
+
+def test_cached_ncc_statistics_give_the_same_loss_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    fixed = torch.rand(1, 1, 10, 11, 12, generator=g, dtype=torch.float64)
+    ncc = similarity.LocalNCC(window=5)
+    for seed in (1, 2):  # the second call reuses the fixed statistics of the first
+        warped = torch.rand(
+            1, 1, 10, 11, 12, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+        a, b = warped.clone().requires_grad_(True), warped.clone().requires_grad_(True)
+        got, expected = ncc(fixed, a), _reference_ncc(fixed, b, 5)
+        assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+        got.backward()
+        expected.backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    # another fixed tensor is not confused with the cached one, and a fixed image with a gradient gets one
+    other = (fixed * 0.5 + 0.2).requires_grad_(True)
+    value = ncc(other, warped)
+    assert float(value.detach()) == pytest.approx(float(_reference_ncc(other.detach(), warped, 5)), rel=1e-12)
+    value.backward()
+    assert float(other.grad.abs().sum()) > 0
+
+
+def test_adaptive_squarings_bound_the_scaled_field_and_match_seven_squarings():
+    g = torch.Generator().manual_seed(1)
+    velocity = torch.nn.functional.interpolate(
+        torch.randn(1, 3, 4, 4, 4, generator=g), size=(16, 16, 16), mode="trilinear", align_corners=True
+    )
+    for amplitude in (0.1, 1.0, 3.0, 50.0):
+        v = velocity * amplitude / float(velocity.abs().amax())
+        n = spatial.squarings_needed(v)
+        assert 0 <= n <= 7
+        assert amplitude / 2**n <= 0.25 or n == 7
+        if n > 0:
+            assert amplitude / 2 ** (n - 1) > 0.25  # the fewest that reach a quarter voxel
+    v = velocity * 1.5 / float(velocity.abs().amax())
+    adaptive = spatial.integrate_velocity(v, spatial.squarings_needed(v))
+    full = spatial.integrate_velocity(v, 7)
+    # both approximate exp(v); at 1.5 voxels they agree to a small fraction of the displacement
+    assert float((adaptive - full).abs().max()) < 0.05 * 1.5
+    assert spatial.squarings_needed(torch.zeros(1, 3, 4, 4, 4)) == 0
+
+
+def test_linearized_composition_error_is_second_order_in_the_step(sinusoid_field):
+    shape = (24, 26, 28)
+    previous = sinusoid_field(shape, 3.0, seed=1, shortest_wavelength=12).tensor()
+    step = sinusoid_field(shape, 1.0, seed=2, shortest_wavelength=12).tensor()
+    gradient = spatial.field_gradient(previous)
+    interior = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
+
+    def error(scale: float) -> float:
+        exact = spatial.compose_displacements(scale * step, previous)
+        linear = spatial.compose_linearized(scale * step, previous, gradient)
+        return float((exact - linear)[interior].abs().max())
+
+    # a few hundredths of a voxel for a one-voxel step, and less for a smaller one (the exact
+    # composition's own trilinear interpolation keeps the ratio from reaching the ideal 1/4)
+    assert error(1.0) < 0.1
+    assert error(0.5) < 0.5 * error(1.0)
+    # the plain sum (no first-order term) is worse by far
+    plain = float((spatial.compose_displacements(step, previous) - (step + previous))[interior].abs().max())
+    assert plain > 3 * error(1.0)
+
+
+def _pair_with_background(blob_array, shape=(40, 44, 48), pad=10):
+    """A textured block surrounded by ``pad`` voxels of zero background; the moving image shifted by
+    (1.5, -1, 1) voxels (i, j, k)."""
+    inner = tuple(n - 2 * pad for n in shape)
+    fixed = np.zeros(shape, np.float32)
+    fixed[pad:-pad, pad:-pad, pad:-pad] = blob_array(inner, seed=4, blobs=30, sigma=(1.5, 3.0))
+    fixed /= fixed.max()
+    fixed_t = torch.from_numpy(fixed)[None, None]
+    shift = torch.zeros(1, 3, *shape)
+    shift[:, 0], shift[:, 1], shift[:, 2] = 1.5, -1.0, 1.0
+    # moving(x + shift) = fixed(x): moving = fixed o (id - shift)
+    moving_t = spatial.warp(fixed_t, -shift)
+    return fixed_t, moving_t, shift
+
+
+def test_foreground_box_holds_both_images_and_a_margin(blob_array):
+    fixed, moving, _ = _pair_with_background(blob_array)
+    box = policies.foreground_box([fixed, moving], margin=3)
+    assert box is not None
+    nonzero = torch.nonzero((fixed[0, 0] > 0) | (moving[0, 0] > 0))
+    for axis, b in enumerate(box):
+        assert b.start <= int(nonzero[:, axis].min()) and int(nonzero[:, axis].max()) < b.stop
+        assert b.stop - b.start < fixed.shape[2 + axis]  # the background is left out
+    full = torch.ones_like(fixed)
+    assert policies.foreground_box([full], margin=3) is None
+    assert policies.foreground_box([torch.zeros_like(fixed)], margin=3) is None
+    cropped = policies.crop(fixed, box)
+    restored = policies.uncrop(cropped, box, tuple(fixed.shape[2:]))
+    assert restored.shape == fixed.shape
+    torch.testing.assert_close(policies.crop(restored, box), cropped)
+
+
+def test_cropped_optimization_recovers_the_shift_like_the_full_one(blob_array):
+    fixed, moving, shift = _pair_with_background(blob_array)
+    inside = (slice(None), slice(None), slice(14, -14), slice(14, -14), slice(14, -14))
+    results = {}
+    for crop in (False, True):
+        config = TestTimeOptimizationConfig(
+            iterations=30, pyramid=(1,), crop_to_foreground=crop, crop_margin=4
+        )
+        policy = TestTimeOptimizationPolicy(config)
+        policy.reset(fixed, moving, 1.0)
+        field = torch.zeros(1, 3, *fixed.shape[2:])
+        for index in range(3):
+            proposal = policy.propose(PolicyState(fixed, moving, None, field, index))
+            field = spatial.compose_displacements(proposal.step_field, field)
+        assert (policy.box is not None) == crop  # made at the first step
+        assert proposal.weight_map.shape[2:] == fixed.shape[2:]
+        results[crop] = field
+        recovered = [float(field[0, c][inside[2:]].mean()) for c in range(3)]
+        np.testing.assert_allclose(recovered, [1.5, -1.0, 1.0], atol=0.3)
+    # outside the box the step continues its border values: no jump at the box faces
+    box = policies.foreground_box([fixed, moving], margin=4)
+    k0 = box[0].start
+    torch.testing.assert_close(results[True][:, :, k0 - 1], results[True][:, :, k0], atol=0.05, rtol=0)
+    assert float((results[True] - results[False])[inside].abs().mean()) < 0.15
+
+
+def test_with_masks_the_box_is_around_the_masks(blob_array):
+    """Only inside the masks does the similarity count: the optimized box holds them, not the images."""
+    fixed, moving, _ = _pair_with_background(blob_array)
+    mask = torch.zeros_like(fixed)
+    mask[:, :, 12:20, 14:22, 16:24] = 1.0
+    policy = TestTimeOptimizationPolicy(TestTimeOptimizationConfig(iterations=1, pyramid=(1,), crop_margin=2))
+    policy.reset(fixed, moving, 1.0)
+    field = torch.zeros(1, 3, *fixed.shape[2:])
+    policy.propose(PolicyState(fixed, moving, None, field, 0, fixed_mask=mask, moving_mask=mask))
+    image_box = policies.foreground_box([fixed, moving], margin=2)
+    for axis, (low, high) in enumerate([(12, 20), (14, 22), (16, 24)]):
+        assert policy.box[axis].start <= low and high <= policy.box[axis].stop
+        assert policy.box[axis].stop - policy.box[axis].start < image_box[axis].stop - image_box[axis].start
