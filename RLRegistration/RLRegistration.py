@@ -39,10 +39,13 @@ from slicer.util import VTKObservationMixin
 
 # Qt-free and torch-free: safe to import before PyTorch is installed
 from RLRegistrationLib.panel_state import PanelState, PanelStateMachine, progress_text
+from RLRegistrationLib.quality import QUALITY_PRESETS
 from RLRegistrationMRML.parameters import (
     FIELD_DISPLAY_MODES,
     INITIALIZATION_MODES,
     INITIALIZATIONS,
+    QUALITIES,
+    QUALITY_MODES,
     UNCERTAINTY_COLORS,
 )
 from RLRegistrationMRML.scene_logic import RegistrationSceneLogic, pointsFromWorld
@@ -88,7 +91,8 @@ class RLRegistrationParameterNode:
     fixedVolume, movingVolume - the images to register (moving is resampled onto fixed).
     fixedLabels, movingLabels - optional label maps or segmentations (Dice per step).
     fixedMask, movingMask - optional label maps or segmentations restricting the similarity to their inside.
-    policy, steps, iterations, regularization, device, initialization - how the registration runs.
+    policy, steps, iterations, regularization, device, initialization, quality - how the registration runs
+    (quality: RLRegistrationLib.quality presets; "fine" is for the tto policy).
     samples - trajectories sampled per step (policies that sample, e.g. MorphSeek; 1 = one trajectory).
     outputTransform - grid transform node receiving the deformation u (created when empty).
     outputLinearTransform - linear transform node receiving the pre-alignment A, child of outputTransform
@@ -114,6 +118,7 @@ class RLRegistrationParameterNode:
     regularization: Annotated[float, WithinRange(0.0, 20.0)] = 2.0
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     initialization: Annotated[str, Choice(INITIALIZATION_MODES)] = "affine"
+    quality: Annotated[str, Choice(QUALITY_MODES)] = "standard"
     outputTransform: vtkMRMLGridTransformNode
     outputLinearTransform: vtkMRMLLinearTransformNode
     outputParentTransform: vtkMRMLTransformNode
@@ -165,6 +170,8 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for value, label in INITIALIZATIONS:
             self.ui.initializationComboBox.addItem(label, value)
+        for value, label in QUALITIES:
+            self.ui.qualityComboBox.addItem(label, value)
         self._populatePolicyAndDeviceChoices()
 
         self.ui.applyButton.clicked.connect(self.onApplyButton)
@@ -178,6 +185,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.policyComboBox.currentIndexChanged.connect(self.onPolicyChanged)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
         self.ui.initializationComboBox.currentIndexChanged.connect(self.onInitializationChanged)
+        self.ui.qualityComboBox.currentIndexChanged.connect(self.onQualityChanged)
         self.ui.fieldDisplayComboBox.currentIndexChanged.connect(self.onDisplayOptionChanged)
         self.ui.showWeightMapCheckBox.toggled.connect(self.onShowWeightMapToggled)
         self.ui.showUncertaintyCheckBox.toggled.connect(self.onShowUncertaintyToggled)
@@ -303,6 +311,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._selectData(self.ui.policyComboBox, params.policy)
             self._selectData(self.ui.deviceComboBox, params.device)
             self._selectData(self.ui.initializationComboBox, params.initialization)
+            self._selectData(self.ui.qualityComboBox, params.quality)
             self.ui.policyDescriptionLabel.text = self._policyDescriptions.get(params.policy, "")
             # only policies that sample trajectories (MorphSeek models) use more than one sample
             self.ui.samplesSpinBox.enabled = self._policySampling.get(params.policy, False)
@@ -349,6 +358,15 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDeviceChanged(self, index) -> None:
         if not self._updatingGui and self._parameterNode and index >= 0:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
+
+    def onQualityChanged(self, index) -> None:
+        if not self._updatingGui and self._parameterNode and index >= 0:
+            params = self._parameterNode
+            params.quality = self.ui.qualityComboBox.itemData(index)
+            # a preset with its own schedule sets the number of steps it was measured with
+            params.steps = QUALITY_PRESETS[params.quality].steps or self._policySteps.get(
+                params.policy, params.steps
+            )
 
     def onInitializationChanged(self, index) -> None:
         if not self._updatingGui and self._parameterNode and index >= 0:

@@ -25,14 +25,19 @@ def test_standard_is_the_2mm_capped_grid_and_the_4_gib_cap():
     assert policy.config.pyramid == (2, 2, 2, 1)
 
 
-def test_fine_is_the_1mm_uncapped_grid_with_a_last_step_at_1mm():
-    policy, options = _policy_and_options(parse("--quality", "fine"))
+def test_fine_is_the_1mm_uncapped_grid_with_four_steps_ending_at_1mm():
+    args = parse("--quality", "fine")
+    policy, options = _policy_and_options(args)
     assert (options.working_spacing_mm, options.max_working_voxels, options.max_memory_gib) == (
         1.0,
         None,
         8.0,
     )
-    assert policy.config.pyramid == (4, 4, 4, 2, 2, 1)
+    assert policy.config.pyramid == (4, 4, 2, 1) and policy.config.ncc_window == 5
+    assert args.steps == 4
+    args = parse("--quality", "fine", "--steps", "6")  # the user's steps win; the last level repeats
+    _policy_and_options(args)
+    assert args.steps == 6
 
 
 def test_explicit_spacing_and_memory_cap_win_over_the_preset():
@@ -56,8 +61,8 @@ def test_fine_is_never_finer_than_the_fixed_image():
     policy, options = _policy_and_options(args)
     no_finer_than_the_image(args, policy, options, coarse)
     assert options.working_spacing_mm == 2.0
-    assert policy.config.pyramid == (2, 2, 2, 1, 1, 1)  # steps at 4, 4, 4, 2, 2, 2 mm: the standard ones
+    assert policy.config.pyramid == (2, 2, 1, 1)  # steps at 4, 4, 2 and 2 mm
     args = parse("--quality", "fine", "--spacing", "1.0")  # asked for: kept
     policy, options = _policy_and_options(args)
     no_finer_than_the_image(args, policy, options, coarse)
-    assert options.working_spacing_mm == 1.0 and policy.config.pyramid == (4, 4, 4, 2, 2, 1)
+    assert options.working_spacing_mm == 1.0 and policy.config.pyramid == (4, 4, 2, 1)

@@ -64,6 +64,7 @@ def fast_parameters(logic, nodes, **changes):
     params.fixedLabels = nodes.get("fixedLabels")
     params.movingLabels = nodes.get("movingLabels")
     params.policy = "tto"
+    params.quality = "standard"
     params.iterations = 2
     params.device = "cpu"
     for name, value in changes.items():
@@ -543,3 +544,29 @@ def vtk_matrix_of(volume_node):
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     return matrix
+
+
+def test_quality_fine_sets_the_presets_grid_and_schedule(module, scene):
+    """The panel's "fine" quality reaches the session: the preset's working spacing (never finer than the
+    fixed volume), no voxel cap, its step levels and NCC window; Dice still improves."""
+    from RLRegistrationLib.quality import QUALITY_PRESETS
+
+    nodes = load_pair()
+    logic = module.RLRegistrationLogic()
+    params = fast_parameters(logic, nodes, iterations=1, quality="fine")
+    reports = logic.runBlocking(params, 2)
+    preset = QUALITY_PRESETS["fine"]
+    session = logic.session
+    spacing = max(1.0, min(logic._fixedImage.GetSpacing()))
+    assert session.options.working_spacing_mm == pytest.approx(spacing)
+    assert session.options.max_working_voxels is None
+    assert session.policy.config.pyramid == preset.tto_overrides(spacing)["pyramid"]
+    assert session.policy.config.ncc_window == 5
+    assert reports[-1].dice > reports[0].dice
+
+
+def test_quality_fine_with_a_learned_policy_is_refused(module, scene):
+    nodes = load_pair(labels=False)
+    logic = module.RLRegistrationLogic()
+    params = fast_parameters(logic, nodes, quality="fine", policy="spac-brain-synth")
+    run_rejected(logic, params, scene, "Quality 'fine' sets the tto schedule")

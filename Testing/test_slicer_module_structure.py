@@ -452,7 +452,7 @@ def test_slicer_parameter_names_match_the_parameter_node(ui_xml, parameter_field
                     f"{w.get('name')} cannot show {field}"
                 )
     # the ones without a widget binding are handled by the module by hand (labels with data)
-    assert set(parameter_fields) - seen == {"policy", "device", "initialization"}
+    assert set(parameter_fields) - seen == {"policy", "device", "initialization", "quality"}
 
 
 def test_ui_attribute_use_matches_widget_classes(api, tree, ui_widgets, qt_app):
@@ -652,8 +652,12 @@ def test_module_layout_follows_the_template(module_tree):
         for n in top_level
         if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("RLRegistrationLib")
     ]
-    assert lib_imports == ["RLRegistrationLib.panel_state"], (
-        "only the torch-free state machine at import time"
+    torch_free = ["RLRegistrationLib.panel_state", "RLRegistrationLib.quality"]
+    for name in torch_free:
+        library_source = (MODULE.parent / (name.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+        assert "import torch" not in library_source, f"{name} must stay importable without torch"
+    assert sorted(lib_imports) == torch_free, (
+        "only the torch-free state machine and quality presets at import time"
     )
     assert not any(isinstance(n, ast.Import) and any(a.name == "torch" for a in n.names) for n in top_level)
 

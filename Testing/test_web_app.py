@@ -319,6 +319,22 @@ def test_bad_inputs_show_a_banner_and_change_nothing(page, server):
     assert re.search(r"refused fixed image '\.\./\.\./\.\./\.\./etc/passwd'", server.log())
 
 
+def test_quality_choice_sets_the_presets_steps_and_refuses_unknown_ones(page):
+    """Choosing "fine" in the page gives the preset's 4 steps; back to "standard", the policy's measured
+    steps; an unknown quality is refused with the banner and the choice stays."""
+    from RLRegistrationLib.policies import policy_default_steps
+
+    _wait_idle(page)
+    assert page.evaluate("() => window.trame.state.get('policy')") == "tto"
+    page.evaluate("() => window.trame.state.set('quality', 'fine')")
+    _wait_state_value(page, "steps", 4)
+    page.evaluate("() => window.trame.state.set('quality', 'ultra')")
+    _wait_text(page, "#error-banner", "unknown quality 'ultra'", timeout=30_000)
+    _wait_state_value(page, "quality", "fine")
+    page.evaluate("() => window.trame.state.set('quality', 'standard')")
+    _wait_state_value(page, "steps", policy_default_steps("tto"))
+
+
 def test_second_tab_sees_the_same_panel(page, browser, server):
     """trame keeps one state for all clients: a second tab shows the same run and says it shares it."""
     other = browser.new_page(viewport={"width": 1200, "height": 800})

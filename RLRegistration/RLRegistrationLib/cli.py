@@ -13,12 +13,12 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from . import __version__
+from .allocator import reuse_freed_memory
 from .devices import describe_device, is_out_of_memory, resolve_device
 from .errors import DeviceError, InputError, InputWarning, RLRegistrationError
 from .export import check_output_paths, check_transform_suffix, write_image, write_transform
@@ -27,35 +27,10 @@ from .masks import MaskWarning, conform_mask
 from .metrics import evaluate_transform, evaluation_labels
 from .policies import available_policies, make_policy, policy_default_steps, policy_supports_sampling
 from .prealign import INITIALIZATIONS
+from .quality import QUALITY_PRESETS
 from .session import RegistrationResult, RegistrationSession, SessionOptions
 
 SAMPLE_DIR = Path(__file__).with_name("sample_data")
-
-
-@dataclass(frozen=True)
-class QualityPreset:
-    """Working grid and TTO schedule of ``--quality``: ``max_working_voxels`` None = no cap;
-    ``tto_levels_mm``: the resolution of each TTO step in mm (a preset with them is for ``--policy tto`` only;
-    None: the policy's own schedule)."""
-
-    spacing_mm: float
-    max_working_voxels: int | None
-    max_memory_gib: float
-    tto_levels_mm: tuple[float, ...] | None = None
-
-
-# "fine": chosen on training pairs by benchmarks/tto_schedule.py, validated by benchmarks/accuracy.py (RESULTS.md,
-# "A finer deformable stage"): 6 steps at 4, 4, 4, 2, 2 and 1 mm on a 1 mm working grid
-QUALITY_PRESETS = {
-    "standard": QualityPreset(2.0, SessionOptions.max_working_voxels, 4.0),
-    "fine": QualityPreset(1.0, None, 8.0, (4.0, 4.0, 4.0, 2.0, 2.0, 1.0)),
-}
-
-
-def pyramid_for(levels_mm: tuple[float, ...], spacing_mm: float) -> tuple[int, ...]:
-    """TTO pyramid factors (working-grid voxels) that put each step at ``levels_mm``, never finer than the
-    working grid itself."""
-    return tuple(max(1, round(level / spacing_mm)) for level in levels_mm)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,8 +152,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         choices=list(QUALITY_PRESETS),
         default="standard",
         help="standard (2 mm working grid, at most 112^3 voxels) or fine (tto only: 1 mm working grid without "
-        "the cap, the last step at 1 mm; about +0.07 Dice on 1 mm brain pairs at 2.7x the time and up to "
-        "~4 GiB; benchmarks/RESULTS.md)",
+        "the cap, 4 steps at 4, 4, 2 and 1 mm; on 1 mm brain pairs more accurate than Greedy at about half "
+        "its time, up to ~3 GiB; benchmarks/RESULTS.md)",
     )
     parser.add_argument(
         "--spacing", type=float, help="working grid spacing in mm (default: 2, or 1 with --quality fine)"
@@ -231,6 +206,13 @@ def _warning_printer(default):
             default(message, category, filename, lineno, file, line)
 
     return show
+
+
+def entry_point() -> int:
+    """The ``rlreg`` command: ``main`` in a process of its own, whose allocator may keep freed memory
+    (``allocator.reuse_freed_memory``: a 1 mm ``--quality fine`` run ~20 % faster on CPU)."""
+    reuse_freed_memory()
+    return main()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,13 +268,13 @@ def _sampling_options(args) -> dict:
 def _policy_and_options(args) -> tuple:
     """The policy and session options of ``register``/``demo``; fills in ``args.steps`` (the policy's
     default when not given)."""
-    if args.steps is None:
-        args.steps = policy_default_steps(args.policy)
-    if args.steps < 0:
-        raise InputError(f"--steps must be >= 0, got {args.steps}")
     preset = QUALITY_PRESETS[args.quality]
     if preset.tto_levels_mm and args.policy != "tto":
         raise InputError(f"--quality {args.quality} sets the tto schedule: use it with --policy tto")
+    if args.steps is None:
+        args.steps = preset.steps or policy_default_steps(args.policy)
+    if args.steps < 0:
+        raise InputError(f"--steps must be >= 0, got {args.steps}")
     spacing_from_preset = args.spacing is None
     if spacing_from_preset:
         args.spacing = preset.spacing_mm
@@ -307,7 +289,7 @@ def _policy_and_options(args) -> tuple:
         similarity=args.similarity,
         regularization=args.regularization,
         **_sampling_options(args),
-        **({"pyramid": pyramid_for(preset.tto_levels_mm, args.spacing)} if preset.tto_levels_mm else {}),
+        **preset.tto_overrides(args.spacing),
     )
     options = SessionOptions(
         working_spacing_mm=args.spacing,
@@ -327,9 +309,9 @@ def no_finer_than_the_image(args, policy, options: SessionOptions, fixed: sitk.I
     image's own finest spacing (a 1 mm grid on a 2 mm image would cost 8x for nothing); its steps keep
     their resolution in mm (on a 2 mm image: the standard schedule)."""
     if getattr(args, "spacing_follows_image", False):
-        options.working_spacing_mm = max(options.working_spacing_mm, float(min(fixed.GetSpacing())))
-        levels = QUALITY_PRESETS[args.quality].tto_levels_mm
-        policy.config.pyramid = pyramid_for(levels, options.working_spacing_mm)
+        preset = QUALITY_PRESETS[args.quality]
+        options.working_spacing_mm = preset.working_spacing(fixed)
+        policy.config.pyramid = preset.tto_overrides(options.working_spacing_mm)["pyramid"]
 
 
 def _initialization(args) -> str:
@@ -656,4 +638,4 @@ def cmd_tune_weight_map(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from RLRegistrationLib.quality import QUALITY_PRESETS
+
 FIELD_DISPLAY_MODES = ["Hidden", "Glyph", "Grid", "Contour"]
 INITIALIZATION_MODES = ["affine", "rigid", "parent", "none"]
 INITIALIZATIONS = [
@@ -52,6 +54,12 @@ OVERLAY_VOLUMES = {
         "unit": " mm",
     },
 }
+# RLRegistrationLib.quality presets, as (value, label) for the panel's quality choice
+QUALITY_MODES = list(QUALITY_PRESETS)
+QUALITIES = [
+    ("standard", "Standard (2 mm working grid; fast)"),
+    ("fine", "Fine (tto: 1 mm grid, 4 steps ending at 1 mm; most accurate on 1 mm brain MRI)"),
+]
 # the session's pre-alignment (RLRegistrationLib.prealign) for each initialization mode of the panel
 SESSION_INITIALIZATION = {"affine": "affine", "rigid": "rigid", "parent": "none", "none": "none"}
 # the moving volume's parent before "apply to moving" put it under the result (restored on re-runs)
@@ -84,6 +92,7 @@ class RegistrationParameters:
     regularization: float = 2.0
     device: str = "auto"
     initialization: str = "affine"
+    quality: str = "standard"
     outputTransform: Any = None
     outputLinearTransform: Any = None
     outputParentTransform: Any = None

@@ -35,6 +35,8 @@ import slicer.util
 import vtk
 from slicer import vtkMRMLDisplayableNode
 
+from RLRegistrationLib.quality import QUALITY_PRESETS
+
 from .colors import ensure_color_table
 from .parameters import OVERLAY_VOLUMES, PREVIOUS_PARENT_ATTRIBUTE, SESSION_INITIALIZATION
 
@@ -260,6 +262,13 @@ class RegistrationSceneLogic:
         if params.outputTransform is not None and params.outputLinearTransform is not None:
             if params.outputTransform.GetID() == params.outputLinearTransform.GetID():
                 raise ValueError("The deformable and the linear output transform must be different nodes.")
+        quality = getattr(params, "quality", "standard")
+        if quality not in QUALITY_PRESETS:
+            raise ValueError(f"Unknown quality '{quality}' (choose from {', '.join(QUALITY_PRESETS)}).")
+        if QUALITY_PRESETS[quality].tto_levels_mm and params.policy != "tto":
+            raise ValueError(
+                f"Quality '{quality}' sets the tto schedule: choose the policy 'tto' or quality 'standard'."
+            )
         self.resultParentTransform(params)
 
     # ------------------------------------------------------------------ running
@@ -284,17 +293,26 @@ class RegistrationSceneLogic:
         initial, _ = self.initialTransform(params)
         device = resolve_device(params.device)
         self.deviceDescription = describe_device(device)
+        preset = QUALITY_PRESETS[getattr(params, "quality", "standard")]
+        spacing = preset.working_spacing(self._fixedImage) if preset.tto_levels_mm else preset.spacing_mm
         options = session.SessionOptions(
-            initialization=SESSION_INITIALIZATION[params.initialization], device=str(device)
+            initialization=SESSION_INITIALIZATION[params.initialization],
+            device=str(device),
+            working_spacing_mm=spacing,
+            max_working_voxels=preset.max_working_voxels,
         )
-        if device.type == "cuda":
+        if device.type == "cuda" and options.max_working_voxels is not None:
             options.max_working_voxels = 160 * 192 * 224
         sampling = {}
         if params.samples > 1 and policies.policy_supports_sampling(params.policy):
             sampling = {"samples": params.samples}  # temperature 1: the policy's default with samples > 1
         try:
             policy = policies.make_policy(
-                params.policy, iterations=params.iterations, regularization=params.regularization, **sampling
+                params.policy,
+                iterations=params.iterations,
+                regularization=params.regularization,
+                **sampling,
+                **preset.tto_overrides(spacing),
             )
         except policies.PolicyError as error:
             logging.info(f"Policy '{params.policy}' used with its own settings ({error})")

@@ -24,7 +24,16 @@ log = logging.getLogger("rlreg.web")
 
 POLL_INTERVAL_S = 0.05
 LAYOUT = "Quad View"
-EDITABLE_SETTINGS = ("policy", "steps", "iterations", "samples", "regularization", "device", "initialization")
+EDITABLE_SETTINGS = (
+    "policy",
+    "steps",
+    "iterations",
+    "samples",
+    "regularization",
+    "device",
+    "initialization",
+    "quality",
+)
 INPUT_KEYS = {
     "fixed_name": "fixed",
     "moving_name": "moving",

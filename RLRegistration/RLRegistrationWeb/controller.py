@@ -24,6 +24,7 @@ from pathlib import Path
 
 from RLRegistrationLib.errors import RLRegistrationError
 from RLRegistrationLib.panel_state import PanelState, PanelStateError, PanelStateMachine, progress_text
+from RLRegistrationLib.quality import QUALITY_PRESETS
 from RLRegistrationMRML.parameters import INITIALIZATION_MODES, RegistrationParameters
 
 from . import mrml_layer
@@ -72,6 +73,7 @@ class RunSettings:
     regularization: float = RegistrationParameters.regularization
     device: str = RegistrationParameters.device
     initialization: str = RegistrationParameters.initialization
+    quality: str = RegistrationParameters.quality
     limits: dict = field(
         default_factory=lambda: {
             "steps": (1, 500),
@@ -204,6 +206,14 @@ class PanelController:
                 if value not in INITIALIZATION_MODES:
                     return self._fail(f"unknown initialization '{value}'")
                 self.settings.initialization = value
+            elif key == "quality":
+                if value not in QUALITY_PRESETS:
+                    return self._fail(f"unknown quality '{value}'")
+                if value != self.settings.quality:
+                    choice = self.policies.get(self.settings.policy)
+                    measured = int(choice.default_steps) if choice is not None else self.settings.steps
+                    self.settings.steps = QUALITY_PRESETS[value].steps or measured
+                self.settings.quality = value
             elif key in self.settings.limits:
                 lo, hi = self.settings.limits[key]
                 try:
@@ -220,7 +230,7 @@ class PanelController:
     def _apply_settings(self) -> None:
         s, p = self.settings, self.params
         p.policy, p.steps, p.iterations, p.regularization = s.policy, s.steps, s.iterations, s.regularization
-        p.device, p.initialization = s.device, s.initialization
+        p.device, p.initialization, p.quality = s.device, s.initialization, s.quality
         choice = self.policies.get(s.policy)
         p.samples = s.samples if choice is not None and choice.supports_sampling else 1
 
@@ -557,6 +567,7 @@ class PanelController:
             "regularization": self.settings.regularization,
             "device": self.settings.device,
             "initialization": self.settings.initialization,
+            "quality": self.settings.quality,
             "field_display": self.params.fieldDisplay,
             "overlay": self.overlay,
             "overlay_opacity": self.params.overlayOpacity,

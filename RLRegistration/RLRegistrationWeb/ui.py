@@ -14,7 +14,7 @@ from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
-from RLRegistrationMRML.parameters import INITIALIZATIONS  # the Slicer panel's choices
+from RLRegistrationMRML.parameters import INITIALIZATIONS, QUALITIES  # the Slicer panel's choices
 
 FIELD_DISPLAYS = ["Glyph", "Grid", "Contour", "Hidden"]
 OVERLAYS = [("none", "None"), ("weight_map", "λ map"), ("magnitude", "|u|"), ("uncertainty", "Uncertainty")]
@@ -140,6 +140,16 @@ def _options() -> None:
         items=("initialization_items", [{"value": v, "title": t} for v, t in INITIALIZATIONS]),
         label="Initialization",
         id="initialization",
+        density="compact",
+        hide_details=True,
+        disabled=("!inputs_enabled",),
+        classes="mt-1",
+    )
+    v3.VSelect(
+        v_model=("quality",),
+        items=("quality_items", [{"value": v, "title": t} for v, t in QUALITIES]),
+        label="Quality",
+        id="quality",
         density="compact",
         hide_details=True,
         disabled=("!inputs_enabled",),

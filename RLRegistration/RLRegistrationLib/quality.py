@@ -1,0 +1,57 @@
+"""Quality presets of a ``tto`` registration: working grid, memory cap and step schedule, in one place for
+the CLI (``--quality``), the Slicer panel and the browser app.
+
+* ``standard``: a 2 mm working grid of at most 112^3 voxels, the policy's own schedule.
+* ``fine``: a 1 mm working grid without the cap (never finer than the fixed image), four steps at 4, 4, 2
+  and 1 mm with a 5-voxel NCC window. Chosen on training pairs by ``benchmarks/tto_schedule.py``
+  (``results/tto_schedule_training_fast*.md``) and measured on the validation pairs against Greedy by
+  ``benchmarks/accuracy.py`` (``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class QualityPreset:
+    """``max_working_voxels`` None = no cap; ``tto_levels_mm``: the resolution of each TTO step in mm (a
+    preset with them is for the ``tto`` policy only and sets its number of steps; None: the policy's own
+    schedule); ``tto_options``: further ``TestTimeOptimizationConfig`` values."""
+
+    spacing_mm: float
+    max_working_voxels: int | None
+    max_memory_gib: float
+    tto_levels_mm: tuple[float, ...] | None = None
+    tto_options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def steps(self) -> int | None:
+        """Steps of a run with this preset when the user gives none (None: the policy's default)."""
+        return None if self.tto_levels_mm is None else len(self.tto_levels_mm)
+
+    def tto_overrides(self, spacing_mm: float) -> dict:
+        """The TTO options of this preset on a working grid of ``spacing_mm`` (empty for ``standard``)."""
+        if self.tto_levels_mm is None:
+            return {}
+        return {"pyramid": pyramid_for(self.tto_levels_mm, spacing_mm), **dict(self.tto_options)}
+
+    def working_spacing(self, fixed: sitk.Image) -> float:
+        """The preset's working spacing, never finer than the fixed image's finest spacing (a 1 mm grid on a
+        2 mm image would cost 8x for nothing)."""
+        return max(self.spacing_mm, float(min(fixed.GetSpacing())))
+
+
+QUALITY_PRESETS = {
+    "standard": QualityPreset(2.0, 112 * 112 * 112, 4.0),
+    "fine": QualityPreset(1.0, None, 8.0, (4.0, 4.0, 2.0, 1.0), (("ncc_window", 5),)),
+}
+QUALITIES = list(QUALITY_PRESETS)
+
+
+def pyramid_for(levels_mm: tuple[float, ...], spacing_mm: float) -> tuple[int, ...]:
+    """TTO pyramid factors (working-grid voxels) that put each step at ``levels_mm``, never finer than the
+    working grid itself."""
+    return tuple(max(1, round(level / spacing_mm)) for level in levels_mm)
