@@ -184,3 +184,25 @@ def test_demo_entry_point_writes_everything(tmp_path):
 def test_info_lists_policies(capsys):
     code, stdout, _ = _run(capsys, "info")
     assert code == 0 and "tto" in stdout and "torch" in stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_the_command_process_keeps_freed_memory_for_reuse():
+    """``rlreg`` (``cli.entry_point``) sets glibc to keep freed memory; in a process of its own (it is
+    process-wide), where large tensors are then allocated, freed and reallocated as usual."""
+    package_root = str(Path(__file__).resolve().parents[1] / "RLRegistration")
+    code = (
+        "import torch\n"
+        "from RLRegistrationLib.allocator import reuse_freed_memory\n"
+        "ok = reuse_freed_memory()\n"
+        "total = 0.0\n"
+        "for _ in range(4):\n"
+        "    total += float(torch.ones(8_000_000).sum())\n"
+        "print(ok, total)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": package_root}
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["True", "32000000.0"]
