@@ -28,7 +28,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RLRegistration"))
 
 DEFAULT_PAIRS = ["11:12", "12:13", "13:14", "14:11"]
-ALL_METHODS = ["identity", "affine-legacy", "affine", "rlreg", "greedy", "syn", "elastix", "demons"]
+ALL_METHODS = [
+    "identity",
+    "affine-legacy",
+    "affine",
+    "rlreg",
+    "rlreg-fine",
+    "greedy",
+    "syn",
+    "elastix",
+    "demons",
+]
 
 
 def _threads(n: int) -> None:
@@ -70,6 +80,15 @@ def run_affine(fixed, moving, workdir, args):
     return prealign(fixed, moving, "affine", seed=0), None
 
 
+def run_affine_gradient_filter(fixed, moving, workdir, args):
+    """``prealign`` with ITK's gradient-image filter (its default; the session's is off)."""
+    from RLRegistrationLib.prealign import PrealignSchedule, prealign
+
+    return prealign(
+        fixed, moving, "affine", seed=0, schedule=PrealignSchedule(image_gradient_filter=True)
+    ), None
+
+
 def run_affine_legacy(fixed, moving, workdir, args):
     """The earlier pre-alignment (``imaging.affine_prealign``: Mattes MI on 8 and 4 mm copies)."""
     from RLRegistrationLib.imaging import affine_prealign
@@ -80,6 +99,25 @@ def run_affine_legacy(fixed, moving, workdir, args):
 def run_rlreg_tuned(fixed, moving, workdir, args):
     """rlreg's default policy with the schedule of ``--tto`` (see ``tto_schedule.py``)."""
     return run_rlreg(fixed, moving, workdir, args, tto=args.tto)
+
+
+def run_rlreg_fine(fixed, moving, workdir, args):
+    """``rlreg register --quality fine``: the preset's working grid, schedule and options."""
+    from RLRegistrationLib.policies import make_policy
+    from RLRegistrationLib.quality import QUALITY_PRESETS
+    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+
+    preset = QUALITY_PRESETS["fine"]
+    spacing = preset.working_spacing(fixed)
+    policy = make_policy("tto", similarity=args.similarity, **preset.tto_overrides(spacing))
+    options = SessionOptions(
+        device="cpu", seed=0, working_spacing_mm=spacing, max_working_voxels=preset.max_working_voxels
+    )
+    session = RegistrationSession(fixed, moving, policy, options)
+    for _ in session.run(preset.steps):
+        pass
+    result = session.result()
+    return result.transform, result.displacement
 
 
 def run_rlreg(fixed, moving, workdir, args, tto: str = ""):
@@ -251,8 +289,10 @@ METHODS = {
     "identity": run_identity,
     "affine": run_affine,
     "affine-legacy": run_affine_legacy,
+    "affine-gradient-filter": run_affine_gradient_filter,
     "rlreg": run_rlreg,
     "rlreg-tuned": run_rlreg_tuned,
+    "rlreg-fine": run_rlreg_fine,
     "syn": run_syn,
     "greedy": run_greedy,
     "elastix": run_elastix,
@@ -280,11 +320,12 @@ def _worker(method: str, pair: dict, args_dict: dict, queue) -> None:
     import torch
 
     torch.set_num_threads(args_dict["threads"])
-    from common import read_pair
+    from common import allocate_like_the_cli, read_pair
 
     from RLRegistrationLib.metrics import evaluate_transform, evaluation_labels
 
     args = argparse.Namespace(**args_dict)
+    allocate_like_the_cli(method)
     fixed, moving, fixed_labels, moving_labels = read_pair(pair)
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)  # elastix/transformix write files into the working directory

@@ -56,6 +56,15 @@ def load_model_card(model_dir: str | Path, threads: int) -> dict:
     return read_card(model_dir)
 
 
+def allocate_like_the_cli(method: str) -> None:
+    """In a worker timing an rlreg method: the allocator setting the ``rlreg`` command makes
+    (``cli.entry_point``); other tools' workers keep the default."""
+    if method.startswith("rlreg"):
+        from RLRegistrationLib.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
+
+
 def read_pair(pair: dict) -> list:
     """[fixed, moving, fixed_labels, moving_labels] SimpleITK images of a prepared pair (``prepare_pairs``)."""
     import SimpleITK as sitk

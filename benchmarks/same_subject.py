@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import METHODS, _threads, available  # noqa: E402
-from common import REPO, read_pair, shared_data_missing, write_results  # noqa: E402
+from common import REPO, allocate_like_the_cli, read_pair, shared_data_missing, write_results  # noqa: E402
 
 DEFAULT_METHODS = "affine-legacy,rigid,affine,rlreg,rlreg-rigid,greedy,syn"
 
@@ -83,6 +83,7 @@ def _worker(method: str, pair: dict, args_dict: dict, queue) -> None:
     from RLRegistrationLib.synthesis import brain_mask
 
     args = argparse.Namespace(**args_dict)
+    allocate_like_the_cli(method)
     fixed, moving, fixed_labels, moving_labels = read_pair(pair)
     truth = sitk.ReadTransform(pair["truth"])
     with tempfile.TemporaryDirectory() as workdir:
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--spacing-mm", type=float, default=1.5, help="voxel size of the synthesized pair")
     parser.add_argument("--steps", type=int, default=6, help="rlreg steps")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tto", default="", help="rlreg-tuned's schedule (accuracy.py's --tto syntax)")
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "cache"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--out-stem", default="same_subject", help="name of the result files")
