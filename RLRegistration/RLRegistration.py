@@ -92,7 +92,8 @@ class RLRegistrationParameterNode:
     fixedLabels, movingLabels - optional label maps or segmentations (Dice per step).
     fixedMask, movingMask - optional label maps or segmentations restricting the similarity to their inside.
     policy, steps, iterations, regularization, device, initialization, quality - how the registration runs
-    (quality: RLRegistrationLib.quality presets; "fine" is for the tto policy).
+    (quality: RLRegistrationLib.quality presets, for the tto policy except "standard"; the panel sets the
+    steps and regularization a preset was measured with when it is chosen).
     samples - trajectories sampled per step (policies that sample, e.g. MorphSeek; 1 = one trajectory).
     outputTransform - grid transform node receiving the deformation u (created when empty).
     outputLinearTransform - linear transform node receiving the pre-alignment A, child of outputTransform
@@ -363,10 +364,14 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._updatingGui and self._parameterNode and index >= 0:
             params = self._parameterNode
             params.quality = self.ui.qualityComboBox.itemData(index)
-            # a preset with its own schedule sets the number of steps it was measured with
-            params.steps = QUALITY_PRESETS[params.quality].steps or self._policySteps.get(
-                params.policy, params.steps
+            # a preset with its own schedule sets the steps (and regularization) it was measured with
+            preset = QUALITY_PRESETS[params.quality]
+            params.steps = preset.steps or self._policySteps.get(params.policy, params.steps)
+            regularization = preset.regularization or self._policyOptions.get(params.policy, {}).get(
+                "regularization"
             )
+            if regularization is not None:
+                params.regularization = float(regularization)
 
     def onInitializationChanged(self, index) -> None:
         if not self._updatingGui and self._parameterNode and index >= 0:

@@ -66,3 +66,15 @@ def test_fine_is_never_finer_than_the_fixed_image():
     policy, options = _policy_and_options(args)
     no_finer_than_the_image(args, policy, options, coarse)
     assert options.working_spacing_mm == 1.0 and policy.config.pyramid == (4, 4, 2, 1)
+
+
+def test_followup_is_fine_with_regularization_6_unless_the_user_gives_one():
+    args = parse("--quality", "followup")
+    policy, options = _policy_and_options(args)
+    assert (options.working_spacing_mm, options.max_working_voxels) == (1.0, None)
+    assert policy.config.pyramid == (4, 4, 2, 1) and policy.config.ncc_window == 5
+    assert policy.config.regularization == 6.0 and args.steps == 4
+    policy, _ = _policy_and_options(parse("--quality", "followup", "--regularization", "3"))
+    assert policy.config.regularization == 3.0
+    policy, _ = _policy_and_options(parse("--quality", "fine"))
+    assert policy.config.regularization == 2.0

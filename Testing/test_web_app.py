@@ -320,8 +320,9 @@ def test_bad_inputs_show_a_banner_and_change_nothing(page, server):
 
 
 def test_quality_choice_sets_the_presets_steps_and_refuses_unknown_ones(page):
-    """Choosing "fine" in the page gives the preset's 4 steps; back to "standard", the policy's measured
-    steps; an unknown quality is refused with the banner and the choice stays."""
+    """Choosing "fine" in the page gives the preset's 4 steps, "followup" its regularization 6; back to
+    "standard", the policy's measured steps and regularization; an unknown quality is refused with the
+    banner and the choice stays."""
     from RLRegistrationLib.policies import policy_default_steps
 
     _wait_idle(page)
@@ -331,8 +332,11 @@ def test_quality_choice_sets_the_presets_steps_and_refuses_unknown_ones(page):
     page.evaluate("() => window.trame.state.set('quality', 'ultra')")
     _wait_text(page, "#error-banner", "unknown quality 'ultra'", timeout=30_000)
     _wait_state_value(page, "quality", "fine")
+    page.evaluate("() => window.trame.state.set('quality', 'followup')")
+    _wait_state_value(page, "regularization", 6)
     page.evaluate("() => window.trame.state.set('quality', 'standard')")
     _wait_state_value(page, "steps", policy_default_steps("tto"))
+    _wait_state_value(page, "regularization", 2)
 
 
 def test_second_tab_sees_the_same_panel(page, browser, server):

@@ -151,9 +151,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--quality",
         choices=list(QUALITY_PRESETS),
         default="standard",
-        help="standard (2 mm working grid, at most 112^3 voxels) or fine (tto only: 1 mm working grid without "
-        "the cap, 4 steps at 4, 4, 2 and 1 mm; on 1 mm brain pairs more accurate than Greedy at about half "
-        "its time, up to ~3 GiB; benchmarks/RESULTS.md)",
+        help="standard (2 mm working grid, at most 112^3 voxels), fine (tto only: 1 mm working grid without "
+        "the cap, 4 steps at 4, 4, 2 and 1 mm; on 1 mm brain pairs more accurate than Greedy at 0.4x its "
+        "time, up to ~3.3 GiB) or followup (fine with regularization 6: two scans of one patient); "
+        "benchmarks/RESULTS.md",
     )
     parser.add_argument(
         "--spacing", type=float, help="working grid spacing in mm (default: 2, or 1 with --quality fine)"
@@ -287,7 +288,7 @@ def _policy_and_options(args) -> tuple:
         args.policy,
         iterations=args.iterations,
         similarity=args.similarity,
-        regularization=args.regularization,
+        regularization=args.regularization if args.regularization is not None else preset.regularization,
         **_sampling_options(args),
         **preset.tto_overrides(args.spacing),
     )

@@ -6,6 +6,9 @@ the CLI (``--quality``), the Slicer panel and the browser app.
   and 1 mm with a 5-voxel NCC window. Chosen on training pairs by ``benchmarks/tto_schedule.py``
   (``results/tto_schedule_training_fast*.md``) and measured on the validation pairs against Greedy by
   ``benchmarks/accuracy.py`` (``benchmarks/RESULTS.md``).
+* ``followup``: ``fine`` with the regularization raised from 2 to 6, for two scans of one patient; on
+  synthetic whole-head follow-ups its end-point error inside the brain was below Greedy's
+  (``benchmarks/same_subject.py``).
 """
 
 from __future__ import annotations
@@ -28,15 +31,22 @@ class QualityPreset:
     tto_options: tuple[tuple[str, object], ...] = ()
 
     @property
+    def regularization(self) -> float | None:
+        """The preset's TTO regularization weight (None: the policy's own, 2.0 for tto)."""
+        return dict(self.tto_options).get("regularization")
+
+    @property
     def steps(self) -> int | None:
         """Steps of a run with this preset when the user gives none (None: the policy's default)."""
         return None if self.tto_levels_mm is None else len(self.tto_levels_mm)
 
     def tto_overrides(self, spacing_mm: float) -> dict:
-        """The TTO options of this preset on a working grid of ``spacing_mm`` (empty for ``standard``)."""
+        """The TTO options of this preset on a working grid of ``spacing_mm`` (empty for ``standard``), less
+        the regularization (``regularization``: front-ends show it and let the user change it)."""
         if self.tto_levels_mm is None:
             return {}
-        return {"pyramid": pyramid_for(self.tto_levels_mm, spacing_mm), **dict(self.tto_options)}
+        options = {k: v for k, v in self.tto_options if k != "regularization"}
+        return {"pyramid": pyramid_for(self.tto_levels_mm, spacing_mm), **options}
 
     def working_spacing(self, fixed: sitk.Image) -> float:
         """The preset's working spacing, never finer than the fixed image's finest spacing (a 1 mm grid on a
@@ -47,6 +57,11 @@ class QualityPreset:
 QUALITY_PRESETS = {
     "standard": QualityPreset(2.0, 112 * 112 * 112, 4.0),
     "fine": QualityPreset(1.0, None, 8.0, (4.0, 4.0, 2.0, 1.0), (("ncc_window", 5),)),
+    # same patient (baseline and follow-up): fine with a stiffer field, chosen on training subjects by
+    # benchmarks/same_subject.py (RESULTS.md: end-point error 0.63 -> 0.52 mm)
+    "followup": QualityPreset(
+        1.0, None, 8.0, (4.0, 4.0, 2.0, 1.0), (("ncc_window", 5), ("regularization", 6.0))
+    ),
 }
 QUALITIES = list(QUALITY_PRESETS)
 

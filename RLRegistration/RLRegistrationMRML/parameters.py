@@ -59,6 +59,7 @@ QUALITY_MODES = list(QUALITY_PRESETS)
 QUALITIES = [
     ("standard", "Standard (2 mm working grid; fast)"),
     ("fine", "Fine (tto: 1 mm grid, 4 steps ending at 1 mm; most accurate on 1 mm brain MRI)"),
+    ("followup", "Follow-up (tto: as Fine with regularization 6; two scans of one patient)"),
 ]
 # the session's pre-alignment (RLRegistrationLib.prealign) for each initialization mode of the panel
 SESSION_INITIALIZATION = {"affine": "affine", "rigid": "rigid", "parent": "none", "none": "none"}

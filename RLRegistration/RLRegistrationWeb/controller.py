@@ -212,7 +212,12 @@ class PanelController:
                 if value != self.settings.quality:
                     choice = self.policies.get(self.settings.policy)
                     measured = int(choice.default_steps) if choice is not None else self.settings.steps
-                    self.settings.steps = QUALITY_PRESETS[value].steps or measured
+                    defaults = (choice.option_defaults or {}) if choice is not None else {}
+                    preset = QUALITY_PRESETS[value]
+                    self.settings.steps = preset.steps or measured
+                    regularization = preset.regularization or defaults.get("regularization")
+                    if regularization is not None:
+                        self.settings.regularization = float(regularization)
                 self.settings.quality = value
             elif key in self.settings.limits:
                 lo, hi = self.settings.limits[key]
