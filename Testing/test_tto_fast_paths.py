@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from RLRegistrationLib import policies, similarity, spatial
-from RLRegistrationLib.policies import PolicyState, TestTimeOptimizationConfig, TestTimeOptimizationPolicy
+from RLRegistrationLib.policies import PolicyState
+
+TTOConfig = policies.TestTimeOptimizationConfig  # not collected by pytest under this name
+TTOPolicy = policies.TestTimeOptimizationPolicy
 
 
 def _reference_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int, eps: float = 1e-5):
@@ -126,10 +129,8 @@ def test_cropped_optimization_recovers_the_shift_like_the_full_one(blob_array):
     inside = (slice(None), slice(None), slice(14, -14), slice(14, -14), slice(14, -14))
     results = {}
     for crop in (False, True):
-        config = TestTimeOptimizationConfig(
-            iterations=30, pyramid=(1,), crop_to_foreground=crop, crop_margin=4
-        )
-        policy = TestTimeOptimizationPolicy(config)
+        config = TTOConfig(iterations=30, pyramid=(1,), crop_to_foreground=crop, crop_margin=4)
+        policy = TTOPolicy(config)
         policy.reset(fixed, moving, 1.0)
         field = torch.zeros(1, 3, *fixed.shape[2:])
         for index in range(3):
@@ -152,7 +153,7 @@ def test_with_masks_the_box_is_around_the_masks(blob_array):
     fixed, moving, _ = _pair_with_background(blob_array)
     mask = torch.zeros_like(fixed)
     mask[:, :, 12:20, 14:22, 16:24] = 1.0
-    policy = TestTimeOptimizationPolicy(TestTimeOptimizationConfig(iterations=1, pyramid=(1,), crop_margin=2))
+    policy = TTOPolicy(TTOConfig(iterations=1, pyramid=(1,), crop_margin=2))
     policy.reset(fixed, moving, 1.0)
     field = torch.zeros(1, 3, *fixed.shape[2:])
     policy.propose(PolicyState(fixed, moving, None, field, 0, fixed_mask=mask, moving_mask=mask))
