@@ -365,11 +365,11 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             params = self._parameterNode
             params.quality = self.ui.qualityComboBox.itemData(index)
             # a preset with its own schedule sets the steps (and regularization) it was measured with
-            preset = QUALITY_PRESETS[params.quality]
-            params.steps = preset.steps or self._policySteps.get(params.policy, params.steps)
-            regularization = preset.regularization or self._policyOptions.get(params.policy, {}).get(
-                "regularization"
+            steps, regularization = QUALITY_PRESETS[params.quality].panel_settings(
+                self._policySteps.get(params.policy, params.steps),
+                self._policyOptions.get(params.policy, {}).get("regularization"),
             )
+            params.steps = steps
             if regularization is not None:
                 params.regularization = float(regularization)
 

@@ -2,8 +2,8 @@
 
 A test-time optimization on a 1 mm grid allocates and frees tensors of tens to hundreds of MB many times
 per iteration. glibc serves each of them with a fresh ``mmap`` and returns it with ``munmap``, so every
-iteration pays the kernel's page faults again (a third of the run's time in system time, measured with
-``time`` on a 1 mm brain pair). ``reuse_freed_memory`` makes glibc serve them from its heap and keep freed
+iteration pays the kernel's page faults again (12 s of system time in a 25 s run on a 1 mm brain pair,
+3 s with this setting: ``benchmarks/fine_profile.py [--allocator]``). ``reuse_freed_memory`` makes glibc serve them from its heap and keep freed
 memory for the next allocation. It changes the whole process, so only the CLI (and the benchmarks that
 time what the CLI does) call it; a host application such as Slicer keeps its own setting.
 """

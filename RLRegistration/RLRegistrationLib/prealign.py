@@ -38,7 +38,7 @@ class PrealignSchedule:
     iterations: int = 100
     histogram_bins: int = 32
     # True: ITK filters a gradient image of each pyramid copy (its default); False: gradients at the
-    # samples only, 4x faster at 1 mm with equal or better affine Dice on training pairs 1-8
+    # samples only: faster, with equal or better affine Dice on training pairs 1-8
     # (``benchmarks/accuracy.py --methods affine,affine-gradient-filter``)
     image_gradient_filter: bool = False
 
@@ -195,7 +195,7 @@ def _register(
         method.SetMetricMovingMask(level.moving_mask)
     method.SetInterpolator(sitk.sitkLinear)
     # by default image gradients at the samples only: ITK otherwise filters a gradient image of the
-    # whole moving (and fixed) copy per level, 3/4 of the time of the 1 mm level for 60 000 samples
+    # whole moving (and fixed) copy per level, most of the time of the 1 mm level for 60 000 samples
     method.SetMetricUseFixedImageGradientFilter(schedule.image_gradient_filter)
     method.SetMetricUseMovingImageGradientFilter(schedule.image_gradient_filter)
     spacing = float(level.fixed.GetSpacing()[0])

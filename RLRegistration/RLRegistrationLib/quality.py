@@ -49,9 +49,18 @@ class QualityPreset:
         return {"pyramid": pyramid_for(self.tto_levels_mm, spacing_mm), **options}
 
     def working_spacing(self, fixed: sitk.Image) -> float:
-        """The preset's working spacing, never finer than the fixed image's finest spacing (a 1 mm grid on a
-        2 mm image would cost 8x for nothing)."""
+        """The preset's working spacing; a preset with its own schedule never goes finer than the fixed
+        image's finest spacing (a 1 mm grid on a 2 mm image would cost 8x for nothing)."""
+        if self.tto_levels_mm is None:
+            return self.spacing_mm
         return max(self.spacing_mm, float(min(fixed.GetSpacing())))
+
+    def panel_settings(
+        self, policy_steps: int, policy_regularization: float | None
+    ) -> tuple[int, float | None]:
+        """(steps, regularization) a panel shows when this preset is chosen: the preset's own where it has
+        them, else the policy's measured defaults (``policy_regularization`` None: leave it as it is)."""
+        return self.steps or policy_steps, self.regularization or policy_regularization
 
 
 QUALITY_PRESETS = {

@@ -26,7 +26,7 @@ def weighted_diffusion(field: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     """(1/3) sum_d mean(lam * |d u / d x_d|^2) with ``weight`` (B, 1, D, H, W).
 
     Its gradient is written out (``_WeightedDiffusion``): autograd through the six crops allocated and
-    filled six full-size tensors, the largest cost of a test-time optimization iteration at 1 mm."""
+    filled six full-size tensors, a large part of a test-time optimization iteration at 1 mm."""
     return _WeightedDiffusion.apply(field, weight)
 
 

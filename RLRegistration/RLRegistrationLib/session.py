@@ -354,7 +354,7 @@ class RegistrationSession:
         weight = similarity_weight(self.fixed_mask_tensor, self.moving_mask_tensor, total)
         similarity = -float(self._report_similarity()(self.fixed_tensor, warped, weight))
         dice = self._dice(total) if self._label_points is not None else None
-        # the squared sum over channels, not vector_norm(dim=1): that reduction is ~40x slower on CPU
+        # the squared sum over channels, not vector_norm(dim=1): that reduction took seconds per step on a 1 mm grid on CPU
         largest_mm = float(voxel_to_physical(total, self.grid).pow(2).sum(dim=1).amax().sqrt())
         return StepReport(
             index=index,

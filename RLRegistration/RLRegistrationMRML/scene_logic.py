@@ -294,7 +294,7 @@ class RegistrationSceneLogic:
         device = resolve_device(params.device)
         self.deviceDescription = describe_device(device)
         preset = QUALITY_PRESETS[getattr(params, "quality", "standard")]
-        spacing = preset.working_spacing(self._fixedImage) if preset.tto_levels_mm else preset.spacing_mm
+        spacing = preset.working_spacing(self._fixedImage)
         options = session.SessionOptions(
             initialization=SESSION_INITIALIZATION[params.initialization],
             device=str(device),

@@ -213,9 +213,10 @@ class PanelController:
                     choice = self.policies.get(self.settings.policy)
                     measured = int(choice.default_steps) if choice is not None else self.settings.steps
                     defaults = (choice.option_defaults or {}) if choice is not None else {}
-                    preset = QUALITY_PRESETS[value]
-                    self.settings.steps = preset.steps or measured
-                    regularization = preset.regularization or defaults.get("regularization")
+                    steps, regularization = QUALITY_PRESETS[value].panel_settings(
+                        measured, defaults.get("regularization")
+                    )
+                    self.settings.steps = steps
                     if regularization is not None:
                         self.settings.regularization = float(regularization)
                 self.settings.quality = value

@@ -135,26 +135,20 @@ def _options() -> None:
                 hide_details=True,
                 disabled=("!inputs_enabled",),
             )
-    v3.VSelect(
-        v_model=("initialization",),
-        items=("initialization_items", [{"value": v, "title": t} for v, t in INITIALIZATIONS]),
-        label="Initialization",
-        id="initialization",
-        density="compact",
-        hide_details=True,
-        disabled=("!inputs_enabled",),
-        classes="mt-1",
-    )
-    v3.VSelect(
-        v_model=("quality",),
-        items=("quality_items", [{"value": v, "title": t} for v, t in QUALITIES]),
-        label="Quality",
-        id="quality",
-        density="compact",
-        hide_details=True,
-        disabled=("!inputs_enabled",),
-        classes="mt-1",
-    )
+    for key, label, choices in (
+        ("initialization", "Initialization", INITIALIZATIONS),
+        ("quality", "Quality", QUALITIES),
+    ):
+        v3.VSelect(
+            v_model=(key,),
+            items=(f"{key}_items", [{"value": v, "title": t} for v, t in choices]),
+            label=label,
+            id=key,
+            density="compact",
+            hide_details=True,
+            disabled=("!inputs_enabled",),
+            classes="mt-1",
+        )
 
 
 def _run(actions: dict) -> None:
