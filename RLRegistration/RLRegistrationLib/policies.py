@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PolicyError
+from .intensity_mapping import apply_table, conditional_mean_table, contrast_correlation
 from .regularizers import beta_hyperprior, normal_hyperprior, weighted_diffusion
 from .similarity import make_similarity
 from .spatial import (
@@ -88,6 +89,12 @@ class TestTimeOptimizationConfig:
     learning_rate: float = 0.2  # Adam step on the control field (control-grid voxels)
     similarity: str = "ncc"  # ncc (mono-modal), mind (multi-modal), mse
     ncc_window: int = 7
+    # different contrasts (T1 vs T2): the similarity is the mean of that of the moving image and that of the
+    # moving image mapped to the fixed contrast (conditional mean of the fixed intensity given the aligned
+    # moving one, re-estimated each step). "auto": when the pre-aligned images correlate below
+    # AUTO_CORRELATION (inside both heads); "on"; "off"
+    intensity_mapping: str = "auto"
+    mapped_iterations: int | tuple[int, ...] | None = None  # iterations when mapping (None: ``iterations``)
     regularization: float = 2.0  # weight of the (lambda-weighted) diffusion of the total field
     # step optimized on the working grid downsampled by this factor (coarse to fine)
     pyramid: tuple[int, ...] = (2, 2, 2, 1)
@@ -191,6 +198,13 @@ def similarity_weight(
     return weight
 
 
+#: ``intensity_mapping="auto"`` maps the moving contrast when the pre-aligned images' Pearson correlation
+#: inside both heads is below this (``benchmarks/contrast_detection.py``: same-contrast pairs, whole-head
+#: same-subject pairs and T1/T2 pairs)
+AUTO_CORRELATION = 0.3
+INTENSITY_MAPPINGS = ("auto", "on", "off")
+
+
 class TestTimeOptimizationPolicy(Policy):
     """Each step runs a few Adam iterations on a new step field against the moving image.
 
@@ -212,6 +226,10 @@ class TestTimeOptimizationPolicy(Policy):
         self, config: TestTimeOptimizationConfig | None = None, weight_map: torch.Tensor | None = None
     ):
         self.config = config or TestTimeOptimizationConfig()
+        if self.config.intensity_mapping not in INTENSITY_MAPPINGS:
+            raise PolicyError(
+                f"intensity_mapping '{self.config.intensity_mapping}': choose from {', '.join(INTENSITY_MAPPINGS)}"
+            )
         kwargs = {"window": self.config.ncc_window} if self.config.similarity == "ncc" else {}
         self.similarity = make_similarity(self.config.similarity, **kwargs)
         self.fixed_weight_map = weight_map
@@ -219,12 +237,15 @@ class TestTimeOptimizationPolicy(Policy):
         self._pyramid: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.box: Box | None = None  # the optimized part of the working grid (None: all of it)
         self._started = False
+        self.mapping = False  # the moving contrast is mapped (``intensity_mapping``; decided per pair)
+        self.contrast_correlation: float | None = None
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
         self.weight_logits = None
         self._pyramid = {}
         self.box = None
         self._started = False  # the box and the weight map are made at the first step (it has the masks)
+        self.mapping, self.contrast_correlation = False, None
 
     def _start(self, state: PolicyState) -> None:
         """The optimized box (around the masks when given: only there does the similarity count; else
@@ -233,6 +254,13 @@ class TestTimeOptimizationPolicy(Policy):
         if self.config.crop_to_foreground:
             masks = [m for m in (state.fixed_mask, state.moving_mask) if m is not None]
             self.box = foreground_box(masks or [state.fixed, state.moving], self.config.crop_margin)
+        self.mapping = self.config.intensity_mapping == "on"
+        if self.config.intensity_mapping == "auto":
+            weight = similarity_weight(state.fixed_mask, state.moving_mask, torch.zeros_like(state.field))
+            self.contrast_correlation = contrast_correlation(
+                crop(state.fixed, self.box), crop(state.moving, self.box), crop(weight, self.box)
+            )
+            self.mapping = self.contrast_correlation < AUTO_CORRELATION
         if self.config.learn_weight_map and self.fixed_weight_map is None:
             cropped = crop(state.fixed, self.box).shape[2:]
             shape = [max(2, math.ceil(n / self.config.weight_map_spacing)) for n in cropped]
@@ -260,6 +288,41 @@ class TestTimeOptimizationPolicy(Policy):
             )
         return self._pyramid[factor]
 
+    def _similarity(
+        self,
+        fixed: torch.Tensor,
+        moving: torch.Tensor,
+        mapped: torch.Tensor | None,
+        total: torch.Tensor,
+        fixed_mask: torch.Tensor | None,
+        moving_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The similarity loss of ``moving`` warped by ``total``; with a ``mapped`` moving image, the mean of
+        the two images' losses (both warped by one sampling)."""
+        weight = similarity_weight(fixed_mask, moving_mask, total)
+        if mapped is None:
+            return self.similarity(fixed, warp(moving, total), weight)
+        both = warp(torch.cat([moving, mapped], dim=1), total)
+        return 0.5 * (
+            self.similarity(fixed, both[:, :1], weight) + self.similarity(fixed, both[:, 1:], weight)
+        )
+
+    @staticmethod
+    def _mapped_to_fixed_contrast(
+        fixed: torch.Tensor,
+        moving: torch.Tensor,
+        fixed_mask: torch.Tensor | None,
+        moving_mask: torch.Tensor | None,
+        field: torch.Tensor,
+    ) -> torch.Tensor:
+        """``moving`` through the table of the fixed intensity given the moving one aligned by ``field``
+        (where the similarity counts)."""
+        with torch.no_grad():
+            table = conditional_mean_table(
+                warp(moving, field), fixed, similarity_weight(fixed_mask, moving_mask, field)
+            )
+        return apply_table(moving, table)
+
     def _step_from_control(self, control: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         """Dense step field (voxels of ``shape``) from control-grid values (control voxels)."""
         step = (
@@ -278,6 +341,9 @@ class TestTimeOptimizationPolicy(Policy):
         shape = tuple(fixed.shape[2:])
         previous = crop(state.field.detach(), self.box)
         previous = resize_displacement(previous, shape) if factor > 1 else previous
+        mapped = None
+        if self.mapping:
+            mapped = self._mapped_to_fixed_contrast(fixed, moving, fixed_mask, moving_mask, previous)
         spacing = _scheduled(cfg.control_spacing, state.step_index)
         control_shape = [max(2, math.ceil(n / spacing)) for n in shape]
         control = torch.zeros((1, 3, *control_shape), device=fixed.device, requires_grad=True)
@@ -297,12 +363,13 @@ class TestTimeOptimizationPolicy(Policy):
                 return compose_displacements(step, previous)
 
         loss_value = similarity_value = 0.0
-        for _ in range(_scheduled(cfg.iterations, state.step_index)):
+        iterations = (
+            cfg.iterations if mapped is None or cfg.mapped_iterations is None else cfg.mapped_iterations
+        )
+        for _ in range(_scheduled(iterations, state.step_index)):
             optimizer.zero_grad(set_to_none=True)
             total = compose(self._step_from_control(control, shape))
-            similarity = self.similarity(
-                fixed, warp(moving, total), similarity_weight(fixed_mask, moving_mask, total)
-            )
+            similarity = self._similarity(fixed, moving, mapped, total, fixed_mask, moving_mask)
             loss = similarity + self._regularization(total, shape)
             loss.backward()
             optimizer.step()
@@ -316,7 +383,17 @@ class TestTimeOptimizationPolicy(Policy):
         return PolicyStep(
             step_field=step,
             weight_map=lam,
-            diagnostics={"loss": loss_value, "similarity_loss": similarity_value, "pyramid_factor": factor},
+            diagnostics={
+                "loss": loss_value,
+                "similarity_loss": similarity_value,
+                "pyramid_factor": factor,
+                "intensity_mapping": float(self.mapping),
+                **(
+                    {}
+                    if self.contrast_correlation is None
+                    else {"contrast_correlation": self.contrast_correlation}
+                ),
+            },
         )
 
     def _regularization(self, total: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
