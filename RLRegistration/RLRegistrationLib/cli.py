@@ -25,7 +25,13 @@ from .export import check_output_paths, check_transform_suffix, write_image, wri
 from .imaging import check_same_geometry, read_image, read_label_map
 from .masks import MaskWarning, conform_mask
 from .metrics import evaluate_transform, evaluation_labels
-from .policies import available_policies, make_policy, policy_default_steps, policy_supports_sampling
+from .policies import (
+    INTENSITY_MAPPINGS,
+    available_policies,
+    make_policy,
+    policy_default_steps,
+    policy_supports_sampling,
+)
 from .prealign import INITIALIZATIONS
 from .quality import QUALITY_PRESETS
 from .session import RegistrationResult, RegistrationSession, SessionOptions
@@ -143,6 +149,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, help="test-time optimization iterations per step")
     parser.add_argument(
         "--similarity", choices=["ncc", "mind", "mse"], help="ncc (same contrast), mind (multi-modal)"
+    )
+    parser.add_argument(
+        "--intensity-mapping",
+        choices=list(INTENSITY_MAPPINGS),
+        help="tto: also compare the moving image mapped to the fixed contrast (T1 against T2); auto "
+        "(default): when the pre-aligned images are not positively correlated",
     )
     parser.add_argument(
         "--regularization", type=float, help="smoothness weight (default: the policy's; 2.0 for tto)"
@@ -289,6 +301,7 @@ def _policy_and_options(args) -> tuple:
         args.policy,
         iterations=args.iterations,
         similarity=args.similarity,
+        intensity_mapping=args.intensity_mapping,
         regularization=args.regularization if args.regularization is not None else preset.regularization,
         **_sampling_options(args),
         **preset.tto_overrides(args.spacing),
@@ -337,6 +350,17 @@ def _read_mask(path: str | None, image: sitk.Image, role: str) -> sitk.Image | N
     return mask
 
 
+def _mapping_note(diagnostics: dict) -> str:
+    """The line saying that the tto maps the moving image's contrast, and why."""
+    correlation = diagnostics.get("contrast_correlation")
+    why = (
+        "--intensity-mapping on"
+        if correlation is None
+        else f"the pre-aligned images correlate {correlation:.2f}: different contrasts"
+    )
+    return f"intensity mapping on ({why}); --intensity-mapping off to compare the images as they are"
+
+
 def run_registration(session: RegistrationSession, steps: int, quiet: bool = False) -> RegistrationResult:
     """Run ``steps`` steps with a progress bar and one line per step; CUDA OOM becomes a clear error."""
     from tqdm import tqdm
@@ -361,6 +385,8 @@ def run_registration(session: RegistrationSession, steps: int, quiet: bool = Fal
                     if report.uncertainty_mean_mm is not None
                     else ""
                 )
+                if report.index == 1 and report.diagnostics.get("intensity_mapping"):
+                    bar.write(_mapping_note(report.diagnostics))
                 bar.write(
                     f"step {report.index:3d}/{steps}  ncc {report.similarity:.4f}{dice}  "
                     f"{1000 * report.step_seconds:.0f} ms/step  max |u| {report.max_displacement_mm:.1f} mm"
