@@ -32,3 +32,23 @@ def test_greedy_transform_matches_greedys_reslicing(monkeypatch):
     assert np.abs(ours - theirs).mean() < 1e-2 * np.abs(theirs).mean()
     identity = sitk.GetArrayFromImage(sitk.Resample(moving, fixed))
     assert np.abs(identity - theirs).mean() > 0.05 * np.abs(theirs).mean()  # the check can fail
+
+
+def test_greedy_with_nmi_registers_a_t2_moving_image_where_its_ncc_fails(monkeypatch):
+    """``greedy-nmi`` (the cross-contrast anchor): Greedy's NCC is signed, so on a T2-like moving image
+    its affine turns the wrong way; the NMI variant of the same schedule aligns the labels."""
+    from RLRegistrationLib.metrics import evaluate_transform
+    from RLRegistrationLib.synthesis import synthesize_volume
+
+    monkeypatch.setattr(accuracy, "GREEDY_AFFINE", "-a -dof 12 -m NCC 2x2x2 -ia-image-centers -n 20x10")
+    monkeypatch.setattr(accuracy, "GREEDY_DEFORMABLE", "-m NCC 2x2x2 -n 20x10")
+    fixed = sitk.ReadImage(str(SAMPLE_DIR / "fixed.nii.gz"), sitk.sitkFloat32)
+    fixed_labels = sitk.ReadImage(str(SAMPLE_DIR / "fixed_labels.nii.gz"))
+    moving_labels = sitk.ReadImage(str(SAMPLE_DIR / "moving_labels.nii.gz"))
+    moving = synthesize_volume(moving_labels, contrast="t2", rng=7)
+    dice = {}
+    for multimodal in (False, True):
+        greedy = accuracy.greedy_register(fixed, moving, threads=1, multimodal=multimodal)
+        transform, _ = accuracy.greedy_transform(greedy)
+        dice[multimodal] = evaluate_transform(fixed_labels, moving_labels, transform, with_hd95=False)["dice"]
+    assert dice[True] > 0.5 and dice[True] > dice[False] + 0.3, dice  # 0.57 against 0.12 when measured

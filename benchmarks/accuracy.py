@@ -145,8 +145,10 @@ def parse_tto(text: str) -> dict:
         key, value = item.split(":")
         if "/" in value:
             out[key] = tuple(int(v) for v in value.split("/"))
-        else:
+        elif value.replace(".", "", 1).lstrip("-").isdigit():
             out[key] = float(value) if "." in value else int(value)
+        else:
+            out[key] = value  # a word, e.g. intensity_mapping:off
     return out
 
 
@@ -182,6 +184,9 @@ def run_syn(fixed, moving, workdir, args):
 #: then deformable with the same metric and schedule and its default smoothing (-s 1.732vox 0.7071vox).
 GREEDY_AFFINE = "-a -dof 12 -m NCC 2x2x2 -ia-image-centers -n 100x50x10"
 GREEDY_DEFORMABLE = "-m NCC 2x2x2 -n 100x50x10 -s 1.732vox 0.7071vox"
+#: For different contrasts (Greedy's NCC is signed: on T1 against T2 its affine fails, Dice 0.13): the same
+#: schedule with normalized mutual information, Greedy's metric for multi-modal pairs (its rigid example).
+GREEDY_MULTIMODAL = ("NCC 2x2x2", "NMI")
 
 
 def run_greedy(fixed, moving, workdir, args):
@@ -189,18 +194,24 @@ def run_greedy(fixed, moving, workdir, args):
     return greedy_transform(greedy_register(fixed, moving, args.threads))
 
 
-def greedy_register(fixed, moving, threads: int):
+def run_greedy_nmi(fixed, moving, workdir, args):
+    """Greedy with NMI instead of NCC in both stages (``GREEDY_MULTIMODAL``)."""
+    return greedy_transform(greedy_register(fixed, moving, args.threads, multimodal=True))
+
+
+def greedy_register(fixed, moving, threads: int, multimodal: bool = False):
     """A ``Greedy3D`` holding ``affine`` (4x4, fixed RAS point -> moving RAS point) and ``warp`` (ITK
     displacement field, LPS mm, on the fixed grid) for the images registered as ``fixed`` / ``moving``.
     (Two runs of the same pair differ slightly: keep the object to reslice with the same result.)"""
     from picsl_greedy import Greedy3D
 
     options = f"-d 3 -threads {threads} -V 0"
+    affine, deformable = GREEDY_AFFINE, GREEDY_DEFORMABLE
+    if multimodal:
+        affine, deformable = (text.replace(*GREEDY_MULTIMODAL) for text in (affine, deformable))
     greedy = Greedy3D()
-    greedy.execute(
-        f"{options} -i fixed moving {GREEDY_AFFINE} -o affine", fixed=fixed, moving=moving, affine=None
-    )
-    greedy.execute(f"{options} -i fixed moving -it affine {GREEDY_DEFORMABLE} -o warp", warp=None)
+    greedy.execute(f"{options} -i fixed moving {affine} -o affine", fixed=fixed, moving=moving, affine=None)
+    greedy.execute(f"{options} -i fixed moving -it affine {deformable} -o warp", warp=None)
     return greedy
 
 
@@ -295,10 +306,17 @@ METHODS = {
     "rlreg-fine": run_rlreg_fine,
     "syn": run_syn,
     "greedy": run_greedy,
+    "greedy-nmi": run_greedy_nmi,
     "elastix": run_elastix,
     "demons": run_demons,
 }
-REQUIRES = {"syn": "ants", "greedy": "picsl_greedy", "elastix": "itk", "demons": None}
+REQUIRES = {
+    "syn": "ants",
+    "greedy": "picsl_greedy",
+    "greedy-nmi": "picsl_greedy",
+    "elastix": "itk",
+    "demons": None,
+}
 
 
 def available(method: str) -> bool:
