@@ -570,3 +570,25 @@ def test_quality_fine_with_a_learned_policy_is_refused(module, scene):
     logic = module.RLRegistrationLogic()
     params = fast_parameters(logic, nodes, quality="fine", policy="spac-brain-synth")
     run_rejected(logic, params, scene, "Quality 'fine' sets the tto schedule")
+
+
+def test_a_t2_moving_volume_is_registered_with_the_intensity_mapping_and_the_panel_says_so(
+    module, scene, tmp_path
+):
+    """The panel's run on a T1 fixed and a T2-like moving volume (re-synthesized from the moving labels):
+    the TTO maps the moving contrast by itself and the status line says so; Dice improves."""
+    import slicer
+
+    from RLRegistrationLib.synthesis import synthesize_volume
+
+    nodes = load_pair()
+    t2 = tmp_path / "moving_t2.nii.gz"
+    sitk.WriteImage(
+        synthesize_volume(sitk.ReadImage(str(SAMPLE / "moving_labels.nii.gz")), contrast="t2", rng=7), str(t2)
+    )
+    nodes["moving"] = slicer.util.loadVolume(str(t2))
+    logic = module.RLRegistrationLogic()
+    reports = logic.runBlocking(fast_parameters(logic, nodes, iterations=3), 2)
+    assert reports[-1].diagnostics["intensity_mapping"] == 1.0
+    assert "intensity mapping on (the pre-aligned images correlate -" in logic.summary()
+    assert reports[-1].dice > reports[0].dice

@@ -23,6 +23,7 @@ from .devices import describe_device, is_out_of_memory, resolve_device
 from .errors import DeviceError, InputError, InputWarning, RLRegistrationError
 from .export import check_output_paths, check_transform_suffix, write_image, write_transform
 from .imaging import check_same_geometry, read_image, read_label_map
+from .intensity_mapping import mapping_summary
 from .masks import MaskWarning, conform_mask
 from .metrics import evaluate_transform, evaluation_labels
 from .policies import (
@@ -350,17 +351,6 @@ def _read_mask(path: str | None, image: sitk.Image, role: str) -> sitk.Image | N
     return mask
 
 
-def _mapping_note(diagnostics: dict) -> str:
-    """The line saying that the tto maps the moving image's contrast, and why."""
-    correlation = diagnostics.get("contrast_correlation")
-    why = (
-        "--intensity-mapping on"
-        if correlation is None
-        else f"the pre-aligned images correlate {correlation:.2f}: different contrasts"
-    )
-    return f"intensity mapping on ({why}); --intensity-mapping off to compare the images as they are"
-
-
 def run_registration(session: RegistrationSession, steps: int, quiet: bool = False) -> RegistrationResult:
     """Run ``steps`` steps with a progress bar and one line per step; CUDA OOM becomes a clear error."""
     from tqdm import tqdm
@@ -385,8 +375,9 @@ def run_registration(session: RegistrationSession, steps: int, quiet: bool = Fal
                     if report.uncertainty_mean_mm is not None
                     else ""
                 )
-                if report.index == 1 and report.diagnostics.get("intensity_mapping"):
-                    bar.write(_mapping_note(report.diagnostics))
+                mapping = mapping_summary(report.diagnostics) if report.index == 1 else None
+                if mapping:
+                    bar.write(f"{mapping}; --intensity-mapping off compares the images as they are")
                 bar.write(
                     f"step {report.index:3d}/{steps}  ncc {report.similarity:.4f}{dice}  "
                     f"{1000 * report.step_seconds:.0f} ms/step  max |u| {report.max_displacement_mm:.1f} mm"

@@ -90,3 +90,14 @@ def contrast_correlation(
     covariance = (w * f * m).sum()
     scale = ((w * f * f).sum() * (w * m * m).sum()).sqrt()
     return float(covariance / scale) if float(scale) > 0 else 0.0
+
+
+def mapping_summary(diagnostics: dict) -> str | None:
+    """What a step's diagnostics say of the mapping, for people ("intensity mapping on (...)"); None when
+    the step did not map the moving contrast."""
+    if not diagnostics.get("intensity_mapping"):
+        return None
+    correlation = diagnostics.get("contrast_correlation")
+    if correlation is None:
+        return "intensity mapping on (asked for)"
+    return f"intensity mapping on (the pre-aligned images correlate {correlation:.2f}: different contrasts)"

@@ -460,6 +460,11 @@ class RegistrationSceneLogic:
                 f", uncertainty {report.uncertainty_mean_mm:.2f} mm (mean), "
                 f"{report.uncertainty_max_mm:.2f} mm (max)"
             )
+        from RLRegistrationLib.intensity_mapping import mapping_summary  # torch: loaded with the session
+
+        mapping = mapping_summary(report.diagnostics)
+        if mapping:
+            text += f"; {mapping}"
         if cancelled:
             text = (
                 "Cancelled after "
