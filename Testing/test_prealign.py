@@ -134,3 +134,31 @@ def test_prealign_is_reproducible_and_restores_itk_threads(blob_array):
     first, second = (prealign(fixed, moving, "affine", schedule=FAST, seed=2) for _ in range(2))
     assert first.GetParameters() == second.GetParameters()
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
+
+
+def test_a_level_that_ends_worse_than_it_began_keeps_its_start(blob_array, monkeypatch):
+    """An optimizer that leaves the basin (here made to by 100x too large steps; on a T1/T2 brain pair the
+    affine stage did so by itself) does not spoil a good start: the level returns the start."""
+    fixed = _fixed(blob_array)
+    truth = sitk.TranslationTransform(3, (2.0, -1.0, 1.5))
+    level = prealign_module._Level(fixed, _moving(fixed, truth), None, None, int(np.prod(fixed.GetSize())))
+    start = sitk.VersorRigid3DTransform()
+    start.SetCenter(_centre(fixed))
+    start.SetTranslation((2.0, -1.0, 1.5))  # at the truth already
+    careful = prealign_module._register(level, start, FAST, seed=0)
+
+    build = prealign_module._mattes_method
+
+    def reckless(*args):
+        method = build(*args)
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=100.0, minStep=50.0, numberOfIterations=5, relaxationFactor=0.99
+        )
+        method.SetOptimizerScalesFromPhysicalShift()
+        return method
+
+    monkeypatch.setattr(prealign_module, "_mattes_method", reckless)
+    transform, value = prealign_module._register(level, start, FAST, seed=0)
+    assert transform is start
+    assert value >= careful[1]  # the start is not better than where the careful optimizer ended
+    np.testing.assert_allclose(careful[0].GetTranslation(), start.GetTranslation(), atol=0.3)

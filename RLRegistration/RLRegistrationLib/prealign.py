@@ -184,7 +184,35 @@ def _affine_from(transform: sitk.Transform) -> sitk.AffineTransform:
 def _register(
     level: _Level, start: sitk.Transform, schedule: PrealignSchedule, seed: int
 ) -> tuple[sitk.Transform, float]:
-    """One single-resolution Mattes MI registration from ``start``; (transform, final metric value)."""
+    """One single-resolution Mattes MI registration from ``start``; (transform, its metric value on the
+    level's samples), never worse than ``start``'s."""
+    method = _mattes_method(level, schedule, seed)
+    method.SetInitialTransform(start, inPlace=False)
+    # one thread: with several, ITK's thread pool sums the metric in a varying order and the same pair
+    # gives a different transform from run to run. The metric is made inside Execute with ITK's global
+    # default, which the method's own SetNumberOfThreads does not reach. (The pyramid copies, made
+    # before, are the same with any number of threads and use them all.)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        start_value = method.MetricEvaluate(level.fixed, level.moving)
+        result = method.Execute(level.fixed, level.moving)
+        method.SetInitialTransform(result, inPlace=False)
+        value = method.MetricEvaluate(level.fixed, level.moving)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    if value > start_value:
+        # the optimizer ended worse than it began (on the same samples): it left the basin, e.g. the
+        # affine stage of a T1/T2 pair shearing away from a good rigid start; keep the start
+        return start, float(start_value)
+    if isinstance(result, sitk.CompositeTransform):
+        result = result.GetBackTransform() if result.GetNumberOfTransforms() == 1 else result
+    return _typed(result, start), float(value)
+
+
+def _mattes_method(level: _Level, schedule: PrealignSchedule, seed: int) -> sitk.ImageRegistrationMethod:
+    """The Mattes MI registration of one pyramid level (metric, samples, masks, optimizer), without its
+    initial transform."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=schedule.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -209,20 +237,7 @@ def _register(
         gradientMagnitudeTolerance=1e-8,
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetInitialTransform(start, inPlace=False)
-    # one thread: with several, ITK's thread pool sums the metric in a varying order and the same pair
-    # gives a different transform from run to run. The metric is made inside Execute with ITK's global
-    # default, which the method's own SetNumberOfThreads does not reach. (The pyramid copies, made
-    # before, are the same with any number of threads and use them all.)
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        result = method.Execute(level.fixed, level.moving)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    if isinstance(result, sitk.CompositeTransform):
-        result = result.GetBackTransform() if result.GetNumberOfTransforms() == 1 else result
-    return _typed(result, start), float(method.GetMetricValue())
+    return method
 
 
 def _typed(result: sitk.Transform, start: sitk.Transform) -> sitk.Transform:
