@@ -95,6 +95,7 @@ class TestTimeOptimizationConfig:
     # AUTO_CORRELATION (inside both heads); "on"; "off"
     intensity_mapping: str = "auto"
     mapped_iterations: int | tuple[int, ...] | None = None  # iterations when mapping (None: ``iterations``)
+    mapped_weight: float = 0.5  # the mapped image's share of the similarity when mapping
     regularization: float = 2.0  # weight of the (lambda-weighted) diffusion of the total field
     # step optimized on the working grid downsampled by this factor (coarse to fine)
     pyramid: tuple[int, ...] = (2, 2, 2, 1)
@@ -297,14 +298,15 @@ class TestTimeOptimizationPolicy(Policy):
         fixed_mask: torch.Tensor | None,
         moving_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The similarity loss of ``moving`` warped by ``total``; with a ``mapped`` moving image, the mean of
-        the two images' losses (both warped by one sampling)."""
+        """The similarity loss of ``moving`` warped by ``total``; with a ``mapped`` moving image, the two
+        images' losses weighted by ``mapped_weight`` (both warped by one sampling)."""
         weight = similarity_weight(fixed_mask, moving_mask, total)
         if mapped is None:
             return self.similarity(fixed, warp(moving, total), weight)
         both = warp(torch.cat([moving, mapped], dim=1), total)
-        return 0.5 * (
-            self.similarity(fixed, both[:, :1], weight) + self.similarity(fixed, both[:, 1:], weight)
+        share = self.config.mapped_weight
+        return (1 - share) * self.similarity(fixed, both[:, :1], weight) + share * self.similarity(
+            fixed, both[:, 1:], weight
         )
 
     @staticmethod
