@@ -166,7 +166,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         default="standard",
         help="standard (2 mm working grid, at most 112^3 voxels), fine (tto only: 1 mm working grid without "
         "the cap, 4 steps at 4, 4, 2 and 1 mm; on 1 mm brain pairs more accurate than Greedy at 0.4x its "
-        "time, up to ~3.3 GiB) or followup (fine with regularization 6: two scans of one patient); "
+        "time, up to ~3.4 GiB; ~4.1 GiB for T1 against T2) or followup (fine with regularization 6: two scans of one patient); "
         "benchmarks/RESULTS.md",
     )
     parser.add_argument(
