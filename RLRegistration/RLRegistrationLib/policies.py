@@ -89,8 +89,8 @@ class TestTimeOptimizationConfig:
     learning_rate: float = 0.2  # Adam step on the control field (control-grid voxels)
     similarity: str = "ncc"  # ncc (mono-modal), mind (multi-modal), mse
     ncc_window: int = 7
-    # different contrasts (T1 vs T2): the similarity is the mean of that of the moving image and that of the
-    # moving image mapped to the fixed contrast (conditional mean of the fixed intensity given the aligned
+    # different contrasts (T1 vs T2): the similarity is the mean (``mapped_weight``) of that of the moving
+    # image and that of the moving image mapped to the fixed contrast (conditional mean of the fixed intensity given the aligned
     # moving one, re-estimated each step). "auto": when the pre-aligned images correlate below
     # AUTO_CORRELATION (inside both heads); "on"; "off"
     intensity_mapping: str = "auto"
