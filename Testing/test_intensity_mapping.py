@@ -124,7 +124,7 @@ def test_cli_maps_a_t2_moving_image_and_registers_it_better(tmp_path, capsys):
     assert "intensity mapping on (the pre-aligned images correlate -" in output["auto"]
     assert "intensity mapping on" not in output["off"]
     assert dice["auto"][-1] > dice["auto"][0] + 0.1  # the deformable stage works across the contrasts
-    assert dice["auto"][-1] > dice["off"][-1] + 0.005  # 0.7519 against 0.7409 when measured
+    assert dice["auto"][-1] > dice["off"][-1] + 0.005  # 0.630 against 0.619 (affine 0.451) when measured
 
 
 def test_mapped_iterations_apply_only_while_mapping(blob_array):

@@ -155,7 +155,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--intensity-mapping",
         choices=list(INTENSITY_MAPPINGS),
         help="tto: also compare the moving image mapped to the fixed contrast (T1 against T2); auto "
-        "(default): when the pre-aligned images are not positively correlated",
+        "(default): when the pre-aligned images correlate below 0.3 (inside both heads)",
     )
     parser.add_argument(
         "--regularization", type=float, help="smoothness weight (default: the policy's; 2.0 for tto)"

@@ -5,7 +5,8 @@ the CLI (``--quality``), the Slicer panel and the browser app.
 * ``fine``: a 1 mm working grid without the cap (never finer than the fixed image), four steps at 4, 4, 2
   and 1 mm with a 5-voxel NCC window. Chosen on training pairs by ``benchmarks/tto_schedule.py``
   (``results/tto_schedule_training_fast*.md``) and measured on the validation pairs against Greedy by
-  ``benchmarks/accuracy.py`` (``benchmarks/RESULTS.md``).
+  ``benchmarks/accuracy.py`` (``benchmarks/RESULTS.md``). When the TTO maps a T2-like moving image to the
+  fixed contrast (``intensity_mapping``), its 2 and 1 mm steps take 12 iterations instead of 5.
 * ``followup``: ``fine`` with the regularization raised from 2 to 6, for two scans of one patient; on
   synthetic whole-head follow-ups its end-point error inside the brain was below Greedy's
   (``benchmarks/same_subject.py``).
