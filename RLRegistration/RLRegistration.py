@@ -38,8 +38,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # Qt-free and torch-free: safe to import before PyTorch is installed
-from RLRegistrationLib.panel_state import PanelState, PanelStateMachine, progress_text
-from RLRegistrationLib.quality import QUALITY_PRESETS
+from RLRegistrationLib.frontends.panel_state import PanelState, PanelStateMachine, progress_text
+from RLRegistrationLib.registration.quality import QUALITY_PRESETS
 from RLRegistrationMRML.parameters import (
     FIELD_DISPLAY_MODES,
     INITIALIZATION_MODES,
@@ -277,10 +277,11 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.deviceComboBox.addItem(label, value)
             return
         try:
-            from RLRegistrationLib import slicer_bridge
+            from RLRegistrationLib import devices
+            from RLRegistrationLib.policies import choices
 
-            policyChoices = slicer_bridge.policy_choices()
-            deviceChoices = slicer_bridge.device_choices()
+            policyChoices = choices.policy_choices()
+            deviceChoices = devices.device_choices()
         except Exception as error:  # broken torch install: the panel must still open and say why
             logging.error(f"RLRegistration: could not list policies and devices: {error}")
             self.ui.policyComboBox.addItem("tto", "tto")
@@ -821,12 +822,10 @@ class RLRegistrationTest(ScriptedLoadableModuleTest):
         a MorphSeek model)."""
         logic = RLRegistrationLogic()
         self.assertTrue(logic.ensureDependencies(askConfirmation=False))
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.policies import choices
 
         names = [
-            c.name
-            for c in slicer_bridge.policy_choices()
-            if c.supports_sampling and not c.name.endswith("+tto")
+            c.name for c in choices.policy_choices() if c.supports_sampling and not c.name.endswith("+tto")
         ]
         if not names:
             self.delayDisplay("No MorphSeek model in models/: sampling test skipped")
@@ -862,10 +861,10 @@ class RLRegistrationTest(ScriptedLoadableModuleTest):
     def test_RLRegistrationPolicyDefaults(self):
         """Choosing a policy in the panel sets Steps, Iterations and Regularization to the policy's defaults
         (a learned model's <id>+tto chain: the card's learned + TTO steps and its regularization weight)."""
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.policies import choices
 
         widget = slicer.util.getModuleWidget("RLRegistration")
-        choices = {c.name: c for c in slicer_bridge.policy_choices()}
+        choices = {c.name: c for c in choices.policy_choices()}
         chains = [name for name in choices if name.endswith("+tto")]
         for name in ["tto"] + chains[:1]:
             self.delayDisplay(f"Selecting {name}")

@@ -21,7 +21,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RLRegistration"))
     import RLRegistrationLib  # noqa: F401
 
-from RLRegistrationLib.geometry import Grid  # noqa: E402
+from RLRegistrationLib.fields.geometry import Grid  # noqa: E402
 
 
 def rotation_matrix(degrees_x: float, degrees_y: float, degrees_z: float) -> np.ndarray:
@@ -107,7 +107,7 @@ def edit_card(folder: Path, **changes) -> None:
 
 def random_policy_state(shape=(16, 16, 16), seed: int = 0, step_index: int = 0):
     """A policy state of random fixed and moving images (moving = warped, zero field), seeded."""
-    from RLRegistrationLib.policies import PolicyState
+    from RLRegistrationLib.policies.base import PolicyState
 
     g = torch.Generator().manual_seed(seed)
     fixed, moving = torch.rand((1, 1, *shape), generator=g), torch.rand((1, 1, *shape), generator=g)
@@ -147,12 +147,22 @@ def small_pair(tmp_path):
 @pytest.fixture
 def restore_policy_registry():
     """Models registered by a test point into its tmp folder: forget them afterwards."""
-    from RLRegistrationLib import policies
+    from RLRegistrationLib.policies import registry
 
-    saved = dict(policies._REGISTRY)
+    saved = dict(registry._entries())  # the models folder discovered first: it is part of what is restored
     yield
-    policies._REGISTRY.clear()
-    policies._REGISTRY.update(saved)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """The policy registry holding ``tto`` alone, for a test to register models into (restored afterwards)."""
+    from RLRegistrationLib.policies import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", {"tto": registry._REGISTRY["tto"]})
+    monkeypatch.setattr(registry, "_DISCOVERED", [True])
+    return registry
 
 
 @pytest.fixture(autouse=True)
@@ -198,7 +208,7 @@ def shared_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def torchrun_train(tmp_path, shared_dir):
-    """``torchrun --nproc_per_node 2 -m RLRegistrationLib.cli train --config <config> ...`` on 2 CPU
+    """``torchrun --nproc_per_node 2 -m RLRegistrationLib train --config <config> ...`` on 2 CPU
     processes (gloo) with the phantom ``shared_dir``; returns (CompletedProcess, model folder)."""
     lib_parent = str(Path(RLRegistrationLib.__file__).resolve().parents[1])
 
@@ -207,7 +217,7 @@ def torchrun_train(tmp_path, shared_dir):
         env = dict(os.environ, OMP_NUM_THREADS="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (lib_parent, env.get("PYTHONPATH")) if p)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        command += ["-m", "RLRegistrationLib.cli", "train", "--config", str(config), "--quiet"]
+        command += ["-m", "RLRegistrationLib", "train", "--config", str(config), "--quiet"]
         command += [
             "--shared-dir",
             str(shared_dir),

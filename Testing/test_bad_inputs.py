@@ -17,10 +17,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from RLRegistrationLib.cli import SAMPLE_DIR
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.memory import GIB, estimate_peak_memory
-from RLRegistrationLib.session import SessionOptions
+from RLRegistrationLib.frontends.cli import SAMPLE_DIR
+from RLRegistrationLib.registration.memory import GIB, estimate_peak_memory
+from RLRegistrationLib.registration.session import SessionOptions
 
 LIB = str(Path(__file__).resolve().parents[1] / "RLRegistration")
 NOT_READABLE = "not a readable image (unknown format or corrupt file)"
@@ -28,9 +28,9 @@ NEVER = "an output never replaces an input (choose another file name)"
 
 
 def _rlreg(cwd: Path, *args) -> subprocess.CompletedProcess:
-    """``python -m RLRegistrationLib.cli register ARGS --device cpu --quiet`` importing this checkout."""
+    """``python -m RLRegistrationLib register ARGS --device cpu --quiet`` importing this checkout."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [LIB, os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "RLRegistrationLib.cli", "register", "--device", "cpu", "--quiet"]
+    command = [sys.executable, "-m", "RLRegistrationLib", "register", "--device", "cpu", "--quiet"]
     return subprocess.run(
         command + list(map(str, args)), capture_output=True, text=True, timeout=120, env=env, cwd=cwd
     )
@@ -545,7 +545,7 @@ def labels_off_the_image_grid(p):
 
 @case
 def unknown_policy(p):
-    from RLRegistrationLib.policies import available_policies
+    from RLRegistrationLib.policies.registry import available_policies
 
     names = ", ".join(sorted(available_policies()))
     return p.register(None, "--policy", "magic"), [
@@ -625,8 +625,8 @@ def test_far_apart_pair_registers_with_the_affine_the_message_suggests(tmp_path)
 
 def test_session_raises_the_overlap_error_for_any_front_end(tmp_path):
     """What the Slicer Logic gets: ``RegistrationSession.prepare`` raises the same ``InputError``."""
-    from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.session import RegistrationSession
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.registration.session import RegistrationSession
 
     pair = Pair(tmp_path)
     far, problem = _far_moving(pair)

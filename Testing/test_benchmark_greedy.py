@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib.cli import SAMPLE_DIR
+from RLRegistrationLib.frontends.cli import SAMPLE_DIR
 
 pytest.importorskip("picsl_greedy")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -37,8 +37,8 @@ def test_greedy_transform_matches_greedys_reslicing(monkeypatch):
 def test_greedy_with_nmi_registers_a_t2_moving_image_where_its_ncc_fails(monkeypatch):
     """``greedy-nmi`` (the cross-contrast anchor): Greedy's NCC is signed, so on a T2-like moving image
     its affine turns the wrong way; the NMI variant of the same schedule aligns the labels."""
-    from RLRegistrationLib.metrics import evaluate_transform
-    from RLRegistrationLib.synthesis import synthesize_volume
+    from RLRegistrationLib.fields.metrics import evaluate_transform
+    from RLRegistrationLib.synthesis.contrast import synthesize_volume
 
     monkeypatch.setattr(accuracy, "GREEDY_AFFINE", "-a -dof 12 -m NCC 2x2x2 -ia-image-centers -n 20x10")
     monkeypatch.setattr(accuracy, "GREEDY_DEFORMABLE", "-m NCC 2x2x2 -n 20x10")

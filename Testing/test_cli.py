@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from RLRegistrationLib.cli import SAMPLE_DIR, main
+from RLRegistrationLib.frontends.cli import SAMPLE_DIR, main
 
 FIXED = SAMPLE_DIR / "fixed.nii.gz"
 MOVING = SAMPLE_DIR / "moving.nii.gz"
@@ -148,13 +148,13 @@ def test_register_and_evaluate_on_the_sample_pair(tmp_path, capsys):
 
 
 def _rlreg_subprocess(*args: str) -> subprocess.CompletedProcess:
-    """Run ``python -m RLRegistrationLib.cli ARGS`` in a child process that imports this checkout."""
+    """Run ``python -m RLRegistrationLib ARGS`` in a child process that imports this checkout."""
     package_root = str(Path(__file__).resolve().parents[1] / "RLRegistration")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
     }
-    command = [sys.executable, "-m", "RLRegistrationLib.cli", *args]
+    command = [sys.executable, "-m", "RLRegistrationLib", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib.cli import SAMPLE_DIR, main
+from RLRegistrationLib.frontends.cli import SAMPLE_DIR, main
 
 FIXED = SAMPLE_DIR / "fixed.nii.gz"
 MOVING = SAMPLE_DIR / "moving.nii.gz"

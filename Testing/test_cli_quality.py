@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from RLRegistrationLib.cli import _policy_and_options, build_parser
 from RLRegistrationLib.errors import InputError
+from RLRegistrationLib.frontends.cli import _policy_and_options, build_parser
 
 
 def parse(*extra: str):
@@ -53,7 +53,7 @@ def test_fine_is_refused_for_other_policies():
 def test_fine_is_never_finer_than_the_fixed_image():
     import SimpleITK as sitk
 
-    from RLRegistrationLib.cli import no_finer_than_the_image
+    from RLRegistrationLib.frontends.cli import no_finer_than_the_image
 
     coarse = sitk.Image(8, 8, 8, sitk.sitkFloat32)
     coarse.SetSpacing((2.0, 2.5, 3.0))

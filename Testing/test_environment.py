@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from RLRegistrationLib.environment import RegistrationEnv, folded_fraction, kmeans_pseudo_labels, mean_dice
-from RLRegistrationLib.spatial import compose_displacements, warp
-from RLRegistrationLib.synthesis import random_smooth_deformation, synthesize_image
+from RLRegistrationLib.fields.spatial import compose_displacements, warp
+from RLRegistrationLib.synthesis.contrast import synthesize_image
+from RLRegistrationLib.synthesis.pairs import random_smooth_deformation
 from RLRegistrationLib.training.data import phantom_label_map
+from RLRegistrationLib.training.environment import (
+    RegistrationEnv,
+    folded_fraction,
+    kmeans_pseudo_labels,
+    mean_dice,
+)
 
 
 def _deformed_pair(seed: int, shape=(32, 32, 32), max_disp=4.0):

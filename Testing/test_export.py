@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib import export
 from RLRegistrationLib.errors import OutputError
+from RLRegistrationLib.io import export, slicer_arrays
 
 
 def _affine(rotation_matrix, shift=(4.0, -3.0, 2.0)) -> sitk.AffineTransform:
@@ -146,7 +146,7 @@ def test_total_displacement_equals_transform_minus_identity(oblique_grid, rotati
 
 def test_slicer_grid_arrays_ras(oblique_grid):
     displacement = _displacement_image(oblique_grid, seed=3)
-    arrays = export.slicer_grid_arrays(displacement)
+    arrays = slicer_arrays.slicer_grid_arrays(displacement)
     lps = sitk.GetArrayFromImage(displacement)
     assert arrays.vectors.shape == (*oblique_grid.shape, 3) == (8, 10, 12, 3)
     assert arrays.vectors.dtype == np.float64 and arrays.vectors.flags["C_CONTIGUOUS"]
@@ -164,7 +164,7 @@ def test_slicer_grid_arrays_ras(oblique_grid):
 
 def test_slicer_volume_arrays(oblique_grid, rng):
     image = oblique_grid.apply_to(sitk.GetImageFromArray(rng.random(oblique_grid.shape)))
-    matrix, array = export.slicer_volume_arrays(image)
+    matrix, array = slicer_arrays.slicer_volume_arrays(image)
     assert array.shape == oblique_grid.shape
     lps = np.asarray(image.TransformIndexToPhysicalPoint((2, 3, 4)))
     np.testing.assert_allclose((matrix @ [2, 3, 4, 1])[:3], lps * [-1, -1, 1], atol=1e-9)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from RLRegistrationLib.followup import follow_up_from_labels
+from RLRegistrationLib.synthesis.followup import follow_up_from_labels
 
 
 def _head(size=40):

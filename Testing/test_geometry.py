@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from RLRegistrationLib import geometry
-from RLRegistrationLib.geometry import Grid
+from RLRegistrationLib.fields import geometry
+from RLRegistrationLib.fields.geometry import Grid
 
 
 def _index_points(grid: Grid) -> np.ndarray:

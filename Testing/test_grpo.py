@@ -16,9 +16,9 @@ import torch
 from tiny_training import SHAPE, data_section, label_bank
 
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.learned_policies import sha256_of
-from RLRegistrationLib.morphseek import MorphSeekArchitecture, MorphSeekNetwork
-from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
+from RLRegistrationLib.policies.cards import sha256_of
+from RLRegistrationLib.policies.morphseek_network import MorphSeekArchitecture, MorphSeekNetwork
+from RLRegistrationLib.policies.networks import SPACArchitecture, SPACNetwork
 from RLRegistrationLib.training.data import DataConfig, random_pair
 from RLRegistrationLib.training.grpo import (
     GRPOConfig,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib import imaging
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.geometry import Grid
+from RLRegistrationLib.fields.geometry import Grid
+from RLRegistrationLib.io import imaging
 
 
 def _write(image: sitk.Image, path) -> str:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from RLRegistrationLib.intensity_mapping import (
+from RLRegistrationLib.fields.intensity_mapping import (
     apply_table,
     conditional_mean_table,
     contrast_correlation,
@@ -72,7 +72,9 @@ def test_contrast_correlation_tells_one_contrast_from_an_inverted_one(blob_array
 
 @pytest.mark.parametrize("mode", ["auto", "on", "off"])
 def test_the_tto_maps_a_different_contrast_only(blob_array, mode):
-    from RLRegistrationLib.policies import AUTO_CORRELATION, PolicyState, make_policy
+    from RLRegistrationLib.policies.base import PolicyState
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.policies.tto import AUTO_CORRELATION
 
     shape = (16, 16, 16)
     fixed = torch.from_numpy(blob_array(shape, seed=2, blobs=15))[None, None]
@@ -93,7 +95,7 @@ def test_the_tto_maps_a_different_contrast_only(blob_array, mode):
 
 def test_an_unknown_mapping_mode_is_refused():
     from RLRegistrationLib.errors import PolicyError
-    from RLRegistrationLib.policies import make_policy
+    from RLRegistrationLib.policies.registry import make_policy
 
     with pytest.raises(PolicyError, match="intensity_mapping 'yes': choose from auto, on, off"):
         make_policy("tto", intensity_mapping="yes")
@@ -106,8 +108,8 @@ def test_cli_maps_a_t2_moving_image_and_registers_it_better(tmp_path, capsys):
 
     import SimpleITK as sitk
 
-    from RLRegistrationLib.cli import SAMPLE_DIR, main
-    from RLRegistrationLib.synthesis import synthesize_volume
+    from RLRegistrationLib.frontends.cli import SAMPLE_DIR, main
+    from RLRegistrationLib.synthesis.contrast import synthesize_volume
 
     moving_labels = SAMPLE_DIR / "moving_labels.nii.gz"
     moving = tmp_path / "moving_t2.nii.gz"
@@ -130,7 +132,8 @@ def test_cli_maps_a_t2_moving_image_and_registers_it_better(tmp_path, capsys):
 def test_mapped_iterations_apply_only_while_mapping(blob_array):
     """``mapped_iterations`` (the fine preset's 12 at its 2 and 1 mm steps for T1/T2 pairs) replace
     ``iterations`` when the mapping is on and change nothing when it is off."""
-    from RLRegistrationLib.policies import PolicyState, make_policy
+    from RLRegistrationLib.policies.base import PolicyState
+    from RLRegistrationLib.policies.registry import make_policy
 
     shape = (16, 16, 16)
     fixed = torch.from_numpy(blob_array(shape, seed=4, blobs=15))[None, None]

@@ -11,27 +11,22 @@ import pytest
 import torch
 from tiny_training import write_small_spac_model
 
-from RLRegistrationLib import policies
-from RLRegistrationLib.cli import main as cli_main
 from RLRegistrationLib.errors import DeviceError, PolicyError
-from RLRegistrationLib.learned_policies import (
-    ChainedPolicy,
-    SPACPolicy,
-    chain_settings,
-    discover_models,
-    load_model,
-    read_card,
-    register_model,
-    sha256_of,
-)
-from RLRegistrationLib.policies import (
-    PolicyState,
+from RLRegistrationLib.frontends.cli import main as cli_main
+from RLRegistrationLib.policies.base import PolicyState
+from RLRegistrationLib.policies.cards import chain_settings, read_card, sha256_of
+from RLRegistrationLib.policies.chained import ChainedPolicy
+from RLRegistrationLib.policies.network_policy import SPACPolicy, load_model
+from RLRegistrationLib.policies.registry import (
     available_policies,
+    discover_models,
     make_policy,
     policy_default_steps,
     policy_option_defaults,
+    register_model,
 )
-from RLRegistrationLib.session import RegistrationSession, SessionOptions
+from RLRegistrationLib.policies.tto import TestTimeOptimizationConfig, TestTimeOptimizationPolicy
+from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
 pytestmark = pytest.mark.usefixtures("restore_policy_registry")
 
@@ -150,7 +145,7 @@ def test_stochastic_plans_are_seeded(model_dir, policy_state):
 
 
 def test_chained_policy_hands_field_and_lambda_to_tto(model_dir, policy_state):
-    tto = policies.TestTimeOptimizationPolicy(policies.TestTimeOptimizationConfig(iterations=2, pyramid=(1,)))
+    tto = TestTimeOptimizationPolicy(TestTimeOptimizationConfig(iterations=2, pyramid=(1,)))
     chained = ChainedPolicy(SPACPolicy(model_dir, device="cpu", input_spacing_mm=2.0), 1, tto)
     state = policy_state()
     chained.reset(state.fixed, state.moving)
@@ -294,7 +289,7 @@ def folding_phantom(shape=(16, 16, 16)) -> torch.Tensor:
 
 
 def test_integrated_step_has_no_folds_where_the_raw_step_folds(model_dir, edit_card):
-    from RLRegistrationLib.environment import voxel_jacobian_determinant
+    from RLRegistrationLib.training.environment import voxel_jacobian_determinant
 
     card = json.loads((model_dir / "card.json").read_text())
     edit_card(model_dir, inference={**card.get("inference", {}), "diffeomorphic_steps": True})
@@ -309,7 +304,7 @@ def test_integrated_step_has_no_folds_where_the_raw_step_folds(model_dir, edit_c
 
 
 def test_cards_with_and_without_diffeomorphic_steps_load(model_dir, edit_card, policy_state):
-    from RLRegistrationLib.spatial import integrate_velocity
+    from RLRegistrationLib.fields.spatial import integrate_velocity
 
     state = policy_state()
     raw_policy = SPACPolicy(model_dir, device="cpu", input_spacing_mm=2.0)  # no option in the card

@@ -11,10 +11,10 @@ import SimpleITK as sitk
 import torch
 
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.masks import MaskWarning, conform_mask
-from RLRegistrationLib.policies import make_policy
-from RLRegistrationLib.session import RegistrationSession, SessionOptions
-from RLRegistrationLib.similarity import MINDSSC, MSE, LocalNCC
+from RLRegistrationLib.fields.similarity import MINDSSC, MSE, LocalNCC
+from RLRegistrationLib.io.masks import MaskWarning, conform_mask
+from RLRegistrationLib.policies.registry import make_policy
+from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
 
 def _image(blob_array, seed=0, shape=(32, 32, 32)):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib import metrics
+from RLRegistrationLib.fields import metrics
 
 
 def test_evaluation_labels():

@@ -15,22 +15,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from RLRegistrationLib.cli import main
 from RLRegistrationLib.errors import PolicyError
-from RLRegistrationLib.learned_policies import (
-    CARD_NAME,
-    ChainedPolicy,
-    MorphSeekPolicy,
-    SPACPolicy,
-    discover_models,
-    load_model,
-    read_card,
-    sha256_of,
-)
-from RLRegistrationLib.morphseek import MorphSeekArchitecture, MorphSeekNetwork
-from RLRegistrationLib.policies import PolicyState, make_policy, policy_supports_sampling
-from RLRegistrationLib.session import RegistrationSession, SessionOptions
-from RLRegistrationLib.spatial import resize_displacement
+from RLRegistrationLib.fields.spatial import resize_displacement
+from RLRegistrationLib.frontends.cli import main
+from RLRegistrationLib.policies.base import PolicyState
+from RLRegistrationLib.policies.cards import CARD_NAME, read_card, sha256_of
+from RLRegistrationLib.policies.chained import ChainedPolicy
+from RLRegistrationLib.policies.morphseek_network import MorphSeekArchitecture, MorphSeekNetwork
+from RLRegistrationLib.policies.morphseek_policy import MorphSeekPolicy
+from RLRegistrationLib.policies.network_policy import SPACPolicy, load_model
+from RLRegistrationLib.policies.registry import discover_models, make_policy, policy_supports_sampling
+from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
 pytestmark = pytest.mark.usefixtures("restore_policy_registry")
 
@@ -81,7 +76,7 @@ def _policy(model_dir, **options) -> MorphSeekPolicy:
 
 def _run_steps(policy, state: PolicyState, steps: int = 2):
     """Propose ``steps`` steps, composing them like the session; returns the proposals."""
-    from RLRegistrationLib.spatial import compose_displacements, warp
+    from RLRegistrationLib.fields.spatial import compose_displacements, warp
 
     policy.reset(state.fixed, state.moving, spacing_mm=2.0)
     field, proposals = state.field, []
@@ -324,7 +319,7 @@ def test_cli_sampling_errors(model_dir, small_pair, tmp_path, capsys, argv, mess
 
 
 def test_diffeomorphic_steps_apply_to_every_sampled_trajectory(model_dir, policy_state, edit_card):
-    from RLRegistrationLib.spatial import integrate_velocity
+    from RLRegistrationLib.fields.spatial import integrate_velocity
 
     card = json.loads((model_dir / CARD_NAME).read_text())
     edit_card(model_dir, inference={**card.get("inference", {}), "diffeomorphic_steps": True})

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from RLRegistrationLib.networks import (
+from RLRegistrationLib.fields.similarity import ncc_descent_direction
+from RLRegistrationLib.policies.networks import (
     LOG_STD_MAX,
     LOG_STD_MIN,
     SPACAgent,
@@ -16,7 +17,6 @@ from RLRegistrationLib.networks import (
     network_input,
     sample_plan,
 )
-from RLRegistrationLib.similarity import ncc_descent_direction
 from RLRegistrationLib.training.train import RegistrationLoss
 
 SMALL = SPACArchitecture(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from RLRegistrationLib.panel_state import (
+from RLRegistrationLib.frontends.panel_state import (
     PanelState,
     PanelStateError,
     PanelStateMachine,

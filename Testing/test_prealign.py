@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib import prealign as prealign_module
-from RLRegistrationLib.prealign import PrealignSchedule, prealign
+from RLRegistrationLib.registration import prealign as prealign_module
+from RLRegistrationLib.registration.prealign import PrealignSchedule, prealign
 
 # the pair's own spacing (2 mm) is the finest level; fewer samples keep the tests fast
 FAST = PrealignSchedule(samples=20_000, iterations=60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from RLRegistrationLib import regularizers
+from RLRegistrationLib.fields import regularizers
 
 SHAPE = (6, 7, 8)
 

@@ -10,12 +10,12 @@ import SimpleITK as sitk
 import torch
 
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.export import write_transform
-from RLRegistrationLib.geometry import Grid
-from RLRegistrationLib.imaging import intensity_window, normalize_intensity
-from RLRegistrationLib.metrics import evaluate_transform, jacobian_of_field, jacobian_stats
-from RLRegistrationLib.policies import make_policy
-from RLRegistrationLib.session import RegistrationSession, SessionOptions
+from RLRegistrationLib.fields.geometry import Grid
+from RLRegistrationLib.fields.metrics import evaluate_transform, jacobian_of_field, jacobian_stats
+from RLRegistrationLib.io.export import write_transform
+from RLRegistrationLib.io.imaging import intensity_window, normalize_intensity
+from RLRegistrationLib.policies.registry import make_policy
+from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
 ROTATION = (0.9800666, -0.1986693, 0.0, 0.1986693, 0.9800666, 0.0, 0.0, 0.0, 1.0)  # 11.5° about z
 
@@ -212,7 +212,7 @@ def test_affine_stage_recovers_a_translation(pair):
 def test_reports_of_a_large_working_grid_average_the_ncc_over_a_subset(pair, monkeypatch):
     """Above ``REPORT_MAX_VOXELS`` the reports' NCC is the mean over every s-th voxel per axis (a report at
     1 mm cost a tenth of a step): the registration is unchanged and the value is close to the full mean."""
-    from RLRegistrationLib import session as session_module
+    from RLRegistrationLib.registration import session as session_module
 
     full = _session(pair)
     full_reports = list(full.run(2))

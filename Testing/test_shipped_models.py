@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib.learned_policies import chain_settings, inference_step_options, load_model, read_card
-from RLRegistrationLib.metrics import jacobian_of_field, jacobian_stats
-from RLRegistrationLib.policies import make_policy, policy_default_steps
-from RLRegistrationLib.session import RegistrationSession, SessionOptions
+from RLRegistrationLib.fields.metrics import jacobian_of_field, jacobian_stats
+from RLRegistrationLib.policies.cards import chain_settings, inference_step_options, read_card
+from RLRegistrationLib.policies.network_policy import load_model
+from RLRegistrationLib.policies.registry import make_policy, policy_default_steps
+from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from RLRegistrationLib import similarity
+from RLRegistrationLib.fields import similarity
 
 
 @pytest.fixture

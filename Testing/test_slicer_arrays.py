@@ -15,16 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from grid_lookup import transform_points_ras
 
-from RLRegistrationLib.export import slicer_grid_arrays, total_displacement
-from RLRegistrationLib.geometry import Grid
-from RLRegistrationLib.slicer_bridge import (
-    displacement_arrays,
-    flattened_displacement,
-    homogeneous,
-    transform_points_ras,
-    vtk_displacement_grid,
-)
+from RLRegistrationLib.fields.geometry import Grid
+from RLRegistrationLib.io.export import total_displacement
+from RLRegistrationLib.io.slicer_arrays import homogeneous, ras_arrays, slicer_grid_arrays
+from RLRegistrationMRML.transform_grids import vtk_displacement_grid
 
 vtk = pytest.importorskip("vtk")
 
@@ -139,7 +135,7 @@ def test_rotated_grid_numpy_oriented_lookup_matches_itk(oblique_grid):
         transform_points_ras(points_lps * FLIP, arrays), itk_points(itk, points_lps) * FLIP, atol=1e-6
     )
     # a float32 copy (what the panel puts in Slicer) stays within display precision
-    arrays32 = displacement_arrays(displacement, np.float32)
+    arrays32 = ras_arrays(sitk.GetArrayViewFromImage(displacement), grid, np.float32)
     assert arrays32.vectors.dtype == np.float32
     np.testing.assert_allclose(
         transform_points_ras(points_lps * FLIP, arrays32), itk_points(itk, points_lps) * FLIP, atol=1e-4
@@ -161,11 +157,8 @@ def test_h5_round_trip_gives_the_same_points(oblique_grid, tmp_path, rotation_ma
     sitk.WriteTransform(composite, str(path))
     reloaded = sitk.ReadTransform(str(path))
 
-    # what the panel puts into Slicer: affine and deformation flattened into one field on the fixed grid
-    flattened = flattened_displacement(affine, sitk.GetArrayViewFromImage(displacement), grid)
-    reference = sitk.GetArrayFromImage(total_displacement(composite, grid))
-    np.testing.assert_allclose(flattened, reference, atol=1e-9)
-    arrays = slicer_grid_arrays(grid.apply_to(sitk.GetImageFromArray(flattened, isVector=True)))
+    # affine and deformation flattened into one field on the fixed grid
+    arrays = slicer_grid_arrays(total_displacement(composite, grid))
 
     points_lps = inside_points_lps(grid, 40, seed=9)
     expected = itk_points(composite, points_lps)

@@ -13,27 +13,26 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from grid_lookup import transform_points_ras
 
+from RLRegistrationLib.devices import device_choices
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.export import slicer_volume_arrays
-from RLRegistrationLib.geometry import Grid
-from RLRegistrationLib.learned_policies import chain_settings, read_card
-from RLRegistrationLib.policies import Policy, PolicyStep, available_policies, policy_default_steps
-from RLRegistrationLib.session import RegistrationSession, SessionOptions
-from RLRegistrationLib.slicer_bridge import (
-    RegistrationWorker,
-    device_choices,
-    format_range,
+from RLRegistrationLib.fields.geometry import Grid
+from RLRegistrationLib.frontends.display import format_range, match_segment_names
+from RLRegistrationLib.io.slicer_arrays import (
     grid_geometry_matches,
     image_from_slicer_arrays,
     initial_transform_from_parents,
     labels_on_image_grid,
-    match_segment_names,
-    policy_choices,
     ras_matrix_to_lps,
-    step_frame,
-    transform_points_ras,
+    slicer_volume_arrays,
 )
+from RLRegistrationLib.policies.base import Policy, PolicyStep
+from RLRegistrationLib.policies.cards import chain_settings, read_card
+from RLRegistrationLib.policies.choices import policy_choices
+from RLRegistrationLib.policies.registry import policy_default_steps
+from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
+from RLRegistrationLib.registration.worker import RegistrationWorker, step_frame
 
 FLIP = np.array([-1.0, -1.0, 1.0])
 
@@ -193,7 +192,7 @@ def test_labels_on_image_grid_and_segment_names(make_grid):
 
 
 def test_grid_geometry_matches(oblique_grid):
-    from RLRegistrationLib.export import slicer_grid_arrays
+    from RLRegistrationLib.io.slicer_arrays import slicer_grid_arrays
 
     field = oblique_grid.apply_to(sitk.GetImageFromArray(np.zeros((*oblique_grid.shape, 3)), isVector=True))
     arrays = slicer_grid_arrays(field)
@@ -367,35 +366,45 @@ def test_worker_reports_errors_and_out_of_memory(blob_array, make_grid):
 # ---------------------------------------------------------------------------------------------- choices
 
 
-def test_policy_choices_read_model_cards(tmp_path):
-    card_dir = tmp_path / "spac-brain"
-    card_dir.mkdir()
-    (card_dir / "card.json").write_text(
-        json.dumps({"id": "spac-brain", "description": "SPAC on brain MR", "modality": ["T1 MR"]})
+def _card(folder: Path, **changes) -> Path:
+    """A model folder holding a copy of the shipped SPAC card with ``changes`` (no weights: a card is
+    read when registered, the weights only when a policy is made)."""
+    card = json.loads(
+        (Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth" / "card.json").read_text()
     )
+    card.update(changes)
+    folder.mkdir()
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_policy_choices_come_from_the_registry_and_its_cards(tmp_path, fresh_registry):
+    found = fresh_registry.discover_models(tmp_path)  # an empty folder: tto alone
+    assert found == {} and [c.name for c in policy_choices()] == ["tto"]
+    _card(tmp_path / "spac-brain", id="spac-brain", description="SPAC on brain MR", modality=["T1 MR"])
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "card.json").write_text("{not json")
-    registered = {"spac-brain": "registry text", "zz": "other", "tto": "Test-time optimization"}
-    choices = policy_choices(registered, tmp_path)
-    assert [c.name for c in choices] == ["tto", "spac-brain", "zz"]
-    spac = choices[1]
+    with pytest.warns(UserWarning, match="skipping model"):
+        found = fresh_registry.discover_models(tmp_path)
+    assert list(found) == ["spac-brain"]
+    choices = {c.name: c for c in policy_choices()}
+    assert list(choices) == ["tto", "spac-brain", "spac-brain+tto"]
+    spac, chain = choices["spac-brain"], choices["spac-brain+tto"]
     assert (
         spac.description == "SPAC on brain MR" and spac.modality == "T1 MR" and spac.card.name == "card.json"
     )
-    assert choices[2].modality == "not stated"
-    assert "any" in choices[0].modality and choices[0].label.startswith("tto — ")
-    # the real registry always offers tto, also without a models folder
-    assert "tto" in available_policies()
-    assert [c.name for c in policy_choices(models_dir=tmp_path / "missing")][0] == "tto"
-    assert [c.name for c in policy_choices({}, tmp_path)] == ["tto"]
-    assert not any(c.supports_sampling for c in choices)
-    morphseek = tmp_path / "morphseek-brain"
-    morphseek.mkdir()
-    (morphseek / "card.json").write_text(json.dumps({"id": "morphseek-brain", "family": "morphseek"}))
-    sampling = {
-        c.name: c.supports_sampling for c in policy_choices({"morphseek-brain": "", "tto": ""}, tmp_path)
-    }
-    assert sampling == {"tto": False, "morphseek-brain": True}
+    assert chain.modality == "T1 MR"  # a chain says what its learned steps were trained for
+    assert "any" in choices["tto"].modality and choices["tto"].label.startswith("tto — ")
+    assert not any(c.supports_sampling for c in choices.values())
+    morphseek = json.loads(
+        (Path(__file__).resolve().parents[1] / "models" / "morphseek-brain-synth" / "card.json").read_text()
+    )
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "card.json").write_text(json.dumps({**morphseek, "id": "morphseek-brain"}))
+    fresh_registry.register_model(folder)
+    sampling = {c.name: c.supports_sampling for c in policy_choices()}
+    assert sampling["morphseek-brain"] and sampling["morphseek-brain+tto"] and not sampling["tto"]
 
 
 def test_policy_choices_carry_the_default_steps():

@@ -549,7 +549,7 @@ def vtk_matrix_of(volume_node):
 def test_quality_fine_sets_the_presets_grid_and_schedule(module, scene):
     """The panel's "fine" quality reaches the session: the preset's working spacing (never finer than the
     fixed volume), no voxel cap, its step levels and NCC window; Dice still improves."""
-    from RLRegistrationLib.quality import QUALITY_PRESETS
+    from RLRegistrationLib.registration.quality import QUALITY_PRESETS
 
     nodes = load_pair()
     logic = module.RLRegistrationLogic()
@@ -579,7 +579,7 @@ def test_a_t2_moving_volume_is_registered_with_the_intensity_mapping_and_the_pan
     the TTO maps the moving contrast by itself and the status line says so; Dice improves."""
     import slicer
 
-    from RLRegistrationLib.synthesis import synthesize_volume
+    from RLRegistrationLib.synthesis.contrast import synthesize_volume
 
     nodes = load_pair()
     t2 = tmp_path / "moving_t2.nii.gz"

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from RLRegistrationLib import geometry, spatial
+from RLRegistrationLib.fields import geometry, spatial
 
 INTERIOR = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
 

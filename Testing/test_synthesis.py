@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from RLRegistrationLib import synthesis
-from RLRegistrationLib.metrics import evaluation_labels
+from RLRegistrationLib.fields.metrics import evaluation_labels
 
 WM, GM, CSF, SKULL, SCALP = 2, 3, 24, 507, 509
 SAMPLE_FILES = ("fixed.nii.gz", "moving.nii.gz", "fixed_labels.nii.gz", "moving_labels.nii.gz")

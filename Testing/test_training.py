@@ -12,10 +12,11 @@ import pytest
 import torch
 from tiny_training import SHAPE, data_section, label_bank
 
-from RLRegistrationLib.cli import main
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.learned_policies import load_model, sha256_of
-from RLRegistrationLib.networks import SPACAgent, SPACArchitecture
+from RLRegistrationLib.frontends.cli import main
+from RLRegistrationLib.policies.cards import sha256_of
+from RLRegistrationLib.policies.network_policy import load_model
+from RLRegistrationLib.policies.networks import SPACAgent, SPACArchitecture
 from RLRegistrationLib.training.data import DataConfig, LabelBank, random_pair
 from RLRegistrationLib.training.sac import ReplayBuffer, SACConfig, sac_losses
 from RLRegistrationLib.training.train import RegistrationLoss, TrainConfig, TrainingStep, make_optimizer
@@ -194,7 +195,7 @@ def test_cli_train_without_data_names_the_folder(tmp_path, config_file, capsys):
 
 
 def test_ddp_two_processes_gloo(torchrun_train, config_file):
-    """``torchrun --nproc_per_node 2 -m RLRegistrationLib.cli train ...``: the plain command, on 2 CPU
+    """``torchrun --nproc_per_node 2 -m RLRegistrationLib train ...``: the plain command, on 2 CPU
     processes (gloo); both ranks must end with identical weights."""
     result, out = torchrun_train(config_file, "--steps", "2")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from RLRegistrationLib import policies, similarity, spatial
-from RLRegistrationLib.policies import PolicyState
+from RLRegistrationLib.fields import similarity, spatial
+from RLRegistrationLib.policies import tto as policies
+from RLRegistrationLib.policies.base import PolicyState
 
 TTOConfig = policies.TestTimeOptimizationConfig  # not collected by pytest under this name
 TTOPolicy = policies.TestTimeOptimizationPolicy

@@ -73,7 +73,7 @@ class ViewServer:
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the packages this test imports
-        command = [sys.executable, "-m", "RLRegistrationLib.cli", "view", "--port", str(self.port), *args]
+        command = [sys.executable, "-m", "RLRegistrationLib", "view", "--port", str(self.port), *args]
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
         )
@@ -195,9 +195,9 @@ def _changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
 def _library_transform(steps: int, step_back: bool) -> tuple[sitk.Transform, sitk.Image]:
     """The library's own result on the sample pair with the panel's defaults (tto, 5 iterations, 2.0),
     and the fixed image."""
-    from RLRegistrationLib.imaging import read_image
-    from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.io.imaging import read_image
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     fixed = read_image(SAMPLE / "fixed.nii.gz", "fixed image")
     moving = read_image(SAMPLE / "moving.nii.gz", "moving image")
@@ -323,7 +323,7 @@ def test_quality_choice_sets_the_presets_steps_and_refuses_unknown_ones(page):
     """Choosing "fine" in the page gives the preset's 4 steps, "followup" its regularization 6; back to
     "standard", the policy's measured steps and regularization; an unknown quality is refused with the
     banner and the choice stays."""
-    from RLRegistrationLib.policies import policy_default_steps
+    from RLRegistrationLib.policies.registry import policy_default_steps
 
     _wait_idle(page)
     assert page.evaluate("() => window.trame.state.get('policy')") == "tto"
@@ -399,7 +399,7 @@ def test_data_folder_refuses_paths_outside(tmp_path):
 
 def test_view_without_the_web_extra_says_how_to_install(monkeypatch, capsys):
     import RLRegistrationWeb
-    from RLRegistrationLib import cli
+    from RLRegistrationLib.frontends import cli
 
     monkeypatch.setattr(RLRegistrationWeb, "missing_dependencies", lambda: ["trame_slicer"])
     assert cli.main(["view"]) == 2
@@ -412,7 +412,7 @@ def test_view_on_a_port_in_use_names_it(capsys):
 
     if missing_dependencies():
         pytest.skip("the web extra is not installed")
-    from RLRegistrationLib import cli
+    from RLRegistrationLib.frontends import cli
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -9,10 +9,12 @@ import pytest
 import torch
 from tiny_training import SHAPE, data_section, label_bank, write_small_spac_model
 
-from RLRegistrationLib.cli import main as cli_main
 from RLRegistrationLib.errors import InputError, OutputError
-from RLRegistrationLib.learned_policies import SPACPolicy, WeightMapOverride, load_model, sha256_of
-from RLRegistrationLib.policies import PolicyState, PolicyStep
+from RLRegistrationLib.frontends.cli import main as cli_main
+from RLRegistrationLib.policies.base import PolicyState, PolicyStep
+from RLRegistrationLib.policies.cards import sha256_of
+from RLRegistrationLib.policies.chained import WeightMapOverride
+from RLRegistrationLib.policies.network_policy import SPACPolicy, load_model
 from RLRegistrationLib.training.weight_map import (
     WeightMapConfig,
     fold_risk,

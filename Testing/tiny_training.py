@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
+from RLRegistrationLib.policies.networks import SPACArchitecture, SPACNetwork
 from RLRegistrationLib.training.data import LabelBank, phantom_label_map
 from RLRegistrationLib.training.train import TrainConfig, save_model
 

@@ -50,7 +50,7 @@ def prepare_pairs(pairs: list[str], shared: Path, cache: Path, contrast_moving: 
     """Write each validation pair once as NIfTI into ``cache`` and return their paths."""
     import SimpleITK as sitk
 
-    from RLRegistrationLib.synthesis import validation_pair
+    from RLRegistrationLib.synthesis.pairs import validation_pair
 
     out = []
     for pair in pairs:
@@ -75,14 +75,14 @@ def run_identity(fixed, moving, workdir, args):
 
 def run_affine(fixed, moving, workdir, args):
     """The session's default pre-alignment (``prealign``: rigid 8-4 mm, then affine 4-2-1 mm)."""
-    from RLRegistrationLib.prealign import prealign
+    from RLRegistrationLib.registration.prealign import prealign
 
     return prealign(fixed, moving, "affine", seed=0), None
 
 
 def run_affine_gradient_filter(fixed, moving, workdir, args):
     """``prealign`` with ITK's gradient-image filter (its default; the session's is off)."""
-    from RLRegistrationLib.prealign import PrealignSchedule, prealign
+    from RLRegistrationLib.registration.prealign import PrealignSchedule, prealign
 
     return prealign(
         fixed, moving, "affine", seed=0, schedule=PrealignSchedule(image_gradient_filter=True)
@@ -91,7 +91,7 @@ def run_affine_gradient_filter(fixed, moving, workdir, args):
 
 def run_affine_legacy(fixed, moving, workdir, args):
     """The earlier pre-alignment (``imaging.affine_prealign``: Mattes MI on 8 and 4 mm copies)."""
-    from RLRegistrationLib.imaging import affine_prealign
+    from RLRegistrationLib.io.imaging import affine_prealign
 
     return affine_prealign(fixed, moving, seed=0), None
 
@@ -103,9 +103,9 @@ def run_rlreg_tuned(fixed, moving, workdir, args):
 
 def run_rlreg_fine(fixed, moving, workdir, args):
     """``rlreg register --quality fine``: the preset's working grid, schedule and options."""
-    from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.quality import QUALITY_PRESETS
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.registration.quality import QUALITY_PRESETS
+    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     preset = QUALITY_PRESETS["fine"]
     spacing = preset.working_spacing(fixed)
@@ -121,8 +121,8 @@ def run_rlreg_fine(fixed, moving, workdir, args):
 
 
 def run_rlreg(fixed, moving, workdir, args, tto: str = ""):
-    from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     tto = parse_tto(tto)
     spacing = float(tto.pop("spacing", args.spacing))
@@ -273,7 +273,7 @@ def _to_itk(image):
 def run_demons(fixed, moving, workdir, args):
     import SimpleITK as sitk
 
-    from RLRegistrationLib.imaging import affine_prealign
+    from RLRegistrationLib.io.imaging import affine_prealign
 
     affine = affine_prealign(fixed, moving, seed=0)
     moving_a = sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), fixed, affine, sitk.sitkLinear, 0.0)
@@ -340,7 +340,7 @@ def _worker(method: str, pair: dict, args_dict: dict, queue) -> None:
     torch.set_num_threads(args_dict["threads"])
     from common import allocate_like_the_cli, read_pair
 
-    from RLRegistrationLib.metrics import evaluate_transform, evaluation_labels
+    from RLRegistrationLib.fields.metrics import evaluate_transform, evaluation_labels
 
     args = argparse.Namespace(**args_dict)
     allocate_like_the_cli(method)

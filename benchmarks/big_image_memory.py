@@ -4,7 +4,7 @@
 
 Writes a CT-like int16 pair (air -1000 HU, a body of soft tissue with noise, a bone ring, a few organs;
 the moving body slightly shifted and scaled) as .nii.gz into ``--work-dir`` (kept for reruns), then runs
-``python -m RLRegistrationLib.cli register`` once per configuration (default output grid, and
+``python -m RLRegistrationLib register`` once per configuration (default output grid, and
 ``--output-grid working``) and prints exit code, wall time, peak RSS (from ``os.wait4``) and the last line
 of its stderr. The memory model of ``RLRegistrationLib.memory`` is calibrated on these numbers.
 """
@@ -90,7 +90,7 @@ def main() -> None:
     for config in args.configs:
         out = work / f"t_{tag}_{config}.h5"
         out.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "RLRegistrationLib.cli", "register", str(fixed), str(moving)]
+        command = [sys.executable, "-m", "RLRegistrationLib", "register", str(fixed), str(moving)]
         command += ["-o", str(out), "--device", "cpu", "--quiet", *args.extra]
         if config == "working":
             command += ["--output-grid", "working"]

@@ -64,8 +64,9 @@ def main(argv=None) -> int:
         return 2
     from accuracy import prepare_pairs
 
-    from RLRegistrationLib.learned_policies import ChainedPolicy
-    from RLRegistrationLib.policies import make_policy, make_tto_policy
+    from RLRegistrationLib.policies.chained import ChainedPolicy
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.policies.tto import make_tto_policy
 
     model = Path(args.model)
     card = load_model_card(model, args.threads)

@@ -49,7 +49,8 @@ def load_model_card(model_dir: str | Path, threads: int) -> dict:
     card's settings; this folder's, whatever else holds a model of that id) and return its checked card."""
     import torch
 
-    from RLRegistrationLib.learned_policies import read_card, register_model
+    from RLRegistrationLib.policies.cards import read_card
+    from RLRegistrationLib.policies.registry import register_model
 
     torch.set_num_threads(threads)
     register_model(model_dir)
@@ -60,7 +61,7 @@ def allocate_like_the_cli(method: str) -> None:
     """In a worker timing an rlreg method: the allocator setting the ``rlreg`` command makes
     (``cli.entry_point``); other tools' workers keep the default."""
     if method.startswith("rlreg"):
-        from RLRegistrationLib.allocator import reuse_freed_memory
+        from RLRegistrationLib.frontends.allocator import reuse_freed_memory
 
         reuse_freed_memory()
 
@@ -76,8 +77,8 @@ def read_pair(pair: dict) -> list:
 def run_session(policy, pair_images, steps: int):
     """Run a session with labels; returns per-step Dice (index 0 = affine), wall seconds of the
     registration (prepare + steps, without the Dice bookkeeping) and the session."""
-    from RLRegistrationLib.metrics import evaluation_labels
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.fields.metrics import evaluation_labels
+    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     fixed, moving, fixed_labels, moving_labels = pair_images
     labels = [v for v in evaluation_labels() if v not in (31, 63)]
@@ -99,7 +100,7 @@ def folding_inside_and_out(session, fixed_labels=None) -> dict[str, float]:
     inside the brain (labels > 0) and outside it."""
     import SimpleITK as sitk
 
-    from RLRegistrationLib.metrics import jacobian_of_field, jacobian_stats
+    from RLRegistrationLib.fields.metrics import jacobian_of_field, jacobian_stats
 
     det = jacobian_of_field(session.result().displacement)
     out = {"folding_percent": jacobian_stats(det)["folding_percent"]}

@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 def correlation_after_prealignment(pair: dict) -> float:
     from common import read_pair
 
-    from RLRegistrationLib.intensity_mapping import contrast_correlation
-    from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.fields.intensity_mapping import contrast_correlation
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     fixed, moving = read_pair(pair)[:2]
     session = RegistrationSession(fixed, moving, make_policy("tto"), SessionOptions(device="cpu", seed=0))
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from common import shared_data_missing
     from same_subject import prepare
 
-    from RLRegistrationLib.policies import AUTO_CORRELATION
+    from RLRegistrationLib.policies.tto import AUTO_CORRELATION
 
     if shared_data_missing(args.shared_dir, "contrast_detection"):
         return 2

@@ -41,14 +41,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.allocator:
-        from RLRegistrationLib.allocator import reuse_freed_memory
+        from RLRegistrationLib.frontends.allocator import reuse_freed_memory
 
         print(f"allocator setting applied: {reuse_freed_memory()}")
     from accuracy import prepare_pairs
 
-    from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.quality import QUALITY_PRESETS
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.registration.quality import QUALITY_PRESETS
+    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     pair = prepare_pairs([args.pair], Path(args.shared_dir), Path(args.cache), "t1")[0]
     fixed, moving, _, _ = read_pair(pair)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             return 2
     from accuracy import prepare_pairs
 
-    from RLRegistrationLib.policies import make_policy, policy_default_steps
+    from RLRegistrationLib.policies.registry import make_policy, policy_default_steps
 
     n = args.learned_steps
     models = {"spac": args.spac_model, "morphseek-warmup": args.warmup_model, "morphseek": args.model}

@@ -66,7 +66,7 @@ def lambda_by_label(session, fixed_labels) -> dict[str, float]:
     """Mean of the last lambda map per anatomical label of the fixed image (on the working grid)."""
     import SimpleITK as sitk
 
-    from RLRegistrationLib.imaging import resample_to_grid
+    from RLRegistrationLib.io.imaging import resample_to_grid
 
     lam = session.weight_map_at()
     if lam is None:
@@ -87,7 +87,7 @@ def network_latency(model_dir: Path, shapes) -> dict[str, float]:
     """Milliseconds of one learned step (network forward) on random inputs at each grid shape, CPU."""
     import torch
 
-    from RLRegistrationLib.learned_policies import load_model
+    from RLRegistrationLib.policies.network_policy import load_model
 
     network, _ = load_model(model_dir, torch.device("cpu"))
     out = {}
@@ -119,8 +119,9 @@ def main(argv=None) -> int:
         return 2
     from accuracy import available, prepare_pairs, run_one
 
-    from RLRegistrationLib.learned_policies import WeightMapOverride, chain_settings
-    from RLRegistrationLib.policies import make_policy
+    from RLRegistrationLib.policies.cards import chain_settings
+    from RLRegistrationLib.policies.chained import WeightMapOverride
+    from RLRegistrationLib.policies.registry import make_policy
 
     model = Path(args.model)
     card = load_model_card(model, args.threads)

@@ -41,7 +41,7 @@ LIMIT_PERCENT = 0.05  # issue 13, item 6: "folds < 0.05 % of voxels"
 
 def whole_transform_jacobian(session) -> dict[str, float]:
     """% det J <= 0 and min det J of the session's total field on the fixed grid."""
-    from RLRegistrationLib.metrics import jacobian_of_field, jacobian_stats
+    from RLRegistrationLib.fields.metrics import jacobian_of_field, jacobian_stats
 
     stats = jacobian_stats(jacobian_of_field(session.result().displacement))
     return {"folding_percent": stats["folding_percent"], "jacobian_min": stats["jacobian_min"]}
@@ -99,8 +99,8 @@ def main(argv=None) -> int:
             return 2
     from accuracy import prepare_pairs
 
-    from RLRegistrationLib.learned_policies import inference_step_options
-    from RLRegistrationLib.policies import make_policy, policy_default_steps
+    from RLRegistrationLib.policies.cards import inference_step_options
+    from RLRegistrationLib.policies.registry import make_policy, policy_default_steps
 
     methods = []  # (method, steps kind, factory, steps)
     cards = {}

@@ -29,15 +29,15 @@ DEFAULT_METHODS = "affine-legacy,rigid,affine,rlreg,rlreg-rigid,greedy,syn"
 
 
 def run_rigid(fixed, moving, workdir, args):
-    from RLRegistrationLib.prealign import prealign
+    from RLRegistrationLib.registration.prealign import prealign
 
     return prealign(fixed, moving, "rigid", seed=0), None
 
 
 def run_rlreg_rigid(fixed, moving, workdir, args):
     """rlreg's default policy after a rigid pre-alignment (what a same-subject follow-up asks for)."""
-    from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     options = SessionOptions(device="cpu", seed=0, initialization="rigid")
     session = RegistrationSession(fixed, moving, make_policy("tto"), options)
@@ -53,7 +53,7 @@ def prepare(subject: int, shared: Path, cache: Path, spacing: float) -> dict:
     """Write the follow-up pair of ``subject`` once (NIfTI + the true transform as .h5)."""
     import SimpleITK as sitk
 
-    from RLRegistrationLib.followup import follow_up_pair
+    from RLRegistrationLib.synthesis.followup import follow_up_pair
 
     folder = cache / f"followup_{subject:02d}_{spacing:g}mm"
     names = ("fixed", "moving", "fixed_labels", "moving_labels")
@@ -77,10 +77,10 @@ def _worker(method: str, pair: dict, args_dict: dict, queue) -> None:
     import torch
 
     torch.set_num_threads(args_dict["threads"])
-    from RLRegistrationLib.export import total_displacement
-    from RLRegistrationLib.geometry import Grid
-    from RLRegistrationLib.metrics import evaluate_transform, evaluation_labels
-    from RLRegistrationLib.synthesis import brain_mask
+    from RLRegistrationLib.fields.geometry import Grid
+    from RLRegistrationLib.fields.metrics import evaluate_transform, evaluation_labels
+    from RLRegistrationLib.io.export import total_displacement
+    from RLRegistrationLib.synthesis.contrast import brain_mask
 
     args = argparse.Namespace(**args_dict)
     allocate_like_the_cli(method)

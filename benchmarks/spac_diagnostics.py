@@ -25,11 +25,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RLRegistration"))
 
-from RLRegistrationLib.environment import RegistrationEnv  # noqa: E402
-from RLRegistrationLib.metrics import evaluation_labels  # noqa: E402
-from RLRegistrationLib.networks import SPACAgent  # noqa: E402
-from RLRegistrationLib.policies import PolicyState, make_policy  # noqa: E402
+from RLRegistrationLib.fields.metrics import evaluation_labels  # noqa: E402
+from RLRegistrationLib.policies.base import PolicyState  # noqa: E402
+from RLRegistrationLib.policies.networks import SPACAgent  # noqa: E402
+from RLRegistrationLib.policies.registry import make_policy  # noqa: E402
 from RLRegistrationLib.training.data import random_pair, validation_pairs  # noqa: E402
+from RLRegistrationLib.training.environment import RegistrationEnv  # noqa: E402
 from RLRegistrationLib.training.train import TrainConfig, load_banks  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def blurred_inputs_in_environment(cfg: TrainConfig, model: Path, pairs: int, ste
     a 3^3 box blur on both inputs (what the policy's resampling to the network grid once did)."""
     import torch.nn.functional as F
 
-    from RLRegistrationLib.learned_policies import load_model
+    from RLRegistrationLib.policies.network_policy import load_model
 
     network, _ = load_model(model)
     _, val_bank = load_banks(cfg.data)

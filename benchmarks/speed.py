@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RLRegistration"))
 
-from RLRegistrationLib.policies import PolicyState, make_policy  # noqa: E402
-from RLRegistrationLib.similarity import LocalNCC  # noqa: E402
-from RLRegistrationLib.spatial import warp  # noqa: E402
+from RLRegistrationLib.fields.similarity import LocalNCC  # noqa: E402
+from RLRegistrationLib.fields.spatial import warp  # noqa: E402
+from RLRegistrationLib.policies.base import PolicyState  # noqa: E402
+from RLRegistrationLib.policies.registry import make_policy  # noqa: E402
 
 
 def timed(fn, device, repeats: int = 3) -> float:

@@ -42,9 +42,9 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    from RLRegistrationLib.environment import RegistrationEnv, paired_one_hot
-    from RLRegistrationLib.networks import SPACArchitecture, SPACNetwork
+    from RLRegistrationLib.policies.networks import SPACArchitecture, SPACNetwork
     from RLRegistrationLib.training.data import random_pair
+    from RLRegistrationLib.training.environment import RegistrationEnv, paired_one_hot
     from RLRegistrationLib.training.train import RegistrationLoss, TrainConfig, load_banks
 
     torch.set_num_threads(1)

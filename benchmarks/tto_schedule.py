@@ -34,9 +34,9 @@ CONFIGS = {
 
 
 def run(pair_images, config: dict) -> dict:
-    from RLRegistrationLib.metrics import evaluation_labels
-    from RLRegistrationLib.policies import make_tto_policy
-    from RLRegistrationLib.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.fields.metrics import evaluation_labels
+    from RLRegistrationLib.policies.tto import make_tto_policy
+    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     config = dict(config)
     spacing = float(config.pop("spacing", 2.0))

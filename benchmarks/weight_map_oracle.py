@@ -63,14 +63,12 @@ def main(argv=None) -> int:
     import torch
     from accuracy import prepare_pairs
 
-    from RLRegistrationLib.learned_policies import WeightMapOverride, chain_settings, resize_image
-    from RLRegistrationLib.metrics import jacobian_of_field
-    from RLRegistrationLib.policies import make_policy
-    from RLRegistrationLib.training.weight_map import (
-        WeightMapConfig,
-        no_signal_region,
-        weight_map_target,
-    )
+    from RLRegistrationLib.fields.metrics import jacobian_of_field
+    from RLRegistrationLib.policies.cards import chain_settings
+    from RLRegistrationLib.policies.chained import WeightMapOverride
+    from RLRegistrationLib.policies.network_policy import resize_image
+    from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.training.weight_map import WeightMapConfig, no_signal_region, weight_map_target
 
     model = Path(args.model)
     card = load_model_card(model, args.threads)

@@ -45,3 +45,21 @@ def is_out_of_memory(error: BaseException) -> bool:
     if oom_type is not None and isinstance(error, oom_type):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def device_choices() -> list[tuple[str, str, bool]]:
+    """(value, label, available) for a panel's device selector: auto, GPU (naming the GPU found) and CPU."""
+    cpu_label = describe_device(torch.device("cpu"))
+    if torch.cuda.is_available():
+        gpu = describe_device(torch.device("cuda", 0))
+        return [
+            ("auto", f"Auto: {gpu}", True),
+            ("cuda", f"GPU: {gpu}", True),
+            ("cpu", f"CPU: {cpu_label}", True),
+        ]
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only PyTorch build"
+    return [
+        ("auto", f"Auto: no GPU found, {cpu_label}", True),
+        ("cuda", f"GPU: not available ({build})", False),
+        ("cpu", f"CPU: {cpu_label}", True),
+    ]

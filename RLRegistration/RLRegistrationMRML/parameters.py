@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from RLRegistrationLib.quality import QUALITY_PRESETS
+from RLRegistrationLib.registration.quality import QUALITY_PRESETS
 
 FIELD_DISPLAY_MODES = ["Hidden", "Glyph", "Grid", "Contour"]
 INITIALIZATION_MODES = ["affine", "rigid", "parent", "none"]

@@ -35,7 +35,7 @@ import slicer.util
 import vtk
 from slicer import vtkMRMLDisplayableNode
 
-from RLRegistrationLib.quality import QUALITY_PRESETS
+from RLRegistrationLib.registration.quality import QUALITY_PRESETS
 
 from .colors import ensure_color_table
 from .parameters import OVERLAY_VOLUMES, PREVIOUS_PARENT_ATTRIBUTE, SESSION_INITIALIZATION
@@ -91,17 +91,18 @@ class RegistrationSceneLogic:
 
         Goes through the node's IJK-to-RAS matrix, so volumes that MRML re-indexed on loading stay exact.
         """
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.io import slicer_arrays
 
         ijkToRas = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijkToRas)
-        return slicer_bridge.image_from_slicer_arrays(
+        return slicer_arrays.image_from_slicer_arrays(
             slicer.util.arrayFromVolume(volumeNode), slicer.util.arrayFromVTKMatrix(ijkToRas)
         )
 
     def labelImages(self, params):
         """(fixed labels, moving labels) as SimpleITK images on their volumes' grids, or (None, None)."""
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.frontends import display
+        from RLRegistrationLib.io import slicer_arrays
 
         fixedLabels = params.fixedLabels
         movingLabels = params.movingLabels
@@ -112,7 +113,7 @@ class RegistrationSceneLogic:
             raise ValueError("Select two label maps or two segmentations for Dice, not one of each.")
         names = None
         if fixedIsSegmentation:
-            names = slicer_bridge.match_segment_names(
+            names = display.match_segment_names(
                 self._segmentNames(fixedLabels), self._segmentNames(movingLabels)
             )
             if not names:
@@ -123,8 +124,8 @@ class RegistrationSceneLogic:
         fixed = self._labelsToImage(fixedLabels, params.fixedVolume, names)
         moving = self._labelsToImage(movingLabels, params.movingVolume, names)
         return (
-            slicer_bridge.labels_on_image_grid(fixed, self._fixedImage),
-            slicer_bridge.labels_on_image_grid(moving, self.movingImage),
+            slicer_arrays.labels_on_image_grid(fixed, self._fixedImage),
+            slicer_arrays.labels_on_image_grid(moving, self.movingImage),
         )
 
     @staticmethod
@@ -220,13 +221,13 @@ class RegistrationSceneLogic:
 
     def initialTransform(self, params):
         """(initial fixed -> moving transform in LPS or None, run a pre-alignment stage?) for the chosen mode."""
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.io import slicer_arrays
 
         if params.initialization == "none":
             return None, False
         movingToWorld = self.parentToWorld(params.movingVolume, params)
         fixedToWorld = self.parentToWorld(params.fixedVolume, params)
-        initial = slicer_bridge.initial_transform_from_parents(movingToWorld, fixedToWorld)
+        initial = slicer_arrays.initial_transform_from_parents(movingToWorld, fixedToWorld)
         return initial, params.initialization in ("affine", "rigid")
 
     def resultParentTransform(self, params):
@@ -277,8 +278,11 @@ class RegistrationSceneLogic:
 
     def startRegistration(self, params, steps: int) -> None:
         """Build a new session from the parameters (main thread) and start the worker."""
-        from RLRegistrationLib import imaging, policies, session
         from RLRegistrationLib.devices import describe_device, resolve_device
+        from RLRegistrationLib.errors import PolicyError
+        from RLRegistrationLib.io import imaging
+        from RLRegistrationLib.policies import registry as policies
+        from RLRegistrationLib.registration import session
 
         if self.isRunning():
             raise RuntimeError("A registration is already running.")
@@ -314,7 +318,7 @@ class RegistrationSceneLogic:
                 **sampling,
                 **preset.tto_overrides(spacing),
             )
-        except policies.PolicyError as error:
+        except PolicyError as error:
             logging.info(f"Policy '{params.policy}' used with its own settings ({error})")
             policy = policies.make_policy(params.policy, **sampling)  # a policy without these options
         self.session = session.RegistrationSession(
@@ -340,13 +344,13 @@ class RegistrationSceneLogic:
         self._startWorker(steps)
 
     def _startWorker(self, steps) -> None:
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.registration import worker
 
         self.fullResolutionStep = None
         self._pendingFinal = None
         self._layersPending = True
         self._observeSceneClose()
-        self.worker = slicer_bridge.RegistrationWorker(self.session, steps, moving=self.movingImage)
+        self.worker = worker.RegistrationWorker(self.session, steps, moving=self.movingImage)
         self.worker.start()
 
     def _observeSceneClose(self) -> None:
@@ -460,7 +464,7 @@ class RegistrationSceneLogic:
                 f", uncertainty {report.uncertainty_mean_mm:.2f} mm (mean), "
                 f"{report.uncertainty_max_mm:.2f} mm (max)"
             )
-        from RLRegistrationLib.intensity_mapping import mapping_summary  # torch: loaded with the session
+        from RLRegistrationLib.fields.intensity_mapping import mapping_summary
 
         mapping = mapping_summary(report.diagnostics)
         if mapping:
@@ -534,10 +538,10 @@ class RegistrationSceneLogic:
 
     def updateOverlay(self, params, overlay: str, array, ijkToRas, parent=None) -> None:
         """Voxels, geometry and colours of an overlay volume, and the text of its range label."""
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.frontends import display
 
         spec = OVERLAY_VOLUMES[overlay]
-        text = slicer_bridge.format_range(array)
+        text = display.format_range(array)
         setattr(self, spec["rangeText"], text + spec["unit"] if text != "—" else text)
         volumeNode = self.overlayNode(params, overlay, create=array is not None)
         if volumeNode is None or array is None:
@@ -546,7 +550,7 @@ class RegistrationSceneLogic:
         self.updateVolume(volumeNode, array, ijkToRas, parent)
         window = spec["window"]
         if window == "data":  # [0, max] of this step: the colours follow the growing spread
-            valueRange = slicer_bridge.value_range(array)
+            valueRange = display.value_range(array)
             window = (0.0, max(valueRange[1] if valueRange else 0.0, 1e-3))
         if firstTime or spec["window"] == "data":
             self.setColors(volumeNode, spec["colors"], window)
@@ -565,7 +569,8 @@ class RegistrationSceneLogic:
     @staticmethod
     def updateGridTransform(transformNode, arrays) -> None:
         """Put RAS arrays into the node: in place when the grid geometry is unchanged (no node churn)."""
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.io import slicer_arrays
+        from RLRegistrationMRML import transform_grids
 
         transform = transformNode.GetTransformFromParent()
         if transform is not None and transform.IsA("vtkOrientedGridTransform"):
@@ -574,7 +579,7 @@ class RegistrationSceneLogic:
             direction = (
                 slicer.util.arrayFromVTKMatrix(directionMatrix) if directionMatrix is not None else None
             )
-            if grid is not None and slicer_bridge.grid_geometry_matches(
+            if grid is not None and slicer_arrays.grid_geometry_matches(
                 grid.GetDimensions(), grid.GetOrigin(), grid.GetSpacing(), direction, arrays
             ):
                 slicer.util.arrayFromGridTransform(transformNode)[:] = arrays.vectors
@@ -582,9 +587,9 @@ class RegistrationSceneLogic:
                 transform.Modified()
                 return
         gridTransform = slicer.vtkOrientedGridTransform()
-        gridTransform.SetDisplacementGridData(slicer_bridge.vtk_displacement_grid(arrays))
+        gridTransform.SetDisplacementGridData(transform_grids.vtk_displacement_grid(arrays))
         gridTransform.SetGridDirectionMatrix(
-            slicer.util.vtkMatrixFromArray(slicer_bridge.homogeneous(arrays.direction))
+            slicer.util.vtkMatrixFromArray(slicer_arrays.homogeneous(arrays.direction))
         )
         gridTransform.SetInterpolationModeToLinear()
         transformNode.SetAndObserveTransformFromParent(gridTransform)
@@ -637,13 +642,13 @@ class RegistrationSceneLogic:
         self.createdNodeIDs = []  # the run is complete: its nodes are results, not leftovers
 
     def showStep(self, params, step: int) -> None:
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.registration import worker
 
         if self.session is None:
             raise RuntimeError("There is no registration to show.")
         self.showFrame(
             params,
-            slicer_bridge.step_frame(self.session, step, self.worker.moving_window if self.worker else None),
+            worker.step_frame(self.session, step, self.worker.moving_window if self.worker else None),
         )
 
     def stepBack(self, params) -> int:
@@ -655,7 +660,7 @@ class RegistrationSceneLogic:
 
     def ensureFullResolution(self, params) -> None:
         """Before export: make the output nodes hold the full-resolution result of the displayed step."""
-        from RLRegistrationLib import slicer_bridge
+        from RLRegistrationLib.registration import worker
 
         if self.session is None:
             raise RuntimeError("There is no result yet: click Apply first.")
@@ -663,7 +668,7 @@ class RegistrationSceneLogic:
             raise RuntimeError("Wait for the registration to finish (or cancel it).")
         step = self.session.step_count if self.displayedStep is None else self.displayedStep
         if self.fullResolutionStep != step:
-            self.showFinal(params, slicer_bridge.final_outputs(self.session, step, self.movingImage))
+            self.showFinal(params, worker.final_outputs(self.session, step, self.movingImage))
 
     def discardCreatedNodes(self, params) -> None:
         """Remove nodes that this run created and never completed (cancel before the first step, error)."""
@@ -696,7 +701,7 @@ class RegistrationSceneLogic:
     # ------------------------------------------------------------------ display
     def updateDisplay(self, params) -> None:
         """Slice view layers (fixed in the background, one overlay in the foreground) and field display."""
-        from RLRegistrationLib.panel_state import foreground_layer
+        from RLRegistrationLib.frontends.panel_state import foreground_layer
 
         transformNode = params.outputTransform
         if transformNode is not None:
@@ -788,7 +793,7 @@ class RegistrationSceneLogic:
 
     def saveTransform(self, params, path: str) -> None:
         """Write the result (affine + displacement, fixed point -> moving point, LPS) as an ITK .h5 file."""
-        from RLRegistrationLib.export import write_transform
+        from RLRegistrationLib.io.export import write_transform
 
         write_transform(self.result(params).transform, path, overwrite=True)
 

@@ -16,7 +16,7 @@ import slicer.util
 def volume_node_from_image(scene, image, name: str, labels: bool = False):
     """A scalar volume (or label map) node in ``scene`` holding ``image`` (SimpleITK, LPS) with its own voxel
     order and geometry (RAS IJK-to-RAS matrix); display nodes created."""
-    from RLRegistrationLib.export import slicer_volume_arrays
+    from RLRegistrationLib.io.slicer_arrays import slicer_volume_arrays
 
     ijk_to_ras, array = slicer_volume_arrays(image)
     class_name = "vtkMRMLLabelMapVolumeNode" if labels else "vtkMRMLScalarVolumeNode"

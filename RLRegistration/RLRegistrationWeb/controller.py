@@ -23,8 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from RLRegistrationLib.errors import RLRegistrationError
-from RLRegistrationLib.panel_state import PanelState, PanelStateError, PanelStateMachine, progress_text
-from RLRegistrationLib.quality import QUALITY_PRESETS
+from RLRegistrationLib.frontends.panel_state import (
+    PanelState,
+    PanelStateError,
+    PanelStateMachine,
+    progress_text,
+)
+from RLRegistrationLib.registration.quality import QUALITY_PRESETS
 from RLRegistrationMRML.parameters import INITIALIZATION_MODES, RegistrationParameters
 
 from . import mrml_layer
@@ -88,7 +93,8 @@ class PanelController:
     """One registration panel on one scene (shared by every browser tab of the server)."""
 
     def __init__(self, slicer_app, data: DataFolder, show_volume=None):
-        from RLRegistrationLib.slicer_bridge import device_choices, policy_choices
+        from RLRegistrationLib.devices import device_choices
+        from RLRegistrationLib.policies.choices import policy_choices
 
         self.app = slicer_app
         self.scene = slicer_app.scene
@@ -120,7 +126,7 @@ class PanelController:
 
         A refused path or an unreadable file sets the error banner and changes nothing. Returns success.
         """
-        from RLRegistrationLib.imaging import read_image, read_label_map
+        from RLRegistrationLib.io.imaging import read_image, read_label_map
 
         if role not in INPUT_ROLES:
             return self._fail(f"unknown input '{role}'")
@@ -511,7 +517,7 @@ class PanelController:
 
         self._require_result()
         result = self.logic.result(self.params)
-        from RLRegistrationLib.slicer_bridge import background_value
+        from RLRegistrationLib.registration.worker import background_value
 
         moving = self.logic.movingImage
         path = self.output_dir / "warped.nii.gz"

@@ -28,17 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..imaging import affine_prealign
-from ..synthesis import (
+from ..io.imaging import affine_prealign
+from ..synthesis.contrast import (
     brain_mask,
     contrast_table,
-    downsample_labels,
     load_label_map,
-    random_smooth_deformation,
     skull_strip_labels,
     synthesize_image,
     synthesize_volume,
 )
+from ..synthesis.pairs import downsample_labels, random_smooth_deformation
 
 # labels that run down the spinal canal: ignored when centring a crop (as synthesis.validation_pair does)
 _CENTRE_EXCLUDE = (16, 24)

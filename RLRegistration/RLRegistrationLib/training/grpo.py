@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..environment import RegistrationEnv, kmeans_pseudo_labels, paired_one_hot
 from ..errors import InputError
-from ..morphseek import MorphSeekArchitecture, MorphSeekNetwork, MorphSeekOutput, gaussian_kl
+from ..policies.morphseek_network import MorphSeekArchitecture, MorphSeekNetwork, MorphSeekOutput, gaussian_kl
+from .environment import RegistrationEnv, kmeans_pseudo_labels, paired_one_hot
 
 if TYPE_CHECKING:  # the trainer imports this module; the loss is passed in
     from .train import RegistrationLoss

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..networks import SPACAgent, sample_plan, state_embedding
+from ..policies.networks import SPACAgent, sample_plan, state_embedding
 
 
 @dataclass

@@ -44,16 +44,16 @@ import torch
 from torch import nn
 
 from ..devices import describe_device, resolve_device
-from ..environment import EnvState, RegistrationEnv, paired_one_hot
 from ..errors import InputError, OutputError
-from ..learned_policies import CARD_NAME, sha256_of
-from ..metrics import evaluation_labels
-from ..morphseek import MorphSeekArchitecture, MorphSeekNetwork, head_parameter_fraction
-from ..networks import BackboneArchitecture, SPACAgent, SPACArchitecture, count_parameters
-from ..regularizers import beta_hyperprior, weighted_diffusion
-from ..similarity import make_similarity, soft_dice_loss
-from ..spatial import compose_displacements, warp
+from ..fields.metrics import evaluation_labels
+from ..fields.regularizers import beta_hyperprior, weighted_diffusion
+from ..fields.similarity import make_similarity, soft_dice_loss
+from ..fields.spatial import compose_displacements, warp
+from ..policies.cards import CARD_NAME, sha256_of
+from ..policies.morphseek_network import MorphSeekArchitecture, MorphSeekNetwork, head_parameter_fraction
+from ..policies.networks import BackboneArchitecture, SPACAgent, SPACArchitecture, count_parameters
 from .data import DataConfig, LabelBank, load_config, pair_loader, validation_pairs
+from .environment import EnvState, RegistrationEnv, paired_one_hot
 from .grpo import (
     GRPOConfig,
     MorphSeekAgent,

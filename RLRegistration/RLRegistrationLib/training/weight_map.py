@@ -39,21 +39,15 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import describe_device
-from ..environment import voxel_jacobian_determinant
 from ..errors import InputError, OutputError
-from ..learned_policies import (
-    CARD_NAME,
-    SPACPolicy,
-    WeightMapOverride,
-    chain_settings,
-    chained_tto_policy,
-    resize_image,
-    sha256_of,
-)
-from ..networks import SPACNetwork, WeightMapHead, sample_plan
-from ..policies import Policy, PolicyState
-from ..spatial import compose_displacements, warp
+from ..fields.spatial import compose_displacements, warp
+from ..policies.base import Policy, PolicyState
+from ..policies.cards import CARD_NAME, chain_settings, sha256_of
+from ..policies.chained import WeightMapOverride, chained_tto_policy
+from ..policies.network_policy import SPACPolicy, resize_image
+from ..policies.networks import SPACNetwork, WeightMapHead, sample_plan
 from .data import DataConfig, LabelBank, load_config, random_pair
+from .environment import voxel_jacobian_determinant
 
 
 @dataclass

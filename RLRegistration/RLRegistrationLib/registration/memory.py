@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .geometry import Grid, working_grid
+from ..errors import InputError
+from ..fields.geometry import Grid, working_grid
 
 GIB = 1 << 30
 # interpreter, torch and SimpleITK loaded (0.34 GiB measured)

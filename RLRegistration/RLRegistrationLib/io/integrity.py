@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from ..errors import InputError
 
 _CHUNK = 1 << 20
 _GZIP = 31  # zlib window bits: gzip wrapper

@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .geometry import Grid
+from ..errors import InputError
+from ..fields.geometry import Grid
 from .imaging import same_grid
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, InputWarning
-from .geometry import Grid, affine_to_matrix, flatten_linear
+from ..errors import InputError, InputWarning
+from ..fields.geometry import Grid, affine_to_matrix, flatten_linear
 from .integrity import check_dicom_slices, check_file_integrity, unreadable_message
 
 # spacing outside these bounds (mm) is a header error (metres for millimetres, a missing unit), not anatomy
@@ -150,7 +150,7 @@ def foreground_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tr
 
     Foreground: above 10 % of the image's robust intensity window (0.5-99.5 percentiles).
     """
-    from .geometry import working_grid
+    from ..fields.geometry import working_grid
 
     reference = Grid.from_image(fixed)
     extent = np.asarray(reference.size) * np.asarray(reference.spacing)
@@ -340,7 +340,7 @@ def affine_prealign(
 def _isotropic_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """The image resampled (anti-aliased, float32) on an isotropic grid of ``spacing_mm`` or finer: at least
     40 voxels across the smallest extent, never finer than the image itself."""
-    from .geometry import working_grid
+    from ..fields.geometry import working_grid
 
     extent = (np.asarray(image.GetSize()) - 1) * np.asarray(image.GetSpacing())
     spacing = max(min(spacing_mm, float(extent.min()) / 40.0), float(min(image.GetSpacing())))

@@ -17,27 +17,27 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from . import __version__
-from .allocator import reuse_freed_memory
-from .devices import describe_device, is_out_of_memory, resolve_device
-from .errors import DeviceError, InputError, InputWarning, RLRegistrationError
-from .export import check_output_paths, check_transform_suffix, write_image, write_transform
-from .imaging import check_same_geometry, read_image, read_label_map
-from .intensity_mapping import mapping_summary
-from .masks import MaskWarning, conform_mask
-from .metrics import evaluate_transform, evaluation_labels
-from .policies import (
-    INTENSITY_MAPPINGS,
+from .. import __version__
+from ..devices import describe_device, is_out_of_memory, resolve_device
+from ..errors import DeviceError, InputError, InputWarning, RLRegistrationError
+from ..fields.intensity_mapping import mapping_summary
+from ..fields.metrics import evaluate_transform, evaluation_labels
+from ..io.export import check_output_paths, check_transform_suffix, write_image, write_transform
+from ..io.imaging import check_same_geometry, read_image, read_label_map
+from ..io.masks import MaskWarning, conform_mask
+from ..policies.registry import (
     available_policies,
     make_policy,
     policy_default_steps,
     policy_supports_sampling,
 )
-from .prealign import INITIALIZATIONS
-from .quality import QUALITY_PRESETS
-from .session import RegistrationResult, RegistrationSession, SessionOptions
+from ..policies.tto import INTENSITY_MAPPINGS
+from ..registration.prealign import INITIALIZATIONS
+from ..registration.quality import QUALITY_PRESETS
+from ..registration.session import RegistrationResult, RegistrationSession, SessionOptions
+from .allocator import reuse_freed_memory
 
-SAMPLE_DIR = Path(__file__).with_name("sample_data")
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -526,8 +526,8 @@ def cmd_evaluate(args) -> int:
 
 def _flattened_displacement(transform: sitk.Transform, reference: sitk.Image) -> sitk.Image:
     """``transform(x) - x`` on ``reference``'s grid (affine included: it shifts log det J by a constant)."""
-    from .export import total_displacement
-    from .geometry import Grid
+    from ..fields.geometry import Grid
+    from ..io.export import total_displacement
 
     return total_displacement(transform, Grid.from_image(reference)) if transform is not None else None
 
@@ -617,7 +617,7 @@ def cmd_view(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training.train import TrainConfig, train
+    from ..training.train import TrainConfig, train
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
@@ -640,7 +640,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune_weight_map(args) -> int:
-    from .training.weight_map import WeightMapConfig, tune_weight_map
+    from ..training.weight_map import WeightMapConfig, tune_weight_map
 
     out = tune_weight_map(
         args.model,

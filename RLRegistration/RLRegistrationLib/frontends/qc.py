@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Grid
-from .imaging import intensity_window, normalize_intensity, resample_to_grid
-from .session import RegistrationResult
+from ..fields.geometry import Grid
+from ..io.imaging import intensity_window, normalize_intensity, resample_to_grid
+from ..registration.session import RegistrationResult
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:

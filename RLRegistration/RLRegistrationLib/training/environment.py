@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .geometry import Grid
-from .spatial import compose_displacements, jacobian_determinant, warp
+from ..fields.geometry import Grid
+from ..fields.spatial import compose_displacements, jacobian_determinant, warp
 
 
 @dataclass

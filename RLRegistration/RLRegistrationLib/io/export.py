@@ -1,4 +1,4 @@
-"""Writing results: ITK transforms (.h5), displacement fields and images, and Slicer's RAS arrays.
+"""Writing results: ITK transforms (.h5), displacement fields and images.
 
 Written transforms map a fixed point to a moving point (LPS mm): ``sitk.ReadTransform(path)`` gives back
 ``A o (id + u)`` and ``sitk.Resample(moving, fixed, transform)`` reproduces the warped image.
@@ -7,14 +7,12 @@ Written transforms map a fixed point to a moving point (LPS mm): ``sitk.ReadTran
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-from .errors import OutputError
-from .geometry import Grid, ijk_to_ras_matrix, lps_vectors_to_ras, ras_grid_from_lps
+from ..errors import OutputError
+from ..fields.geometry import Grid
 
 TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
 
@@ -121,26 +119,3 @@ def total_displacement(transform: sitk.Transform, grid: Grid) -> sitk.Image:
         grid.spacing,
         grid.direction,
     )
-
-
-@dataclass
-class SlicerGridArrays:
-    """What a ``vtkOrientedGridTransform`` needs, in RAS: set as *transform from parent* in Slicer."""
-
-    origin: np.ndarray  # (3,) RAS mm
-    spacing: np.ndarray  # (3,) mm
-    direction: np.ndarray  # (3, 3) RAS direction matrix (columns: i, j, k axes)
-    vectors: np.ndarray  # (k, j, i, 3) RAS mm displacements, float64
-
-
-def slicer_grid_arrays(displacement: sitk.Image) -> SlicerGridArrays:
-    """Convert an LPS displacement image (fixed -> moving) into RAS arrays for a Slicer grid transform."""
-    grid = Grid.from_image(displacement)
-    origin, spacing, direction = ras_grid_from_lps(grid)
-    vectors = lps_vectors_to_ras(sitk.GetArrayViewFromImage(displacement))
-    return SlicerGridArrays(origin, spacing, direction, np.ascontiguousarray(vectors))
-
-
-def slicer_volume_arrays(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """(IJK-to-RAS 4x4 matrix, voxel array in (k, j, i) order) of an image, as Slicer volume nodes hold them."""
-    return ijk_to_ras_matrix(Grid.from_image(image)), sitk.GetArrayFromImage(image)

@@ -1,26 +1,22 @@
-"""Step-wise registration policies.
+"""Test-time optimization (``tto``): each step runs a few Adam iterations on a new step field of this pair.
 
-A policy sees the pair on the working grid and the current total field, and proposes one *step* field
-``a_t`` (voxel units of the working grid) that the session composes: ``phi_t = a_t + phi_{t-1} o (id + a_t)``.
-It may also return a weight map ``lam`` in (0, 1] (spatially varying regularization), an uncertainty map
-(policies that sample several trajectories: their spread in mm) and diagnostics.
-Learned policies implement the same two methods, so the session, CLI and Slicer panel stay unchanged.
+Also here: the coarse-to-fine helpers it uses (``downsample``, the foreground box it optimizes on, ``crop``
+and ``uncrop``), ``make_tto_policy`` and the option defaults a panel shows.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .errors import PolicyError
-from .intensity_mapping import apply_table, conditional_mean_table, contrast_correlation
-from .regularizers import beta_hyperprior, normal_hyperprior, weighted_diffusion
-from .similarity import make_similarity
-from .spatial import (
+from ..errors import PolicyError
+from ..fields.intensity_mapping import apply_table, conditional_mean_table, contrast_correlation
+from ..fields.regularizers import beta_hyperprior, normal_hyperprior, weighted_diffusion
+from ..fields.similarity import make_similarity
+from ..fields.spatial import (
     compose_displacements,
     compose_linearized,
     field_gradient,
@@ -29,53 +25,7 @@ from .spatial import (
     squarings_needed,
     warp,
 )
-
-
-@dataclass
-class PolicyState:
-    """What a policy sees at step ``step_index``: tensors (1, C, D, H, W) on the working grid.
-
-    ``fixed_mask`` / ``moving_mask`` (1, 1, D, H, W) in [0, 1], when given, restrict the similarity: the
-    fixed one on the working grid, the moving one resampled like ``moving`` (through the pre-alignment),
-    to be warped with the field like the image."""
-
-    fixed: torch.Tensor
-    moving: torch.Tensor
-    warped: torch.Tensor | None  # moving o (id + field); None for a policy with ``uses_warped = False``
-    field: torch.Tensor
-    step_index: int
-    fixed_mask: torch.Tensor | None = None
-    moving_mask: torch.Tensor | None = None
-
-
-@dataclass
-class PolicyStep:
-    """A policy's proposal: the step field (1, 3, D, H, W) in voxels, optional weight map (1, 1, D, H, W).
-
-    ``uncertainty_map`` (1, 1, D, H, W), mm, on the working grid: per-voxel spread of the total
-    displacement over sampled trajectories (None for policies that do not sample).
-    """
-
-    step_field: torch.Tensor
-    weight_map: torch.Tensor | None = None
-    diagnostics: dict[str, float] = field(default_factory=dict)
-    uncertainty_map: torch.Tensor | None = None
-
-
-class Policy:
-    """Interface of a step-wise policy. ``reset`` once per pair, then ``propose`` once per step."""
-
-    name = "policy"
-    description = ""
-    modality = "any"
-    supports_sampling = False  # True: accepts ``samples`` K > 1 and returns an uncertainty map
-    uses_warped = True  # False: ``propose`` never reads ``state.warped`` (the session skips warping it)
-
-    def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
-        """Called once per image pair: working-grid tensors in [0, 1] and the grid's (isotropic) spacing."""
-
-    def propose(self, state: PolicyState) -> PolicyStep:
-        raise NotImplementedError
+from .base import Policy, PolicyState, PolicyStep, similarity_weight
 
 
 @dataclass
@@ -84,6 +34,8 @@ class TestTimeOptimizationConfig:
 
     Schedules (tuples) give one value per step; the last value repeats for later steps.
     """
+
+    __test__ = False  # not a pytest class
 
     iterations: int | tuple[int, ...] = 5  # Adam iterations per step (or a schedule)
     learning_rate: float = 0.2  # Adam step on the control field (control-grid voxels)
@@ -185,18 +137,6 @@ def uncrop(tensor: torch.Tensor, box: Box | None, shape: tuple[int, int, int]) -
     for b, n in zip(reversed(box), reversed(shape)):  # F.pad takes the last axis first
         padding += [b.start, n - b.stop]
     return F.pad(tensor, padding, mode="replicate")
-
-
-def similarity_weight(
-    fixed_mask: torch.Tensor | None, moving_mask: torch.Tensor | None, total: torch.Tensor
-) -> torch.Tensor | None:
-    """Where the similarity counts (1, 1, D, H, W): the fixed mask times the moving mask warped by the
-    total field ``total`` (voxels); None without masks."""
-    weight = fixed_mask
-    if moving_mask is not None:
-        warped = warp(moving_mask, total)
-        weight = warped if weight is None else weight * warped
-    return weight
 
 
 #: ``intensity_mapping="auto"`` maps the moving contrast when the pre-aligned images' Pearson correlation
@@ -412,71 +352,6 @@ class TestTimeOptimizationPolicy(Policy):
         return loss
 
 
-PolicyFactory = Callable[..., Policy]
-DEFAULT_STEPS = 6  # steps of a run when neither the user nor the policy says otherwise
-
-
-class RegisteredPolicy(NamedTuple):
-    factory: PolicyFactory
-    description: str
-    supports_sampling: bool = False
-    default_steps: int = DEFAULT_STEPS
-    option_defaults: tuple[tuple[str, object], ...] = ()
-
-
-_REGISTRY: dict[str, RegisteredPolicy] = {}
-
-
-def register_policy(
-    name: str,
-    factory: PolicyFactory,
-    description: str,
-    supports_sampling: bool = False,
-    default_steps: int = DEFAULT_STEPS,
-    option_defaults: dict | None = None,
-) -> None:
-    """Make a policy available by name to the session, the CLI and the Slicer panel.
-
-    ``supports_sampling``: the factory accepts ``samples`` (K trajectories) and ``temperature``.
-    ``default_steps``: the number of steps a run takes when the user does not say (the setting measured
-    for the policy, e.g. a trained model's card). ``option_defaults``: what the factory uses for its
-    options (e.g. ``iterations``, ``regularization``) when not given, for user interfaces to show."""
-    defaults = tuple(sorted((option_defaults or {}).items()))
-    _REGISTRY[name] = RegisteredPolicy(
-        factory, description, bool(supports_sampling), int(default_steps), defaults
-    )
-
-
-def available_policies() -> dict[str, str]:
-    """Policy names and one-line descriptions."""
-    return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
-
-
-def policy_supports_sampling(name: str) -> bool:
-    """True when the registered policy ``name`` can sample several trajectories (``samples`` > 1)."""
-    entry = _REGISTRY.get(name)
-    return bool(entry is not None and entry.supports_sampling)
-
-
-def policy_option_defaults(name: str) -> dict:
-    """Option values policy ``name`` uses when not given (empty for unknown names and learned policies)."""
-    entry = _REGISTRY.get(name)
-    return dict(entry.option_defaults) if entry is not None else {}
-
-
-def policy_default_steps(name: str) -> int:
-    """Steps of a run of policy ``name`` when the user gives none (``DEFAULT_STEPS`` for unknown names)."""
-    entry = _REGISTRY.get(name)
-    return entry.default_steps if entry is not None else DEFAULT_STEPS
-
-
-def make_policy(name: str, **kwargs) -> Policy:
-    """Instantiate a registered policy; ``PolicyError`` naming the choices when ``name`` is unknown."""
-    if name not in _REGISTRY:
-        raise PolicyError(f"unknown policy '{name}' (available: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name].factory(**kwargs)
-
-
 def make_tto_policy(name: str = "tto", **overrides) -> TestTimeOptimizationPolicy:
     """A TTO policy with config ``overrides`` (None values ignored); ``PolicyError`` for unknown options."""
     config = TestTimeOptimizationConfig()
@@ -494,16 +369,3 @@ def tto_option_defaults(overrides: dict | None = None) -> dict:
     config = TestTimeOptimizationConfig()
     values = {"iterations": config.iterations, "regularization": config.regularization}
     return {**values, **{k: v for k, v in (overrides or {}).items() if k in values}}
-
-
-register_policy(
-    "tto", make_tto_policy, TestTimeOptimizationPolicy.description, option_defaults=tto_option_defaults()
-)
-
-
-def _register_learned_policies() -> None:
-    """Import hook: ``learned_policies`` registers the trained models of ``models/`` when imported."""
-    from . import learned_policies  # noqa: F401
-
-
-_register_learned_policies()

@@ -20,9 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .devices import resolve_device
-from .errors import InputError
-from .geometry import (
+from ..devices import resolve_device
+from ..errors import InputError
+from ..fields.geometry import (
     Grid,
     affine_to_matrix,
     field_tensor_to_image,
@@ -33,7 +33,10 @@ from .geometry import (
     voxel_to_physical,
     working_grid,
 )
-from .imaging import (
+from ..fields.metrics import common_labels, dice_per_label
+from ..fields.similarity import LocalNCC
+from ..fields.spatial import compose_displacements, resample_field_to_grid, sample_image_at_points, warp
+from ..io.imaging import (
     check_overlap,
     check_pyramid_size,
     check_same_geometry,
@@ -41,18 +44,10 @@ from .imaging import (
     normalize_intensity,
     resample_to_grid,
 )
-from .masks import conform_mask, mask_to_grid
+from ..io.masks import conform_mask, mask_to_grid
+from ..policies.base import Policy, PolicyState, similarity_weight
 from .memory import check_memory, estimate_peak_memory
-from .metrics import common_labels, dice_per_label
-from .policies import Policy, PolicyState, similarity_weight
 from .prealign import INITIALIZATIONS, prealign
-from .similarity import LocalNCC
-from .spatial import (
-    compose_displacements,
-    resample_field_to_grid,
-    sample_image_at_points,
-    warp,
-)
 
 
 @dataclass

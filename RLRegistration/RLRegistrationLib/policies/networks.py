@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .similarity import ncc_descent_direction
+from ..fields.similarity import ncc_descent_direction
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 

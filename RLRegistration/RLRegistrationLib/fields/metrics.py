@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from .geometry import Grid, field_image_to_tensor, physical_to_voxel
 from .spatial import jacobian_determinant
 
-EVAL_LABELS_FILE = Path(__file__).with_name("sample_data") / "labels_30.txt"
+EVAL_LABELS_FILE = Path(__file__).resolve().parent.parent / "sample_data" / "labels_30.txt"
 
 
 def evaluation_labels() -> list[int]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import Grid, affine_to_matrix, flatten_linear, working_grid
-from .imaging import resample_to_grid
+from ..fields.geometry import Grid, affine_to_matrix, flatten_linear, working_grid
+from ..io.imaging import resample_to_grid
 
 INITIALIZATIONS = ("affine", "rigid", "none")
 

@@ -18,15 +18,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .synthesis import (
-    _subject_path,
-    bounding_box_xyz,
-    brain_mask,
-    downsample_labels,
-    load_label_map,
-    random_smooth_deformation,
-    synthesize_volume,
-)
+from .contrast import brain_mask, load_label_map, synthesize_volume
+from .pairs import bounding_box_xyz, downsample_labels, random_smooth_deformation, subject_path
 
 
 @dataclass
@@ -56,7 +49,7 @@ def follow_up_pair(
     ±``translation_mm`` per axis, the deformation with its largest vector ``max_displacement_mm`` (control
     points about 32 mm apart); all from ``seed`` and the subject.
     """
-    path = _subject_path(Path(shared_dir), subject)
+    path = subject_path(Path(shared_dir), subject)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: follow-up pairs need the shared SynthSeg label maps")
     return follow_up_from_labels(

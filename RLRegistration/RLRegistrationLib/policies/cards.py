@@ -1,0 +1,161 @@
+"""Model cards: the one reader of ``models/<id>/card.json`` (checked fields, weights checksum, how a chain
+with test-time optimization runs) and where the models folder is.
+
+A model folder holds ``card.json`` (id, family "spac" or "morphseek", description, modality, architecture,
+working grid, training provenance, validation metrics, weights file name and its sha256) and the weights.
+The models folder is ``$RLREG_MODELS_DIR``, else ``RLRegistrationLib/models`` (installed extension), else
+``<repo>/models``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PolicyError
+from .tto import TestTimeOptimizationConfig
+
+CARD_NAME = "card.json"
+DEFAULT_SESSION_SPACING_MM = 2.0  # SessionOptions.working_spacing_mm
+INTEGRATION_STEPS = 7  # squarings of a diffeomorphic learned step (as TTO's ``integrate_velocity``)
+_CARD_FIELDS = ("id", "family", "architecture", "working_grid", "weights", "sha256")
+#: the network families a card may name (``network_policy.FAMILIES`` holds their classes)
+FAMILY_NAMES = ("morphseek", "spac")
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_card(folder: str | Path) -> dict:
+    """The checked ``card.json`` of a model folder; ``PolicyError`` naming the path otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PolicyError(f"model folder '{folder}' not found")
+    path = folder / CARD_NAME
+    if not path.is_file():
+        raise PolicyError(f"model card '{path}' not found (a model folder needs {CARD_NAME} and its weights)")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise PolicyError(f"model card '{path}' is not readable JSON ({error})") from None
+    if not isinstance(card, dict):
+        raise PolicyError(f"model card '{path}' is not a JSON object")
+    missing = [key for key in _CARD_FIELDS if key not in card]
+    if missing:
+        raise PolicyError(f"model card '{path}' lacks {', '.join(missing)}")
+    if card["family"] not in FAMILY_NAMES:
+        raise PolicyError(
+            f"model card '{path}': family '{card['family']}' is not supported (expected one of "
+            f"{', '.join(repr(f) for f in FAMILY_NAMES)})"
+        )
+    inference_step_options(card, path)
+    return card
+
+
+def inference_step_options(card: dict, path: Path | str = CARD_NAME) -> tuple[bool, int]:
+    """(diffeomorphic_steps, integration_steps) of a card's ``inference``: whether each learned step is
+    read as a stationary velocity field and integrated (scaling and squaring, ``integration_steps``
+    squarings) before it is composed, so that it is a diffeomorphism like a TTO step. Absent: (False, 7),
+    the raw step of the cards written before the option. ``PolicyError`` naming the card otherwise."""
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    diffeomorphic = inference.get("diffeomorphic_steps", False)
+    squarings = inference.get("integration_steps", INTEGRATION_STEPS)
+    if not isinstance(diffeomorphic, bool):
+        raise PolicyError(
+            f"model card '{path}': inference.diffeomorphic_steps must be true or false, got {diffeomorphic!r}"
+        )
+    if isinstance(squarings, bool) or not isinstance(squarings, int) or not 1 <= squarings <= 12:
+        raise PolicyError(
+            f"model card '{path}': inference.integration_steps must be an integer from 1 to 12, got "
+            f"{squarings!r}"
+        )
+    return diffeomorphic, squarings
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """How ``<id>+tto`` hands over from the learned steps to test-time optimization (card
+    ``inference.chain``): ``learned_steps`` learned steps, then ``then_steps`` TTO steps (the default
+    length of a run is their sum) with ``tto`` options (``TestTimeOptimizationConfig`` fields, e.g. the
+    pyramid schedule and the regularization weight for the learned lambda map); ``tto_by_similarity``
+    maps a similarity name to options that replace those of ``tto`` when the run uses that similarity
+    (e.g. a weight chosen for MIND-SSC)."""
+
+    learned_steps: int
+    then_steps: int = 3
+    tto: dict = field(default_factory=lambda: {"pyramid": (1,)})
+    tto_by_similarity: dict = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.learned_steps + self.then_steps
+
+    def tto_options(self, similarity: str | None = None) -> dict:
+        """The TTO options of a run with ``similarity`` (None: the TTO default's)."""
+        return {**self.tto, **self.tto_by_similarity.get(similarity or "", {})}
+
+
+def _tto_options(options: object, where: str) -> tuple[dict | None, str | None]:
+    """(options with lists as tuples, None) or (None, the problem) for a card's TTO options object."""
+    if not isinstance(options, dict):
+        return None, f"{where} must be an object of TTO options"
+    unknown = [k for k in options if k not in TestTimeOptimizationConfig.__dataclass_fields__]
+    if unknown:
+        return None, f"{where} has unknown option '{unknown[0]}'"
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}, None
+
+
+def chain_settings(card: dict, path: Path | str = CARD_NAME) -> ChainSettings:
+    """The card's ``inference.chain`` (``PolicyError`` naming the card when malformed); without one, the
+    card's ``inference.steps`` learned steps then 3 fine TTO steps."""
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    chain = inference.get("chain")
+    if chain is None:
+        return ChainSettings(int(inference.get("steps", 5)))
+    if not isinstance(chain, dict):
+        raise PolicyError(
+            f"model card '{path}': inference.chain must be an object with learned_steps, then_steps and tto "
+            "options"
+        )
+    steps = (chain.get("learned_steps"), chain.get("then_steps", 3))
+    problem = None
+    if any(not isinstance(n, int) or n < 0 for n in steps) or steps[0] + steps[1] < 1:
+        problem = f"learned_steps {steps[0]} and then_steps {steps[1]} must be integers >= 0 (sum >= 1)"
+    tto, by_similarity = ChainSettings(0).tto, {}
+    if problem is None and "tto" in chain:
+        tto, problem = _tto_options(chain["tto"], "tto")
+    extra = chain.get("tto_by_similarity", {})
+    if problem is None and not isinstance(extra, dict):
+        problem = "tto_by_similarity must be an object {similarity: TTO options}"
+    for name, options in extra.items() if problem is None else ():
+        by_similarity[name], problem = _tto_options(options, f"tto_by_similarity.{name}")
+        if problem:
+            break
+    if problem:
+        raise PolicyError(f"model card '{path}': inference.chain {problem}")
+    return ChainSettings(steps[0], steps[1], tto, by_similarity)
+
+
+def models_dir() -> Path | None:
+    """``$RLREG_MODELS_DIR``, else ``RLRegistrationLib/models``, else ``<repo>/models``; None if absent."""
+    env = os.environ.get("RLREG_MODELS_DIR")
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    library = Path(__file__).resolve().parent.parent  # RLRegistrationLib/
+    for candidate in (
+        library / "models",
+        library.parent.parent / "models",
+        library.parent / "Resources" / "models",
+    ):
+        if candidate.is_dir():
+            return candidate
+    return None

@@ -1,0 +1,225 @@
+"""Policies by name: the built-in ``tto`` and every trained model of ``models/`` (``<id>`` and ``<id>+tto``).
+
+The model folders are discovered lazily, the first time a name is looked up (``policies.cards`` reads
+the cards; weights are read only when a policy is made), so importing the library reads no file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from ..errors import PolicyError
+from .base import Policy
+from .cards import CARD_NAME, ChainSettings, chain_settings, models_dir, read_card
+from .chained import ChainedPolicy, chained_tto_policy
+from .morphseek_policy import MorphSeekPolicy
+from .network_policy import NetworkPolicy, SPACPolicy
+from .tto import TestTimeOptimizationPolicy, make_tto_policy, tto_option_defaults
+
+PolicyFactory = Callable[..., Policy]
+DEFAULT_STEPS = 6  # steps of a run when neither the user nor the policy says otherwise
+
+
+class RegisteredPolicy(NamedTuple):
+    """A policy known by name: how to make it and what a user interface says of it (``modality``: what it
+    was trained for; ``card``: its model card's path, None for ``tto``)."""
+
+    factory: PolicyFactory
+    description: str
+    supports_sampling: bool = False
+    default_steps: int = DEFAULT_STEPS
+    option_defaults: tuple[tuple[str, object], ...] = ()
+    modality: str = ""
+    card: Path | None = None
+
+
+_REGISTRY: dict[str, RegisteredPolicy] = {}
+_DISCOVERED: list[bool] = []  # [True] once the models folder has been read
+
+
+def _entries() -> dict[str, RegisteredPolicy]:
+    """The registered policies, with the models folder's (``discover_models``) added on first use."""
+    if not _DISCOVERED:
+        _DISCOVERED.append(True)
+        try:
+            discover_models()
+        except Exception as error:  # discovery must never break using the library
+            warnings.warn(f"model discovery failed: {error}", stacklevel=3)
+    return _REGISTRY
+
+
+def register_policy(
+    name: str,
+    factory: PolicyFactory,
+    description: str,
+    supports_sampling: bool = False,
+    default_steps: int = DEFAULT_STEPS,
+    option_defaults: dict | None = None,
+    modality: str = "",
+    card: Path | None = None,
+) -> None:
+    """Make a policy available by name to the session, the CLI and the Slicer panel.
+
+    ``supports_sampling``: the factory accepts ``samples`` (K trajectories) and ``temperature``.
+    ``default_steps``: the number of steps a run takes when the user does not say (the setting measured
+    for the policy, e.g. a trained model's card). ``option_defaults``: what the factory uses for its
+    options (e.g. ``iterations``, ``regularization``) when not given, for user interfaces to show."""
+    defaults = tuple(sorted((option_defaults or {}).items()))
+    _REGISTRY[name] = RegisteredPolicy(
+        factory, description, bool(supports_sampling), int(default_steps), defaults, modality, card
+    )
+
+
+def registered_policies() -> dict[str, RegisteredPolicy]:
+    """Every policy by name (the models folder's included), sorted by name."""
+    return dict(sorted(_entries().items()))
+
+
+def available_policies() -> dict[str, str]:
+    """Policy names and one-line descriptions."""
+    return {name: entry.description for name, entry in sorted(_entries().items())}
+
+
+def policy_supports_sampling(name: str) -> bool:
+    """True when the registered policy ``name`` can sample several trajectories (``samples`` > 1)."""
+    entry = _entries().get(name)
+    return bool(entry is not None and entry.supports_sampling)
+
+
+def policy_option_defaults(name: str) -> dict:
+    """Option values policy ``name`` uses when not given (empty for unknown names and learned policies)."""
+    entry = _entries().get(name)
+    return dict(entry.option_defaults) if entry is not None else {}
+
+
+def policy_default_steps(name: str) -> int:
+    """Steps of a run of policy ``name`` when the user gives none (``DEFAULT_STEPS`` for unknown names)."""
+    entry = _entries().get(name)
+    return entry.default_steps if entry is not None else DEFAULT_STEPS
+
+
+def make_policy(name: str, **kwargs) -> Policy:
+    """Instantiate a registered policy; ``PolicyError`` naming the choices when ``name`` is unknown."""
+    entries = _entries()
+    if name not in entries:
+        raise PolicyError(f"unknown policy '{name}' (available: {', '.join(sorted(entries))})")
+    return entries[name].factory(**kwargs)
+
+
+register_policy(
+    "tto",
+    make_tto_policy,
+    TestTimeOptimizationPolicy.description,
+    option_defaults=tto_option_defaults(),
+    modality=TestTimeOptimizationPolicy.modality,
+)
+
+
+_SPAC_OPTIONS = ("device", "stochastic", "seed", "max_step", "input_spacing_mm", "diffeomorphic_steps")
+_MORPHSEEK_OPTIONS = (
+    "device",
+    "temperature",
+    "samples",
+    "seed",
+    "max_step",
+    "input_spacing_mm",
+    "diffeomorphic_steps",
+)
+# family -> (policy class, its options)
+_FAMILY_POLICIES: dict[str, tuple[type[NetworkPolicy], tuple[str, ...]]] = {
+    "spac": (SPACPolicy, _SPAC_OPTIONS),
+    "morphseek": (MorphSeekPolicy, _MORPHSEEK_OPTIONS),
+}
+
+
+def _split_options(name: str, options: dict, allowed: tuple[str, ...]) -> dict:
+    """Options of a learned policy; ``PolicyError`` for any other option that is set (not None)."""
+    extra = {k: v for k, v in options.items() if k not in allowed and v is not None}
+    if extra:
+        raise PolicyError(
+            f"policy '{name}' has no option '{next(iter(extra))}' (a trained network; options: "
+            f"{', '.join(allowed)})"
+        )
+    return {k: v for k, v in options.items() if k in allowed and v is not None}
+
+
+def _learned_factory(folder: Path, name: str, family: str):
+    cls, allowed = _FAMILY_POLICIES[family]
+
+    def make(**options) -> NetworkPolicy:
+        return cls(folder, **_split_options(name, options, allowed))
+
+    return make
+
+
+def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str = "spac"):
+    cls, allowed = _FAMILY_POLICIES[family]
+
+    def make(first_steps: int | None = None, **options) -> ChainedPolicy:
+        learned = {k: options.pop(k) for k in allowed if k in options and options[k] is not None}
+        tto = {
+            **chain.tto_options(options.get("similarity")),
+            **{k: v for k, v in options.items() if v is not None},
+        }
+        steps = chain.learned_steps if first_steps is None else first_steps
+        return chained_tto_policy(cls(folder, **learned), steps, tto, name)
+
+    return make
+
+
+def register_model(folder: str | Path) -> str:
+    """Register the model in ``folder`` (its ``card.json``; families 'spac' and 'morphseek') as the
+    policies ``<id>`` and ``<id>+tto``, replacing any registered under that id; returns the id.
+    MorphSeek policies are registered as sampling policies (``samples``, ``temperature``). Weights are only
+    read when a policy is made. ``PolicyError`` naming the card when it is unreadable or malformed."""
+    folder = Path(folder)
+    card = read_card(folder)
+    chain = chain_settings(card, folder / CARD_NAME)
+    name, family = str(card["id"]), str(card["family"])
+    description = str(card.get("description", f"{family} learned policy"))
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    steps = int(inference.get("steps", 5))
+    sampling = _FAMILY_POLICIES[family][0].supports_sampling
+    modality = card.get("modality") or card.get("trained_for") or "not stated"
+    if isinstance(modality, (list, tuple)):
+        modality = ", ".join(str(m) for m in modality)
+    path = folder / CARD_NAME
+    register_policy(
+        name, _learned_factory(folder, name, family), description, sampling, steps, None, str(modality), path
+    )
+    register_policy(
+        f"{name}+tto",
+        _chained_factory(folder, f"{name}+tto", chain, family),
+        f"{description}; {chain.learned_steps} learned steps, then test-time optimization",
+        sampling,
+        chain.total_steps,
+        tto_option_defaults(chain.tto),
+        str(modality),
+        path,
+    )
+    return name
+
+
+def discover_models(directory: str | Path | None = None) -> dict[str, Path]:
+    """Register every ``<directory>/<id>/card.json`` (``register_model``); returns {id: folder}. Unreadable
+    cards are skipped with a warning (loading them later gives the full error); of two folders with the
+    same id the later (by name) is used, with a warning."""
+    directory = models_dir() if directory is None else Path(directory)
+    found: dict[str, Path] = {}
+    if directory is None or not directory.is_dir():
+        return found
+    for card_path in sorted(directory.glob(f"*/{CARD_NAME}")):
+        try:
+            name = register_model(card_path.parent)
+        except PolicyError as error:
+            warnings.warn(f"skipping model: {error}", stacklevel=2)
+            continue
+        if name in found:
+            warnings.warn(
+                f"model id '{name}' is in both {found[name]} and {card_path.parent}; using the latter",
+                stacklevel=2,
+            )
+        found[name] = card_path.parent
+    return found
