@@ -19,6 +19,7 @@ from RLRegistrationLib.errors import InputError
 from RLRegistrationLib.policies.cards import sha256_of
 from RLRegistrationLib.policies.morphseek_network import MorphSeekArchitecture, MorphSeekNetwork
 from RLRegistrationLib.policies.networks import SPACArchitecture, SPACNetwork
+from RLRegistrationLib.training.config import TrainConfig
 from RLRegistrationLib.training.data import DataConfig, random_pair
 from RLRegistrationLib.training.grpo import (
     GRPOConfig,
@@ -34,7 +35,8 @@ from RLRegistrationLib.training.grpo import (
     morphseek_warmup_loss,
     prior_kl,
 )
-from RLRegistrationLib.training.train import RegistrationLoss, TrainConfig, train
+from RLRegistrationLib.training.losses import RegistrationLoss
+from RLRegistrationLib.training.train import train
 
 # the shipped configs' input: (fixed, warped, NCC descent direction)
 _INPUT = {"in_channels": 5, "similarity_gradient": True}

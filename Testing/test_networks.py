@@ -17,7 +17,7 @@ from RLRegistrationLib.policies.networks import (
     network_input,
     sample_plan,
 )
-from RLRegistrationLib.training.train import RegistrationLoss
+from RLRegistrationLib.training.losses import RegistrationLoss
 
 SMALL = SPACArchitecture(
     channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16

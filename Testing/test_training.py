@@ -17,9 +17,11 @@ from RLRegistrationLib.frontends.cli import main
 from RLRegistrationLib.policies.cards import sha256_of
 from RLRegistrationLib.policies.network_policy import load_model
 from RLRegistrationLib.policies.networks import SPACAgent, SPACArchitecture
+from RLRegistrationLib.training.config import TrainConfig
 from RLRegistrationLib.training.data import DataConfig, LabelBank, random_pair
+from RLRegistrationLib.training.losses import RegistrationLoss
 from RLRegistrationLib.training.sac import ReplayBuffer, SACConfig, sac_losses
-from RLRegistrationLib.training.train import RegistrationLoss, TrainConfig, TrainingStep, make_optimizer
+from RLRegistrationLib.training.spac_trainer import TrainingStep, make_optimizer
 
 SMALL = SPACArchitecture(
     channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 4), plan_dim=8, weight_head_channels=4, critic_hidden=16

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from RLRegistrationLib.policies.networks import SPACArchitecture, SPACNetwork
+from RLRegistrationLib.training.config import TrainConfig
 from RLRegistrationLib.training.data import LabelBank, phantom_label_map
-from RLRegistrationLib.training.train import TrainConfig, save_model
+from RLRegistrationLib.training.run_log import save_model
 
 SHAPE = (16, 16, 16)
 SMALL_SPAC = SPACArchitecture(

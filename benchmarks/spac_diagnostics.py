@@ -29,9 +29,9 @@ from RLRegistrationLib.fields.metrics import evaluation_labels  # noqa: E402
 from RLRegistrationLib.policies.base import PolicyState  # noqa: E402
 from RLRegistrationLib.policies.networks import SPACAgent  # noqa: E402
 from RLRegistrationLib.policies.registry import make_policy  # noqa: E402
-from RLRegistrationLib.training.data import random_pair, validation_pairs  # noqa: E402
+from RLRegistrationLib.training.config import TrainConfig  # noqa: E402
+from RLRegistrationLib.training.data import load_banks, random_pair, validation_pairs  # noqa: E402
 from RLRegistrationLib.training.environment import RegistrationEnv  # noqa: E402
-from RLRegistrationLib.training.train import TrainConfig, load_banks  # noqa: E402
 
 
 def tto_in_environment(cfg: TrainConfig, pairs: int, steps: int) -> None:

@@ -43,9 +43,10 @@ def main(argv=None) -> int:
     import torch
 
     from RLRegistrationLib.policies.networks import SPACArchitecture, SPACNetwork
-    from RLRegistrationLib.training.data import random_pair
+    from RLRegistrationLib.training.config import TrainConfig
+    from RLRegistrationLib.training.data import load_banks, random_pair
     from RLRegistrationLib.training.environment import RegistrationEnv, paired_one_hot
-    from RLRegistrationLib.training.train import RegistrationLoss, TrainConfig, load_banks
+    from RLRegistrationLib.training.losses import RegistrationLoss
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

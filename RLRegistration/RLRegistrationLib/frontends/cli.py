@@ -617,7 +617,8 @@ def cmd_view(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..training.train import TrainConfig, train
+    from ..training.config import TrainConfig
+    from ..training.train import train
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")

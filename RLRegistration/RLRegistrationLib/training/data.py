@@ -370,3 +370,18 @@ def validation_pairs(bank: LabelBank, cfg: DataConfig, count: int, seed: int = 0
             }
         )
     return pairs
+
+
+def load_banks(d: DataConfig, with_validation: bool = True) -> tuple[LabelBank, LabelBank | None]:
+    """Training and (on the main rank) validation label maps, aligned to the first training subject when
+    ``prealign``."""
+    reference = d.train_subjects[0] if d.prealign else None
+    train_bank = LabelBank.from_shared(
+        d.shared_dir, d.train_subjects, d.spacing_mm, d.shape, d.margin, reference
+    )
+    val_bank = None
+    if with_validation and d.val_pairs > 0:
+        val_bank = LabelBank.from_shared(
+            d.shared_dir, d.val_subjects, d.spacing_mm, d.shape, d.margin, reference
+        )
+    return train_bank, val_bank

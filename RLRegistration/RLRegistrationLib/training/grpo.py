@@ -1,9 +1,9 @@
 """GRPO training of the MorphSeek policy (DESIGN.md §2): warm-up loss, group rollouts, advantages.
 
-MorphSeek trains in two stages (``training.train`` runs them, ``model.family`` "morphseek"):
+MorphSeek trains in two stages (``training.morphseek_trainer`` runs them, ``model.family`` "morphseek"):
 
 * ``warmup``: the deterministic policy (temperature 0, z = mu) with the registration loss of
-  ``training.train.RegistrationLoss`` plus a small ``kl_prior_weight`` * KL(N(mu, sigma^2) || N(0, 1))
+  ``training.losses.RegistrationLoss`` plus a small ``kl_prior_weight`` * KL(N(mu, sigma^2) || N(0, 1))
   (``morphseek_warmup_loss``);
 * ``grpo``: Group Relative Policy Optimization. A pair is replicated J (``group_size``) times and rolled
   out for T (``horizon``) steps in one batched environment, sampling z = mu + tau sigma eps. The return
@@ -18,8 +18,8 @@ MorphSeek trains in two stages (``training.train`` runs them, ``model.family`` "
   rewarded with the Dice of the true labels (and gets the label term of the registration loss); any
   other pair with the Dice of K-means pseudo-labels (``environment.kmeans_pseudo_labels``).
 
-Tensors are (B, C, D, H, W) on the network grid; the registration loss is duck-typed (any module with the
-``RegistrationLoss`` call signature) so that this module does not import the trainer.
+Tensors are (B, C, D, H, W) on the network grid; the registration loss is passed in (any module with the
+``RegistrationLoss`` call signature), so this module does not import the trainers.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -36,9 +35,7 @@ from torch import nn
 from ..errors import InputError
 from ..policies.morphseek_network import MorphSeekArchitecture, MorphSeekNetwork, MorphSeekOutput, gaussian_kl
 from .environment import RegistrationEnv, kmeans_pseudo_labels, paired_one_hot
-
-if TYPE_CHECKING:  # the trainer imports this module; the loss is passed in
-    from .train import RegistrationLoss
+from .losses import RegistrationLoss
 
 #: ``env`` config keys that also shape the GRPO rollout environment
 ENV_OPTIONS = ("clusters", "dice_scale", "fold_weight", "foreground_threshold")

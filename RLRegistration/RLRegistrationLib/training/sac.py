@@ -3,7 +3,7 @@
 The action SAC sees is the *plan* (B, plan_dim), not the step field: the twin critics score
 Q(state embedding, plan); the planner (backbone + planner head) is pushed towards plans of high Q with an
 entropy bonus alpha * H; alpha is learned towards a target entropy. The actor decoder, which turns a plan
-into a field, is trained by the registration loss (``training.train``), as in the SPAC paper.
+into a field, is trained by the registration loss (``training.losses``), as in the SPAC paper.
 
 All losses are returned as tensors so that the trainer can add them and call ``backward`` once (one
 forward-backward per step keeps DistributedDataParallel simple); gradients are routed by detaching:

@@ -46,7 +46,7 @@ from ..policies.cards import CARD_NAME, chain_settings, sha256_of
 from ..policies.chained import WeightMapOverride, chained_tto_policy
 from ..policies.network_policy import SPACPolicy, resize_image
 from ..policies.networks import SPACNetwork, WeightMapHead, sample_plan
-from .data import DataConfig, LabelBank, load_config, random_pair
+from .data import DataConfig, LabelBank, load_banks, load_config, random_pair
 from .environment import voxel_jacobian_determinant
 
 
@@ -250,8 +250,6 @@ def tune_weight_map(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if bank is None:
-        from .train import load_banks
-
         bank, _ = load_banks(cfg.data, with_validation=False)
     first = SPACPolicy(model_dir, device="cpu", input_spacing_mm=cfg.data.spacing_mm)
     network, card = first.network, dict(first.card)

@@ -1,0 +1,150 @@
+"""The part of a training that differs per policy family (``FamilyTrainer``), around the shared loop of
+``training.train``: agent, optimizer, the module DistributedDataParallel wraps, episodes on synthetic pairs,
+one optimizer update per step, and the family's checkpoint and card entries. The families:
+``training.spac_trainer`` and ``training.morphseek_trainer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..policies.networks import count_parameters
+from .config import TrainConfig
+from .data import LabelBank, pair_loader
+from .distributed import Distributed
+from .environment import EnvState, RegistrationEnv, paired_one_hot
+from .losses import RegistrationLoss
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+    """Clip each parameter group separately (a large critic gradient must not shrink the registration
+    gradient of the actor); returns the largest group norm before clipping."""
+    norms = [
+        float(nn.utils.clip_grad_norm_(group["params"], max_norm))
+        for group in optimizer.param_groups
+        if any(p.grad is not None for p in group["params"])
+    ]
+    return max(norms, default=0.0)
+
+
+class FamilyTrainer:
+    """What ``train`` does differently for a policy family, around a shared loop (set-up, logging,
+    validation, checkpoints, model folder): the agent (all trained modules; ``.network`` is what ships),
+    its optimizer, the module DistributedDataParallel wraps, one optimizer update per training step, and
+    the family's entries of the checkpoint and of the model card.
+
+    Episodes (``next_state``) are shared: one environment step per update on a batch of pairs, a new
+    batch when the episode ends.
+    """
+
+    second_stage = ""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.agent = self.build_agent().to(device)
+        self.optimizer = self.build_optimizer()
+        self.model: nn.Module | None = None
+        self.state: EnvState | None = None
+        self.done, self.labels = True, None
+
+    @property
+    def network(self) -> nn.Module:
+        return self.agent.network
+
+    def build_agent(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def training_module(self, registration: RegistrationLoss) -> nn.Module:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"network {count_parameters(self.network)} parameters"
+
+    def initialize(self) -> None:
+        """Set-up of a fresh (not resumed) run, after the weights were initialized."""
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Family entries of the checkpoint (besides the agent and optimizer states)."""
+        return {}
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        self.agent.load_state_dict(ckpt["agent"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+
+    def start(self, dist_info: Distributed, train_bank: LabelBank, step: int) -> None:
+        """Loss, (DDP-wrapped) training module, data stream and environment, from training step ``step``."""
+        cfg = self.cfg
+        self.dist_info, self.train_bank = dist_info, train_bank
+        self.registration = RegistrationLoss(**cfg.loss)
+        module = self.training_module(self.registration)
+        self.model = module
+        if dist_info.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        batch_size = int(cfg.schedule["batch_size"])
+        self.loader = pair_loader(train_bank, cfg.data, batch_size, cfg.seed, dist_info.rank, step)
+        self.env = RegistrationEnv(**cfg.env)
+
+    def episode_labels(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One-hot (fixed, moving) labels for the weak-supervision term of the loss, or None."""
+        if float(self.cfg.loss.get("label_weight", 0.0)) > 0:
+            return paired_one_hot(batch["fixed_labels"], batch["moving_labels"])
+        return None
+
+    def next_state(self) -> EnvState:
+        """The running episode's state; a new episode on a fresh batch when the last one ended."""
+        if self.done:
+            batch = {k: v.to(self.device) for k, v in next(self.loader).items()}
+            self.state = self.env.reset(
+                batch["fixed"], batch["moving"], batch["fixed_labels"], batch["moving_labels"]
+            )
+            self.labels = self.episode_labels(batch)
+            self.done = False
+        return self.state
+
+    def optimize(self, loss: torch.Tensor) -> float:
+        """Backward, per-group gradient clipping, optimizer step; returns the largest group norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_gradients(self.optimizer, self.cfg.optim["grad_clip"])
+        self.optimizer.step()
+        return grad_norm
+
+    def environment_step(self, step_field: torch.Tensor, loss, logs, grad_norm: float):
+        """Execute ``step_field`` in the episode; returns (logged values, reward)."""
+        self.state, reward, self.done, info = self.env.step(step_field)
+        values = {k: float(v) for k, v in logs.items()}
+        values.update(loss=float(loss.detach()), reward=float(reward.mean()), grad_norm=float(grad_norm))
+        values["pseudo_dice"] = float(info["dice"].mean())
+        return values, reward
+
+    def update(self, step: int, stage: str) -> dict[str, float]:
+        """One optimizer update at training step ``step`` of ``stage``; returns the logged numbers (the same
+        keys on every rank)."""
+        raise NotImplementedError
+
+    def postfix(self, stage: str, values: dict[str, float], last_val: dict[str, float]) -> dict[str, str]:
+        """Progress-bar summary of a step."""
+        return {
+            "stage": stage,
+            "reg": f"{values['loss_reg']:.3f}",
+            "ncc": f"{values['similarity']:.3f}",
+            "reward": f"{values['reward']:+.2f}",
+            **self.postfix_extra(values),
+            "val_dice": f"{last_val.get('val_dice', float('nan')):.3f}",
+        }
+
+    def postfix_extra(self, values: dict[str, float]) -> dict[str, str]:
+        return {}
+
+    def card_training(self) -> dict[str, Any]:
+        """Family entries of the card's ``training`` block (called on every rank: may communicate)."""
+        return {}

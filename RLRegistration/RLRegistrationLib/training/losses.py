@@ -1,0 +1,50 @@
+"""The registration loss of one learned step (both families): similarity + lambda-weighted diffusion +
+Beta hyperprior on lambda, plus an optional weak-supervision label term."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..fields.regularizers import beta_hyperprior, weighted_diffusion
+from ..fields.similarity import make_similarity, soft_dice_loss
+from ..fields.spatial import compose_displacements, warp
+
+
+class RegistrationLoss(nn.Module):
+    """Loss of one step: similarity + w_g * lambda-weighted diffusion + w_b * Beta prior, plus
+    ``label_weight`` * (1 - soft Dice) of the warped one-hot labels when labels are given (weak
+    supervision, as in SynthMorph; 0 = unsupervised).
+
+    The previous field is a constant; the gradient flows through the step and lambda into the network.
+    """
+
+    def __init__(
+        self,
+        similarity="ncc",
+        ncc_window=7,
+        diffusion_weight=2.0,
+        prior_weight=1.0,
+        w_log_beta=0.18,
+        label_weight=0.0,
+    ):
+        super().__init__()
+        kwargs = {"window": ncc_window} if similarity == "ncc" else {}
+        self.similarity = make_similarity(similarity, **kwargs)
+        self.diffusion_weight, self.prior_weight, self.w_log_beta = diffusion_weight, prior_weight, w_log_beta
+        self.label_weight = float(label_weight)
+
+    def forward(
+        self, fixed, moving, previous, step, weight, labels: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total = compose_displacements(step, previous.detach())
+        similarity = self.similarity(fixed, warp(moving, total))
+        diffusion = weighted_diffusion(total, weight)
+        prior = beta_hyperprior(weight, self.w_log_beta)
+        loss = similarity + self.diffusion_weight * diffusion + self.prior_weight * prior
+        parts = {"similarity": similarity, "diffusion": diffusion, "prior": prior, "lambda": weight.mean()}
+        if self.label_weight > 0 and labels is not None:
+            fixed_one_hot, moving_one_hot = labels
+            parts["label_loss"] = soft_dice_loss(fixed_one_hot, warp(moving_one_hot, total))
+            loss = loss + self.label_weight * parts["label_loss"]
+        return loss, {k: v.detach() for k, v in parts.items()}
