@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.frontends.cli import SAMPLE_DIR
+from RLRegistrationLib.io.sample_pair import SAMPLE_DIR
 from RLRegistrationLib.registration.memory import GIB, estimate_peak_memory
 from RLRegistrationLib.registration.session import SessionOptions
 
@@ -399,7 +399,7 @@ def _far_moving(p, spacing=(2.0, 2.0, 2.0), name="far.nii.gz") -> tuple[Path, st
 def no_overlap_without_affine(p):
     path, problem = _far_moving(p)
     assert "centres 1000 mm apart" in problem
-    return p.register(path, "--no-affine"), _moving_error(path, problem)
+    return p.register(path, "--initialization", "none"), _moving_error(path, problem)
 
 
 @case
@@ -410,7 +410,7 @@ def thick_slices_warn_then_no_overlap(p):
         f"rlreg: warning: moving image '{path}': voxels are 12.0x thicker along axis k (6 mm) than along "
         "the finest axis (0.5 mm): the result will be coarse along k"
     )
-    return p.register(path, "--no-affine"), [warning, *_moving_error(path, problem)]
+    return p.register(path, "--initialization", "none"), [warning, *_moving_error(path, problem)]
 
 
 # ---------------------------------------------------------------------------- outputs onto inputs
@@ -419,7 +419,7 @@ def warped_onto_moving_with_overwrite(p):
     """The issue's case: --warped moving.nii.gz --overwrite replaced the user's input."""
     argv = p.register(None, "--warped", p.moving, "--overwrite")
     return argv, [
-        f"rlreg: error: output '{p.moving}': is the same file as the moving image '{p.moving}'; {NEVER}"
+        f"rlreg: error: --warped '{p.moving}': is the same file as the moving image '{p.moving}'; {NEVER}"
     ]
 
 
@@ -427,7 +427,7 @@ def warped_onto_moving_with_overwrite(p):
 def warped_onto_moving_without_overwrite(p):
     argv = p.register(None, "--warped", p.moving)
     return argv, [
-        f"rlreg: error: output '{p.moving}': is the same file as the moving image '{p.moving}'; {NEVER}"
+        f"rlreg: error: --warped '{p.moving}': is the same file as the moving image '{p.moving}'; {NEVER}"
     ]
 
 
@@ -436,7 +436,9 @@ def displacement_through_symlink_onto_fixed(p):
     link = p.dir / "link.nii.gz"
     link.symlink_to(p.fixed)
     argv = p.register(None, "--displacement", link, "--overwrite")
-    return argv, [f"rlreg: error: output '{link}': is the same file as the fixed image '{p.fixed}'; {NEVER}"]
+    return argv, [
+        f"rlreg: error: --displacement '{link}': is the same file as the fixed image '{p.fixed}'; {NEVER}"
+    ]
 
 
 @case
@@ -444,9 +446,7 @@ def qc_onto_input_given_as_symlink(p):
     link = p.dir / "moving_link.nii.gz"
     link.symlink_to(p.moving)
     argv = p.register(link, "--qc", p.moving, "--overwrite")
-    return argv, [
-        f"rlreg: error: output '{p.moving}': is the same file as the moving image '{link}'; {NEVER}"
-    ]
+    return argv, [f"rlreg: error: --qc '{p.moving}': is the same file as the moving image '{link}'; {NEVER}"]
 
 
 @case
@@ -455,9 +455,7 @@ def weight_map_onto_hard_linked_labels(p):
     os.link(p.fixed_labels, hard)
     labels = ["--fixed-labels", p.fixed_labels, "--moving-labels", p.moving_labels]
     argv = p.register(None, *labels, "--weight-map", hard, "--overwrite")
-    expected = (
-        f"rlreg: error: output '{hard}': is the same file as the fixed labels '{p.fixed_labels}'; {NEVER}"
-    )
+    expected = f"rlreg: error: --weight-map '{hard}': is the same file as the fixed labels '{p.fixed_labels}'; {NEVER}"
     return argv, [expected]
 
 
@@ -465,7 +463,7 @@ def weight_map_onto_hard_linked_labels(p):
 def report_onto_moving_labels(p):
     labels = ["--fixed-labels", p.fixed_labels, "--moving-labels", p.moving_labels]
     argv = p.register(None, *labels, "--report", p.moving_labels, "--overwrite")
-    expected = f"rlreg: error: output '{p.moving_labels}': is the same file as the moving labels '{p.moving_labels}'; {NEVER}"
+    expected = f"rlreg: error: --report '{p.moving_labels}': is the same file as the moving labels '{p.moving_labels}'; {NEVER}"
     return argv, [expected]
 
 
@@ -474,7 +472,7 @@ def warped_onto_the_raw_file_of_an_mhd(p):
     path = _write(_image(p.moving_array), p.dir / "m.mhd")
     raw = p.dir / "m.raw"
     argv = p.register(path, "--warped", raw, "--overwrite")
-    return argv, [f"rlreg: error: output '{raw}': is the same file as the moving image '{raw}'; {NEVER}"]
+    return argv, [f"rlreg: error: --warped '{raw}': is the same file as the moving image '{raw}'; {NEVER}"]
 
 
 @case
@@ -482,15 +480,15 @@ def transform_onto_dicom_slice(p):
     folder = _slices(p)
     target = folder / "slice003.dcm"
     argv = p.register(folder, "--qc", target, "--overwrite")
-    return argv, [
-        f"rlreg: error: output '{target}': is the same file as the moving image '{target}'; {NEVER}"
-    ]
+    return argv, [f"rlreg: error: --qc '{target}': is the same file as the moving image '{target}'; {NEVER}"]
 
 
 @case
 def two_outputs_one_path(p):
     argv = p.register(None, "--warped", p.dir / "w.nii.gz", "--displacement", p.dir / "w.nii.gz")
-    return argv, [f"rlreg: error: output '{p.dir / 'w.nii.gz'}': the same path is given for two outputs"]
+    return argv, [
+        f"rlreg: error: --displacement '{p.dir / 'w.nii.gz'}': the same file is also given to --warped"
+    ]
 
 
 @case
@@ -498,27 +496,29 @@ def two_outputs_one_path_through_symlink(p):
     link = p.dir / "w_link.nii.gz"
     link.symlink_to(p.dir / "w.nii.gz")  # dangling until w.nii.gz would be written
     argv = p.register(None, "--warped", p.dir / "w.nii.gz", "--displacement", link)
-    return argv, [f"rlreg: error: output '{link}': the same path is given for two outputs"]
+    return argv, [f"rlreg: error: --displacement '{link}': the same file is also given to --warped"]
 
 
 @case
 def existing_output_without_overwrite(p):
     p.out.write_bytes(b"precious")
-    return p.register(), [f"rlreg: error: output '{p.out}': file exists (use --overwrite to replace it)"]
+    return p.register(), [f"rlreg: error: -o/--output '{p.out}': file exists (use --overwrite to replace it)"]
 
 
 @case
 def output_folder_missing(p):
     out = p.dir / "nowhere" / "t.h5"
     argv = [p.fixed, p.moving, "-o", out]
-    return argv, [f"rlreg: error: output '{out}': folder '{out.parent}' does not exist"]
+    return argv, [f"rlreg: error: -o/--output '{out}': folder '{out.parent}' does not exist"]
 
 
 @case
 def transform_suffix(p):
     out = p.dir / "t.nii.gz"
     argv = [p.fixed, p.moving, "-o", out]
-    return argv, [f"rlreg: error: output '{out}': transform files end in .h5, .hdf5, .tfm, .txt, .mat"]
+    return argv, [
+        f"rlreg: error: -o/--output '{out}': the file name must end in .h5, .hdf5, .tfm, .txt, .mat"
+    ]
 
 
 # ---------------------------------------------------------------------------- labels and options
@@ -549,7 +549,7 @@ def unknown_policy(p):
 
     names = ", ".join(sorted(available_policies()))
     return p.register(None, "--policy", "magic"), [
-        f"rlreg: error: unknown policy 'magic' (available: {names})"
+        f"rlreg: error: --policy: unknown policy 'magic' (available: {names})"
     ]
 
 
@@ -562,13 +562,15 @@ def uncertainty_without_samples(p):
 
 @case
 def negative_steps(p):
-    return p.register(None, "--steps", "-1"), ["rlreg: error: --steps must be >= 0, got -1"]
+    return p.register(None, "--steps", "-1"), [
+        "rlreg: error: --steps: must be an integer from 0 to 500, got -1"
+    ]
 
 
 @case
 def bad_memory_cap(p):
     return p.register(None, "--max-memory", "-1"), [
-        "rlreg: error: --max-memory must be a number of GiB > 0, got -1.0"
+        "rlreg: error: --max-memory: must be a number from 0.25 to 4096, got -1"
     ]
 
 
@@ -579,11 +581,11 @@ def over_the_memory_cap(p):
     )
     part, size = estimate.largest_part
     problem = (
-        f"registering it would need about {estimate.total_bytes / GIB:.1f} GiB of memory, above the 0.1 GiB "
+        f"registering it would need about {estimate.total_bytes / GIB:.1f} GiB of memory, above the 0.3 GiB "
         f"cap ({part}: {size / GIB:.1f} GiB); write the field on the working grid (--output-grid working) or "
         "raise the cap (--max-memory)"
     )
-    return p.register(None, "--max-memory", "0.1"), [f"rlreg: error: fixed image '{p.fixed}': {problem}"]
+    return p.register(None, "--max-memory", "0.3"), [f"rlreg: error: fixed image '{p.fixed}': {problem}"]
 
 
 if not torch.cuda.is_available():
@@ -634,7 +636,7 @@ def test_session_raises_the_overlap_error_for_any_front_end(tmp_path):
         sitk.ReadImage(str(pair.fixed)),
         sitk.ReadImage(str(far)),
         make_policy("tto"),
-        SessionOptions(affine=False, device="cpu"),
+        SessionOptions(initialization="none", device="cpu"),
     )
     with pytest.raises(InputError) as error:
         session.prepare()
@@ -645,7 +647,7 @@ def test_session_raises_the_overlap_error_for_any_front_end(tmp_path):
         sitk.ReadImage(str(pair.fixed)),
         sitk.ReadImage(str(far)),
         make_policy("tto"),
-        SessionOptions(affine=False, device="cpu"),
+        SessionOptions(initialization="none", device="cpu"),
         initial_transform=initial,
     )
     assert session.prepare().similarity > 0.5

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RLRegistrationLib.frontends.cli import SAMPLE_DIR
+from RLRegistrationLib.io.sample_pair import SAMPLE_DIR
 
 pytest.importorskip("picsl_greedy")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

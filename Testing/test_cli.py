@@ -13,7 +13,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from RLRegistrationLib.frontends.cli import SAMPLE_DIR, main
+from RLRegistrationLib.frontends.cli import main
+from RLRegistrationLib.io.sample_pair import SAMPLE_DIR
 
 FIXED = SAMPLE_DIR / "fixed.nii.gz"
 MOVING = SAMPLE_DIR / "moving.nii.gz"

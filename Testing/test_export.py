@@ -79,7 +79,7 @@ def test_write_transform_refuses_missing_folder_and_bad_suffix(tmp_path, rotatio
     with pytest.raises(OutputError, match="does not exist") as error:
         export.write_transform(affine, tmp_path / "missing" / "result.h5")
     assert str(tmp_path / "missing") in str(error.value)
-    with pytest.raises(OutputError, match="transform files end in"):
+    with pytest.raises(OutputError, match="must end in .h5, .hdf5, .tfm, .txt, .mat"):
         export.write_transform(affine, tmp_path / "result.nii.gz")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "folder.h5").mkdir()
@@ -87,15 +87,21 @@ def test_write_transform_refuses_missing_folder_and_bad_suffix(tmp_path, rotatio
         export.write_transform(affine, tmp_path / "folder.h5", overwrite=True)
 
 
-def test_check_output_paths_same_path_twice(tmp_path):
-    with pytest.raises(OutputError, match="same path"):
-        export.check_output_paths([tmp_path / "a.h5", None, tmp_path / "a.h5"])
-    export.check_output_paths([tmp_path / "a.h5", None, tmp_path / "b.nii.gz"])  # fine
+def test_output_set_refuses_one_file_for_two_outputs(tmp_path):
+    from RLRegistrationLib.io.outputs import OutputSet
+
+    with pytest.raises(OutputError, match="the same file is also given to warped"):
+        OutputSet(
+            {"transform": tmp_path / "a.h5", "warped": tmp_path / "b.nii", "displacement": tmp_path / "b.nii"}
+        ).check()
+    with pytest.raises(OutputError, match="must end in .json"):
+        OutputSet({"transform": tmp_path / "a.h5", "report": tmp_path / "a.nii.gz"}).check()
+    OutputSet({"transform": tmp_path / "a.h5", "warped": tmp_path / "b.nii.gz"}).check()  # fine
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, oblique_grid, rotation_matrix, monkeypatch):
     image = oblique_grid.reference_image()
-    with pytest.raises(OutputError, match="could not be written"):
+    with pytest.raises(OutputError, match="must end in .nii.gz, .nii, .nrrd, .mha"):
         export.write_image(image, tmp_path / "image.unknownformat")
     assert list(tmp_path.iterdir()) == []
     # a writer that dies half-way: the existing file survives and no temporary file is left

@@ -108,7 +108,8 @@ def test_cli_maps_a_t2_moving_image_and_registers_it_better(tmp_path, capsys):
 
     import SimpleITK as sitk
 
-    from RLRegistrationLib.frontends.cli import SAMPLE_DIR, main
+    from RLRegistrationLib.frontends.cli import main
+    from RLRegistrationLib.io.sample_pair import SAMPLE_DIR
     from RLRegistrationLib.synthesis.contrast import synthesize_volume
 
     moving_labels = SAMPLE_DIR / "moving_labels.nii.gz"

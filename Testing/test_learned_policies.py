@@ -265,7 +265,7 @@ def test_learned_policy_in_a_session(model_dir, blob_array, make_grid, image_on_
     fixed = image_on_grid(blob_array(grid.shape, seed=1), grid)
     moving = image_on_grid(np.roll(blob_array(grid.shape, seed=1), 1, axis=2), grid)
     discover_models(model_dir.parent)
-    options = SessionOptions(working_spacing_mm=2.0, affine=False, device="cpu")
+    options = SessionOptions(working_spacing_mm=2.0, initialization="none", device="cpu")
     session = RegistrationSession(
         fixed, moving, make_policy("spac-unit+tto", first_steps=1, iterations=2), options
     )

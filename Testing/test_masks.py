@@ -87,14 +87,14 @@ def test_weighted_similarity_ignores_what_is_outside_the_weight(similarity):
     assert not torch.allclose(similarity(fixed, spoiled), similarity(fixed, warped))
 
 
-def test_initialization_option_and_the_older_affine_switch(blob_array):
+def test_initialization_option(blob_array):
     fixed = _image(blob_array)
     policy = make_policy("tto")
     assert RegistrationSession(fixed, fixed, policy).initialization == "affine"
     rigid = SessionOptions(initialization="rigid", device="cpu")
     assert RegistrationSession(fixed, fixed, policy, rigid).initialization == "rigid"
-    older = SessionOptions(affine=False, device="cpu")
-    assert RegistrationSession(fixed, fixed, policy, older).initialization == "none"
+    none = SessionOptions(initialization="none", device="cpu")
+    assert RegistrationSession(fixed, fixed, policy, none).initialization == "none"
     with pytest.raises(InputError, match="initialization 'bspline'"):
         RegistrationSession(fixed, fixed, policy, SessionOptions(initialization="bspline"))
 

@@ -35,7 +35,7 @@ SMALL = MorphSeekArchitecture(channels=(4, 8, 8, 8), decoder_channels=(8, 8, 8, 
 def write_morphseek_model(
     folder: Path, model_id: str = "morphseek-unit", spacing_mm: float = 2.0, seed: int = 1
 ) -> MorphSeekNetwork:
-    """A random MorphSeek model folder laid out like ``training.train.save_model`` writes one."""
+    """A random MorphSeek model folder laid out like ``training.run_log.save_model`` writes one."""
     torch.manual_seed(seed)
     network = MorphSeekNetwork(SMALL)
     with torch.no_grad():  # a visible field, and latent noise that changes it
@@ -203,7 +203,7 @@ def test_session_total_is_the_mean_of_the_trajectories(model_dir, blob_array, ma
     moving = image_on_grid(np.roll(blob_array(grid.shape, seed=1), 1, axis=2), grid)
     policy = _policy(model_dir, samples=3, seed=2)
     session = RegistrationSession(
-        fixed, moving, policy, SessionOptions(working_spacing_mm=2.0, affine=False, device="cpu")
+        fixed, moving, policy, SessionOptions(working_spacing_mm=2.0, initialization="none", device="cpu")
     )
     reports = list(session.run(3))
     assert policy.shape == tuple(session.grid.shape)  # same grid: the trajectories are comparable 1:1
@@ -303,8 +303,8 @@ def test_cli_info_marks_sampling_policies(model_dir, capsys):
         (("--policy", "tto", "--samples", "3"), "policy 'tto' does not sample trajectories"),
         (("--policy", "tto", "--temperature", "1"), "policy 'tto' does not sample trajectories"),
         (("--policy", "morphseek-unit", "--uncertainty", "{u}"), "--uncertainty needs --samples K > 1"),
-        (("--policy", "morphseek-unit", "--samples", "0"), "--samples must be >= 1"),
-        (("--policy", "morphseek-unit", "--samples", "2", "--temperature", "-1"), "--temperature must be"),
+        (("--policy", "morphseek-unit", "--samples", "0"), "--samples: must be an integer from 1 to 16"),
+        (("--policy", "morphseek-unit", "--samples", "2", "--temperature", "-1"), "--temperature: must be"),
     ],
 )
 def test_cli_sampling_errors(model_dir, small_pair, tmp_path, capsys, argv, message):

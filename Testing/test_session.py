@@ -69,7 +69,7 @@ def pair():
 def _session(pair, steps_policy=None, **options) -> RegistrationSession:
     fixed, moving, fixed_labels, moving_labels = pair
     policy = make_policy("tto", **(steps_policy or {}))
-    opts = SessionOptions(working_spacing_mm=2.0, affine=False, device="cpu", seed=0, **options)
+    opts = SessionOptions(working_spacing_mm=2.0, initialization="none", device="cpu", seed=0, **options)
     return RegistrationSession(fixed, moving, policy, opts, fixed_labels, moving_labels)
 
 
@@ -199,9 +199,7 @@ def test_affine_stage_recovers_a_translation(pair):
     fixed, _, fixed_labels, _ = pair
     shift = sitk.TranslationTransform(3, (4.0, -3.0, 2.0))
     moving = sitk.Resample(fixed, fixed, shift, sitk.sitkLinear, 0.0)
-    session = RegistrationSession(
-        fixed, moving, make_policy("tto"), SessionOptions(device="cpu", affine=True)
-    )
+    session = RegistrationSession(fixed, moving, make_policy("tto"), SessionOptions(device="cpu"))
     session.prepare()
     point = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint((20.0, 22.0, 18.0)))
     mapped = np.asarray(session.affine.TransformPoint(tuple(point)))

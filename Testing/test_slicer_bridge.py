@@ -151,7 +151,7 @@ def test_parent_transform_initialization_is_kept_in_the_result(blob_array, make_
         fixed,
         moving,
         ZeroPolicy(),
-        SessionOptions(working_spacing_mm=4.0, affine=False),
+        SessionOptions(working_spacing_mm=4.0, initialization="none"),
         initial_transform=initial,
     )
     session.prepare()
@@ -239,7 +239,9 @@ class ShiftPolicy(Policy):
 
 def make_session(blob_array, make_grid, policy) -> RegistrationSession:
     fixed, moving = make_pair(blob_array, make_grid)
-    return RegistrationSession(fixed, moving, policy, SessionOptions(working_spacing_mm=4.0, affine=False))
+    return RegistrationSession(
+        fixed, moving, policy, SessionOptions(working_spacing_mm=4.0, initialization="none")
+    )
 
 
 def drain(worker: RegistrationWorker, timeout: float = 60.0) -> list:

@@ -533,7 +533,7 @@ def test_an_empty_mask_is_refused_naming_it(module, scene):
     logic = module.RLRegistrationLogic()
     params = fast_parameters(logic, nodes, fixedMask=empty)
     before = node_ids(scene)
-    with pytest.raises(InputError, match="fixed mask: mask is empty"):
+    with pytest.raises(InputError, match="fixed mask 'empty mask': mask is empty"):
         logic.startRegistration(params, 1)
     assert node_ids(scene) == before
 

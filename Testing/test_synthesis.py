@@ -206,7 +206,8 @@ def test_eval_labels():
 
 
 def test_sample_pair_files():
-    folder = synthesis.SAMPLE_DATA_DIR
+    from RLRegistrationLib.io.sample_pair import SAMPLE_DIR as folder
+
     sizes = [(folder / name).stat().st_size for name in SAMPLE_FILES]
     assert sum(sizes) < 2 * 1024 * 1024
     eval_labels = set(evaluation_labels())

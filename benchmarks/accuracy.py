@@ -102,28 +102,24 @@ def run_rlreg_tuned(fixed, moving, workdir, args):
 
 
 def run_rlreg_fine(fixed, moving, workdir, args):
-    """``rlreg register --quality fine``: the preset's working grid, schedule and options."""
-    from RLRegistrationLib.policies.registry import make_policy
-    from RLRegistrationLib.registration.quality import QUALITY_PRESETS
-    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
+    """``rlreg register --quality fine``: the same ``RunSpec`` the command builds."""
+    from RLRegistrationLib.registration.run_spec import RunSpec, register
 
-    preset = QUALITY_PRESETS["fine"]
-    spacing = preset.working_spacing(fixed)
-    policy = make_policy("tto", similarity=args.similarity, **preset.tto_overrides(spacing))
-    options = SessionOptions(
-        device="cpu", seed=0, working_spacing_mm=spacing, max_working_voxels=preset.max_working_voxels
-    )
-    session = RegistrationSession(fixed, moving, policy, options)
-    for _ in session.run(preset.steps):
-        pass
-    result = session.result()
+    result = register(fixed, moving, RunSpec(quality="fine", similarity=args.similarity, device="cpu"))
     return result.transform, result.displacement
 
 
 def run_rlreg(fixed, moving, workdir, args, tto: str = ""):
+    """``rlreg register`` (standard quality, ``--steps``, ``--spacing``), or with ``tto`` a TTO schedule
+    beyond what a ``RunSpec`` holds (``--methods rlreg-tuned --tto '...'``: the schedule search's knobs)."""
     from RLRegistrationLib.policies.registry import make_policy
+    from RLRegistrationLib.registration.run_spec import RunSpec, register
     from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
+    if not tto:
+        spec = RunSpec(steps=args.steps, spacing_mm=args.spacing, similarity=args.similarity, device="cpu")
+        result = register(fixed, moving, spec)
+        return result.transform, result.displacement
     tto = parse_tto(tto)
     spacing = float(tto.pop("spacing", args.spacing))
     max_voxels = int(tto.pop("max_voxels", 112**3)) or None

@@ -36,13 +36,9 @@ def run_rigid(fixed, moving, workdir, args):
 
 def run_rlreg_rigid(fixed, moving, workdir, args):
     """rlreg's default policy after a rigid pre-alignment (what a same-subject follow-up asks for)."""
-    from RLRegistrationLib.policies.registry import make_policy
-    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.registration.run_spec import RunSpec, register
 
-    options = SessionOptions(device="cpu", seed=0, initialization="rigid")
-    session = RegistrationSession(fixed, moving, make_policy("tto"), options)
-    list(session.run(args.steps))
-    result = session.result()
+    result = register(fixed, moving, RunSpec(initialization="rigid", steps=args.steps, device="cpu"))
     return result.transform, result.displacement
 
 

@@ -21,9 +21,5 @@ class DeviceError(RLRegistrationError):
     """The requested compute device is unavailable or ran out of memory."""
 
 
-class RegistrationCancelled(RLRegistrationError):
-    """The registration was cancelled by the user."""
-
-
 class InputWarning(UserWarning):
     """An input is usable but the result will suffer (e.g. very thick slices); the CLI prints one line."""

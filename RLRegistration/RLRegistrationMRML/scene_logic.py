@@ -25,7 +25,6 @@ Errors a user can cause raise ``ValueError``/``RuntimeError`` with a message mea
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
@@ -39,6 +38,31 @@ from RLRegistrationLib.registration.quality import QUALITY_PRESETS
 
 from .colors import ensure_color_table
 from .parameters import OVERLAY_VOLUMES, PREVIOUS_PARENT_ATTRIBUTE, SESSION_INITIALIZATION
+
+
+def _nodeName(role: str, node) -> str:
+    return f"{role} '{node.GetName()}'" if node is not None else role
+
+
+def runSpec(params, steps: int | None = None):
+    """The ``RunSpec`` of a panel's parameters (the Slicer parameter node or ``RegistrationParameters``):
+    iterations and regularization only for policies that take them, samples only for policies that sample,
+    the panel's "parent" initialization as the session's "none" (the parent transform is its initial
+    transform)."""
+    from RLRegistrationLib.policies.registry import policy_option_defaults, policy_supports_sampling
+    from RLRegistrationLib.registration.run_spec import RunSpec
+
+    takes = policy_option_defaults(params.policy)
+    return RunSpec(
+        policy=params.policy,
+        quality=getattr(params, "quality", "standard"),
+        steps=steps,
+        iterations=params.iterations if "iterations" in takes else None,
+        regularization=params.regularization if "regularization" in takes else None,
+        initialization=SESSION_INITIALIZATION[params.initialization],
+        device=params.device,
+        samples=params.samples if policy_supports_sampling(params.policy) else 1,
+    )
 
 
 class RunUpdate:
@@ -65,6 +89,7 @@ class RegistrationSceneLogic:
     def __init__(self, scene=None) -> None:
         self._scene = scene
         self.session = None
+        self.plan = None
         self.worker = None
         self.movingImage = None
         self.createdNodeIDs = []
@@ -277,60 +302,44 @@ class RegistrationSceneLogic:
         return self.worker is not None and self.worker.is_alive()
 
     def startRegistration(self, params, steps: int) -> None:
-        """Build a new session from the parameters (main thread) and start the worker."""
+        """Build a new session from the parameters (main thread, ``run_spec.build_session`` as every
+        front-end does) and start the worker."""
         from RLRegistrationLib.devices import describe_device, resolve_device
-        from RLRegistrationLib.errors import PolicyError
         from RLRegistrationLib.io import imaging
-        from RLRegistrationLib.policies import registry as policies
-        from RLRegistrationLib.registration import session
+        from RLRegistrationLib.registration.run_spec import build_session
+        from RLRegistrationLib.registration.session import InputNames
 
         if self.isRunning():
             raise RuntimeError("A registration is already running.")
         self.checkInputs(params)
+        spec = runSpec(params, steps)
         self.forgetSession()
         self._fixedImage = self.volumeToImage(params.fixedVolume)
         self.movingImage = self.volumeToImage(params.movingVolume)
-        imaging.validate_image(self._fixedImage, f"fixed volume '{params.fixedVolume.GetName()}'")
-        imaging.validate_image(self.movingImage, f"moving volume '{params.movingVolume.GetName()}'")
+        names = InputNames(
+            fixed=f"fixed volume '{params.fixedVolume.GetName()}'",
+            moving=f"moving volume '{params.movingVolume.GetName()}'",
+            fixed_labels=_nodeName("fixed labels", params.fixedLabels),
+            moving_labels=_nodeName("moving labels", params.movingLabels),
+            fixed_mask=_nodeName("fixed mask", params.fixedMask),
+            moving_mask=_nodeName("moving mask", params.movingMask),
+        )
+        imaging.validate_image(self._fixedImage, names.fixed)
+        imaging.validate_image(self.movingImage, names.moving)
         fixedLabels, movingLabels = self.labelImages(params)
         fixedMask, movingMask = self.maskImages(params)
         initial, _ = self.initialTransform(params)
-        device = resolve_device(params.device)
-        self.deviceDescription = describe_device(device)
-        preset = QUALITY_PRESETS[getattr(params, "quality", "standard")]
-        spacing = preset.working_spacing(self._fixedImage)
-        options = session.SessionOptions(
-            initialization=SESSION_INITIALIZATION[params.initialization],
-            device=str(device),
-            working_spacing_mm=spacing,
-            max_working_voxels=preset.max_working_voxels,
-        )
-        if device.type == "cuda" and options.max_working_voxels is not None:
-            options.max_working_voxels = 160 * 192 * 224
-        sampling = {}
-        if params.samples > 1 and policies.policy_supports_sampling(params.policy):
-            sampling = {"samples": params.samples}  # temperature 1: the policy's default with samples > 1
-        try:
-            policy = policies.make_policy(
-                params.policy,
-                iterations=params.iterations,
-                regularization=params.regularization,
-                **sampling,
-                **preset.tto_overrides(spacing),
-            )
-        except PolicyError as error:
-            logging.info(f"Policy '{params.policy}' used with its own settings ({error})")
-            policy = policies.make_policy(params.policy, **sampling)  # a policy without these options
-        self.session = session.RegistrationSession(
+        self.deviceDescription = describe_device(resolve_device(spec.device))
+        self.session, self.plan = build_session(
+            spec,
             self._fixedImage,
             self.movingImage,
-            policy,
-            options,
-            fixedLabels,
-            movingLabels,
-            initial,
+            fixed_labels=fixedLabels,
+            moving_labels=movingLabels,
             fixed_mask=fixedMask,
             moving_mask=movingMask,
+            initial_transform=initial,
+            names=names,
         )
         self.createdNodeIDs = []
         self._startWorker(steps)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("rlreg.web")
@@ -28,14 +27,6 @@ class PathRefused(PermissionError):
 def is_image_name(name: str) -> bool:
     """True for the file names the pickers offer (NIfTI, NRRD, MetaImage)."""
     return name.lower().endswith(IMAGE_SUFFIXES)
-
-
-@dataclass(frozen=True)
-class PickableFile:
-    """A file the pickers offer: ``name`` (what the browser sends back) and where it really is."""
-
-    name: str
-    path: Path
 
 
 class DataFolder:

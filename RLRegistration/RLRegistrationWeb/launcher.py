@@ -9,17 +9,13 @@ from pathlib import Path
 from RLRegistrationLib.errors import InputError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "RLRegistrationLib" / "sample_data"
 
 
 def sample_inputs() -> dict[str, Path]:
     """The embedded sample pair (with its label maps)."""
-    return {
-        "fixed": SAMPLE_DIR / "fixed.nii.gz",
-        "moving": SAMPLE_DIR / "moving.nii.gz",
-        "fixed_labels": SAMPLE_DIR / "fixed_labels.nii.gz",
-        "moving_labels": SAMPLE_DIR / "moving_labels.nii.gz",
-    }
+    from RLRegistrationLib.io.sample_pair import SAMPLE_FILES
+
+    return dict(SAMPLE_FILES)
 
 
 def command_line_inputs(args) -> dict[str, Path]:

@@ -23,6 +23,24 @@ def evaluation_labels() -> list[int]:
     return values
 
 
+def parse_label_list(text: str) -> list[int] | None:
+    """Labels to score from a word: "all" (None: every shared non-zero label), "30" (``evaluation_labels``)
+    or comma-separated integers; ``InputError`` otherwise."""
+    from ..errors import InputError
+
+    if text == "all":
+        return None
+    if text == "30":
+        return evaluation_labels()
+    try:
+        labels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        labels = []
+    if not labels or any(v <= 0 for v in labels):
+        raise InputError(f"--labels: expected 'all', '30' or comma-separated positive integers, got '{text}'")
+    return labels
+
+
 def common_labels(fixed: np.ndarray, moving: np.ndarray, labels: Iterable[int] | None = None) -> list[int]:
     """``labels`` if given, else every non-zero label present in both maps."""
     if labels is not None:

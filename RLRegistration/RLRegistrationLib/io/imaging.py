@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from ..errors import InputError, InputWarning
 from ..fields.geometry import Grid, affine_to_matrix, flatten_linear
 from .integrity import check_dicom_slices, check_file_integrity, unreadable_message
+from .quiet import quiet_native_stderr
 
 # spacing outside these bounds (mm) is a header error (metres for millimetres, a missing unit), not anatomy
 MIN_SPACING_MM = 0.01
@@ -204,6 +205,26 @@ def check_overlap(
 
 def _centre(image: sitk.Image) -> np.ndarray:
     return np.asarray(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+
+
+def read_transform(path: str | Path, role: str = "transform") -> sitk.Transform:
+    """A 3D ITK transform file (``.h5``, ``.tfm``, ``.txt``, ``.mat``); ``InputError`` naming the file when it
+    is missing, unreadable or not 3D (ITK's and HDF5's own diagnostics are not printed)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{role} '{path}': file not found")
+    if path.is_dir():
+        raise InputError(f"{role} '{path}': is a folder, a transform file is needed")
+    try:
+        with quiet_native_stderr():
+            transform = sitk.ReadTransform(str(path))
+    except RuntimeError:
+        raise InputError(f"{role} '{path}': not a readable ITK transform file") from None
+    if transform.GetDimension() != 3:
+        raise InputError(
+            f"{role} '{path}': a 3D transform is required, this one is {transform.GetDimension()}D"
+        )
+    return transform
 
 
 def read_label_map(path: str | Path, role: str = "labels") -> sitk.Image:

@@ -14,12 +14,12 @@ import warnings
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, InputWarning
 from ..fields.geometry import Grid
 from .imaging import same_grid
 
 
-class MaskWarning(UserWarning):
+class MaskWarning(InputWarning):
     """A mask was usable only after a change (resampled onto its image's grid)."""
 
 

@@ -25,6 +25,7 @@ from ..fields.spatial import (
     squarings_needed,
     warp,
 )
+from ..options import INTENSITY_MAPPINGS
 from .base import Policy, PolicyState, PolicyStep, similarity_weight
 
 
@@ -143,7 +144,6 @@ def uncrop(tensor: torch.Tensor, box: Box | None, shape: tuple[int, int, int]) -
 #: inside both heads is below this (``benchmarks/contrast_detection.py``: same-contrast pairs, whole-head
 #: same-subject pairs and T1/T2 pairs)
 AUTO_CORRELATION = 0.3
-INTENSITY_MAPPINGS = ("auto", "on", "off")
 
 
 class TestTimeOptimizationPolicy(Policy):

@@ -23,8 +23,7 @@ import SimpleITK as sitk
 
 from ..fields.geometry import Grid, affine_to_matrix, flatten_linear, working_grid
 from ..io.imaging import resample_to_grid
-
-INITIALIZATIONS = ("affine", "rigid", "none")
+from ..options import INITIALIZATIONS
 
 
 @dataclass(frozen=True)

@@ -55,13 +55,12 @@ class SessionOptions:
     """How a registration runs. Spacing in mm; ``max_working_voxels`` caps the working grid (CPU memory).
 
     ``initialization``: the linear pre-alignment, "affine" (rigid then affine, the default), "rigid" or
-    "none" (the ``initial_transform`` as given, identity without one). ``affine=False`` (the older switch)
-    means "none" whatever ``initialization`` says.
+    "none" (the ``initial_transform`` as given, identity without one). Front-ends do not fill this in
+    themselves: ``run_spec.plan_run`` makes it from a ``RunSpec``.
     """
 
     working_spacing_mm: float = 2.0
     max_working_voxels: int | None = 112 * 112 * 112
-    affine: bool = True
     initialization: str = "affine"
     device: str = "auto"
     seed: int = 0
@@ -69,6 +68,18 @@ class SessionOptions:
     dice_labels: list[int] | None = None  # labels to score (default: all shared non-zero labels)
     # refuse, before any work, a registration whose estimated peak memory exceeds this (GiB); None: no cap
     max_memory_gib: float | None = None
+
+
+@dataclass(frozen=True)
+class InputNames:
+    """How messages name each input, e.g. ``fixed image 'f.nii.gz'`` or ``moving volume 'MRHead'``."""
+
+    fixed: str = "fixed image"
+    moving: str = "moving image"
+    fixed_labels: str = "fixed labels"
+    moving_labels: str = "moving labels"
+    fixed_mask: str = "fixed mask"
+    moving_mask: str = "moving mask"
 
 
 # the step reports' similarity is averaged over at most this many voxels (a 1 mm grid: every 2nd per axis)
@@ -139,31 +150,33 @@ class RegistrationSession:
         initial_transform: sitk.Transform | None = None,
         fixed_mask: sitk.Image | None = None,
         moving_mask: sitk.Image | None = None,
-        names: tuple[str, str] = ("fixed image", "moving image"),
+        names: InputNames = InputNames(),
     ):
         self.options = options or SessionOptions()
         self.names = names
-        check_pyramid_size(fixed, names[0])
-        check_pyramid_size(moving, names[1])
+        check_pyramid_size(fixed, names.fixed)
+        check_pyramid_size(moving, names.moving)
         if self.options.initialization not in INITIALIZATIONS:
             raise InputError(
                 f"initialization '{self.options.initialization}': choose from {', '.join(INITIALIZATIONS)}"
             )
         # label maps, nonzero = inside, restricting the similarity (pre-alignment metric and policy loss)
-        self.fixed_mask = None if fixed_mask is None else conform_mask(fixed_mask, fixed, "fixed mask")
-        self.moving_mask = None if moving_mask is None else conform_mask(moving_mask, moving, "moving mask")
+        self.fixed_mask = None if fixed_mask is None else conform_mask(fixed_mask, fixed, names.fixed_mask)
+        self.moving_mask = (
+            None if moving_mask is None else conform_mask(moving_mask, moving, names.moving_mask)
+        )
         if (fixed_labels is None) != (moving_labels is None):
             raise InputError("labels: give both fixed and moving label maps, or neither")
         if fixed_labels is not None:
-            check_same_geometry(fixed, fixed_labels, "fixed labels")
-            check_same_geometry(moving, moving_labels, "moving labels")
+            check_same_geometry(fixed, fixed_labels, names.fixed_labels)
+            check_same_geometry(moving, moving_labels, names.moving_labels)
         self.fixed, self.moving = fixed, moving
         self.fixed_labels, self.moving_labels = fixed_labels, moving_labels
         if self.options.max_memory_gib is not None:
             check_memory(
                 estimate_peak_memory(fixed, moving, self.options, labels=fixed_labels is not None),
                 self.options.max_memory_gib,
-                names[0],
+                names.fixed,
             )
         self.policy = policy
         self.initial_transform = initial_transform
@@ -181,7 +194,7 @@ class RegistrationSession:
     @property
     def initialization(self) -> str:
         """The pre-alignment this session runs: "affine", "rigid" or "none" (``SessionOptions``)."""
-        return self.options.initialization if self.options.affine else "none"
+        return self.options.initialization
 
     def prepare(self) -> StepReport:
         """Pre-alignment, working grid and tensors; returns the report of step 0 (idempotent)."""
@@ -203,14 +216,14 @@ class RegistrationSession:
         except RuntimeError as error:  # ITK's registration gives up (e.g. no sample inside the moving)
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
             raise InputError(
-                f"{self.names[1]}: the {self.initialization} pre-alignment failed ({reason})"
+                f"{self.names.moving}: the {self.initialization} pre-alignment failed ({reason})"
             ) from None
         self.affine = flatten_linear(linear)
         if self.initialization != "none":
             stage = "affine"
         else:
             stage = "initial" if self.initial_transform else "none"
-        check_overlap(self.fixed, self.moving, self.affine, stage, self.names)
+        check_overlap(self.fixed, self.moving, self.affine, stage, (self.names.fixed, self.names.moving))
         self.fixed_grid = Grid.from_image(self.fixed)
         self.grid = working_grid(self.fixed_grid, opts.working_spacing_mm, max_voxels=opts.max_working_voxels)
         self.output_grid = self.fixed_grid if opts.output_grid == "fixed" else self.grid
@@ -242,8 +255,8 @@ class RegistrationSession:
             return None
         array = sitk.GetArrayFromImage(mask_to_grid(mask, self.grid, transform))
         if not np.any(array > 0.5):
-            which = "fixed" if mask is self.fixed_mask else "moving"
-            raise InputError(f"{which} mask: no voxel of it falls inside the registered field of view")
+            name = self.names.fixed_mask if mask is self.fixed_mask else self.names.moving_mask
+            raise InputError(f"{name}: no voxel of it falls inside the registered field of view")
         return torch.from_numpy(array)[None, None].to(self.device)
 
     def _prepare_labels(self) -> None:

@@ -22,7 +22,6 @@ __getattr__, __dir__ = lazy_exports(
         "synthesize_image": "contrast",
         "synthesize_volume": "contrast",
         "VALIDATION_SIZE_XYZ": "pairs",
-        "SAMPLE_DATA_DIR": "pairs",
         "crop_or_pad_center": "pairs",
         "isotropic_grid": "pairs",
         "downsample_labels": "pairs",

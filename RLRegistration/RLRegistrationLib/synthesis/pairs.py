@@ -26,8 +26,6 @@ from .contrast import (
 #: SimpleITK size (x, y, z) of validation crops; the numpy array shape is the reverse, (224, 192, 160).
 VALIDATION_SIZE_XYZ = (160, 192, 224)
 
-#: the embedded sample pair (``scripts/make_sample_pair.py``)
-SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 
 # Labels whose extent is ignored when centring the validation crop: the brainstem and the
 # extra-ventricular CSF run down the spinal canal to the bottom of the field of view.

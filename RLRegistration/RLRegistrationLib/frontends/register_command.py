@@ -1,0 +1,318 @@
+"""``rlreg register`` and ``rlreg demo``: a command line walked once, from the options to the written files.
+
+1. the options become a ``RunSpec`` and an ``OutputSet``, both checked before any image is read;
+2. the policy and its options are checked (the registry, no image);
+3. the inputs are read and checked (``io.imaging``), the session is built from the spec
+   (``registration.run_spec.build_session``: labels, masks and the memory estimate are checked there);
+4. the steps run with a progress bar; 5. every output is written, all or nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError
+from ..io.outputs import OutputSet, write_json
+from ..io.sample_pair import SAMPLE_DIR
+from ..registration.run_spec import RunSpec, build_session, check_policy
+from .cli_parser import spec_from_args
+
+#: register's output options, by output kind
+OUTPUT_OPTIONS = {
+    "transform": "-o/--output",
+    "warped": "--warped",
+    "displacement": "--displacement",
+    "weight_map": "--weight-map",
+    "uncertainty": "--uncertainty",
+    "qc": "--qc",
+    "report": "--report",
+    "config": "--save-config",
+}
+DEMO_FILES = {
+    "transform": "transform.h5",
+    "warped": "warped.nii.gz",
+    "displacement": "displacement.nii.gz",
+    "weight_map": "weight_map.nii.gz",
+    "qc": "qc.png",
+    "report": "report.json",
+}
+
+
+@dataclass(frozen=True)
+class PairFiles:
+    """The files of one pair: images, optional label maps (Dice per step) and masks (the similarity's
+    region), and how messages name each (``"fixed image 'f.nii.gz'"``)."""
+
+    fixed: str | Path
+    moving: str | Path
+    fixed_labels: str | Path | None = None
+    moving_labels: str | Path | None = None
+    fixed_mask: str | Path | None = None
+    moving_mask: str | Path | None = None
+    prefix: str = ""  # "sample " for the embedded pair
+
+    def roles(self) -> dict[str, str | Path | None]:
+        """{role: path} with roles "fixed image", "moving image", "fixed labels", ... (None: not given)."""
+        return {
+            f"{self.prefix}fixed image": self.fixed,
+            f"{self.prefix}moving image": self.moving,
+            f"{self.prefix}fixed labels": self.fixed_labels,
+            f"{self.prefix}moving labels": self.moving_labels,
+            f"{self.prefix}fixed mask": self.fixed_mask,
+            f"{self.prefix}moving mask": self.moving_mask,
+        }
+
+    def check(self) -> None:
+        """Label maps come in pairs (checked before anything is read)."""
+        if bool(self.fixed_labels) != bool(self.moving_labels):
+            raise InputError("labels: give both --fixed-labels and --moving-labels, or neither")
+
+    def read(self) -> dict:
+        """``build_session``'s image keywords and ``names``, every file read and checked."""
+        from ..io.imaging import read_image, read_label_map
+        from ..registration.session import InputNames
+
+        names = {}
+        images = {}
+        for key, (role, path) in zip(
+            ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask"),
+            self.roles().items(),
+        ):
+            names[key] = f"{role} '{path}'" if path is not None else role
+            if path is None:
+                continue
+            reader = read_image if key in ("fixed", "moving") else read_label_map
+            images[key] = reader(path, role)
+        return {**images, "names": InputNames(**names)}
+
+
+def run_with_progress(session, steps: int, quiet: bool = False):
+    """Run ``steps`` steps with a progress bar and one line per step; returns the result. CUDA out of
+    memory becomes a one-line ``DeviceError``."""
+    from tqdm import tqdm
+
+    from ..devices import describe_device, is_out_of_memory
+    from ..errors import DeviceError
+    from ..fields.intensity_mapping import mapping_summary
+
+    try:
+        initial = session.prepare()
+        if not quiet:
+            dice = f"  dice {initial.dice:.4f}" if initial.dice is not None else ""
+            print(
+                f"prepared in {initial.step_seconds:.1f} s on {describe_device(session.device)}; working grid "
+                f"{'x'.join(map(str, session.grid.size))} at {session.grid.spacing[0]:.2f} mm; "
+                f"after {session.initialization}: ncc {initial.similarity:.4f}{dice}"
+            )
+        with tqdm(total=steps, disable=quiet, unit="step", dynamic_ncols=True, file=sys.stdout) as bar:
+            for report in session.run(steps):
+                bar.update(1)
+                if quiet:
+                    continue
+                mapping = mapping_summary(report.diagnostics) if report.index == 1 else None
+                if mapping:
+                    bar.write(f"{mapping}; --intensity-mapping off compares the images as they are")
+                bar.write(step_line(report, session.step_count - report.index + steps))
+    except RuntimeError as error:
+        if is_out_of_memory(error):
+            raise DeviceError(
+                f"out of GPU memory on {session.device} ({'x'.join(map(str, session.grid.size))} working grid); "
+                "use --device cpu or a coarser --spacing"
+            ) from None
+        raise
+    return session.result()
+
+
+def step_line(report, total: int) -> str:
+    """One progress line: step, local NCC, Dice, time per step, largest displacement (, uncertainty)."""
+    dice = f"  dice {report.dice:.4f}" if report.dice is not None else ""
+    spread = (
+        f"  uncertainty {report.uncertainty_mean_mm:.2f} mm (mean)"
+        if report.uncertainty_mean_mm is not None
+        else ""
+    )
+    return (
+        f"step {report.index:3d}/{total}  ncc {report.similarity:.4f}{dice}  "
+        f"{1000 * report.step_seconds:.0f} ms/step  max |u| {report.max_displacement_mm:.1f} mm{spread}"
+    )
+
+
+def report_dict(result) -> dict:
+    """The per-step numbers of ``--report``."""
+    return {
+        "steps": [
+            {
+                "step": r.index,
+                "similarity_ncc": r.similarity,
+                "dice": r.dice,
+                "step_seconds": r.step_seconds,
+                "max_displacement_mm": r.max_displacement_mm,
+                "uncertainty_mean_mm": r.uncertainty_mean_mm,
+                "uncertainty_max_mm": r.uncertainty_max_mm,
+            }
+            for r in result.reports
+        ]
+    }
+
+
+def result_writers(
+    result, fixed, moving, outputs: OutputSet, spec: RunSpec, title: str, report: dict
+) -> dict:
+    """A writer (temporary path -> file) for each output the set holds; outputs the result cannot give
+    (no weight map or uncertainty from this policy) are dropped from the set with a warning."""
+    import SimpleITK as sitk
+
+    def image(get: Callable[[], sitk.Image]) -> Callable[[Path], None]:
+        return lambda path: sitk.WriteImage(get(), str(path), useCompression=True)
+
+    def qc(path: Path) -> None:
+        from .qc import write_qc_picture
+
+        write_qc_picture(path, fixed, moving, result, title=title)
+
+    writers = {
+        "transform": lambda path: sitk.WriteTransform(result.transform, str(path)),
+        "warped": image(lambda: result.warp_image(moving)),
+        "displacement": image(lambda: sitk.Cast(result.displacement, sitk.sitkVectorFloat32)),
+        "weight_map": image(lambda: result.weight_map),
+        "uncertainty": image(lambda: result.uncertainty_map),
+        "qc": qc,
+        "report": write_json(report),
+        "config": write_json(spec.to_dict()),
+    }
+    for kind, missing in (
+        ("weight_map", result.weight_map is None),
+        ("uncertainty", result.uncertainty_map is None),
+    ):
+        if kind in outputs and missing:
+            print(
+                f"rlreg: warning: {OUTPUT_OPTIONS[kind]}: this policy gives none; not written",
+                file=sys.stderr,
+            )
+            del outputs.paths[kind]
+    return {kind: writers[kind] for kind in outputs.paths}
+
+
+def cmd_register(args) -> int:
+    """``rlreg register FIXED MOVING -o T.h5 [...]``."""
+    spec = spec_from_args(args)
+    files = PairFiles(
+        args.fixed, args.moving, args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask
+    )
+    files.check()
+    outputs = OutputSet(
+        {
+            "transform": args.output,
+            "warped": args.warped,
+            "displacement": args.displacement,
+            "weight_map": args.weight_map,
+            "uncertainty": args.uncertainty,
+            "qc": args.qc,
+            "report": args.report,
+            "config": args.save_config,
+        },
+        args.overwrite,
+        files.roles(),
+        OUTPUT_OPTIONS,
+    )
+    outputs.check()
+    if args.uncertainty and spec.samples < 2:
+        raise InputError(
+            "--uncertainty needs --samples K > 1 (the map is the spread of K sampled trajectories)"
+        )
+    check_policy(spec)
+    inputs = files.read()
+    session, plan = build_session(spec, **inputs)
+    start = time.perf_counter()
+    result = run_with_progress(session, plan.steps, args.quiet)
+    title = f"{spec.policy}: {Path(args.moving).name}"
+    writers = result_writers(
+        result, inputs["fixed"], inputs["moving"], outputs, spec, title, report_dict(result)
+    )
+    outputs.write(writers)
+    if not args.quiet:
+        print(f"done in {time.perf_counter() - start:.1f} s; transform written to {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """``rlreg demo``: the embedded sample pair, every output in ``--out-dir``."""
+    import json
+
+    import SimpleITK as sitk
+
+    from ..fields.metrics import evaluate_transform, evaluation_labels
+
+    spec = spec_from_args(args)
+    labels = tuple(v for v in evaluation_labels() if v not in (31, 63))  # absent in SynthSeg maps
+    spec = spec.replace(dice_labels=labels)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out-dir '{out}' is a file")
+    names = dict(DEMO_FILES, **({"uncertainty": "uncertainty.nii.gz"} if spec.samples > 1 else {}))
+    files = PairFiles(
+        SAMPLE_DIR / "fixed.nii.gz",
+        SAMPLE_DIR / "moving.nii.gz",
+        SAMPLE_DIR / "fixed_labels.nii.gz",
+        SAMPLE_DIR / "moving_labels.nii.gz",
+        prefix="sample ",
+    )
+    check_policy(spec)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        outputs = OutputSet(
+            {k: out / v for k, v in names.items()},
+            args.overwrite,
+            files.roles(),
+            {k: f"--out-dir {v}" for k, v in names.items()},
+        )
+        outputs.check()
+        inputs = files.read()
+        if not args.quiet:
+            print(f"sample pair: {SAMPLE_DIR} (synthetic T1-like brains of two SynthSeg subjects, 2 mm)")
+        session, plan = build_session(spec, **inputs)
+        start = time.perf_counter()
+        result = run_with_progress(session, plan.steps, args.quiet)
+        summary = {}
+
+        def report(path: Path) -> None:
+            # the written .h5 (complete, not yet in place), read back, must give the Dice the session reported
+            written = sitk.ReadTransform(str(outputs.staged_path("transform")))
+            check = evaluate_transform(
+                inputs["fixed_labels"],
+                inputs["moving_labels"],
+                written,
+                list(labels),
+                with_hd95=True,
+                displacement=result.displacement,
+            )
+            summary.update(
+                dice_after_affine=result.reports[0].dice,
+                dice_final_session=result.reports[-1].dice,
+                dice_final_from_h5=check["dice"],
+                hd95_mm=check["hd95_mm"],
+                folding_percent=check["folding_percent"],
+                sdlogj=check["sdlogj"],
+                seconds=time.perf_counter() - start,
+            )
+            write_json({**report_dict(result), "summary": summary})(path)
+
+        title = f"rlreg demo ({spec.policy})"
+        writers = result_writers(result, inputs["fixed"], inputs["moving"], outputs, spec, title, {})
+        outputs.write({**writers, "report": report})
+    except BaseException:
+        if created:
+            try:
+                out.rmdir()  # only when still empty
+            except OSError:
+                pass
+        raise
+    if not args.quiet:
+        print(json.dumps(summary, indent=2))
+        print(f"results in {out}/: {', '.join(names.values())}")
+    return 0

@@ -1,0 +1,144 @@
+"""``RunSpec``: one checked description of a run, from a command line, a config file or a panel, and the
+policy and session options ``plan_run`` makes of it (presets, working grid, memory cap)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import SimpleITK as sitk
+
+from RLRegistrationLib.errors import InputError
+from RLRegistrationLib.frontends.cli_parser import build_parser, spec_from_args
+from RLRegistrationLib.options import RANGES
+from RLRegistrationLib.registration.run_spec import OptionError, RunSpec, plan_run
+
+
+def fixed_image(spacing=(1.0, 1.0, 1.0)) -> sitk.Image:
+    image = sitk.Image(16, 16, 16, sitk.sitkFloat32)
+    image.SetSpacing(spacing)
+    return image
+
+
+def parse(*extra: str) -> RunSpec:
+    args = build_parser().parse_args(
+        ["register", "f.nii.gz", "m.nii.gz", "-o", "t.h5", "--device", "cpu", *extra]
+    )
+    return spec_from_args(args)
+
+
+def plan(*extra: str, fixed: sitk.Image | None = None):
+    return plan_run(parse(*extra), fixed or fixed_image())
+
+
+def test_standard_is_the_2mm_capped_grid_and_the_4_gib_cap():
+    run = plan()
+    options = run.options
+    assert (options.working_spacing_mm, options.max_working_voxels, options.max_memory_gib) == (
+        2.0,
+        112**3,
+        4.0,
+    )
+    assert run.policy.config.pyramid == (2, 2, 2, 1) and run.steps == 6
+
+
+def test_fine_is_the_1mm_uncapped_grid_with_four_steps_ending_at_1mm():
+    run = plan("--quality", "fine")
+    options = run.options
+    assert (options.working_spacing_mm, options.max_working_voxels, options.max_memory_gib) == (
+        1.0,
+        None,
+        8.0,
+    )
+    assert run.policy.config.pyramid == (4, 4, 2, 1) and run.policy.config.ncc_window == 5
+    assert run.steps == 4
+    assert (
+        plan("--quality", "fine", "--steps", "6").steps == 6
+    )  # the user's steps win; the last level repeats
+
+
+def test_explicit_spacing_and_memory_cap_win_over_the_preset():
+    options = plan("--quality", "fine", "--spacing", "1.5", "--max-memory", "12").options
+    assert (options.working_spacing_mm, options.max_memory_gib) == (1.5, 12.0)
+
+
+def test_fine_is_refused_for_other_policies():
+    with pytest.raises(OptionError, match="'fine' sets the tto schedule: use it with the policy tto"):
+        plan("--quality", "fine", "--policy", "spac-brain-synth+tto")
+
+
+def test_fine_is_never_finer_than_the_fixed_image():
+    coarse = fixed_image((2.0, 2.5, 3.0))
+    run = plan("--quality", "fine", fixed=coarse)
+    assert run.options.working_spacing_mm == 2.0
+    assert run.policy.config.pyramid == (2, 2, 1, 1)  # steps at 4, 4, 2 and 2 mm
+    run = plan("--quality", "fine", "--spacing", "1.0", fixed=coarse)  # asked for: kept
+    assert run.options.working_spacing_mm == 1.0 and run.policy.config.pyramid == (4, 4, 2, 1)
+
+
+def test_followup_is_fine_with_regularization_6_unless_the_user_gives_one():
+    run = plan("--quality", "followup")
+    assert (run.options.working_spacing_mm, run.options.max_working_voxels) == (1.0, None)
+    assert run.policy.config.pyramid == (4, 4, 2, 1) and run.policy.config.ncc_window == 5
+    assert run.policy.config.regularization == 6.0 and run.steps == 4
+    assert plan("--quality", "followup", "--regularization", "3").policy.config.regularization == 3.0
+    assert plan("--quality", "fine").policy.config.regularization == 2.0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--steps", "100000", "--steps: must be an integer from 0 to 500, got 100000"),
+        ("--steps", "-1", "--steps: must be an integer from 0 to 500, got -1"),
+        ("--iterations", "0", "--iterations: must be an integer from 1 to 500, got 0"),
+        ("--regularization", "nan", "--regularization: must be a number from 0 to 100, got nan"),
+        ("--regularization", "inf", "--regularization: must be a number from 0 to 100, got inf"),
+        ("--regularization", "-1", "--regularization: must be a number from 0 to 100, got -1"),
+        ("--spacing", "0", "--spacing: must be a number from 0.25 to 20, got 0"),
+        ("--spacing", "-2", "--spacing: must be a number from 0.25 to 20, got -2"),
+        ("--max-memory", "0", "--max-memory: must be a number from 0.25 to 4096, got 0"),
+        ("--samples", "0", "--samples: must be an integer from 1 to 16, got 0"),
+        ("--temperature", "-0.5", "--temperature: must be a number from 0 to 10, got -0.5"),
+        ("--device", "tpu", "--device: choose from auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ],
+)
+def test_every_option_is_checked_with_its_range_in_the_message(option, value, message):
+    with pytest.raises(InputError) as caught:
+        parse(option, value)
+    assert str(caught.value) == message
+
+
+def test_the_ranges_are_the_ones_the_options_module_declares():
+    for name, (low, high) in RANGES.items():
+        with pytest.raises(OptionError, match=name):
+            RunSpec(**{name: high * 2 + 1})
+        RunSpec(**{name: low})  # the bounds themselves are allowed
+
+
+def test_a_config_file_round_trips_and_options_given_win(tmp_path):
+    spec = RunSpec(quality="followup", steps=5, regularization=4.5, initialization="rigid", seed=3)
+    path = tmp_path / "run.json"
+    spec.save(path)
+    assert RunSpec.load(path) == spec
+    assert parse("--config", str(path)) == spec.replace(device="cpu")
+    assert parse("--config", str(path), "--steps", "2").steps == 2
+    path.write_text(json.dumps({"quality": "fine", "stepz": 3}))
+    with pytest.raises(InputError, match="unknown setting 'stepz'"):
+        parse("--config", str(path))
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        parse("--config", str(path))
+
+
+def test_no_affine_is_a_deprecated_name_of_initialization_none(capsys):
+    assert parse("--no-affine").initialization == "none"
+    assert "--no-affine is deprecated" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--no-affine contradicts --initialization rigid"):
+        parse("--no-affine", "--initialization", "rigid")
+
+
+def test_sampling_options_only_for_policies_that_sample():
+    with pytest.raises(OptionError, match="policy 'tto' does not sample trajectories"):
+        plan("--samples", "3")
+    with pytest.raises(OptionError, match="unknown policy 'nope'"):
+        plan("--policy", "nope")
