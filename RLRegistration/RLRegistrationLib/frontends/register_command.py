@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import InputError
 from ..io.outputs import OutputSet, write_json
 from ..io.sample_pair import SAMPLE_DIR
-from ..registration.run_spec import RunSpec, build_session, check_policy
+from ..registration.run_spec import build_session, check_policy
 from .cli_parser import spec_from_args
+from .pair_run import OUTPUT_OPTIONS, PairFiles, report_dict, result_writers
 
-#: register's output options, by output kind
-OUTPUT_OPTIONS = {
-    "transform": "-o/--output",
-    "warped": "--warped",
-    "displacement": "--displacement",
-    "weight_map": "--weight-map",
-    "uncertainty": "--uncertainty",
-    "qc": "--qc",
-    "report": "--report",
-    "config": "--save-config",
-}
 DEMO_FILES = {
     "transform": "transform.h5",
     "warped": "warped.nii.gz",
@@ -40,54 +28,6 @@ DEMO_FILES = {
     "qc": "qc.png",
     "report": "report.json",
 }
-
-
-@dataclass(frozen=True)
-class PairFiles:
-    """The files of one pair: images, optional label maps (Dice per step) and masks (the similarity's
-    region), and how messages name each (``"fixed image 'f.nii.gz'"``)."""
-
-    fixed: str | Path
-    moving: str | Path
-    fixed_labels: str | Path | None = None
-    moving_labels: str | Path | None = None
-    fixed_mask: str | Path | None = None
-    moving_mask: str | Path | None = None
-    prefix: str = ""  # "sample " for the embedded pair
-
-    def roles(self) -> dict[str, str | Path | None]:
-        """{role: path} with roles "fixed image", "moving image", "fixed labels", ... (None: not given)."""
-        return {
-            f"{self.prefix}fixed image": self.fixed,
-            f"{self.prefix}moving image": self.moving,
-            f"{self.prefix}fixed labels": self.fixed_labels,
-            f"{self.prefix}moving labels": self.moving_labels,
-            f"{self.prefix}fixed mask": self.fixed_mask,
-            f"{self.prefix}moving mask": self.moving_mask,
-        }
-
-    def check(self) -> None:
-        """Label maps come in pairs (checked before anything is read)."""
-        if bool(self.fixed_labels) != bool(self.moving_labels):
-            raise InputError("labels: give both --fixed-labels and --moving-labels, or neither")
-
-    def read(self) -> dict:
-        """``build_session``'s image keywords and ``names``, every file read and checked."""
-        from ..io.imaging import read_image, read_label_map
-        from ..registration.session import InputNames
-
-        names = {}
-        images = {}
-        for key, (role, path) in zip(
-            ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask"),
-            self.roles().items(),
-        ):
-            names[key] = f"{role} '{path}'" if path is not None else role
-            if path is None:
-                continue
-            reader = read_image if key in ("fixed", "moving") else read_label_map
-            images[key] = reader(path, role)
-        return {**images, "names": InputNames(**names)}
 
 
 def run_with_progress(session, steps: int, quiet: bool = False):
@@ -139,62 +79,6 @@ def step_line(report, total: int) -> str:
         f"step {report.index:3d}/{total}  ncc {report.similarity:.4f}{dice}  "
         f"{1000 * report.step_seconds:.0f} ms/step  max |u| {report.max_displacement_mm:.1f} mm{spread}"
     )
-
-
-def report_dict(result) -> dict:
-    """The per-step numbers of ``--report``."""
-    return {
-        "steps": [
-            {
-                "step": r.index,
-                "similarity_ncc": r.similarity,
-                "dice": r.dice,
-                "step_seconds": r.step_seconds,
-                "max_displacement_mm": r.max_displacement_mm,
-                "uncertainty_mean_mm": r.uncertainty_mean_mm,
-                "uncertainty_max_mm": r.uncertainty_max_mm,
-            }
-            for r in result.reports
-        ]
-    }
-
-
-def result_writers(
-    result, fixed, moving, outputs: OutputSet, spec: RunSpec, title: str, report: dict
-) -> dict:
-    """A writer (temporary path -> file) for each output the set holds; outputs the result cannot give
-    (no weight map or uncertainty from this policy) are dropped from the set with a warning."""
-    import SimpleITK as sitk
-
-    def image(get: Callable[[], sitk.Image]) -> Callable[[Path], None]:
-        return lambda path: sitk.WriteImage(get(), str(path), useCompression=True)
-
-    def qc(path: Path) -> None:
-        from .qc import write_qc_picture
-
-        write_qc_picture(path, fixed, moving, result, title=title)
-
-    writers = {
-        "transform": lambda path: sitk.WriteTransform(result.transform, str(path)),
-        "warped": image(lambda: result.warp_image(moving)),
-        "displacement": image(lambda: sitk.Cast(result.displacement, sitk.sitkVectorFloat32)),
-        "weight_map": image(lambda: result.weight_map),
-        "uncertainty": image(lambda: result.uncertainty_map),
-        "qc": qc,
-        "report": write_json(report),
-        "config": write_json(spec.to_dict()),
-    }
-    for kind, missing in (
-        ("weight_map", result.weight_map is None),
-        ("uncertainty", result.uncertainty_map is None),
-    ):
-        if kind in outputs and missing:
-            print(
-                f"rlreg: warning: {OUTPUT_OPTIONS[kind]}: this policy gives none; not written",
-                file=sys.stderr,
-            )
-            del outputs.paths[kind]
-    return {kind: writers[kind] for kind in outputs.paths}
 
 
 def cmd_register(args) -> int:
