@@ -202,8 +202,16 @@ def cmd_tune_weight_map(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    """``rlreg batch``: see ``batch_command``."""
+    from .batch_command import cmd_batch as run
+
+    return run(args)
+
+
 COMMANDS = {
     "register": cmd_register,
+    "batch": cmd_batch,
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
     "info": cmd_info,

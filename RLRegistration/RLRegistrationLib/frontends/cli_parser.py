@@ -238,4 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     wm.add_argument("--shared-dir", help="shared data folder holding synthseg/ (default: the config's)")
     wm.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
     wm.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from .batch_command import add_batch_parser
+
+    add_batch_parser(commands, add_run_options)
     return parser

@@ -1,0 +1,694 @@
+"""Many pairs on a Dask cluster: ``register_many`` (and ``rlreg batch`` over it).
+
+Each pair (``BatchPair``: an id, its files, its ``RunSpec``) is the run of ``rlreg register`` with that
+spec, written to ``<out>/<id>/`` all or nothing (``io.outputs``): ``config.json``, ``transform.h5``,
+``warped.nii.gz``, ``qc.png`` and, last, ``report.json`` (the per-step numbers and the pair's summary).
+
+* **Nothing done twice:** a pair whose five files are all there, with ``report.json`` written last (its
+  modification time not older than the others': a replacement cut short is never taken for a result),
+  from the same inputs and settings, is skipped (status ``skipped``, its summary read back); ``force``
+  redoes it. A folder holding the results of other inputs or settings fails that pair, untouched.
+* **Nothing lost:** the pair runs in a worker process (``run_pair``, a small pure task that returns the
+  pair's summary record); an expected error (unreadable file, no overlap, over the memory cap) becomes a
+  failed record with the one line ``rlreg register`` prints, anything unexpected one too, and neither
+  stops the others. A worker that dies mid-pair (killed, over its memory limit) has that pair run again,
+  up to ``retries`` more times, then recorded as failed; only as many pairs as the cluster has slots are
+  handed out at a time, so a dying worker never takes a waiting pair with it. A run cut short (Ctrl-C)
+  leaves no partial output (hidden partial files are cleared when the pair runs again); a re-run does the
+  rest.
+* **The summary:** ``<out>/summary.csv`` and ``<out>/report.html`` (``batch_report``), worst pairs first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import InputError, InputWarning, RLRegistrationError
+from ..registration.run_spec import RunSpec
+from .pair_run import PairFiles
+
+#: what a pair writes into its folder, in the order it is written (the report last: see the module doc)
+PAIR_FILES = {
+    "config": "config.json",
+    "transform": "transform.h5",
+    "warped": "warped.nii.gz",
+    "qc": "qc.png",
+    "report": "report.json",
+}
+#: the columns of summary.csv, in order
+SUMMARY_COLUMNS = (
+    "id",
+    "status",
+    "error",
+    "dice_before",
+    "dice",
+    "folding_percent",
+    "similarity_before",
+    "similarity_after",
+    "similarity_gain",
+    "seconds",
+    "peak_memory_gib",
+    "estimated_memory_gib",
+    "device",
+    "attempts",
+    "worker",
+    "started",
+    "finished",
+    "warnings",
+    "fixed",
+    "moving",
+)
+#: record statuses: run now, complete from an earlier run, failed, not run (the batch was stopped)
+STATUSES = ("done", "skipped", "failed", "not run")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PARTIAL = re.compile(r"^\..*\.rlreg-\d+-(partial|previous)")
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class BatchPair:
+    """One pair of a batch: ``id`` names its folder (letters, digits, ``.``, ``_``, ``-``), ``files`` its
+    inputs, ``spec`` how it is registered."""
+
+    id: str
+    files: PairFiles
+    spec: RunSpec = field(default_factory=RunSpec)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not ID_PATTERN.match(self.id) or self.id in (".", ".."):
+            raise InputError(
+                f"pair id {self.id!r}: use letters, digits, '.', '_' and '-' (it names the pair's folder)"
+            )
+
+    def inputs(self) -> dict[str, str | None]:
+        """The input files as written in a report (what a later run compares to skip this pair)."""
+        return {
+            key: None if path is None else str(path)
+            for key, path in (
+                ("fixed", self.files.fixed),
+                ("moving", self.files.moving),
+                ("fixed_labels", self.files.fixed_labels),
+                ("moving_labels", self.files.moving_labels),
+                ("fixed_mask", self.files.fixed_mask),
+                ("moving_mask", self.files.moving_mask),
+            )
+        }
+
+
+def empty_record(pair: BatchPair, status: str = "failed", error: str = "") -> dict[str, Any]:
+    """A summary record of ``pair`` with nothing measured."""
+    record: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+    record.update(id=pair.id, status=status, error=error, fixed=str(pair.files.fixed))
+    record.update(moving=str(pair.files.moving), attempts=0, warnings="")
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------
+# what is already there
+
+
+def pair_state(pair: BatchPair, out_dir: str | Path, force: bool = False) -> tuple[str, Any]:
+    """``("run", None)``, ``("complete", record)`` (its results are there: skip it) or ``("conflict",
+    message)`` (its folder holds the results of other inputs or settings, kept as they are)."""
+    folder = Path(out_dir) / pair.id
+    if force or not folder.is_dir():
+        return "run", None
+    paths = {kind: folder / name for kind, name in PAIR_FILES.items()}
+    try:
+        times = {kind: path.stat().st_mtime_ns for kind, path in paths.items()}
+    except OSError:
+        return "run", None  # not all there: a run cut short
+    if any(times["report"] < t for t in times.values()):
+        return "run", None  # replaced in part (a forced re-run cut short between two renames)
+    try:
+        report = json.loads(paths["report"].read_text(encoding="utf-8"))
+        config = json.loads(paths["config"].read_text(encoding="utf-8"))
+        record, inputs = report["summary"], report["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "run", None
+    for what, there, now in (
+        ("input files", inputs, pair.inputs()),
+        ("run settings", config, pair.spec.to_dict()),
+    ):
+        if there != now:
+            return (
+                "conflict",
+                f"{folder}: holds the results of other {what} ({_difference(there, now)}); --force replaces them",
+            )
+    return "complete", record
+
+
+def _difference(before: Mapping, now: Mapping) -> str:
+    key = next((k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)), "?")
+    return f"{key}: {before.get(key)!r} there, {now.get(key)!r} now"
+
+
+def remove_partial_files(folder: Path) -> None:
+    """Remove what a run cut short (a killed worker) left hidden in a pair's folder: ``io.outputs``'s
+    staged files or staging folders and the links it keeps of replaced files."""
+    import shutil
+
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            if _PARTIAL.match(path.name):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the task: one pair in a worker
+
+
+_PROCESS_READY = False
+
+
+def _prepare_process(threads: int | None) -> int:
+    """Torch and SimpleITK threads for this pair (``threads``, else ``_default_threads``), and the CLI's
+    allocator setting (once per process); returns the threads."""
+    global _PROCESS_READY
+    import SimpleITK as sitk
+    import torch
+
+    if threads is None:
+        threads = _default_threads()
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    if not _PROCESS_READY:
+        from .allocator import reuse_freed_memory
+
+        reuse_freed_memory()
+        _PROCESS_READY = True
+    return threads
+
+
+def _default_threads() -> int:
+    """A pair's threads where the batch did not say: the worker's ``OMP_NUM_THREADS`` (a Dask nanny sets
+    it, 1 unless configured: one per task thread), else this process's cores over its task threads."""
+    text = os.environ.get("OMP_NUM_THREADS", "")
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // _worker_threads())
+
+
+def _worker_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError, AttributeError):
+        return f"pid {os.getpid()}"
+
+
+class PeakMemory:
+    """This process's peak resident memory from ``reset`` on: Linux's high-water mark ``VmHWM``, reset
+    through ``/proc/self/clear_refs``; elsewhere (or where that file is not writable) RSS sampled every
+    20 ms by a thread (psutil). Process-wide: with several task threads in one worker it covers them all."""
+
+    def __init__(self) -> None:
+        self._sampler: Any = None
+        self._peak = 0
+
+    def reset(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            self._read_hwm()
+            return
+        except (OSError, ValueError):
+            pass
+        import threading
+
+        import psutil
+
+        process, stop = psutil.Process(), threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.02):
+                self._peak = max(self._peak, process.memory_info().rss)
+
+        self._peak = process.memory_info().rss
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        self._sampler = stop
+
+    @staticmethod
+    def _read_hwm() -> int:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise ValueError("no VmHWM")
+
+    def peak_bytes(self) -> int:
+        if self._sampler is None:
+            return self._read_hwm()
+        return self._peak
+
+    def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.set()
+            self._sampler = None
+
+
+def run_pair(pair: BatchPair, out_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Register one pair into ``<out_dir>/<id>/`` as ``rlreg register`` would, and return its summary
+    record: ``status`` "done", or "failed" with ``error`` the one line ``rlreg register`` prints (any
+    other exception too, as "unexpected ..."). Meant to run in a worker process; never raises for a bad
+    pair. ``threads``: torch and SimpleITK threads (None: ``_default_threads``)."""
+    record = empty_record(pair)
+    record["started"] = _now()
+    folder = Path(out_dir) / pair.id
+    created = not folder.exists()
+    start = time.perf_counter()
+    peak = PeakMemory()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+
+        def seen_warnings() -> str:
+            return "; ".join(str(w.message) for w in caught if issubclass(w.category, InputWarning))
+
+        try:
+            threads = _prepare_process(threads)
+            peak.reset()
+            _register(pair, folder, record, start, peak, seen_warnings)
+            record["status"] = "done"
+        except RLRegistrationError as error:
+            from .cli import one_line
+
+            record["error"] = one_line(error)
+        except Exception as error:  # a bad pair never stops the others
+            message = " ".join(str(error).split()) or type(error).__name__
+            record["error"] = f"unexpected {type(error).__name__}: {message}"
+            import logging
+            import traceback
+
+            logging.getLogger("RLRegistrationLib.batch").error(
+                "pair %s: %s", pair.id, "".join(traceback.format_exc())
+            )
+        finally:
+            peak.stop()
+            remove_partial_files(folder)
+            if created and record["status"] != "done":
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+        record["warnings"] = seen_warnings()
+    if record["seconds"] is None:
+        record["seconds"] = round(time.perf_counter() - start, 3)
+    record["worker"] = _worker_name()
+    record["finished"] = _now()
+    return record
+
+
+def _now() -> str:
+    """The local time, ISO 8601 to the millisecond."""
+    from datetime import datetime
+
+    return datetime.now().isoformat(timespec="milliseconds")
+
+
+def _register(pair: BatchPair, folder: Path, record: dict, start: float, peak: PeakMemory, seen) -> None:
+    """``rlreg register``'s walk for one pair (``register_command.cmd_register``): outputs checked, policy
+    checked, files read, session built and run, every output written all or nothing."""
+    from ..io.outputs import OutputSet, write_json
+    from ..registration.memory import estimate_peak_memory
+    from ..registration.run_spec import build_session, check_policy
+    from .pair_run import report_dict, result_writers
+    from .register_command import run_with_progress
+
+    spec, files = pair.spec, pair.files
+    files.check()
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(folder)
+    outputs = OutputSet(
+        {kind: folder / name for kind, name in PAIR_FILES.items()},
+        overwrite=True,  # the folder is the batch's own, and this pair's results are not complete in it
+        inputs=files.roles(),
+        option_names={kind: f"{pair.id}/{name}" for kind, name in PAIR_FILES.items()},
+    )
+    outputs.check()
+    check_policy(spec)
+    inputs = files.read()
+    session, plan = build_session(spec, **inputs)
+    estimate = estimate_peak_memory(
+        inputs["fixed"], inputs["moving"], plan.options, labels=inputs.get("fixed_labels") is not None
+    )
+    result = run_with_progress(session, plan.steps, quiet=True)
+    record.update(pair_metrics(result), estimated_memory_gib=round(estimate.total_bytes / GIB, 4))
+    from ..devices import describe_device
+
+    record["device"] = describe_device(session.device)
+
+    def report(path: Path) -> None:  # written last, when the other outputs are complete
+        record.update(
+            seconds=round(time.perf_counter() - start, 3),
+            peak_memory_gib=round(peak.peak_bytes() / GIB, 4),
+            warnings=seen(),
+            finished=_now(),
+        )
+        summary = {k: record[k] for k in SUMMARY_COLUMNS if k not in ("attempts", "worker")}
+        summary["status"] = "done"  # what this report says once it is in place
+        write_json({**report_dict(result), "summary": summary, "inputs": pair.inputs()})(path)
+
+    title = f"{pair.id} ({spec.policy})"
+    writers = result_writers(result, inputs["fixed"], inputs["moving"], outputs, spec, title, {})
+    outputs.write({**writers, "report": report})
+
+
+def pair_metrics(result) -> dict[str, Any]:
+    """Dice (after the pre-alignment and at the end; None without labels), folding (``folding_percent``)
+    and local NCC after the pre-alignment and at the end."""
+    first, last = result.reports[0], result.reports[-1]
+
+    def rounded(value, digits=5):
+        return None if value is None else round(float(value), digits)
+
+    return {
+        "dice_before": rounded(first.dice),
+        "dice": rounded(last.dice),
+        "folding_percent": rounded(folding_percent(result.displacement), 4),
+        "similarity_before": rounded(first.similarity),
+        "similarity_after": rounded(last.similarity),
+        "similarity_gain": rounded(last.similarity - first.similarity),
+    }
+
+
+#: voxels per slab of ``folding_percent`` (about 0.2 kB each while it is computed)
+FOLDING_SLAB_VOXELS = 1 << 18
+
+
+def folding_percent(displacement) -> float:
+    """% of the field's voxels where the Jacobian determinant of ``x + u(x)`` is <= 0, as
+    ``fields.metrics.jacobian_stats(jacobian_of_field(u))`` counts them (central differences inside,
+    one-sided at the borders, along index axes converted with the grid's direction and spacing), with the
+    3x3 determinants written out and the field taken in slabs of planes (each with its neighbours, so the
+    differences are the same): about 50 MiB and a fifth of the time, where the library's general
+    function holds 0.4 kB per voxel of the whole field (3 GiB on a 1 mm brain)."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from ..fields.geometry import Grid
+
+    grid = Grid.from_image(displacement)
+    inverse = torch.as_tensor(np.linalg.inv(grid.index_to_physical_matrix), dtype=torch.float64)
+    array = sitk.GetArrayViewFromImage(displacement)  # (D, H, W, 3) LPS mm
+    depth = array.shape[0]
+    planes = max(1, FOLDING_SLAB_VOXELS // max(1, array.shape[1] * array.shape[2]))
+    folded = 0
+    for start in range(0, depth, planes):
+        stop = min(depth, start + planes)
+        low, high = max(0, start - 1), min(depth, stop + 1)
+        # float32 first, as field_image_to_tensor gives the field to jacobian_of_field
+        u = torch.from_numpy(np.asarray(array[low:high], dtype=np.float32)).double()  # (d, H, W, 3)
+        if u.shape[0] > 1:
+            d_k, d_j, d_i = torch.gradient(u, dim=(0, 1, 2))
+        else:  # a single plane: no change along k
+            d_j, d_i = torch.gradient(u, dim=(1, 2))
+            d_k = torch.zeros_like(u)
+        d_index = torch.stack([d_i, d_j, d_k], dim=-1)[start - low : stop - low]  # (.., 3 comps, 3 axes)
+        j = d_index @ inverse + torch.eye(3, dtype=torch.float64)  # I + du/dx
+        det = (
+            j[..., 0, 0] * (j[..., 1, 1] * j[..., 2, 2] - j[..., 1, 2] * j[..., 2, 1])
+            - j[..., 0, 1] * (j[..., 1, 0] * j[..., 2, 2] - j[..., 1, 2] * j[..., 2, 0])
+            + j[..., 0, 2] * (j[..., 1, 0] * j[..., 2, 1] - j[..., 1, 1] * j[..., 2, 0])
+        )
+        folded += int((det <= 0).sum())
+    return 100.0 * folded / float(array.shape[0] * array.shape[1] * array.shape[2])
+
+
+# ----------------------------------------------------------------------------------------------------
+# the client: hand the pairs out, retry the ones whose worker died, collect the records
+
+
+def _is_worker_death(error: BaseException) -> bool:
+    from distributed import KilledWorker
+
+    with contextlib.suppress(ImportError):
+        from distributed.comm.core import CommClosedError
+
+        if isinstance(error, CommClosedError):
+            return True
+    return isinstance(error, KilledWorker)
+
+
+def _slots(client, gpu: bool) -> int:
+    """How many pairs the cluster runs at once now: its task threads, or its GPUs for GPU pairs."""
+    info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
+    workers = info.get("workers", {}).values()
+    if gpu:
+        return int(sum(w.get("resources", {}).get("GPU", 0) for w in workers))
+    return int(sum(w.get("nthreads", 0) for w in workers))
+
+
+def _takes_n_workers(client) -> bool:
+    import inspect
+
+    try:
+        return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _wants_gpu(spec: RunSpec) -> bool:
+    return str(spec.device).lower() != "cpu"
+
+
+class BatchProgress:
+    """Counts of the batch (done, skipped, failed, running) and, with ``show``, a tqdm bar with its ETA
+    and a line on stderr for each pair that fails."""
+
+    def __init__(self, total: int, show: bool):
+        from tqdm import tqdm
+
+        self.counts = dict.fromkeys(("done", "skipped", "failed"), 0)
+        self.show = show
+        self.bar = tqdm(total=total, disable=not show, unit="pair", dynamic_ncols=True, file=sys.stdout)
+
+    def add(self, record: Mapping, running: int) -> None:
+        self.counts[record["status"] if record["status"] in self.counts else "failed"] += 1
+        self.bar.update(1)
+        self.running(running)
+        if record["status"] == "failed" and self.show:
+            self.bar.write(f"rlreg: pair {record['id']} failed: {record['error']}", file=sys.stderr)
+
+    def running(self, running: int) -> None:
+        c = self.counts
+        self.bar.set_postfix_str(
+            f"done {c['done']}, skipped {c['skipped']}, failed {c['failed']}, running {running}", refresh=True
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def register_many(
+    pairs: Iterable[BatchPair],
+    out_dir: str | Path,
+    client=None,
+    *,
+    force: bool = False,
+    retries: int = 2,
+    threads_per_pair: int | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    pair_task: Callable[..., dict] | None = None,
+) -> list[dict[str, Any]]:
+    """Register every pair into ``<out_dir>/<id>/`` on a Dask cluster and return their summary records
+    (``SUMMARY_COLUMNS``), in the order of ``pairs``; ``summary.csv`` and ``report.html`` are written
+    into ``out_dir``, also when the batch is stopped (Ctrl-C: the pairs not finished are "not run", and
+    ``KeyboardInterrupt`` is raised again).
+
+    ``client``: a ``distributed.Client`` to run on (its cluster is left as it is); None starts a local
+    cluster sized to this machine and to the pairs' memory estimate (``batch_cluster.plan_local_cluster``,
+    ``workers`` and ``threads_per_pair`` override its choice) and closes it at the end. ``force`` redoes
+    pairs whose results are complete; ``retries``: how many more times a pair whose worker died is run.
+    ``pair_task``: the function a worker runs for a pair (default ``run_pair``; tests wrap it).
+    """
+    pairs = [_absolute(pair) for pair in pairs]  # workers may start elsewhere
+    check_ids(pairs)
+    if not isinstance(retries, int) or retries < 0:
+        raise InputError(f"--retries: must be an integer >= 0, got {retries!r}")
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}': is a file, a folder is needed")
+    out.mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict] = {}
+    todo = []
+    for pair in pairs:
+        state, value = pair_state(pair, out, force)
+        if state == "complete":
+            records[pair.id] = {**empty_record(pair), **value, "status": "skipped", "attempts": 0}
+        elif state == "conflict":
+            records[pair.id] = empty_record(pair, "failed", value)
+        else:
+            todo.append(pair)
+    bar = BatchProgress(len(pairs), progress)
+    for record in records.values():
+        bar.add(record, 0)
+    cluster = None
+    try:
+        if todo:
+            if client is None:
+                from .batch_cluster import plan_local_cluster, start_local_cluster
+
+                plan = plan_local_cluster(todo, workers=workers, threads_per_pair=threads_per_pair)
+                if progress:
+                    bar.bar.write(f"local cluster: {plan.describe()}")
+                cluster, client = start_local_cluster(plan)
+                threads_per_pair = plan.threads_per_pair
+            _run_on(client, todo, out, retries, threads_per_pair, pair_task or run_pair, records, bar)
+    finally:
+        bar.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+            with contextlib.suppress(Exception):
+                cluster.close()
+        for pair in pairs:
+            if pair.id not in records:  # stopped: complete all the same when it ended as the batch stopped
+                state, value = pair_state(pair, out)
+                records[pair.id] = (
+                    {**empty_record(pair), **value, "status": "done", "attempts": 1}
+                    if state == "complete"
+                    else empty_record(pair, "not run", "the batch was stopped before this pair ended")
+                )
+            if records[pair.id]["status"] != "skipped":
+                remove_partial_files(out / pair.id)
+        ordered = [records[p.id] for p in pairs]
+        from .batch_report import write_report_html, write_summary_csv
+
+        write_summary_csv(out / "summary.csv", ordered)
+        write_report_html(out / "report.html", ordered)
+    return ordered
+
+
+def _absolute(pair: BatchPair) -> BatchPair:
+    """``pair`` with absolute paths (relative ones from this process's folder)."""
+    from dataclasses import replace
+
+    if not isinstance(pair, BatchPair):
+        raise InputError(f"register_many takes BatchPair items, got {type(pair).__name__}")
+    files = {
+        name: None if value is None else Path(value).expanduser().absolute()
+        for name, value in vars(pair.files).items()
+        if name != "prefix"
+    }
+    return replace(pair, files=replace(pair.files, **files))
+
+
+def check_ids(pairs: list[BatchPair]) -> None:
+    """Every pair a ``BatchPair`` with an id of its own (``InputError`` naming the first repeated one)."""
+    seen: set[str] = set()
+    for pair in pairs:
+        if not isinstance(pair, BatchPair):
+            raise InputError(f"register_many takes BatchPair items, got {type(pair).__name__}")
+        key = pair.id.lower()  # one folder on case-insensitive file systems
+        if key in seen:
+            raise InputError(f"pair id '{pair.id}' is given twice (each pair needs a folder of its own)")
+        seen.add(key)
+
+
+def _run_on(client, todo, out: Path, retries: int, threads, task, records: dict, bar: BatchProgress) -> None:
+    """Hand out the pairs, at most as many at a time as the cluster has slots, and collect the records;
+    a pair whose worker died goes back to the front of the queue until its retries are spent. On any
+    exception (Ctrl-C) the pairs handed out are cancelled before it goes on."""
+    waiting = list(todo)
+    waiting.reverse()  # pop() from the end: the pairs in their order
+    finished: queue.Queue = queue.Queue()
+    running: dict[str, tuple[Any, BatchPair]] = {}
+    attempts: dict[str, int] = {}
+    gpu = any(_wants_gpu(p.spec) for p in todo)
+    sequence = 0
+    last_slots, slots = 0.0, 1
+    try:
+        while waiting or running:
+            now = time.monotonic()
+            if now - last_slots > 1.0 or not running:
+                has_gpus = gpu and _slots(client, gpu=True) > 0
+                slots = max(1, _slots(client, gpu=has_gpus))
+                last_slots = now
+            while waiting and len(running) < slots:
+                pair = waiting.pop()
+                attempts[pair.id] = attempts.get(pair.id, 0) + 1
+                sequence += 1
+                key = f"rlreg-pair-{sequence:07d}-{pair.id}"
+                future = client.submit(
+                    task,
+                    pair,
+                    str(out),
+                    threads,
+                    key=key,
+                    pure=False,
+                    resources={"GPU": 1} if has_gpus and _wants_gpu(pair.spec) else None,
+                )
+                running[key] = (future, pair)
+                future.add_done_callback(finished.put)
+            bar.running(len(running))
+            try:
+                future = finished.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if future.key not in running:
+                continue
+            _, pair = running.pop(future.key)
+            record = _collect(future, pair, attempts[pair.id], retries)
+            if record is None:
+                waiting.append(pair)  # its worker died: again, before the others
+                continue
+            records[pair.id] = record
+            bar.add(record, len(running))
+    finally:
+        if running:
+            with contextlib.suppress(Exception):
+                client.cancel([f for f, _ in running.values()], force=True)
+
+
+def _collect(future, pair: BatchPair, attempt: int, retries: int) -> dict | None:
+    """The record of a finished future; None when its worker died and it may run again."""
+    if future.status == "finished":
+        record = future.result()
+    else:
+        error = future.exception() if future.status == "error" else None
+        if error is not None and _is_worker_death(error) and attempt <= retries:
+            return None
+        if error is not None and _is_worker_death(error):
+            worker = getattr(getattr(error, "last_worker", None), "address", None)
+            message = (
+                f"the worker running it died {attempt} time{'s' if attempt > 1 else ''} (killed, or over "
+                f"its memory limit; see the worker's log{f' of {worker}' if worker else ''})"
+            )
+        elif error is not None:
+            message = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        else:
+            message = f"its task was {future.status}"
+        record = empty_record(pair, "failed", message)
+    record["attempts"] = attempt
+    future.release()
+    return record
