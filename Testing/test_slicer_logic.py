@@ -456,7 +456,7 @@ def test_a_label_map_on_another_grid_than_its_volume_is_refused(module, scene, t
     sitk.WriteImage(shifted, str(path))
     logic = module.RLRegistrationLogic()
     params = fast_parameters(logic, nodes, fixedLabels=slicer.util.loadLabelVolume(str(path)))
-    run_rejected(logic, params, scene, "has another geometry than its volume")
+    run_rejected(logic, params, scene, "does not lie on the voxel grid of its volume .fixed. .another origin")
 
 
 # ---------------------------------------------------------------------------------------------- self-test

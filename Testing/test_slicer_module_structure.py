@@ -28,7 +28,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "RLRegistration" / "RLRegistration.py"
 MRML_LAYER = ROOT / "RLRegistration" / "RLRegistrationMRML"
-MRML_IN_SLICER = ("parameters.py", "scene_logic.py", "colors.py")
+MRML_IN_SLICER = (  # the MRML layer's modules that run inside Slicer (with RLRegistration.py)
+    "parameters.py",
+    "scene_logic.py",
+    "scene_inputs.py",
+    "scene_run.py",
+    "scene_outputs.py",
+    "scene_export.py",
+    "colors.py",
+)
 UI = ROOT / "RLRegistration" / "Resources" / "UI" / "RLRegistration.ui"
 SUBSET = Path(__file__).with_name("slicer_api_subset.json")
 FULL = ROOT.parent / "shared" / "slicer-api" / "slicer_api.json"
