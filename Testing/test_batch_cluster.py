@@ -302,13 +302,21 @@ def test_jobqueue_cluster_runs_pairs(images, tmp_path):
     assert [r["status"] for r in records] == ["done", "done"]
 
 
-def test_slurm_job_script_from_cluster_options():
+def test_slurm_job_script_from_cluster_options(monkeypatch):
     pytest.importorskip("dask_jobqueue")
+    import RLRegistrationLib.frontends.batch_cluster as batch_cluster
+    from RLRegistrationLib.errors import InputError
     from RLRegistrationLib.frontends.batch_cluster import cluster_options
+
+    monkeypatch.setattr(batch_cluster.shutil, "which", lambda name: None)
+    with pytest.raises(InputError, match="--cluster slurm: 'sbatch' is not found here"):
+        start_jobqueue_cluster("slurm", {}, workers=1)
+    monkeypatch.setattr(batch_cluster.shutil, "which", lambda name: f"/usr/bin/{name}")  # as on a login node
 
     options = cluster_options(
         '{"queue": "short", "account": "lab", "cores": 4, "processes": 4, "memory": "16GB", '
-        '"walltime": "02:00:00", "job_extra_directives": ["--gres=gpu:1"]}'
+        '"walltime": "02:00:00", "job_extra_directives": ["--gres=gpu:1"], '
+        '"worker_extra_args": ["--resources", "GPU=1"]}'
     )
     cluster, client = start_jobqueue_cluster("slurm", options, workers=0)
     try:
@@ -325,4 +333,4 @@ def test_slurm_job_script_from_cluster_options():
         "#SBATCH --gres=gpu:1",
     ):
         assert line in script, script
-    assert "--nworkers 4" in script and "--nthreads 1" in script
+    assert "--nworkers 4" in script and "--nthreads 1" in script and "--resources GPU=1" in script

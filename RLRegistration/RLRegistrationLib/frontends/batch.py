@@ -458,13 +458,14 @@ def _is_worker_death(error: BaseException) -> bool:
     return isinstance(error, KilledWorker)
 
 
-def _slots(client, gpu: bool) -> int:
-    """How many pairs the cluster runs at once now: its task threads, or its GPUs for GPU pairs."""
+def _capacity(client, gpu: bool) -> tuple[int, int, bool]:
+    """(workers, slots, on GPUs): how many pairs the cluster runs at once now, its task threads, or its
+    GPUs (workers offering the resource ``GPU``) when the pairs may use one and there are any."""
     info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
-    workers = info.get("workers", {}).values()
-    if gpu:
-        return int(sum(w.get("resources", {}).get("GPU", 0) for w in workers))
-    return int(sum(w.get("nthreads", 0) for w in workers))
+    workers = list(info.get("workers", {}).values())
+    gpus = int(sum(w.get("resources", {}).get("GPU", 0) for w in workers)) if gpu else 0
+    slots = gpus if gpus else int(sum(w.get("nthreads", 0) for w in workers))
+    return len(workers), slots, gpus > 0
 
 
 def _takes_n_workers(client) -> bool:
@@ -481,27 +482,32 @@ def _wants_gpu(spec: RunSpec) -> bool:
 
 
 class BatchProgress:
-    """Counts of the batch (done, skipped, failed, running) and, with ``show``, a tqdm bar with its ETA
-    and a line on stderr for each pair that fails."""
+    """Counts of the batch (done, skipped, failed, running, workers) and, with ``show``, a tqdm bar of the
+    pairs to run with its ETA, and a line on stderr for each pair that fails."""
 
     def __init__(self, total: int, show: bool):
         from tqdm import tqdm
 
         self.counts = dict.fromkeys(("done", "skipped", "failed"), 0)
-        self.show = show
+        self.show, self.workers = show, 0
         self.bar = tqdm(total=total, disable=not show, unit="pair", dynamic_ncols=True, file=sys.stdout)
 
-    def add(self, record: Mapping, running: int) -> None:
+    def add(self, record: Mapping, running: int, ran: bool = True) -> None:
+        """Count ``record``; ``ran``: a pair handed out in this batch (the bar and its ETA count those)."""
         self.counts[record["status"] if record["status"] in self.counts else "failed"] += 1
-        self.bar.update(1)
+        if ran:
+            self.bar.update(1)
         self.running(running)
         if record["status"] == "failed" and self.show:
             self.bar.write(f"rlreg: pair {record['id']} failed: {record['error']}", file=sys.stderr)
 
-    def running(self, running: int) -> None:
+    def running(self, running: int, workers: int | None = None) -> None:
+        self.workers = self.workers if workers is None else workers
         c = self.counts
         self.bar.set_postfix_str(
-            f"done {c['done']}, skipped {c['skipped']}, failed {c['failed']}, running {running}", refresh=True
+            f"done {c['done']}, skipped {c['skipped']}, failed {c['failed']}, running {running} on "
+            f"{self.workers} worker{'s' if self.workers != 1 else ''}",
+            refresh=True,
         )
 
     def close(self) -> None:
@@ -549,9 +555,9 @@ def register_many(
             records[pair.id] = empty_record(pair, "failed", value)
         else:
             todo.append(pair)
-    bar = BatchProgress(len(pairs), progress)
+    bar = BatchProgress(len(todo), progress)
     for record in records.values():
-        bar.add(record, 0)
+        bar.add(record, 0, ran=False)
     cluster = None
     try:
         if todo:
@@ -631,9 +637,9 @@ def _run_on(client, todo, out: Path, retries: int, threads, task, records: dict,
         while waiting or running:
             now = time.monotonic()
             if now - last_slots > 1.0 or not running:
-                has_gpus = gpu and _slots(client, gpu=True) > 0
-                slots = max(1, _slots(client, gpu=has_gpus))
-                last_slots = now
+                workers, slots, has_gpus = _capacity(client, gpu)
+                bar.running(len(running), workers)
+                slots, last_slots = max(1, slots), now
             while waiting and len(running) < slots:
                 pair = waiting.pop()
                 attempts[pair.id] = attempts.get(pair.id, 0) + 1

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,12 @@ def start_jobqueue_cluster(kind: str, options: dict, workers: int):
         cls = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[kind])
     else:
         raise InputError(f"--cluster: choose from {', '.join(JOBQUEUE_CLUSTERS)}, got {kind!r}")
+    submit = getattr(getattr(cls, "job_cls", None), "submit_command", None)
+    if kind != "local" and submit and shutil.which(submit.split()[0]) is None:
+        raise InputError(
+            f"--cluster {kind}: '{submit.split()[0]}' is not found here (run rlreg batch where jobs are "
+            "submitted, e.g. the cluster's login node)"
+        )
     try:
         with dask.config.set(CLUSTER_CONFIG):
             cluster = cls(**options)
