@@ -103,7 +103,7 @@ def test_parameter_node_is_created_with_its_defaults(module, scene):
 
 
 def test_parameter_dataclass_has_the_parameter_node_fields(module, scene):
-    """The browser app's RegistrationParameters and Slicer's parameter node stay in step."""
+    """The browser app's RegistrationParameters and Slicer's parameter node are made from one table."""
     import dataclasses
 
     from RLRegistrationMRML.parameters import RegistrationParameters
@@ -114,6 +114,38 @@ def test_parameter_dataclass_has_the_parameter_node_fields(module, scene):
     node = module.RLRegistrationLogic().getParameterNode()
     for name in ("policy", "steps", "iterations", "samples", "regularization", "device", "initialization"):
         assert getattr(defaults, name) == getattr(node, name), name
+
+
+def test_the_parameter_node_takes_the_tables_classes_ranges_and_choices(module, scene):
+    """``parameterNodeWrapper`` reads the class made from ``SETTINGS``: node classes, ``WithinRange`` of the
+    numbers (the spin boxes' ranges), ``Choice`` of the choices; it refuses what the table refuses."""
+    import typing
+
+    from slicer.parameterNodeWrapper import Choice, WithinRange
+
+    from RLRegistrationMRML.parameters import SETTINGS
+
+    hints = typing.get_type_hints(module.RLRegistrationParameterNode, include_extras=True)
+    assert list(hints) == [setting.name for setting in SETTINGS]
+    node = module.RLRegistrationLogic().getParameterNode()
+    for setting in SETTINGS:
+        hint = hints[setting.name]
+        if setting.isNode:
+            classes = typing.get_args(hint) or (hint,)
+            assert {c.__name__ for c in classes if c is not type(None)} == set(setting.nodeClasses)
+            assert (type(None) in classes) == (len(setting.nodeClasses) > 1)
+            assert getattr(node, setting.name) is None
+            continue
+        assert getattr(node, setting.name) == setting.default, setting.name
+        extras = getattr(hint, "__metadata__", ())
+        ranges = [(e.minimum, e.maximum) for e in extras if isinstance(e, WithinRange)]
+        choices = [list(e.choices) for e in extras if isinstance(e, Choice)]
+        assert ranges == ([tuple(setting.limits)] if setting.limits else []), setting.name
+        assert choices == ([list(setting.choices)] if setting.choices else []), setting.name
+    for name, value in (("steps", 0), ("regularization", 100.5), ("quality", "ultra")):
+        with pytest.raises(ValueError):
+            setattr(node, name, value)
+    node.regularization = 100.0  # the command line's limit, the panel's too
 
 
 def test_volume_to_image_is_exact_on_volumes_mrml_reindexed(module, scene, tmp_path):

@@ -30,11 +30,13 @@ MODULE = ROOT / "RLRegistration" / "RLRegistration.py"
 MRML_LAYER = ROOT / "RLRegistration" / "RLRegistrationMRML"
 MRML_IN_SLICER = (  # the MRML layer's modules that run inside Slicer (with RLRegistration.py)
     "parameters.py",
+    "panel_controller.py",
     "scene_logic.py",
     "scene_inputs.py",
     "scene_run.py",
     "scene_outputs.py",
     "scene_export.py",
+    "self_test.py",
     "colors.py",
 )
 UI = ROOT / "RLRegistration" / "Resources" / "UI" / "RLRegistration.ui"
@@ -138,19 +140,33 @@ def ui_widgets(ui_xml) -> dict[str, str]:
     return {w.get("name"): w.get("class") for w in ui_xml.iter("widget")}
 
 
+def slicer_annotation(setting) -> str:
+    """The parameter node's annotation of a setting, as source: what ``_parameterAnnotation`` in
+    ``RLRegistration.py`` builds (``test_slicer_logic`` checks the real class against the same table)."""
+    if setting.nodeClasses:
+        classes = ", ".join(setting.nodeClasses)
+        return classes if len(setting.nodeClasses) == 1 else f"Union[{classes}, None]"
+    if setting.limits is not None:
+        return f"Annotated[{setting.type.__name__}, WithinRange{tuple(setting.limits)}]"
+    if setting.choices is not None:
+        return f"Annotated[{setting.type.__name__}, Choice({list(setting.choices)})]"
+    return setting.type.__name__
+
+
 @pytest.fixture(scope="module")
-def parameter_fields(tree) -> dict[str, ast.expr]:
-    """Fields of the @parameterNodeWrapper class: name -> annotation."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and any(
-            isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in node.decorator_list
-        ):
-            return {
-                stmt.target.id: stmt.annotation
-                for stmt in node.body
-                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-            }
-    raise AssertionError("no @parameterNodeWrapper class in RLRegistration.py")
+def parameter_fields(module_tree) -> dict[str, ast.expr]:
+    """Fields of the parameter node: name -> annotation. ``RLRegistration.py`` makes its
+    ``parameterNodeWrapper`` class from the MRML layer's settings table, so the fields are the table's."""
+    from RLRegistrationMRML.parameters import SETTINGS
+
+    calls = [
+        node
+        for node in ast.walk(module_tree)
+        if isinstance(node, ast.Call) and dotted(node.func) == "parameterNodeWrapper"
+    ]
+    assert calls, "RLRegistration.py makes no parameterNodeWrapper class"
+    assert "SETTINGS" in {n.id for n in ast.walk(module_tree) if isinstance(n, ast.Name)}
+    return {setting.name: ast.parse(slicer_annotation(setting), mode="eval").body for setting in SETTINGS}
 
 
 @pytest.fixture(scope="module")
@@ -599,6 +615,8 @@ def test_scripted_module_base_methods_exist(api, tree):
         if not slicer_bases:
             continue
         allowed = set(own_methods[node.name])
+        for base in bases:  # methods of the module's own mixins (e.g. the MRML layer's workflow tests)
+            allowed |= own_methods.get(base, set())
         for b in slicer_bases:
             allowed |= set(bases_api[b])
         if "VTKObservationMixin" in bases:
@@ -649,25 +667,74 @@ def test_module_layout_follows_the_template(module_tree):
     assert classes["RLRegistrationWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
     # the Logic is a facade: the scene work is the Qt-free MRML layer's (shared with the browser app)
     assert classes["RLRegistrationLogic"] == ["ScriptedLoadableModuleLogic", "RegistrationSceneLogic"]
-    assert classes["RLRegistrationTest"] == ["ScriptedLoadableModuleTest"]
+    # the workflow checks are the MRML layer's (self_test.SceneWorkflowTests), run on the module's Logic
+    assert classes["RLRegistrationTest"] == ["ScriptedLoadableModuleTest", "SceneWorkflowTests"]
     source = MODULE.read_text(encoding="utf-8")
     # torch is never pip-installed directly; RLRegistrationLib (torch) is imported lazily
     assert 'pip_install("torch' not in source and "pip_install('torch" not in source
     assert "installTorch" in source
     top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    lib_imports = [
+    own_imports = sorted(
         n.module
         for n in top_level
-        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("RLRegistrationLib")
-    ]
-    torch_free = ["RLRegistrationLib.frontends.panel_state", "RLRegistrationLib.registration.quality"]
-    for name in torch_free:
-        library_source = (MODULE.parent / (name.replace(".", "/") + ".py")).read_text(encoding="utf-8")
-        assert "import torch" not in library_source, f"{name} must stay importable without torch"
-    assert sorted(lib_imports) == torch_free, (
-        "only the torch-free state machine and quality presets at import time"
+        if isinstance(n, ast.ImportFrom)
+        and (n.module or "").startswith(("RLRegistrationLib", "RLRegistrationMRML"))
     )
+    assert own_imports == [
+        "RLRegistrationLib.frontends.panel_state",
+        "RLRegistrationMRML.panel_controller",
+        "RLRegistrationMRML.parameters",
+        "RLRegistrationMRML.scene_logic",
+        "RLRegistrationMRML.self_test",
+    ], "only torch-free modules at import time (the panel opens before PyTorch is installed)"
+    reached = module_level_imports(own_imports)
+    assert "RLRegistrationMRML.scene_inputs" in reached and "RLRegistrationLib.options" in reached
+    torch_users = sorted(name for name, imports in reached.items() if "torch" in imports)
+    assert not torch_users, f"imported when the module loads, and import torch: {torch_users}"
     assert not any(isinstance(n, ast.Import) and any(a.name == "torch" for a in n.names) for n in top_level)
+
+
+def _module_path(name: str) -> Path | None:
+    base = MODULE.parent / name.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def module_level_imports(names: list[str]) -> dict[str, set[str]]:
+    """Our modules imported when ``names`` are (module-level statements, packages' ``__init__`` included,
+    followed transitively): module name -> the top-level names of everything it imports at module level."""
+    reached: dict[str, set[str]] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) not in reached]
+        path = _module_path(name)
+        if name in reached or path is None:
+            continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imports: set[str] = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                if node.level:
+                    base = base[: len(base) - node.level + 1]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                modules = [module] + [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for module in modules:
+                imports.add(module.split(".")[0])
+                if module.startswith(("RLRegistrationLib", "RLRegistrationMRML")) and _module_path(module):
+                    todo.append(module)
+        reached[name] = imports
+    return reached
 
 
 def test_mrml_layer_imports_no_qt():

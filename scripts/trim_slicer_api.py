@@ -5,8 +5,8 @@ The full listing (``../shared/slicer-api/slicer_api.json``, extracted from the S
 sources) is not part of this repository; the subset is, so that ``Testing/test_slicer_module_structure.py``
 checks the module's Slicer names anywhere. The subset keeps *whole* entries:
 
-* every C++ class whose name appears in ``RLRegistration/RLRegistration.py`` or its ``.ui`` file (MRML
-  nodes, logics, qMRML/CTK widgets, vtkAddon classes), the classes the structure test infers as return
+* every C++ class whose name appears in ``RLRegistration/RLRegistration.py``, its ``.ui`` file or its MRML
+  layer ``RLRegistrationMRML`` (MRML nodes, logics, qMRML/CTK widgets, vtkAddon classes), the classes the structure test infers as return
   types (display nodes, segmentation classes, module logics), and all their Slicer/CTK base classes;
 * the Python sections the module imports from: ``slicer``, ``slicer.util``, ``slicer.ScriptedLoadableModule``,
   ``slicer.parameterNodeWrapper``, ``slicer.i18n``, ``slicer.testing`` and ``scripted.PyTorchUtils``.
@@ -29,9 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FULL = ROOT.parent / "shared" / "slicer-api" / "slicer_api.json"
 SUBSET = ROOT / "Testing" / "slicer_api_subset.json"
+# the module, its .ui and its Qt-free MRML layer (the parameter node's classes are named in its settings table)
 SOURCES = (
     ROOT / "RLRegistration" / "RLRegistration.py",
     ROOT / "RLRegistration" / "Resources" / "UI" / "RLRegistration.ui",
+    *sorted((ROOT / "RLRegistration" / "RLRegistrationMRML").glob("*.py")),
 )
 PYTHON_SECTIONS = (
     "slicer",
