@@ -118,6 +118,7 @@ def server(data_dir, tmp_path_factory):
     view = ViewServer(
         ["--data-dir", str(data_dir), "--sample", "--steps", str(STEPS), "--device", "cpu"], log_path
     )
+    view.data_dir = data_dir.resolve()
     try:
         view.wait_ready()
         yield view
@@ -311,10 +312,12 @@ def test_bad_inputs_show_a_banner_and_change_nothing(page, server):
     status = page.inner_text("#status-text")
     page.evaluate("() => window.trame.state.set('moving_name', 'not_an_image.nii.gz')")
     _wait_text(page, "#error-banner", "not_an_image.nii.gz", timeout=30_000)
+    assert str(server.data_dir) not in page.inner_text("#error-banner")  # no server path on the page
     _wait_state_value(page, "moving_name", "moving.nii.gz")
     assert page.inner_text("#status-text") == status
     page.evaluate("() => window.trame.state.set('fixed_name', '../../../../etc/passwd')")
     _wait_text(page, "#error-banner", "403", timeout=30_000)
+    assert str(server.data_dir) not in page.inner_text("#error-banner")
     _wait_state_value(page, "fixed_name", "fixed.nii.gz")
     assert re.search(r"refused fixed image '\.\./\.\./\.\./\.\./etc/passwd'", server.log())
 
@@ -420,3 +423,120 @@ def test_view_on_a_port_in_use_names_it(capsys):
         port = taken.getsockname()[1]
         assert cli.main(["view", "--port", str(port)]) == 2
     assert f"rlreg: error: port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- panel, no browser
+
+
+@pytest.fixture
+def web_panel(tmp_path):
+    """The browser app's panel in this process on Slicer's core scene: a data folder with a file that is
+    not an image, and a command-line file outside it (the sample pair)."""
+    from RLRegistrationWeb import missing_dependencies
+
+    if "slicer" in missing_dependencies():
+        pytest.skip("slicer-core is not installed")
+    from types import SimpleNamespace
+
+    from RLRegistrationMRML.core_scene import create_core_scene
+    from RLRegistrationWeb.controller import WebPanel
+    from RLRegistrationWeb.files import DataFolder
+
+    data = tmp_path / "server-data"
+    data.mkdir()
+    (data / "not_an_image.nii.gz").write_bytes(b"this is not an image\n" * 10)
+    shutil.copy(SAMPLE / "fixed_labels.nii.gz", data / "labels.nii.gz")
+    extra = [SAMPLE / name for name in ("fixed.nii.gz", "moving.nii.gz")]
+    panel = WebPanel(SimpleNamespace(scene=create_core_scene().scene), DataFolder(data, extra))
+    yield panel
+    panel.close()
+
+
+def _scene_nodes(panel) -> set:
+    scene = panel.scene
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def test_no_server_path_reaches_the_page(web_panel, tmp_path):
+    """Unreadable files, refused paths and failed downloads: the banner names what the page listed, never a
+    folder of the server."""
+    import json
+
+    panel = web_panel
+    texts = []
+    assert not panel.select_input("fixed", "not_an_image.nii.gz")
+    texts.append(panel.view()["error_text"])
+    assert texts[-1].startswith("not_an_image.nii.gz") or "'not_an_image.nii.gz'" in texts[-1]
+    for name in ("../../secret.nii.gz", "/etc/x.nii.gz", "missing.nii.gz"):  # as a browser may send them
+        assert not panel.select_input("moving", name)
+        texts.append(panel.view()["error_text"])
+    assert "403" in texts[1] and "(--data-dir)" in texts[1]
+    assert "'/etc/x.nii.gz'" in texts[2]  # the name the page sent, as it sent it
+    assert texts[3] == "moving image 'missing.nii.gz': file not found"
+    panel.show_error(f"Download failed: cannot write {panel.output_dir / 'transform.h5'}")
+    texts.append(panel.view()["error_text"])
+    assert texts[-1] == "Download failed: cannot write transform.h5"
+    page = json.dumps(texts) + json.dumps(panel.view())
+    for folder in (tmp_path, SAMPLE, panel.output_dir, Path.home()):
+        assert str(folder) not in page, (folder, texts)
+
+
+def test_fixed_equal_to_moving_is_refused_plainly_in_the_browser_panel(web_panel):
+    """The same file picked twice (with label maps): one plain line, no node made, the status says why."""
+    panel = web_panel
+    assert panel.select_input("fixed", "fixed.nii.gz") and panel.select_input("moving", "fixed.nii.gz")
+    assert panel.select_input("fixed_labels", "labels.nii.gz")
+    assert panel.select_input("moving_labels", "labels.nii.gz")
+    assert "same file" in panel.view()["status_text"]
+    before = _scene_nodes(panel)
+    assert not panel.register()
+    assert panel.view()["error_text"] == (
+        "Failed to start the registration: The fixed and the moving volume must be different volumes "
+        "('fixed' is both)."
+    )
+    assert _scene_nodes(panel) == before and panel.state.state.value == "idle"
+
+
+def test_the_browser_panel_checks_options_against_the_settings_table(web_panel):
+    panel = web_panel
+    assert panel.update_settings(regularization=50, steps="7")
+    assert (panel.params.regularization, panel.params.steps) == (50.0, 7)
+    for values, message in (
+        ({"steps": 0}, "steps must be between 1 and 500, got 0"),
+        ({"regularization": 101}, "regularization must be between 0 and 100"),
+        ({"quality": "ultra"}, "unknown quality 'ultra'"),
+        ({"colour": "red"}, "unknown option 'colour'"),
+    ):
+        assert not panel.update_settings(**values)
+        assert panel.view()["error_text"].startswith(message), panel.view()["error_text"]
+    assert (panel.params.regularization, panel.params.steps) == (50.0, 7)
+
+
+def test_the_browser_panel_offers_the_cpu_after_the_gpu_ran_out_of_memory(web_panel, monkeypatch):
+    """As the Slicer panel does (the shared controller): the banner, a "Run on the CPU" button, a CPU run."""
+    from RLRegistrationLib.registration.session import RegistrationSession
+
+    panel = web_panel
+    run = RegistrationSession.run
+
+    def out_of_memory(self, steps):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield
+
+    monkeypatch.setattr(RegistrationSession, "run", out_of_memory)
+    assert panel.select_input("fixed", "fixed.nii.gz") and panel.select_input("moving", "moving.nii.gz")
+    assert panel.update_settings(steps=1, iterations=1, device="auto")
+    assert panel.register()
+    deadline = time.monotonic() + 300
+    while panel.state.busy and time.monotonic() < deadline:
+        panel.poll()
+        time.sleep(0.02)
+    view = panel.view()
+    assert view["cpu_retry_offered"] and view["panel_state"] == "failed"
+    assert "out of memory" in view["error_text"] and not view["export_enabled"]
+    monkeypatch.setattr(RegistrationSession, "run", run)
+    assert panel.retry_on_cpu() and panel.params.device == "cpu"
+    while panel.state.busy and time.monotonic() < deadline:
+        panel.poll()
+        time.sleep(0.02)
+    assert panel.view()["panel_state"] == "done" and not panel.view()["cpu_retry_offered"]

@@ -2,10 +2,11 @@
 
 One :class:`RegistrationWebApp` per process: one MRML scene (trame-slicer's :class:`SlicerApp`), its slice
 and 3D views streamed to the page (trame-slicer's remote views and layout), and one
-:class:`~RLRegistrationWeb.controller.PanelController`. trame keeps a single state for all connected
-clients, so every browser tab shows (and drives) the same panel; the page says how many tabs are connected.
+:class:`~RLRegistrationWeb.controller.WebPanel` (on the MRML layer's ``PanelController``, the Slicer panel's
+too). trame keeps a single state for all connected clients, so every browser tab shows (and drives) the
+same panel; the page says how many tabs are connected.
 
-The registration runs on ``slicer_bridge``'s worker thread; a task on the server's event loop drains its
+The registration runs on the library's worker thread (``registration.worker``); a task on the server's event loop drains its
 messages every :data:`POLL_INTERVAL_S` and updates the MRML nodes there (MRML is not thread-safe), and the
 views re-render what changed.
 """
@@ -17,23 +18,16 @@ import logging
 import socket
 import sys
 
-from .controller import PanelController
+from RLRegistrationMRML.parameters import RUN_SETTINGS
+
+from .controller import WebPanel
 from .files import DataFolder, PathRefused
 
 log = logging.getLogger("rlreg.web")
 
 POLL_INTERVAL_S = 0.05
 LAYOUT = "Quad View"
-EDITABLE_SETTINGS = (
-    "policy",
-    "steps",
-    "iterations",
-    "samples",
-    "regularization",
-    "device",
-    "initialization",
-    "quality",
-)
+EDITABLE_SETTINGS = RUN_SETTINGS  # policy, steps, iterations, samples, regularization, device, ...
 INPUT_KEYS = {
     "fixed_name": "fixed",
     "moving_name": "moving",
@@ -85,7 +79,7 @@ class RegistrationWebApp:
         for view in self.slicer.view_manager.get_slice_views():
             view.set_visible_in_3d(True)
         self.data = data
-        self.panel = PanelController(self.slicer, data, show_volume=self._fit_views)
+        self.panel = WebPanel(self.slicer, data, show_volume=self._fit_views)
         self.autorun = autorun
         self._autorun_done = False
         self._clients = 0
@@ -105,6 +99,7 @@ class RegistrationWebApp:
             "continue_run": self.on_continue,
             "step_back": self.on_step_back,
             "toggle_play": self.on_toggle_play,
+            "retry_on_cpu": self.on_retry_on_cpu,
             "download_h5": ctrl.trigger_name(self.on_download_h5),
             "download_warped": ctrl.trigger_name(self.on_download_warped),
         }
@@ -137,8 +132,8 @@ class RegistrationWebApp:
         if window:
             view["overlay_range_ui"] = window
         if self.panel.inputs["moving"] and self.panel.inputs["fixed"]:
-            view["download_h5_name"] = self.panel._download_name("h5")
-            view["download_warped_name"] = self.panel._download_name("nii.gz", "warped")
+            view["download_h5_name"] = self.panel.download_name("h5")
+            view["download_warped_name"] = self.panel.download_name("nii.gz", "warped")
         return view
 
     def push(self) -> None:
@@ -160,7 +155,7 @@ class RegistrationWebApp:
             state.change(key)(on_input)
 
         def on_settings(**_):
-            current = {k: getattr(self.panel.settings, k) for k in EDITABLE_SETTINGS}
+            current = self.panel.settings()
             changed = {
                 k: state[k]
                 for k in EDITABLE_SETTINGS
@@ -225,17 +220,20 @@ class RegistrationWebApp:
         self.panel.toggle_play()
         self.push()
 
+    def on_retry_on_cpu(self) -> None:
+        self.panel.retry_on_cpu()
+        self.push()
+
     def _attachment(self, make) -> object:
         try:
             name, content = make()
         except (PermissionError, PathRefused) as error:
-            self.panel.error = str(error)
-            log.warning("download refused: %s", error)
+            self.panel.show_error(str(error))
             self.push()
             return None
         except Exception as error:  # noqa: BLE001 - shown in the banner, the page stays live
             log.exception("download failed")
-            self.panel.error = f"Download failed: {error}"
+            self.panel.show_error(f"Download failed: {error}")
             self.push()
             return None
         log.info("download %s (%d bytes)", name, len(content))

@@ -32,12 +32,14 @@ def new_parameters(**values) -> Any:
     return parameters_type(**values)
 
 
-def ensure_output_volumes(scene, params, base_name: str) -> None:
-    """Warped and |u| output volumes of the browser panel (the MRML layer fills them at every step).
+def ensure_output_volumes(scene, params, base_name: str) -> list[str]:
+    """Warped and |u| output volumes of the browser panel (the MRML layer fills them at every step);
+    returns the attributes whose node was created now.
 
     Created once per input pair (as the Slicer panel's "create new volume" does) and reused by later runs,
     so the slice views keep showing the same nodes.
     """
+    created = []
     for attribute, suffix in (("warpedVolume", " warped"), ("magnitudeVolume", " |u| (mm)")):
         node = getattr(params, attribute)
         if node is None or scene.GetNodeByID(node.GetID()) is None:
@@ -45,6 +47,15 @@ def ensure_output_volumes(scene, params, base_name: str) -> None:
                 "vtkMRMLScalarVolumeNode", scene.GetUniqueNameByString(base_name + suffix)
             )
             setattr(params, attribute, node)
+            created.append(attribute)
+    return created
+
+
+def discard_output_volumes(logic, params, attributes: list[str]) -> None:
+    """Remove the output volumes :func:`ensure_output_volumes` created for a run that did not start."""
+    remove_nodes(logic, [getattr(params, attribute) for attribute in attributes])
+    for attribute in attributes:
+        setattr(params, attribute, None)
 
 
 def remove_nodes(logic, nodes) -> None:

@@ -4,7 +4,7 @@ The panel mirrors the Slicer module's: inputs, policy (with its description), st
 regularization / device / initialization, Register (Cancel while running) with its progress line, the step
 slider with Play/Pause, Continue and Step back, the field display and one overlay at a time (λ, |u|,
 uncertainty) with opacity, value range and colour bar, and the downloads. Widgets only bind to the state
-keys of :meth:`RLRegistrationWeb.controller.PanelController.view` and call the app's triggers; the
+keys of :meth:`RLRegistrationWeb.controller.WebPanel.view` and call the app's triggers; the
 ``id`` of every control is what the browser test clicks.
 """
 
@@ -14,7 +14,8 @@ from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
-from RLRegistrationMRML.parameters import INITIALIZATIONS, QUALITIES  # the Slicer panel's choices
+# the Slicer panel's choices and ranges (its settings table)
+from RLRegistrationMRML.parameters import INITIALIZATIONS, QUALITIES, SETTINGS_BY_NAME
 
 FIELD_DISPLAYS = ["Glyph", "Grid", "Contour", "Hidden"]
 OVERLAYS = [("none", "None"), ("weight_map", "λ map"), ("magnitude", "|u|"), ("uncertainty", "Uncertainty")]
@@ -34,7 +35,7 @@ def colormap_css(name: str, stops: int = 11) -> str:
 
 def build_page(server, layout_manager, actions: dict, title: str = "RLRegistration") -> VAppLayout:
     """Build the page. ``actions``: name -> callable (register, continue_run, step_back, toggle_play,
-    download_h5, download_warped) bound to buttons."""
+    retry_on_cpu, download_h5, download_warped) bound to buttons."""
     state = server.state
     state.colorbar_css = {
         name: colormap_css(cmap)
@@ -108,6 +109,8 @@ def _options() -> None:
                     v_model_number=(key,),
                     type="number",
                     step=step,
+                    min=SETTINGS_BY_NAME[key].limits[0],
+                    max=SETTINGS_BY_NAME[key].limits[1],
                     label=label,
                     id=key,
                     density="compact",
@@ -119,6 +122,8 @@ def _options() -> None:
             v3.VTextField(
                 v_model_number=("samples",),
                 type="number",
+                min=SETTINGS_BY_NAME["samples"].limits[0],
+                max=SETTINGS_BY_NAME["samples"].limits[1],
                 label="Samples",
                 id="samples",
                 density="compact",
@@ -179,6 +184,15 @@ def _run(actions: dict) -> None:
         closable=True,
         classes="mt-2 text-body-2",
         **{"click:close": "error_text = ''"},
+    )
+    v3.VBtn(
+        "Run on the CPU",
+        v_if=("cpu_retry_offered && error_text",),
+        id="cpu-retry-button",
+        block=True,
+        size="small",
+        classes="mt-1",
+        click=actions["retry_on_cpu"],
     )
 
 
