@@ -249,7 +249,17 @@ def test_cli_runs_the_chain_for_its_default_steps(model_dir, edit_card, small_pa
     discover_models(model_dir.parent)
     fixed, moving = small_pair
     report = tmp_path / "report.json"
-    argv = ["register", fixed, moving, "-o", tmp_path / "t.h5", "--policy", "spac-unit+tto", "--no-affine"]
+    argv = [
+        "register",
+        fixed,
+        moving,
+        "-o",
+        tmp_path / "t.h5",
+        "--policy",
+        "spac-unit+tto",
+        "--initialization",
+        "none",
+    ]
     assert cli_main([str(a) for a in [*argv, "--device", "cpu", "--report", report, "--quiet"]]) == 0
     assert len(json.loads(report.read_text())["steps"]) == 1 + 3  # the initial state, then 1 + 2 steps
     capsys.readouterr()

@@ -162,3 +162,78 @@ def test_with_masks_the_box_is_around_the_masks(blob_array):
     for axis, (low, high) in enumerate([(12, 20), (14, 22), (16, 24)]):
         assert policy.box[axis].start <= low and high <= policy.box[axis].stop
         assert policy.box[axis].stop - policy.box[axis].start < image_box[axis].stop - image_box[axis].start
+
+
+@pytest.mark.parametrize(
+    ("masks", "mapped", "learned"),
+    [(False, False, False), (True, False, True), (False, True, True), (True, True, False)],
+)
+def test_slabbed_loss_gives_the_whole_grid_loss_and_gradient(monkeypatch, masks, mapped, learned):
+    """The slab-by-slab evaluation (big 1 mm levels) against the one-pass loss of the same iteration, in
+    float64: similarity (with masks, with the intensity-mapped image) + weighted diffusion + hyperprior."""
+    from RLRegistrationLib.fields.regularizers import beta_hyperprior
+    from RLRegistrationLib.policies import tto_slabs
+
+    g = torch.Generator().manual_seed(7)
+    shape = (23, 12, 13)
+
+    def smooth(channels, scale=1.0):
+        coarse = torch.rand(1, channels, 5, 4, 4, generator=g, dtype=torch.float64)
+        return scale * torch.nn.functional.interpolate(
+            coarse, size=shape, mode="trilinear", align_corners=True
+        )
+
+    fixed, moving = smooth(1), smooth(1)
+    image_mapped = smooth(1) if mapped else None
+    fixed_mask = (smooth(1) > 0.4).double() if masks else None
+    moving_mask = (smooth(1) > 0.3).double() if masks else None
+    previous = smooth(3, 1.5) - 0.75
+    gradient = spatial.field_gradient(previous)
+    control = (smooth(3, 0.8) - 0.4).requires_grad_(True)
+    logits = torch.randn(1, 1, *shape, generator=g, dtype=torch.float64, requires_grad=learned)
+    policy = TTOPolicy(TTOConfig(ncc_window=5, regularization=2.0, mapped_weight=0.5))
+
+    def lam():
+        return torch.sigmoid(logits).clamp(1e-6, 1.0) if learned else None
+
+    def prior(weight):
+        return None if weight is None else 0.2 * beta_hyperprior(weight, 0.18)
+
+    monkeypatch.setattr(tto_slabs, "SLAB_VOXELS", 12 * 13 * 4)  # slabs of 5 slices, 2 slices of halo
+    loss = tto_slabs.SlabbedLoss(
+        fixed, moving, image_mapped, fixed_mask, moving_mask, previous, gradient, 5, 0.5, 2.0
+    )
+    assert loss.slabbed and len(loss.parts) == 5
+    step = control * 1.0
+    similarity_value, loss_value = loss.backward(step, lam(), prior(lam()))
+    slab_control = control.grad.clone()
+    slab_logits = None if logits.grad is None else logits.grad.clone()
+    control.grad = logits.grad = None
+
+    total = spatial.compose_linearized(control * 1.0, previous, gradient)
+    policy.similarity = similarity.LocalNCC(window=5)
+    expected_similarity = policy._similarity(fixed, moving, image_mapped, total, fixed_mask, moving_mask)
+    weight = lam()
+    from RLRegistrationLib.fields.regularizers import weighted_diffusion
+
+    expected = expected_similarity + 2.0 * weighted_diffusion(
+        total, torch.ones_like(total[:, :1]) if weight is None else weight
+    )
+    if weight is not None:
+        expected = expected + prior(weight)
+    expected.backward()
+    assert similarity_value == pytest.approx(float(expected_similarity), rel=1e-10, abs=1e-12)
+    assert loss_value == pytest.approx(float(expected), rel=1e-10, abs=1e-12)
+    torch.testing.assert_close(slab_control, control.grad, rtol=1e-9, atol=1e-12)
+    if learned:
+        torch.testing.assert_close(slab_logits, logits.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_slabs_cover_the_grid_once_with_their_halo():
+    from RLRegistrationLib.policies.tto_slabs import slabs
+
+    parts = slabs(100, 1000, 2, voxels=30_000)
+    assert parts[0][0] == 0 and parts[-1][1] == 100
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))  # contiguous, no overlap of own slices
+    assert all(h0 == max(0, a - 2) and h1 == min(100, b + 2) for a, b, h0, h1 in parts)
+    assert slabs(10, 1000, 2, voxels=30_000) == [(0, 10, 0, 10)]  # small grids: one pass

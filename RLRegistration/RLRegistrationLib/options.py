@@ -8,7 +8,7 @@ the values each choice may take and the range of each number, with their units.
 from __future__ import annotations
 
 INITIALIZATIONS = ("affine", "rigid", "none")  # linear pre-alignment (registration.prealign)
-OUTPUT_GRIDS = ("fixed", "working")  # grid of the written displacement field
+OUTPUT_GRIDS = ("auto", "fixed", "working")  # grid of the written displacement field (geometry.field_grid)
 SIMILARITIES = ("ncc", "mind", "mse")  # ncc: same contrast; mind: across modalities
 INTENSITY_MAPPINGS = ("auto", "on", "off")  # tto: map the moving contrast to the fixed one (T1 vs T2)
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU

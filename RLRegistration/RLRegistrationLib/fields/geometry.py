@@ -110,6 +110,31 @@ def working_grid(
     )
 
 
+def padded_grid(grid: Grid, cells: int = 1) -> Grid:
+    """``grid`` grown by ``cells`` voxels on every side (same spacing and direction)."""
+    offset = grid.index_to_physical_matrix @ np.full(3, -float(cells))
+    return Grid(
+        tuple(int(n) + 2 * cells for n in grid.size),
+        grid.spacing,
+        tuple(float(o) for o in np.asarray(grid.origin) + offset),
+        grid.direction,
+    )
+
+
+def field_grid(fixed: Grid, working: Grid, choice: str = "auto") -> Grid:
+    """The grid a result's displacement field is written on: ``"fixed"`` the fixed image's, ``"working"``
+    the working grid's, ``"auto"`` the working grid grown by one voxel when it has fewer voxels than the
+    fixed grid (the field is computed there; sampled linearly, as ITK's displacement field transform does,
+    it is the same transform at every fixed voxel: the extra layer repeats the border as the sampling on the
+    fixed grid clamps it), else the fixed grid."""
+    if choice == "fixed":
+        return fixed
+    if choice == "working":
+        return working
+    padded = padded_grid(working)
+    return padded if np.prod(padded.size, dtype=np.int64) < np.prod(fixed.size, dtype=np.int64) else fixed
+
+
 def physical_points(grid: Grid, device: torch.device | str = "cpu") -> torch.Tensor:
     """LPS coordinates (mm) of every voxel centre, tensor of shape (D, H, W, 3), float32."""
     k, j, i = (torch.arange(n, dtype=torch.float64, device=device) for n in grid.shape)

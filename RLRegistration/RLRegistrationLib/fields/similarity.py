@@ -68,16 +68,20 @@ class LocalNCC(torch.nn.Module):
         f_sum, ff_sum = box_filter(stacked, self.window, self.stride).unbind(dim=1)
         return f_sum, (ff_sum - f_sum * f_sum / n).clamp(min=0)
 
-    def forward(
-        self, fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def local_cc(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """Squared local correlation (B, D, H, W) of single-channel images (at every ``stride``-th voxel)."""
         n = float(self.window**3)
         f_sum, f_var = self.fixed_statistics(fixed)
         stacked = torch.cat([warped, warped * warped, fixed * warped], dim=1)
         w_sum, ww_sum, fw_sum = box_filter(stacked, self.window, self.stride).unbind(dim=1)
         cross = fw_sum - f_sum * w_sum / n
         w_var = (ww_sum - w_sum * w_sum / n).clamp(min=0)
-        cc = cross * cross / (f_var * w_var + self.eps)
+        return cross * cross / (f_var * w_var + self.eps)
+
+    def forward(
+        self, fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        cc = self.local_cc(fixed, warped)
         if weight is not None and self.stride > 1:
             weight = weight[:, :, :: self.stride, :: self.stride, :: self.stride]
         return -weighted_mean(cc, weight)

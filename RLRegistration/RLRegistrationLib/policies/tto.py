@@ -27,6 +27,7 @@ from ..fields.spatial import (
 )
 from ..options import INTENSITY_MAPPINGS
 from .base import Policy, PolicyState, PolicyStep, similarity_weight
+from .tto_slabs import SLAB_VOXELS, SlabbedLoss
 
 
 @dataclass
@@ -308,9 +309,21 @@ class TestTimeOptimizationPolicy(Policy):
         iterations = (
             cfg.iterations if mapped is None or cfg.mapped_iterations is None else cfg.mapped_iterations
         )
+        slabbed = None
+        if cfg.similarity == "ncc" and cfg.linearized_composition and math.prod(shape) > SLAB_VOXELS:
+            slabbed = SlabbedLoss(
+                fixed, moving, mapped, fixed_mask, moving_mask, previous, previous_gradient,
+                cfg.ncc_window, cfg.mapped_weight, cfg.regularization,
+            )  # fmt: skip
         for _ in range(_scheduled(iterations, state.step_index)):
             optimizer.zero_grad(set_to_none=True)
-            total = compose(self._step_from_control(control, shape))
+            step_field = self._step_from_control(control, shape)
+            if slabbed is not None:  # the same loss and gradient, a slab of the grid at a time
+                lam = self.current_weight_map(shape)
+                similarity_value, loss_value = slabbed.backward(step_field, lam, self._hyperprior(lam))
+                optimizer.step()
+                continue
+            total = compose(step_field)
             similarity = self._similarity(fixed, moving, mapped, total, fixed_mask, moving_mask)
             loss = similarity + self._regularization(total, shape)
             loss.backward()
@@ -341,15 +354,19 @@ class TestTimeOptimizationPolicy(Policy):
     def _regularization(self, total: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         cfg = self.config
         lam = self.current_weight_map(shape)
+        prior = self._hyperprior(lam)
         if lam is None:
             lam = torch.ones((1, 1, *shape), device=total.device)
         loss = cfg.regularization * weighted_diffusion(total, lam)
-        if self.weight_logits is not None:
-            prior = (
-                beta_hyperprior(lam, cfg.w_log_beta) if cfg.hyperprior == "beta" else normal_hyperprior(lam)
-            )
-            loss = loss + cfg.hyperprior_weight * prior
-        return loss
+        return loss if prior is None else loss + prior
+
+    def _hyperprior(self, lam: torch.Tensor | None) -> torch.Tensor | None:
+        """The weight map's hyperprior term of the loss (None without a learned weight map)."""
+        cfg = self.config
+        if self.weight_logits is None or lam is None:
+            return None
+        prior = beta_hyperprior(lam, cfg.w_log_beta) if cfg.hyperprior == "beta" else normal_hyperprior(lam)
+        return cfg.hyperprior_weight * prior
 
 
 def make_tto_policy(name: str = "tto", **overrides) -> TestTimeOptimizationPolicy:

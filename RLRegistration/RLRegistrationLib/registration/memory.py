@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..fields.geometry import Grid, working_grid
+from ..fields.geometry import Grid, field_grid, working_grid
 
 GIB = 1 << 30
 # interpreter, torch and SimpleITK loaded (0.34 GiB measured)
@@ -28,7 +28,7 @@ RESAMPLE_BYTES_PER_VOXEL = 12
 # the displacement field on the output grid: float32 tensor, float64 array and image (3 components), and
 # the copy the composite transform takes when it is written or applied
 FIELD_BYTES_PER_VOXEL = 3 * (4 + 8 + 8 + 8)
-# label points (mapped through the affine, then per step through the field) on the output grid
+# label points (mapped through the affine, then per step through the field) on the fixed image's grid
 LABEL_BYTES_PER_VOXEL = 3 * 4 * 4
 
 
@@ -61,12 +61,14 @@ def estimate_peak_memory(
 ) -> MemoryEstimate:
     """Peak memory of registering ``moving`` to ``fixed`` with ``options`` (a ``SessionOptions``): the two
     images, one full-resolution resampling, and the displacement field (and label points) on the output
-    grid, which is the fixed image's own grid unless ``options.output_grid == "working"``."""
+    grid (``geometry.field_grid``)."""
     work = working_grid(
         Grid.from_image(fixed), options.working_spacing_mm, max_voxels=options.max_working_voxels
     )
     working_voxels = int(np.prod(work.size, dtype=np.int64))
-    output_voxels = working_voxels if options.output_grid == "working" else _voxels(fixed)
+    output_voxels = int(
+        np.prod(field_grid(Grid.from_image(fixed), work, options.output_grid).size, dtype=np.int64)
+    )
     parts = {
         "the runtime": RUNTIME_BYTES,
         "the working grid's tensors": WORKING_BYTES_PER_VOXEL * working_voxels,
@@ -75,7 +77,8 @@ def estimate_peak_memory(
         "the displacement field on the output grid": FIELD_BYTES_PER_VOXEL * output_voxels,
     }
     if labels:
-        parts["the label maps and label points"] = LABEL_BYTES_PER_VOXEL * output_voxels + 4 * (
+        image_voxels = working_voxels if options.output_grid == "working" else _voxels(fixed)
+        parts["the label maps and label points"] = LABEL_BYTES_PER_VOXEL * image_voxels + 4 * (
             _voxels(fixed) + _voxels(moving)
         )
     return MemoryEstimate(parts)

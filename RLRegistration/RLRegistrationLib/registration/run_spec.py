@@ -59,7 +59,8 @@ class RunSpec:
     ``regularization``, ``similarity``, ``intensity_mapping``), of the preset (``spacing_mm``: the
     working grid's spacing in mm; ``max_memory_gib``: refuse up front a run estimated to need more).
     ``samples`` > 1 or a ``temperature`` (policies that sample trajectories) and ``dice_labels`` (the
-    labels a run scores; None: all shared non-zero labels) complete it.
+    labels a run scores; None: all shared non-zero labels) complete it. ``harm_check`` (do no harm,
+    ``registration.harm_check``): a stage that does not improve the alignment is dropped.
     """
 
     policy: str = "tto"
@@ -71,13 +72,14 @@ class RunSpec:
     intensity_mapping: str | None = None
     initialization: str = "affine"
     spacing_mm: float | None = None
-    output_grid: str = "fixed"
+    output_grid: str = "auto"
     device: str = "auto"
     max_memory_gib: float | None = None
     seed: int = 0
     samples: int = 1
     temperature: float | None = None
     dice_labels: tuple[int, ...] | None = None
+    harm_check: bool = True
 
     def __post_init__(self) -> None:
         for name, (low, high) in RANGES.items():
@@ -92,6 +94,8 @@ class RunSpec:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise OptionError(name, f"choose from {', '.join(choices)}, got {value!r}")
+        if not isinstance(self.harm_check, bool):
+            raise OptionError("harm_check", f"true or false, got {self.harm_check!r}")
         if not isinstance(self.policy, str) or not self.policy.strip():
             raise OptionError("policy", "a policy name is required (see 'rlreg info')")
         device = self.device.lower() if isinstance(self.device, str) else self.device
@@ -232,6 +236,7 @@ def plan_run(spec: RunSpec, fixed: sitk.Image) -> RunPlan:
         output_grid=spec.output_grid,
         dice_labels=None if spec.dice_labels is None else list(spec.dice_labels),
         max_memory_gib=spec.max_memory_gib if spec.max_memory_gib is not None else preset.max_memory_gib,
+        harm_check=spec.harm_check,
     )
     steps = spec.steps if spec.steps is not None else preset.steps or policy_default_steps(spec.policy)
     return RunPlan(spec, policy, options, int(steps))
@@ -279,4 +284,4 @@ def register(
     session, plan = build_session(spec or RunSpec(), fixed, moving, **inputs)
     for _ in session.run(plan.steps):
         pass
-    return session.result()
+    return session.final_result()[0]

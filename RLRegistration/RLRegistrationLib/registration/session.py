@@ -25,9 +25,11 @@ from ..errors import InputError
 from ..fields.geometry import (
     Grid,
     affine_to_matrix,
+    field_grid,
     field_tensor_to_image,
     flatten_linear,
     image_to_tensor,
+    padded_grid,
     physical_points,
     tensor_to_image,
     voxel_to_physical,
@@ -45,7 +47,9 @@ from ..io.imaging import (
     resample_to_grid,
 )
 from ..io.masks import conform_mask, mask_to_grid
+from ..io.transform_files import QUANTUM_MM
 from ..policies.base import Policy, PolicyState, similarity_weight
+from .harm_check import HarmCheck, Verdict
 from .memory import check_memory, estimate_peak_memory
 from .prealign import INITIALIZATIONS, prealign
 
@@ -64,10 +68,15 @@ class SessionOptions:
     initialization: str = "affine"
     device: str = "auto"
     seed: int = 0
-    output_grid: str = "fixed"  # "fixed": the fixed image's own grid; "working": the coarse working grid
+    # grid of the result's displacement field (``geometry.field_grid``): "auto" (the working grid when it is
+    # the smaller, else the fixed image's), "fixed" or "working" (then also the warped image's and Dice's)
+    output_grid: str = "auto"
     dice_labels: list[int] | None = None  # labels to score (default: all shared non-zero labels)
     # refuse, before any work, a registration whose estimated peak memory exceeds this (GiB); None: no cap
     max_memory_gib: float | None = None
+    # do no harm (``harm_check``): a pre-alignment that does not improve on the initial alignment is dropped
+    # in ``prepare``; ``final_result`` drops deformable steps that do not improve on the pre-alignment
+    harm_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,11 +118,14 @@ class RegistrationResult:
     """The final transform (fixed point -> moving point, LPS mm) and its parts."""
 
     affine: sitk.AffineTransform
-    displacement: sitk.Image  # sitkVectorFloat64, LPS mm, on the output grid
+    displacement: sitk.Image  # sitkVectorFloat64, LPS mm, on ``output_grid``
     weight_map: sitk.Image | None  # lambda on the working grid
     reports: list[StepReport]
-    output_grid: Grid
-    uncertainty_map: sitk.Image | None = None  # trajectory spread (mm, float32) on the output grid
+    output_grid: Grid  # the displacement field's grid
+    uncertainty_map: sitk.Image | None = None  # trajectory spread (mm, float32) on ``image_grid``
+    image_grid: Grid | None = (
+        None  # warped image, uncertainty, Dice: the fixed image's grid (None: output_grid)
+    )
 
     @property
     def transform(self) -> sitk.CompositeTransform:
@@ -124,8 +136,9 @@ class RegistrationResult:
         return composite
 
     def warp_image(self, moving: sitk.Image, interpolator: int = sitk.sitkLinear, default_value: float = 0.0):
-        """The moving image resampled on the output grid through the transform (what the .h5 gives)."""
-        reference = self.output_grid.reference_image(moving.GetPixelID())
+        """The moving image resampled on the image grid (the fixed image's) through the transform (what the
+        .h5 gives)."""
+        reference = (self.image_grid or self.output_grid).reference_image(moving.GetPixelID())
         return sitk.Resample(moving, reference, self.transform, interpolator, default_value)
 
 
@@ -189,6 +202,8 @@ class RegistrationSession:
         self.reports: list[StepReport] = []
         self.cancelled = False
         self._similarity = LocalNCC(window=9)
+        self.verdicts: list[Verdict] = []  # the do-no-harm checks of the pre-alignment (``prepare``)
+        self._harm_checker: HarmCheck | None = None
 
     # ----------------------------------------------------------------- preparation
     @property
@@ -218,6 +233,15 @@ class RegistrationSession:
             raise InputError(
                 f"{self.names.moving}: the {self.initialization} pre-alignment failed ({reason})"
             ) from None
+        self.verdicts = []
+        if opts.harm_check and self.initialization != "none":
+            before = "initial transform" if self.initial_transform is not None else "images' own alignment"
+            verdict = self.harm_checker.compare(
+                self.initial_transform, linear, f"{self.initialization} pre-alignment", before
+            )
+            self.verdicts.append(verdict)
+            if not verdict.accepted:
+                linear = self.initial_transform
         self.affine = flatten_linear(linear)
         if self.initialization != "none":
             stage = "affine"
@@ -226,7 +250,8 @@ class RegistrationSession:
         check_overlap(self.fixed, self.moving, self.affine, stage, (self.names.fixed, self.names.moving))
         self.fixed_grid = Grid.from_image(self.fixed)
         self.grid = working_grid(self.fixed_grid, opts.working_spacing_mm, max_voxels=opts.max_working_voxels)
-        self.output_grid = self.fixed_grid if opts.output_grid == "fixed" else self.grid
+        self.output_grid = field_grid(self.fixed_grid, self.grid, opts.output_grid)
+        self.image_grid = self.grid if opts.output_grid == "working" else self.fixed_grid
         fixed_w = resample_to_grid(self.fixed, self.grid)
         moving_w = resample_to_grid(self.moving, self.grid, self.affine)
         self.fixed_tensor = self._normalized_tensor(fixed_w, intensity_window(self.fixed))
@@ -243,6 +268,36 @@ class RegistrationSession:
         self.reports = [self._report(0, identity, time.perf_counter() - start, {})]
         self._prepared = True
         return self.reports[0]
+
+    @property
+    def harm_checker(self) -> HarmCheck:
+        """The do-no-harm measure of this pair (``harm_check``), made on first use."""
+        if getattr(self, "_harm_checker", None) is None:
+            self._harm_checker = HarmCheck(self.fixed, self.moving, self.fixed_mask)
+        return self._harm_checker
+
+    def harm_verdict(self, step: int | None = None) -> Verdict | None:
+        """Whether the deformable steps up to ``step`` (default: the last) align the images better than the
+        pre-alignment on the do-no-harm measure; None before any step or with ``harm_check`` off."""
+        index = self.step_count if step is None else int(step)
+        if not self.options.harm_check or index == 0:
+            return None
+        with torch.no_grad():
+            grid = padded_grid(self.grid)
+            u_mm = resample_field_to_grid(self.field_at(index).to(self.device), self.grid, grid)
+        candidate = sitk.CompositeTransform(3)
+        candidate.AddTransform(self.affine)
+        candidate.AddTransform(sitk.DisplacementFieldTransform(field_tensor_to_image(u_mm, grid)))
+        return self.harm_checker.compare(self.affine, candidate, "deformable refinement", "pre-alignment")
+
+    def final_result(self) -> tuple[RegistrationResult, list[Verdict]]:
+        """The result a run ends with and the do-no-harm verdicts behind it: the last step's, or the
+        pre-alignment's when the deformable steps did not improve on it (``harm_verdict``)."""
+        verdict = self.harm_verdict()
+        verdicts = [*self.verdicts, *([verdict] if verdict is not None else [])]
+        result = self.result(0 if verdict is not None and not verdict.accepted else None)
+        result.verdicts, result.steps_run = verdicts, list(self.reports)
+        return result, verdicts
 
     def _normalized_tensor(self, image: sitk.Image, window: tuple[float, float]) -> torch.Tensor:
         array = normalize_intensity(sitk.GetArrayViewFromImage(image), window)
@@ -265,18 +320,18 @@ class RegistrationSession:
             return
         fixed_labels = sitk.GetArrayFromImage(self.fixed_labels)
         moving_labels = sitk.GetArrayViewFromImage(self.moving_labels)
-        if self.output_grid is not self.fixed_grid:
+        if self.image_grid is not self.fixed_grid:
             fixed_labels = sitk.GetArrayFromImage(
-                resample_to_grid(self.fixed_labels, self.output_grid, interpolator=sitk.sitkNearestNeighbor)
+                resample_to_grid(self.fixed_labels, self.image_grid, interpolator=sitk.sitkNearestNeighbor)
             )
         self._dice_labels = common_labels(fixed_labels, moving_labels, self.options.dice_labels)
         self._fixed_label_array = fixed_labels
         self._moving_label_tensor = image_to_tensor(self.moving_labels, self.device)
         self._moving_label_grid = Grid.from_image(self.moving_labels)
-        # output-grid points mapped through the affine once; each step adds A u(x)
+        # image-grid points mapped through the affine once; each step adds A u(x)
         matrix, translation = affine_to_matrix(self.affine)
         self._affine_matrix = torch.as_tensor(matrix, dtype=torch.float32, device=self.device)
-        points = physical_points(self.output_grid, self.device)
+        points = physical_points(self.image_grid, self.device)
         self._label_points = points @ self._affine_matrix.T + torch.as_tensor(
             translation, dtype=torch.float32, device=self.device
         )
@@ -389,7 +444,7 @@ class RegistrationSession:
 
     def _dice(self, total: torch.Tensor) -> float:
         """Mean Dice on the output grid with moving labels sampled (nearest) at A(x + u(x))."""
-        u_mm = resample_field_to_grid(total, self.grid, self.output_grid)[0].permute(1, 2, 3, 0)
+        u_mm = resample_field_to_grid(total, self.grid, self.image_grid)[0].permute(1, 2, 3, 0)
         points = self._label_points + u_mm @ self._affine_matrix.T
         warped = sample_image_at_points(
             self._moving_label_tensor, self._moving_label_grid, points, mode="nearest"
@@ -426,12 +481,12 @@ class RegistrationSession:
         return None
 
     def uncertainty_image(self, step: int | None = None, grid: Grid | None = None) -> sitk.Image | None:
-        """``uncertainty_at(step)`` as a float32 image (mm) on ``grid`` (default: the output grid),
+        """``uncertainty_at(step)`` as a float32 image (mm) on ``grid`` (default: the image grid),
         trilinear from the working grid; None when there is none."""
         uncertainty = self.uncertainty_at(step)
         if uncertainty is None:
             return None
-        grid = self.output_grid if grid is None else grid
+        grid = self.image_grid if grid is None else grid
         image = tensor_to_image(uncertainty, self.grid)
         if grid is self.grid:
             return image
@@ -446,6 +501,8 @@ class RegistrationSession:
         self.prepare()
         with torch.no_grad():
             u_mm = resample_field_to_grid(self.field_at(step).to(self.device), self.grid, self.output_grid)
+            # to the .h5's resolution (``transform_files``): the written transform is exactly this one
+            u_mm = torch.round(u_mm / QUANTUM_MM) * QUANTUM_MM
         weight = self.weight_map_at(step)
         return RegistrationResult(
             affine=self.affine,
@@ -454,4 +511,5 @@ class RegistrationSession:
             reports=list(self.reports[: (self.step_count if step is None else step) + 1]),
             output_grid=self.output_grid,
             uncertainty_map=self.uncertainty_image(step),
+            image_grid=self.image_grid,
         )

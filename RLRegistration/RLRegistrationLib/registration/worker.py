@@ -20,6 +20,7 @@ from ..fields.geometry import (
     ijk_to_ras_matrix,
     voxel_to_physical,
 )
+from ..fields.spatial import resample_field_to_grid
 from ..io.imaging import intensity_window
 from ..io.slicer_arrays import SlicerGridArrays, affine_ras_matrix, ras_arrays
 from .session import RegistrationResult, RegistrationSession, StepReport
@@ -100,11 +101,18 @@ def final_outputs(
     moving: sitk.Image | None = None,
     dtype=np.float32,
 ) -> FinalOutputs:
-    """Full-resolution transform (and warped image when ``moving`` is given) of ``step`` (default: last)."""
+    """Full-resolution transform (and warped image when ``moving`` is given) of ``step`` (default: last).
+    The display arrays are on the image grid (the fixed image's), where the warped image and the overlays
+    are, whatever grid the result's field is written on."""
     index = session.step_count if step is None else int(step)
     result = session.result(index)
-    grid = result.output_grid
-    u = sitk.GetArrayViewFromImage(result.displacement)
+    grid = result.image_grid or result.output_grid
+    if grid == result.output_grid:
+        u = sitk.GetArrayViewFromImage(result.displacement)
+    else:
+        with torch.no_grad():
+            u_mm = resample_field_to_grid(session.field_at(index).to(session.device), session.grid, grid)
+        u = u_mm[0].permute(1, 2, 3, 0).double().cpu().numpy()
     warped = None
     if moving is not None:
         warped = sitk.GetArrayFromImage(result.warp_image(moving, default_value=background_value(moving)))
