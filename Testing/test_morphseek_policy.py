@@ -263,7 +263,9 @@ def test_cli_samples_write_the_uncertainty_on_the_fixed_grid(model_dir, small_pa
         "morphseek-unit",
         "--device",
         "cpu",
-        "--no-affine",
+        "--initialization",
+        "none",
+        "--no-harm-check",  # an untrained unit model: the steps are kept to test the map's writing
         "--steps",
         "2",
         "--samples",

@@ -80,10 +80,23 @@ class Grid:
         return corners @ self.index_to_physical_matrix.T + np.asarray(self.origin)
 
 
+def canonical_axes(direction: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """(order, signs): the reference's index axes reordered and flipped so that axis ``a`` of the result
+    runs along physical axis ``a`` (L, P, S) in the positive direction, as closely as the direction allows.
+    Two copies of one image whose voxels are stored in another order give the same working grid."""
+    dominant = np.abs(direction).argmax(axis=0)  # the physical axis each index axis runs along
+    order = [int(c) for c in np.argsort(dominant, kind="stable")]
+    if sorted(dominant.tolist()) != [0, 1, 2]:  # an oblique direction with two axes along one: keep its order
+        order = [0, 1, 2]
+    signs = np.sign(direction[dominant[order], order])
+    return order, np.where(signs == 0, 1.0, signs)
+
+
 def working_grid(
     reference: Grid, spacing_mm: float, multiple: int = 16, max_voxels: int | None = None
 ) -> Grid:
-    """Isotropic grid with the reference's direction covering its field of view (centred).
+    """Isotropic grid covering the reference's field of view (centred), its axes those of the reference
+    put in canonical order (``canonical_axes``): the same grid whatever order the voxels are stored in.
 
     The field of view of n voxels of spacing s is n * s mm (each voxel is a cell), so 160 voxels at 1 mm
     become 80 at 2 mm. Every dimension is a multiple of ``multiple`` (network down-sampling). When
@@ -91,7 +104,8 @@ def working_grid(
     """
     if max_voxels is not None and max_voxels < multiple**3:
         raise ValueError(f"max_voxels={max_voxels} is below the smallest possible grid ({multiple}^3)")
-    field_of_view = np.asarray(reference.size) * np.asarray(reference.spacing)  # mm along each index axis
+    order, signs = canonical_axes(reference.direction_matrix)
+    field_of_view = (np.asarray(reference.size) * np.asarray(reference.spacing))[order]
     spacing = float(spacing_mm)
     while True:
         size = np.maximum(multiple, np.ceil(field_of_view / spacing / multiple - 1e-9) * multiple).astype(int)
@@ -100,13 +114,13 @@ def working_grid(
         spacing *= 1.05
     ref_center_index = (np.asarray(reference.size) - 1) / 2.0
     center = reference.index_to_physical_matrix @ ref_center_index + np.asarray(reference.origin)
-    direction = reference.direction_matrix
+    direction = reference.direction_matrix[:, order] * signs
     origin = center - direction @ ((size - 1) / 2.0 * spacing)
     return Grid(
         tuple(int(s) for s in size),
         (spacing, spacing, spacing),
         tuple(float(o) for o in origin),
-        reference.direction,
+        tuple(float(d) for d in direction.ravel()),
     )
 
 

@@ -33,7 +33,6 @@ from ..fields.geometry import (
     physical_points,
     tensor_to_image,
     voxel_to_physical,
-    working_grid,
 )
 from ..fields.metrics import common_labels, dice_per_label
 from ..fields.similarity import LocalNCC
@@ -52,6 +51,7 @@ from ..policies.base import Policy, PolicyState, similarity_weight
 from .harm_check import HarmCheck, Verdict
 from .memory import check_memory, estimate_peak_memory
 from .prealign import INITIALIZATIONS, prealign
+from .region import cropped_working_grid, registration_region
 
 
 @dataclass
@@ -77,6 +77,9 @@ class SessionOptions:
     # do no harm (``harm_check``): a pre-alignment that does not improve on the initial alignment is dropped
     # in ``prepare``; ``final_result`` drops deformable steps that do not improve on the pre-alignment
     harm_check: bool = True
+    # the working grid covers the part of the fixed field of view where either image has something
+    # (``region``), not the air around it
+    crop_to_region: bool = True
 
 
 @dataclass(frozen=True)
@@ -249,8 +252,16 @@ class RegistrationSession:
             stage = "initial" if self.initial_transform else "none"
         check_overlap(self.fixed, self.moving, self.affine, stage, (self.names.fixed, self.names.moving))
         self.fixed_grid = Grid.from_image(self.fixed)
-        self.grid = working_grid(self.fixed_grid, opts.working_spacing_mm, max_voxels=opts.max_working_voxels)
-        self.output_grid = field_grid(self.fixed_grid, self.grid, opts.output_grid)
+        region = None
+        if opts.crop_to_region:
+            region = registration_region(
+                self.fixed, self.moving, self.affine, self.fixed_mask, self.moving_mask
+            )
+        lattice, self.grid = cropped_working_grid(
+            self.fixed_grid, opts.working_spacing_mm, region, max_voxels=opts.max_working_voxels
+        )
+        # on the whole lattice, the field outside the cropped grid repeats its border (as sampling clamps)
+        self.output_grid = field_grid(self.fixed_grid, lattice, opts.output_grid)
         self.image_grid = self.grid if opts.output_grid == "working" else self.fixed_grid
         fixed_w = resample_to_grid(self.fixed, self.grid)
         moving_w = resample_to_grid(self.moving, self.grid, self.affine)
