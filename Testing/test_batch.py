@@ -28,7 +28,8 @@ from RLRegistrationLib.frontends.batch import (
 )
 from RLRegistrationLib.frontends.batch_cluster import (
     GIB,
-    estimate_pair_memory,
+    largest_estimate,
+    pair_estimate,
     plan_local_cluster,
     worker_specs,
 )
@@ -226,20 +227,24 @@ def test_one_gpu_per_worker():
     )
 
 
-def test_memory_estimate_from_headers_is_the_runs_own():
-    from RLRegistrationLib.registration.memory import estimate_peak_memory
-    from RLRegistrationLib.registration.run_spec import plan_run
-
+def test_the_clusters_estimate_is_the_runs_own(small_pair, tmp_path):
+    """The memory limit's estimate (the largest pair by header, for each run setting) is the estimate the
+    pair's own run records."""
+    small = BatchPair("small", PairFiles(**small_pair), QUICK)
     files = PairFiles(*(SAMPLE_FILES[k] for k in ("fixed", "moving", "fixed_labels", "moving_labels")))
-    for spec in (
-        RunSpec(device="cpu"),
-        RunSpec(device="cpu", quality="fine"),
-        RunSpec(device="cpu", output_grid="working"),
-    ):
-        fixed, moving = sitk.ReadImage(str(files.fixed)), sitk.ReadImage(str(files.moving))
-        expected = estimate_peak_memory(fixed, moving, plan_run(spec, fixed).options, labels=True).total_bytes
-        assert estimate_pair_memory(BatchPair("s", files, spec)) == expected
-    assert estimate_pair_memory(BatchPair("x", PairFiles("/nope.nii.gz", files.moving), QUICK)) is None
+    large = BatchPair("large", files, QUICK.replace(spacing_mm=None))
+    estimate = largest_estimate([small, large])
+    assert estimate == pair_estimate(large) > pair_estimate(small) > 0
+    record = run_pair(large, tmp_path, threads=1)
+    assert record["status"] == "done", record
+    assert record["estimated_memory_gib"] == round(estimate / GIB, 4)
+    # one estimate per run setting, of its largest pair; none when nothing can be read
+    assert largest_estimate([small]) == pair_estimate(small)
+    assert largest_estimate([BatchPair("x", PairFiles("/nope.nii.gz", files.moving), QUICK)]) is None
+    plan = plan_local_cluster(
+        [BatchPair("x", PairFiles("/nope.nii.gz", files.moving), QUICK)] * 1, cores=2, memory=8 * GIB, gpus=()
+    )
+    assert plan.estimate is None and plan.memory_limit == int(0.9 * 8 * GIB)
 
 
 # ----------------------------------------------------------------------------------------------------

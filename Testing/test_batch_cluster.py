@@ -334,3 +334,28 @@ def test_slurm_job_script_from_cluster_options(monkeypatch):
     ):
         assert line in script, script
     assert "--nworkers 4" in script and "--nthreads 1" in script and "--resources GPU=1" in script
+
+
+def task_seeing_gpus(pair, out_dir, threads=None):
+    """The pair task, noting which GPU its worker was given."""
+    record = run_pair(pair, out_dir, threads)
+    record["device"] = f"{record['device']} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
+    return record
+
+
+def test_one_gpu_per_worker_is_a_resource_each_pair_takes(images, tmp_path):
+    """The GPU wiring on CPUs: two workers told they hold GPUs 0 and 1 run the pairs (device auto: here the
+    CPU) one pair per GPU at a time, each worker seeing only its own."""
+    plan = ClusterPlan(workers=2, threads_per_pair=1, memory_limit=3 * GIB, gpus=("0", "1"), cores=2)
+    cluster, client = start_local_cluster(plan)
+    try:
+        pairs = [BatchPair(p.id, p.files, QUICK.replace(device="auto")) for p in _pairs(images, 3)]
+        records = register_many(pairs, tmp_path / "out", client, pair_task=task_seeing_gpus)
+        resources = client.run(lambda dask_worker: dict(dask_worker.state.total_resources))
+    finally:
+        client.close()
+        cluster.close()
+    assert [r["status"] for r in records] == ["done"] * 3
+    assert sorted(resources.values(), key=str) == [{"GPU": 1}, {"GPU": 1}]
+    seen = {r["worker"]: r["device"].rsplit("=", 1)[1] for r in records}
+    assert set(seen.values()) <= {"0", "1"} and len(set(seen.values())) == len(seen)

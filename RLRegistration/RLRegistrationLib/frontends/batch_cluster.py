@@ -4,8 +4,9 @@ an existing one (a scheduler's address), or one started through dask-jobqueue (S
 A local cluster has ``workers`` processes (Dask nannies; one task thread each, so a worker registers one
 pair at a time) and gives each pair ``threads_per_pair`` torch and SimpleITK threads, with ``workers x
 threads_per_pair`` never above the cores this process may use. Each worker's memory limit is the largest
-pair's own estimate (``registration.memory.estimate_peak_memory``, from the images' headers) plus what a
-Dask worker adds, with a margin; there are no more workers than the available memory holds at that limit.
+pair's own estimate (``batch.run_estimate``: for each distinct run setting, of its largest pair by the
+images' headers) plus what a Dask worker adds, with a margin; there are no more workers than the
+available memory holds at that limit (no estimate: the memory shared among the workers, as Dask does).
 Where the pairs may use a GPU (``--device auto`` or ``cuda``) and GPUs are present, there is one worker
 per GPU, which sees only its own (``CUDA_VISIBLE_DEVICES``) and offers it as the resource ``GPU``.
 
@@ -35,7 +36,7 @@ GIB = 1 << 30
 WORKER_OVERHEAD_BYTES = 150 << 20
 #: worker memory limit = margin x (estimate + overhead); the nanny ends a worker above 95% of it
 MEMORY_MARGIN = 1.25
-#: headers read for the memory estimate (evenly spread over the pairs)
+#: headers read to find the largest pairs for the memory estimate (evenly spread over the pairs)
 ESTIMATE_SAMPLE = 500
 #: the Dask settings of the clusters started here (see the module doc)
 CLUSTER_CONFIG = {
@@ -104,73 +105,53 @@ def visible_gpus() -> tuple[str, ...]:
     return tuple(str(i) for i in range(count))
 
 
-class _Header:
-    """What ``estimate_peak_memory`` and ``plan_run`` read of an image, from its header only."""
+def header_voxels(path: str | Path) -> int | None:
+    """Voxels of an image file from its header (None: a folder, or not readable)."""
+    import SimpleITK as sitk
 
-    def __init__(self, path: str | Path):
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        self._reader = reader
-        one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
-        self._component_bytes = one.GetSizeOfPixelComponent()
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection", "GetDimension"):
-            return getattr(self._reader, name)
-        raise AttributeError(name)
-
-    def GetNumberOfComponentsPerPixel(self) -> int:  # noqa: N802 (SimpleITK's name)
-        return self._reader.GetNumberOfComponents()
-
-    def GetSizeOfPixelComponent(self) -> int:  # noqa: N802
-        return self._component_bytes
-
-
-def estimate_pair_memory(pair: BatchPair, plans: dict | None = None) -> int | None:
-    """The pair's estimated peak memory in bytes from its images' headers, as its run will estimate it
-    from the images; None when a header cannot be read (a DICOM folder, a missing file: the pair's own
-    run says why)."""
-    from ..registration.memory import estimate_peak_memory
-    from ..registration.run_spec import plan_run
-
-    files = pair.files
+    if Path(path).is_dir():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        if Path(files.fixed).is_dir() or Path(files.moving).is_dir():
-            return None
-        fixed, moving = _Header(files.fixed), _Header(files.moving)
-        key = (pair.spec, tuple(fixed.GetSpacing()))
-        plans = {} if plans is None else plans
-        if key not in plans:
-            plans[key] = plan_run(pair.spec, fixed).options
-        labels = files.fixed_labels is not None and files.moving_labels is not None
-        return estimate_peak_memory(fixed, moving, plans[key], labels=labels).total_bytes
-    except Exception:  # noqa: BLE001 (any unreadable header: no estimate from this pair)
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return int(math.prod(reader.GetSize()))
+
+
+def pair_estimate(pair: BatchPair) -> int | None:
+    """The pair's own estimate of its peak memory (bytes), as its run makes it (``batch.run_estimate``:
+    its images read, its session built); None when that fails (the pair's own run will say why)."""
+    from ..registration.run_spec import build_session
+    from .batch import run_estimate
+
+    try:
+        inputs = pair.files.read()
+        session, _ = build_session(pair.spec, **inputs)
+        return run_estimate(inputs, session.options)
+    except Exception:  # noqa: BLE001 (any refusal: no estimate from this pair)
         return None
 
 
-def largest_estimate(pairs: list[BatchPair], sample: int = ESTIMATE_SAMPLE) -> int | None:
-    """The largest estimate over the pairs (at most ``sample`` of them, evenly spread); None if none."""
+def largest_estimate(pairs: list[BatchPair], sample: int = ESTIMATE_SAMPLE, tries: int = 2) -> int | None:
+    """The largest pair estimate over the pairs' run settings: for each distinct ``RunSpec`` (at most 20),
+    the estimate of its largest pair by the images' headers (of at most ``sample`` pairs, evenly spread),
+    or of the next largest when that one cannot be estimated. None if no pair could be."""
     if len(pairs) > sample:
         pairs = [pairs[round(i * (len(pairs) - 1) / (sample - 1))] for i in range(sample)]
-    plans: dict = {}
-    estimates = [e for e in (estimate_pair_memory(p, plans) for p in pairs) if e is not None]
+    groups: dict[Any, list[tuple[int, BatchPair]]] = {}
+    for pair in pairs:
+        sizes = [header_voxels(pair.files.fixed), header_voxels(pair.files.moving)]
+        if None not in sizes:
+            groups.setdefault(pair.spec, []).append((sum(sizes), pair))
+    estimates = []
+    for group in list(groups.values())[:20]:
+        group.sort(key=lambda item: -item[0])
+        estimate = next((e for _, p in group[:tries] if (e := pair_estimate(p)) is not None), None)
+        if estimate is not None:
+            estimates.append(estimate)
     return max(estimates) if estimates else None
-
-
-def _cap_bytes(pairs: list[BatchPair]) -> int:
-    """The largest memory cap of the pairs' specs (what a run may use at most), in bytes."""
-    from ..registration.quality import QUALITY_PRESETS
-
-    caps = [
-        p.spec.max_memory_gib
-        if p.spec.max_memory_gib is not None
-        else QUALITY_PRESETS[p.spec.quality].max_memory_gib
-        for p in pairs
-    ]
-    return int(max(c for c in caps if c is not None) * GIB) if any(c is not None for c in caps) else 4 * GIB
 
 
 def plan_local_cluster(
@@ -196,13 +177,12 @@ def plan_local_cluster(
         gpus = visible_gpus() if any(str(p.spec.device).lower() != "cpu" for p in pairs) else ()
     if estimate is None:
         estimate = largest_estimate(pairs)
-    need = estimate if estimate is not None else _cap_bytes(pairs)
-    limit = int(math.ceil(MEMORY_MARGIN * (need + WORKER_OVERHEAD_BYTES)))
     if workers is not None and workers < 1:
         raise InputError(f"--workers: must be at least 1, got {workers}")
     if threads_per_pair is not None and threads_per_pair < 1:
         raise InputError(f"--threads-per-pair: must be at least 1, got {threads_per_pair}")
-    fitting = max(1, int(0.9 * memory // limit))
+    limit = None if estimate is None else int(math.ceil(MEMORY_MARGIN * (estimate + WORKER_OVERHEAD_BYTES)))
+    fitting = max(1, int(0.9 * memory // limit)) if limit else len(pairs) or 1
     if gpus:
         count = workers or min(len(gpus), max(1, len(pairs)))
         gpus = tuple(gpus[i % len(gpus)] for i in range(count))
@@ -212,6 +192,8 @@ def plan_local_cluster(
     else:
         count = workers
     threads = threads_per_pair or max(1, cores // count)
+    if limit is None:  # no estimate: the memory shared among the workers, as Dask does by default
+        limit = max(1 << 30, int(0.9 * memory // count))
     return ClusterPlan(count, threads, limit, tuple(gpus), estimate, cores)
 
 

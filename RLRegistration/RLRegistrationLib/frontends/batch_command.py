@@ -102,9 +102,8 @@ def read_pairs(args, base):
         return pairs_from_bids(
             args.bids, base, args.template, args.bids_suffix, tuple(args.bids_filter or ())
         )
-    for option in ("template",):
-        if getattr(args, option):
-            raise InputError(f"--{option} goes with --bids")
+    if args.template:
+        raise InputError("--template goes with --bids")
     return pairs_from_csv(args.pairs, base), []
 
 

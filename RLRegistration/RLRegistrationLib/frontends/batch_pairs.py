@@ -32,7 +32,7 @@ from .pair_run import PairFiles
 
 FILE_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask")
 #: option names (as on the command line, without dashes) -> RunSpec field
-COLUMN_ALIASES = {"spacing": "spacing_mm", "max_memory": "max_memory_gib", "labels": "dice_labels"}
+COLUMN_ALIASES = {"spacing": "spacing_mm", "max_memory": "max_memory_gib"}
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
