@@ -104,8 +104,8 @@ def test_an_unknown_mapping_mode_is_refused():
 def test_cli_maps_a_t2_moving_image_and_registers_it(tmp_path, capsys):
     """``rlreg register`` on the sample pair with the moving image re-synthesized T2-like from its labels:
     the automatic mapping says it is on, and registers across the contrasts as well as without it (on this
-    2 mm pair the two end within 0.01 Dice of each other; the mapping's gain is measured at 1 mm on the
-    validation pairs, benchmarks/RESULTS.md)."""
+    2 mm pair, standard quality, the two end within 0.01 Dice of each other (with the fine schedule 0.624
+    against 0.635); the mapping's gain is measured at 1 mm on the validation pairs, benchmarks/RESULTS.md)."""
     import json
 
     import SimpleITK as sitk
@@ -122,7 +122,7 @@ def test_cli_maps_a_t2_moving_image_and_registers_it(tmp_path, capsys):
         report = tmp_path / f"{mode}.json"
         argv = [SAMPLE_DIR / "fixed.nii.gz", moving, "-o", tmp_path / f"{mode}.h5", "--report", report]
         argv += ["--fixed-labels", SAMPLE_DIR / "fixed_labels.nii.gz", "--moving-labels", moving_labels]
-        argv += ["--device", "cpu", "--intensity-mapping", mode]
+        argv += ["--device", "cpu", "--intensity-mapping", mode, "--quality", "standard"]
         assert main(["register", *map(str, argv)]) == 0
         output[mode] = capsys.readouterr().out
         dice[mode] = [step["dice"] for step in json.loads(report.read_text())["steps"]]

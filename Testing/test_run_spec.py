@@ -32,7 +32,7 @@ def plan(*extra: str, fixed: sitk.Image | None = None):
 
 
 def test_standard_is_the_2mm_capped_grid_and_the_4_gib_cap():
-    run = plan()
+    run = plan("--quality", "standard")
     options = run.options
     assert (options.working_spacing_mm, options.max_working_voxels, options.max_memory_gib) == (
         2.0,
@@ -142,3 +142,50 @@ def test_sampling_options_only_for_policies_that_sample():
         plan("--samples", "3")
     with pytest.raises(OptionError, match="unknown policy 'nope'"):
         plan("--policy", "nope")
+
+
+def test_auto_quality_runs_the_finest_fine_schedule_that_fits_the_memory_cap():
+    image = fixed_image()  # 16^3 voxels at 1 mm: fine at 1 mm fits any cap
+    run = plan(fixed=image)
+    assert (
+        run.quality == "fine" and run.options.working_spacing_mm == 1.0 and run.options.max_memory_gib == 4.0
+    )
+    assert run.notes == [
+        next(n for n in run.notes if n.startswith("quality auto -> fine: 1 mm working grid"))
+    ]
+    assert set(run.policies) == {"same-patient"}  # the kind is found after the pre-alignment
+    assert (
+        run.policies["same-patient"].config.regularization == 6.0 and run.policy.config.regularization == 2.0
+    )
+    from RLRegistrationLib.registration.memory import GIB, estimate_peak_memory
+
+    big = sitk.Image(256, 256, 170, sitk.sitkInt16)  # a 1 mm field of view of a whole head
+    fine = plan("--max-memory", "100", fixed=big)
+    medium = plan("--max-memory", "100", "--spacing", "1.5", "--quality", "fine", fixed=big)
+    at_1mm, at_15mm = (
+        estimate_peak_memory(big, big, run.options, steps=4).total_bytes / GIB for run in (fine, medium)
+    )
+    assert at_15mm < at_1mm
+    for cap, expected, spacing in (
+        (at_1mm + 0.01, "fine", 1.0),
+        (at_15mm + 0.01, "fine", 1.5),
+        (0.3, "standard", 2.0),
+    ):
+        run = plan("--max-memory", f"{cap:.2f}", fixed=big)
+        assert (run.quality, run.options.working_spacing_mm) == (expected, spacing), run.notes
+    assert "more than 0.3 GiB" in run.notes[0]
+    learned = plan("--policy", "spac-brain-synth", fixed=image)
+    assert learned.quality == "standard" and "tto policy's" in learned.notes[0]
+
+
+def test_a_known_pair_kind_picks_its_schedule():
+    same_patient = plan("--pair", "same-patient")
+    assert same_patient.quality == "followup" and same_patient.options.pair == "same-patient"
+    assert not same_patient.policies and same_patient.notes[0] == "pair: same patient (as asked)"
+    session = plan("--pair", "same-session")
+    assert session.options.pair == "same-session" and not session.options.steps_asked
+    assert plan("--pair", "same-session", "--steps", "3").options.steps_asked
+    tagged = plan_run(
+        parse(), fixed_image(), pair=("different-subjects", "the DICOM series have different PatientIDs")
+    )
+    assert tagged.options.pair == "different-subjects" and "PatientIDs" in tagged.notes[0]

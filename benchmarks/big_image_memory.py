@@ -4,9 +4,11 @@
 
 Writes a CT-like int16 pair (air -1000 HU, a body of soft tissue with noise, a bone ring, a few organs;
 the moving body slightly shifted and scaled) as .nii.gz into ``--work-dir`` (kept for reruns), then runs
-``python -m RLRegistrationLib register`` once per configuration (default output grid, and
-``--output-grid working``) and prints exit code, wall time, peak RSS (from ``os.wait4``) and the last line
-of its stderr. The memory model of ``RLRegistrationLib.memory`` is calibrated on these numbers.
+``python -m RLRegistrationLib register`` once per configuration (default options; ``working``: the field on
+the working grid; or any options in quotes) and prints exit code, wall time, peak RSS (GNU time), the .h5's
+size, what the command chose and the last line of its stderr. ``--case head``: a 256x256x170 whole-head
+1 mm MRI follow-up pair (SynthSeg subject 11, air around the head). The memory model of
+``RLRegistrationLib.registration.memory`` is calibrated on these numbers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,22 +61,54 @@ def ct_phantom(
     return image
 
 
-def measure(command: list[str]) -> tuple[int, float, float, str]:
-    """(exit code, wall seconds, peak RSS GiB, last stderr line) of one subprocess."""
+def measure(command: list[str]) -> tuple[int, float, float, str, str]:
+    """(exit code, wall seconds, peak RSS GiB, last stderr line, stdout) of one subprocess; the peak from
+    GNU time (a child forked from this process would inherit its high-water mark)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(LIB), os.environ.get("PYTHONPATH")])))
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    lines = stderr.strip().splitlines()
-    return process.returncode, seconds, usage.ru_maxrss / 2**20, lines[-1] if lines else ""
+    with tempfile.NamedTemporaryFile("r") as peak:
+        start = time.perf_counter()
+        done = subprocess.run(
+            ["/usr/bin/time", "-q", "-f", "%M", "-o", peak.name, *command],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - start
+        rss = float(peak.read().strip().splitlines()[-1]) / 2**20
+    lines = done.stderr.strip().splitlines()
+    return done.returncode, seconds, rss, lines[-1] if lines else "", done.stdout
+
+
+def whole_head_pair(work: Path, shared: Path, size: tuple[int, int, int]) -> tuple[Path, Path]:
+    """A 1 mm whole-head follow-up pair of SynthSeg subject 11 (skull, scalp, neck; small motion and
+    deformation, ``synthesis.followup``), on a ``size`` grid centred on the head (air around it)."""
+    from RLRegistrationLib.synthesis.followup import follow_up_pair
+
+    paths = work / "head_fixed.nii.gz", work / "head_moving.nii.gz"
+    if not all(p.exists() for p in paths):
+        pair = follow_up_pair(11, shared, seed=0, spacing_mm=1.0)
+        for image, path in zip((pair.fixed, pair.moving), paths):
+            grid = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
+            grid.SetDirection(image.GetDirection())
+            centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+            half = np.asarray(image.GetDirection()).reshape(3, 3) @ ((np.asarray(size) - 1) / 2.0)
+            grid.SetOrigin(tuple(np.asarray(centre) - half))
+            resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+            sitk.WriteImage(
+                sitk.Cast(sitk.RescaleIntensity(resampled, 0, 1000), sitk.sitkInt16), str(path), True
+            )
+    return paths
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, nargs=3, default=[512, 512, 400])
+    parser.add_argument(
+        "--case", choices=["ct", "head"], default="ct", help="CT-like phantom or whole-head MRI"
+    )
+    parser.add_argument("--shared-dir", default=str(LIB.parent.parent / "shared" / "data"))
+    parser.add_argument(
+        "--size", type=int, nargs=3, help="grid size (default 512 512 400 for ct, 256 256 170 for head)"
+    )
     parser.add_argument("--spacing", type=float, nargs=3, default=[0.7, 0.7, 1.0])
     parser.add_argument("--work-dir", default="/tmp/rlreg_big")
     parser.add_argument("--configs", nargs="+", default=["default", "working"])
@@ -81,21 +116,37 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    tag = "x".join(map(str, args.size))
-    fixed, moving = work / f"fixed_{tag}.nii.gz", work / f"moving_{tag}.nii.gz"
-    for path, scale, shift in ((fixed, 1.0, 0.0), (moving, 0.95, 6.0)):
-        if not path.exists():
-            sitk.WriteImage(ct_phantom(tuple(args.size), tuple(args.spacing), scale, shift), str(path), True)
-    print(f"pair {tag} int16 at {args.spacing} mm in {work}")
+    size = tuple(args.size or ((512, 512, 400) if args.case == "ct" else (256, 256, 170)))
+    tag = "x".join(map(str, size))
+    if args.case == "head":
+        if not (Path(args.shared_dir) / "synthseg").is_dir():
+            print(f"big_image_memory.py: the shared data is not here ({args.shared_dir})", file=sys.stderr)
+            sys.exit(2)
+        fixed, moving = whole_head_pair(work, Path(args.shared_dir), size)
+        print(f"whole-head pair {tag} at 1 mm in {work}")
+    else:
+        fixed, moving = work / f"fixed_{tag}.nii.gz", work / f"moving_{tag}.nii.gz"
+        for path, scale, shift in ((fixed, 1.0, 0.0), (moving, 0.95, 6.0)):
+            if not path.exists():
+                sitk.WriteImage(ct_phantom(size, tuple(args.spacing), scale, shift), str(path), True)
+        print(f"pair {tag} int16 at {args.spacing} mm in {work}")
     for config in args.configs:
         out = work / f"t_{tag}_{config}.h5"
         out.unlink(missing_ok=True)
         command = [sys.executable, "-m", "RLRegistrationLib", "register", str(fixed), str(moving)]
-        command += ["-o", str(out), "--device", "cpu", "--quiet", *args.extra]
+        command += ["-o", str(out), "--device", "cpu", *args.extra]
         if config == "working":
             command += ["--output-grid", "working"]
-        code, seconds, rss, last = measure(command)
-        print(f"{config:8s} exit {code}  {seconds:6.1f} s  peak RSS {rss:.2f} GiB  {last}")
+        elif config != "default":
+            command += config.split()
+        code, seconds, rss, last, printed = measure(command)
+        said = "; ".join(
+            line for line in printed.splitlines() if line.startswith(("quality", "pair", "no deformable"))
+        )
+        size_mb = out.stat().st_size / 2**20 if out.exists() else float("nan")
+        print(
+            f"{config:8s} exit {code}  {seconds:6.1f} s  peak RSS {rss:.2f} GiB  .h5 {size_mb:.1f} MB  {said}  {last}"
+        )
 
 
 if __name__ == "__main__":

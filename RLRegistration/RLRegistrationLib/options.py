@@ -12,6 +12,8 @@ OUTPUT_GRIDS = ("auto", "fixed", "working")  # grid of the written displacement 
 SIMILARITIES = ("ncc", "mind", "mse")  # ncc: same contrast; mind: across modalities
 INTENSITY_MAPPINGS = ("auto", "on", "off")  # tto: map the moving contrast to the fixed one (T1 vs T2)
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
+#: what the pair is (registration.pair_kind); "auto": from DICOM headers, else from the images
+PAIR_KINDS = ("auto", "same-session", "same-patient", "different-subjects")
 
 #: inclusive (low, high) of every numeric option; units: steps and iterations are counts, regularization
 #: a weight, spacing in mm, memory in GiB, temperature a factor on the latent standard deviation

@@ -92,6 +92,16 @@ def canonical_axes(direction: np.ndarray) -> tuple[list[int], np.ndarray]:
     return order, np.where(signs == 0, 1.0, signs)
 
 
+def images_resolution(*images: sitk.Image) -> tuple[float, float, float]:
+    """The coarsest voxel size (mm) of ``images`` along the working grid's array axes (D, H, W): each
+    image's spacing along the index axis closest to each of L, P, S (``canonical_axes``)."""
+    worst = np.zeros(3)
+    for image in images:
+        order, _ = canonical_axes(np.asarray(image.GetDirection()).reshape(3, 3))
+        worst = np.maximum(worst, np.asarray(image.GetSpacing())[order])
+    return tuple(float(v) for v in worst[::-1])
+
+
 def working_grid(
     reference: Grid, spacing_mm: float, multiple: int = 16, max_voxels: int | None = None
 ) -> Grid:

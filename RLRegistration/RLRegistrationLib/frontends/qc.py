@@ -54,7 +54,7 @@ def write_qc_picture(
         sitk.GetArrayFromImage(resample_to_grid(moving, grid, result.affine, antialias=False)), window_m
     )
     after = normalize_intensity(sitk.GetArrayFromImage(result.warp_image(moving)), window_m)
-    u = sitk.GetArrayFromImage(result.displacement)
+    u = result.field_mm
     magnitude = np.linalg.norm(u, axis=-1)
     if result.output_grid != grid:
         magnitude = sitk.GetArrayFromImage(

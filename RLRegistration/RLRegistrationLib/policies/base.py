@@ -33,6 +33,9 @@ class PolicyState:
     step_index: int
     fixed_mask: torch.Tensor | None = None
     moving_mask: torch.Tensor | None = None
+    # the coarsest voxel size (mm) of the two images along the working grid's array axes (D, H, W): a
+    # thick-slice image has nothing to say about deformation finer than its slices
+    resolution_mm: tuple[float, float, float] | None = None
 
 
 @dataclass

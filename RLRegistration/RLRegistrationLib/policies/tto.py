@@ -179,10 +179,12 @@ class TestTimeOptimizationPolicy(Policy):
         self._pyramid: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.box: Box | None = None  # the optimized part of the working grid (None: all of it)
         self._started = False
+        self.spacing_mm: float | None = None  # the working grid's (``reset``)
         self.mapping = False  # the moving contrast is mapped (``intensity_mapping``; decided per pair)
         self.contrast_correlation: float | None = None
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
+        self.spacing_mm = spacing_mm
         self.weight_logits = None
         self._pyramid = {}
         self.box = None
@@ -288,7 +290,12 @@ class TestTimeOptimizationPolicy(Policy):
         if self.mapping:
             mapped = self._mapped_to_fixed_contrast(fixed, moving, fixed_mask, moving_mask, previous)
         spacing = _scheduled(cfg.control_spacing, state.step_index)
-        control_shape = [max(2, math.ceil(n / spacing)) for n in shape]
+        # control points at least a voxel of the images apart along each axis (thick slices: no
+        # deformation finer than the slices)
+        level_mm = (self.spacing_mm or 1.0) * factor
+        resolution = state.resolution_mm or (0.0, 0.0, 0.0)
+        spacings = [max(spacing, math.ceil(r / level_mm - 1e-6)) for r in resolution]
+        control_shape = [max(2, math.ceil(n / s)) for n, s in zip(shape, spacings)]
         control = torch.zeros((1, 3, *control_shape), device=fixed.device, requires_grad=True)
         params = [{"params": [control], "lr": cfg.learning_rate}]
         if self.weight_logits is not None:

@@ -97,6 +97,17 @@ class HarmCheck:
             return [float("nan")] * len(transforms)
         return [_ngf(self.fixed_gradient, _gradient(image), region) for image, _ in warped]
 
+    def motion_mm(self, transform: sitk.Transform | None) -> float:
+        """The largest distance (mm) ``transform`` moves a point of the fixed foreground (at most 4000
+        points of the check grid)."""
+        if transform is None:
+            return 0.0
+        index = np.argwhere(self.region)[:, ::-1].astype(np.float64)  # (i, j, k)
+        index = index[:: max(1, len(index) // 4000)]
+        points = index @ self.grid.index_to_physical_matrix.T + np.asarray(self.grid.origin)
+        moved = np.array([transform.TransformPoint(p) for p in points.tolist()])
+        return float(np.linalg.norm(moved - points, axis=1).max()) if len(points) else 0.0
+
     def compare(
         self,
         previous: sitk.Transform | None,

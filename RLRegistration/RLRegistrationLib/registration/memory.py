@@ -15,14 +15,23 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..fields.geometry import Grid, field_grid, working_grid
+from ..fields.geometry import Grid, field_grid
 
 GIB = 1 << 30
-# interpreter, torch and SimpleITK loaded (0.34 GiB measured)
-RUNTIME_BYTES = 400 << 20
-# the policy's tensors on the working grid: pyramid levels, optimizer state, the total field of every step
-# (a 6-step tto run at the 112^3 CPU cap took 0.93 GiB above the loaded runtime)
-WORKING_BYTES_PER_VOXEL = 720
+# interpreter, torch and SimpleITK loaded (0.45 GiB measured)
+RUNTIME_BYTES = 450 << 20
+# what the session holds on the working grid besides the kept fields: the two normalized images, the
+# step reports' transient warps
+STATE_BYTES_PER_VOXEL = 8 + 16
+# one kept total field (3 float32) and weight map (float32)
+KEPT_STEP_BYTES_PER_VOXEL = 12 + 4
+# the TTO's finest level: what it holds for the whole level (cropped images, the previous field's
+# gradient, the step field, the weight map and their gradients) ...
+LEVEL_BYTES_PER_VOXEL = 100
+# ... and the graph of one iteration (local NCC, warp, diffusion, their gradients), for at most a slab of
+# ``policies.tto_slabs.SLAB_VOXELS`` voxels at a time (a 6-step standard run at the 112^3 cap: 0.93 GiB
+# above the runtime; the slabbed graph of a 1 mm level: ``Testing`` and ``benchmarks/big_image_memory.py``)
+GRAPH_BYTES_PER_VOXEL = 450
 # resampling a full image: a float32 copy, its Gaussian-smoothed copy and ITK's line buffers
 RESAMPLE_BYTES_PER_VOXEL = 12
 # the displacement field on the output grid: float32 tensor, float64 array and image (3 components), and
@@ -57,21 +66,31 @@ def _image_bytes(image: sitk.Image) -> int:
 
 
 def estimate_peak_memory(
-    fixed: sitk.Image, moving: sitk.Image, options, labels: bool = False
+    fixed: sitk.Image, moving: sitk.Image, options, labels: bool = False, steps: int | None = None
 ) -> MemoryEstimate:
-    """Peak memory of registering ``moving`` to ``fixed`` with ``options`` (a ``SessionOptions``): the two
-    images, one full-resolution resampling, and the displacement field (and label points) on the output
-    grid (``geometry.field_grid``)."""
-    work = working_grid(
-        Grid.from_image(fixed), options.working_spacing_mm, max_voxels=options.max_working_voxels
+    """Peak memory of registering ``moving`` to ``fixed`` with ``options`` (a ``SessionOptions``) in
+    ``steps`` steps (default 6): the runtime, the two images, one full-resolution resampling, the working
+    grid (cropped to the images' content, ``registration.region``, with the pose the images have) with the
+    fields the session keeps and the test-time optimization's finest level, and the displacement field
+    (and label points) on the output grid (``geometry.field_grid``)."""
+    from ..policies.tto_slabs import SLAB_VOXELS
+    from .region import cropped_working_grid, registration_region
+
+    steps = 6 if steps is None else int(steps)
+    reference = Grid.from_image(fixed)
+    region = registration_region(fixed, moving) if getattr(options, "crop_to_region", False) else None
+    lattice, work = cropped_working_grid(
+        reference, options.working_spacing_mm, region, max_voxels=options.max_working_voxels
     )
     working_voxels = int(np.prod(work.size, dtype=np.int64))
-    output_voxels = int(
-        np.prod(field_grid(Grid.from_image(fixed), work, options.output_grid).size, dtype=np.int64)
-    )
+    output_voxels = int(np.prod(field_grid(reference, lattice, options.output_grid).size, dtype=np.int64))
+    kept = steps + 1 if getattr(options, "keep_steps", True) else 2
     parts = {
         "the runtime": RUNTIME_BYTES,
-        "the working grid's tensors": WORKING_BYTES_PER_VOXEL * working_voxels,
+        "the working grid's tensors": (STATE_BYTES_PER_VOXEL + kept * KEPT_STEP_BYTES_PER_VOXEL)
+        * working_voxels,
+        "the optimization's finest level": LEVEL_BYTES_PER_VOXEL * working_voxels
+        + GRAPH_BYTES_PER_VOXEL * min(working_voxels, SLAB_VOXELS),
         "the two images": _image_bytes(fixed) + _image_bytes(moving),
         "resampling a full-resolution image": RESAMPLE_BYTES_PER_VOXEL * max(_voxels(fixed), _voxels(moving)),
         "the displacement field on the output grid": FIELD_BYTES_PER_VOXEL * output_voxels,

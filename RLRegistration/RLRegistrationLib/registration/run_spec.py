@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from ..options import (
     INTEGER_OPTIONS,
     INTENSITY_MAPPINGS,
     OUTPUT_GRIDS,
+    PAIR_KINDS,
     RANGES,
     SIMILARITIES,
 )
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 
 #: on a GPU the standard preset's working grid may hold this many voxels (CPU: the preset's own cap)
 CUDA_MAX_WORKING_VOXELS = 160 * 192 * 224
+#: ``quality="auto"`` runs the fine schedule at the first of these working spacings (mm) whose memory
+#: estimate fits the cap (``AUTO_MEMORY_GIB`` unless the spec sets one), else the standard preset
+AUTO_SPACINGS_MM = (1.0, 1.5)
+AUTO_MEMORY_GIB = 4.0
 
 
 class OptionError(InputError):
@@ -64,7 +69,8 @@ class RunSpec:
     """
 
     policy: str = "tto"
-    quality: str = "standard"
+    quality: str = "auto"
+    pair: str = "auto"
     steps: int | None = None
     iterations: int | None = None
     regularization: float | None = None
@@ -85,7 +91,8 @@ class RunSpec:
         for name, (low, high) in RANGES.items():
             _check_number(name, getattr(self, name), low, high, integer=name in INTEGER_OPTIONS)
         for name, choices in (
-            ("quality", tuple(QUALITY_PRESETS)),
+            ("quality", ("auto", *QUALITY_PRESETS)),
+            ("pair", PAIR_KINDS),
             ("initialization", INITIALIZATIONS),
             ("output_grid", OUTPUT_GRIDS),
             ("similarity", SIMILARITIES),
@@ -172,12 +179,17 @@ def _check_number(name: str, value: Any, low: float, high: float, integer: bool)
 
 @dataclass
 class RunPlan:
-    """What a spec becomes for one fixed image: the policy, the session options and the number of steps."""
+    """What a spec becomes for one pair: the policy (and, while the pair's kind is still to be found from
+    the images, the one for two visits of one patient), the session options, the number of steps and the
+    lines that say what was chosen and why (``notes``)."""
 
     spec: RunSpec
     policy: Policy
     options: SessionOptions
     steps: int
+    quality: str  # the preset run ("standard", "fine", "followup")
+    policies: dict[str, Policy] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def check_policy(spec: RunSpec) -> None:
@@ -188,8 +200,11 @@ def check_policy(spec: RunSpec) -> None:
     known = available_policies()
     if spec.policy not in known:
         raise OptionError("policy", f"unknown policy '{spec.policy}' (available: {', '.join(known)})")
-    preset = QUALITY_PRESETS[spec.quality]
-    if preset.tto_levels_mm and spec.policy != "tto":
+    if (
+        spec.quality in QUALITY_PRESETS
+        and QUALITY_PRESETS[spec.quality].tto_levels_mm
+        and spec.policy != "tto"
+    ):
         raise OptionError("quality", f"'{spec.quality}' sets the tto schedule: use it with the policy tto")
     if (spec.samples != 1 or spec.temperature is not None) and not policy_supports_sampling(spec.policy):
         option = "samples" if spec.samples != 1 else "temperature"
@@ -199,26 +214,44 @@ def check_policy(spec: RunSpec) -> None:
         )
 
 
-def plan_run(spec: RunSpec, fixed: sitk.Image) -> RunPlan:
-    """The policy, session options and steps of ``spec`` for ``fixed``: a preset's working grid is never
-    finer than the fixed image's finest spacing, its TTO schedule is set for that grid, and a GPU's working
-    grid may hold ``CUDA_MAX_WORKING_VOXELS`` where the CPU's is capped lower."""
-    from ..devices import resolve_device
-    from ..policies.registry import make_policy, policy_default_steps
+def _options(
+    spec: RunSpec, preset_name: str, spacing: float, device, kind: str, reason: str, keep_steps: bool = True
+) -> SessionOptions:
     from .session import SessionOptions
 
-    check_policy(spec)
-    preset = QUALITY_PRESETS[spec.quality]
-    spacing = spec.spacing_mm if spec.spacing_mm is not None else preset.working_spacing(fixed)
-    device = resolve_device(spec.device)
+    preset = QUALITY_PRESETS[preset_name]
     max_voxels = preset.max_working_voxels
     if device.type == "cuda" and max_voxels is not None:
         max_voxels = max(max_voxels, CUDA_MAX_WORKING_VOXELS)
+    cap = spec.max_memory_gib
+    if cap is None:
+        cap = AUTO_MEMORY_GIB if spec.quality == "auto" else preset.max_memory_gib
+    return SessionOptions(
+        working_spacing_mm=spacing,
+        max_working_voxels=max_voxels,
+        initialization=spec.initialization,
+        device=str(device),
+        seed=spec.seed,
+        output_grid=spec.output_grid,
+        dice_labels=None if spec.dice_labels is None else list(spec.dice_labels),
+        max_memory_gib=cap,
+        harm_check=spec.harm_check,
+        pair=kind,
+        pair_reason=reason,
+        steps_asked=spec.steps is not None,
+        keep_steps=keep_steps,
+    )
+
+
+def _policy(spec: RunSpec, preset_name: str, spacing: float) -> Policy:
+    from ..policies.registry import make_policy
+
+    preset = QUALITY_PRESETS[preset_name]
     sampling = {}
     if spec.samples != 1 or spec.temperature is not None:
         sampling = {"samples": spec.samples, "temperature": spec.temperature, "seed": spec.seed}
     regularization = spec.regularization if spec.regularization is not None else preset.regularization
-    policy = make_policy(
+    return make_policy(
         spec.policy,
         iterations=spec.iterations,
         similarity=spec.similarity,
@@ -227,19 +260,90 @@ def plan_run(spec: RunSpec, fixed: sitk.Image) -> RunPlan:
         **sampling,
         **preset.tto_overrides(spacing),
     )
-    options = SessionOptions(
-        working_spacing_mm=spacing,
-        max_working_voxels=max_voxels,
-        initialization=spec.initialization,
-        device=str(device),
-        seed=spec.seed,
-        output_grid=spec.output_grid,
-        dice_labels=None if spec.dice_labels is None else list(spec.dice_labels),
-        max_memory_gib=spec.max_memory_gib if spec.max_memory_gib is not None else preset.max_memory_gib,
-        harm_check=spec.harm_check,
+
+
+def _auto_quality(
+    spec: RunSpec, kind: str, fixed: sitk.Image, moving: sitk.Image, device, keep_steps: bool
+) -> tuple[str, float, str]:
+    """(preset, working spacing, note) of ``quality="auto"``: the fine schedule (``followup`` for one
+    patient) at the finest of ``AUTO_SPACINGS_MM`` (never finer than the image) whose memory estimate fits
+    the cap, else the standard preset."""
+    from .memory import GIB, estimate_peak_memory
+
+    cap = spec.max_memory_gib if spec.max_memory_gib is not None else AUTO_MEMORY_GIB
+    if spec.policy != "tto":
+        return (
+            "standard",
+            QUALITY_PRESETS["standard"].spacing_mm,
+            "quality auto -> standard (the fine schedules are the tto policy's)",
+        )
+    name = "followup" if kind == "same-patient" else "fine"
+    preset = QUALITY_PRESETS[name]
+    finest = preset.working_spacing(fixed)
+    for spacing in sorted({max(finest, s) for s in AUTO_SPACINGS_MM}):
+        if spec.spacing_mm is not None:
+            spacing = spec.spacing_mm
+        options = _options(spec, name, spacing, device, kind, "", keep_steps)
+        estimate = estimate_peak_memory(fixed, moving, options, steps=preset.steps)
+        if estimate.total_bytes <= cap * GIB:
+            gib = estimate.total_bytes / GIB
+            return (
+                name,
+                spacing,
+                f"quality auto -> {name}: {spacing:g} mm working grid, {gib:.1f} GiB estimated",
+            )
+        if spec.spacing_mm is not None:
+            break
+    spacing = spec.spacing_mm if spec.spacing_mm is not None else QUALITY_PRESETS["standard"].spacing_mm
+    return (
+        "standard",
+        spacing,
+        f"quality auto -> standard: the fine schedule would need more than {cap:g} GiB",
     )
+
+
+def plan_run(
+    spec: RunSpec,
+    fixed: sitk.Image,
+    moving: sitk.Image | None = None,
+    pair: tuple[str, str] | None = None,
+    keep_steps: bool = True,
+) -> RunPlan:
+    """The policy, session options and steps of ``spec`` for ``fixed`` (and ``moving``, for the memory
+    estimate of ``quality="auto"``): a preset's working grid is never finer than the fixed image's finest
+    spacing, its TTO schedule is set for that grid, and a GPU's working grid may hold
+    ``CUDA_MAX_WORKING_VOXELS`` where the CPU's is capped lower. ``pair`` (kind, reason), e.g. from DICOM
+    headers, is used when ``spec.pair`` is "auto"; without it the session finds the kind from the images.
+    ``keep_steps`` False: the session keeps no intermediate steps (command line, batch: less memory)."""
+    from ..devices import resolve_device
+    from ..policies.registry import policy_default_steps
+
+    check_policy(spec)
+    moving = fixed if moving is None else moving
+    device = resolve_device(spec.device)
+    kind, reason = (spec.pair, "as asked") if spec.pair != "auto" else (pair or ("auto", ""))
+    notes = [] if kind == "auto" else [f"pair: {kind.replace('-', ' ')} ({reason})"]
+    if spec.quality == "auto":
+        quality, spacing, note = _auto_quality(spec, kind, fixed, moving, device, keep_steps)
+        notes.append(note)
+    else:
+        quality = spec.quality
+        spacing = (
+            spec.spacing_mm
+            if spec.spacing_mm is not None
+            else QUALITY_PRESETS[quality].working_spacing(fixed)
+        )
+    policies = {}
+    if kind == "auto" and spec.quality == "auto" and quality == "fine":  # the kind is still to be found
+        policies["same-patient"] = _policy(spec, "followup", spacing)
+    preset = QUALITY_PRESETS[quality]
     steps = spec.steps if spec.steps is not None else preset.steps or policy_default_steps(spec.policy)
-    return RunPlan(spec, policy, options, int(steps))
+    options = _options(spec, quality, spacing, device, kind, reason, keep_steps)
+    options.planned_steps = int(steps)
+    return RunPlan(
+        spec, _policy(spec, quality, spacing), options, int(steps),
+        quality, policies, notes,
+    )  # fmt: skip
 
 
 def build_session(
@@ -253,14 +357,18 @@ def build_session(
     moving_mask: sitk.Image | None = None,
     initial_transform: sitk.Transform | None = None,
     names: InputNames | None = None,
+    pair: tuple[str, str] | None = None,
+    keep_steps: bool = True,
 ) -> tuple[RegistrationSession, RunPlan]:
     """The session of ``spec`` for these images (``RegistrationSession`` checks them: labels and masks
     against their images, the memory estimate against the cap) and the plan it was made from.
     ``initial_transform`` (fixed point -> moving point) starts the pre-alignment; ``names`` start the
-    messages about each input (e.g. "fixed image 'f.nii.gz'")."""
+    messages about each input (e.g. "fixed image 'f.nii.gz'"); ``pair`` (kind, reason) is what the inputs'
+    headers say of the pair (``io.dicom_tags``); ``keep_steps`` False keeps no intermediate step (less
+    memory; no step back)."""
     from .session import InputNames, RegistrationSession
 
-    plan = plan_run(spec, fixed)
+    plan = plan_run(spec, fixed, moving, pair, keep_steps)
     session = RegistrationSession(
         fixed,
         moving,
@@ -272,6 +380,7 @@ def build_session(
         fixed_mask=fixed_mask,
         moving_mask=moving_mask,
         names=names or InputNames(),
+        policies=plan.policies,
     )
     return session, plan
 

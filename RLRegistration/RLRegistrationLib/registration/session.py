@@ -29,6 +29,7 @@ from ..fields.geometry import (
     field_tensor_to_image,
     flatten_linear,
     image_to_tensor,
+    images_resolution,
     padded_grid,
     physical_points,
     tensor_to_image,
@@ -52,6 +53,8 @@ from .harm_check import HarmCheck, Verdict
 from .memory import check_memory, estimate_peak_memory
 from .prealign import INITIALIZATIONS, prealign
 from .region import cropped_working_grid, registration_region
+from .result import RegistrationResult
+from .stages import StageDecisions, decide_linear, decide_pair
 
 
 @dataclass
@@ -80,6 +83,16 @@ class SessionOptions:
     # the working grid covers the part of the fixed field of view where either image has something
     # (``region``), not the air around it
     crop_to_region: bool = True
+    # the pair's kind (``pair_kind.KINDS``, with ``pair_reason``) or "auto": found from the images after
+    # the pre-alignment (what ``RunSpec`` asks by default); it may keep the deformable refinement from
+    # running unless ``steps_asked``
+    pair: str = "different-subjects"
+    pair_reason: str = ""
+    steps_asked: bool = False
+    # False: keep only the pre-alignment's field and the latest (the command line and batch runs need no
+    # step back or replay; each kept field costs 12 bytes per working voxel)
+    keep_steps: bool = True
+    planned_steps: int = 6  # for the memory estimate (``run_spec.plan_run`` sets the plan's)
 
 
 @dataclass(frozen=True)
@@ -116,35 +129,6 @@ class StepReport:
     uncertainty_max_mm: float | None = None
 
 
-@dataclass
-class RegistrationResult:
-    """The final transform (fixed point -> moving point, LPS mm) and its parts."""
-
-    affine: sitk.AffineTransform
-    displacement: sitk.Image  # sitkVectorFloat64, LPS mm, on ``output_grid``
-    weight_map: sitk.Image | None  # lambda on the working grid
-    reports: list[StepReport]
-    output_grid: Grid  # the displacement field's grid
-    uncertainty_map: sitk.Image | None = None  # trajectory spread (mm, float32) on ``image_grid``
-    image_grid: Grid | None = (
-        None  # warped image, uncertainty, Dice: the fixed image's grid (None: output_grid)
-    )
-
-    @property
-    def transform(self) -> sitk.CompositeTransform:
-        """Composite ``A o (id + u)``: the displacement is applied first, then the affine."""
-        composite = sitk.CompositeTransform(3)
-        composite.AddTransform(self.affine)
-        composite.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(self.displacement)))
-        return composite
-
-    def warp_image(self, moving: sitk.Image, interpolator: int = sitk.sitkLinear, default_value: float = 0.0):
-        """The moving image resampled on the image grid (the fixed image's) through the transform (what the
-        .h5 gives)."""
-        reference = (self.image_grid or self.output_grid).reference_image(moving.GetPixelID())
-        return sitk.Resample(moving, reference, self.transform, interpolator, default_value)
-
-
 class RegistrationSession:
     """Step-wise registration of ``moving`` to ``fixed`` with ``policy``.
 
@@ -167,8 +151,11 @@ class RegistrationSession:
         fixed_mask: sitk.Image | None = None,
         moving_mask: sitk.Image | None = None,
         names: InputNames = InputNames(),
+        policies: dict[str, Policy] | None = None,
     ):
         self.options = options or SessionOptions()
+        # the policy for a pair kind found after the pre-alignment (``policy`` for any other)
+        self.policies = dict(policies or {})
         self.names = names
         check_pyramid_size(fixed, names.fixed)
         check_pyramid_size(moving, names.moving)
@@ -190,7 +177,13 @@ class RegistrationSession:
         self.fixed_labels, self.moving_labels = fixed_labels, moving_labels
         if self.options.max_memory_gib is not None:
             check_memory(
-                estimate_peak_memory(fixed, moving, self.options, labels=fixed_labels is not None),
+                estimate_peak_memory(
+                    fixed,
+                    moving,
+                    self.options,
+                    labels=fixed_labels is not None,
+                    steps=self.options.planned_steps,
+                ),
                 self.options.max_memory_gib,
                 names.fixed,
             )
@@ -205,7 +198,8 @@ class RegistrationSession:
         self.reports: list[StepReport] = []
         self.cancelled = False
         self._similarity = LocalNCC(window=9)
-        self.verdicts: list[Verdict] = []  # the do-no-harm checks of the pre-alignment (``prepare``)
+        # do no harm and the pair's kind, decided in ``prepare`` (``stages``)
+        self.decisions = StageDecisions()
         self._harm_checker: HarmCheck | None = None
 
     # ----------------------------------------------------------------- preparation
@@ -236,16 +230,25 @@ class RegistrationSession:
             raise InputError(
                 f"{self.names.moving}: the {self.initialization} pre-alignment failed ({reason})"
             ) from None
-        self.verdicts = []
-        if opts.harm_check and self.initialization != "none":
-            before = "initial transform" if self.initial_transform is not None else "images' own alignment"
-            verdict = self.harm_checker.compare(
-                self.initial_transform, linear, f"{self.initialization} pre-alignment", before
-            )
-            self.verdicts.append(verdict)
-            if not verdict.accepted:
-                linear = self.initial_transform
+        self.decisions = StageDecisions()
+        linear = decide_linear(
+            self.harm_checker if opts.harm_check else None,
+            self.initial_transform,
+            linear,
+            self.initialization,
+            self.decisions,
+        )
         self.affine = flatten_linear(linear)
+        decide_pair(
+            self.harm_checker,
+            self.affine,
+            opts.pair,
+            opts.pair_reason,
+            opts.steps_asked,
+            (self.fixed, self.moving),
+            self.decisions,
+        )
+        self.policy = self.policies.get(self.decisions.pair.kind, self.policy)
         if self.initialization != "none":
             stage = "affine"
         else:
@@ -271,6 +274,7 @@ class RegistrationSession:
         self.moving_mask_tensor = self._mask_tensor(self.moving_mask, self.affine)
         self._prepare_labels()
         self.policy.reset(self.fixed_tensor, self.moving_tensor, spacing_mm=self.grid.spacing[0])
+        self.resolution_mm = images_resolution(self.fixed, self.moving)
         identity = torch.zeros((1, 3, *self.grid.shape))
         self.fields = [identity]
         self.weight_maps = [None]
@@ -298,14 +302,14 @@ class RegistrationSession:
             u_mm = resample_field_to_grid(self.field_at(index).to(self.device), self.grid, grid)
         candidate = sitk.CompositeTransform(3)
         candidate.AddTransform(self.affine)
-        candidate.AddTransform(sitk.DisplacementFieldTransform(field_tensor_to_image(u_mm, grid)))
+        candidate.AddTransform(sitk.DisplacementFieldTransform(field_tensor_to_image(u_mm, grid)))  # owns it
         return self.harm_checker.compare(self.affine, candidate, "deformable refinement", "pre-alignment")
 
     def final_result(self) -> tuple[RegistrationResult, list[Verdict]]:
         """The result a run ends with and the do-no-harm verdicts behind it: the last step's, or the
         pre-alignment's when the deformable steps did not improve on it (``harm_verdict``)."""
         verdict = self.harm_verdict()
-        verdicts = [*self.verdicts, *([verdict] if verdict is not None else [])]
+        verdicts = [*self.decisions.verdicts, *([verdict] if verdict is not None else [])]
         result = self.result(0 if verdict is not None and not verdict.accepted else None)
         result.verdicts, result.steps_run = verdicts, list(self.reports)
         return result, verdicts
@@ -371,7 +375,7 @@ class RegistrationSession:
         self.cancelled = False
         try:
             self.prepare()
-            for _ in range(int(steps)):
+            for _ in range(0 if self.decisions.deformable_blocked else int(steps)):
                 if self._cancel.is_set():
                     break
                 yield self._take_step()
@@ -390,6 +394,7 @@ class RegistrationSession:
             step_index=self.step_count,
             fixed_mask=self.fixed_mask_tensor,
             moving_mask=self.moving_mask_tensor,
+            resolution_mm=self.resolution_mm,
         )
         proposal = self.policy.propose(state)
         with torch.no_grad():
@@ -399,6 +404,12 @@ class RegistrationSession:
         self.fields.append(total.cpu())
         self.weight_maps.append(None if proposal.weight_map is None else proposal.weight_map.detach().cpu())
         self.uncertainty_maps.append(uncertainty)
+        if not self.options.keep_steps and len(self.fields) > 2:  # forget the step before (not step 0)
+            self.fields[-2] = None
+            if self.weight_maps[-1] is not None:
+                self.weight_maps[-2] = None
+            if self.uncertainty_maps[-1] is not None:
+                self.uncertainty_maps[-2] = None
         report = self._report(
             self.step_count, total, time.perf_counter() - start, proposal.diagnostics, uncertainty
         )
@@ -406,8 +417,11 @@ class RegistrationSession:
         return report
 
     def step_back(self) -> int:
-        """Undo the last step; returns the number of steps left. Step 0 (affine only) cannot be undone."""
+        """Undo the last step; returns the number of steps left. Step 0 (affine only) cannot be undone,
+        nor a step whose field was not kept (``keep_steps``)."""
         if self.step_count > 0:
+            if self.fields[-2] is None:
+                raise RuntimeError("this session keeps no earlier steps (SessionOptions.keep_steps)")
             self.fields.pop()
             self.weight_maps.pop()
             self.uncertainty_maps.pop()
@@ -466,7 +480,10 @@ class RegistrationSession:
     # ----------------------------------------------------------------- views of a step
     def field_at(self, step: int | None = None) -> torch.Tensor:
         """Total field (1, 3, D, H, W) in working-grid voxels after ``step`` (default: the last)."""
-        return self.fields[self.step_count if step is None else step]
+        field = self.fields[self.step_count if step is None else step]
+        if field is None:
+            raise RuntimeError(f"step {step} was not kept (SessionOptions.keep_steps)")
+        return field
 
     def warped_at(self, step: int | None = None) -> np.ndarray:
         """Normalized moving image warped on the working grid after ``step`` (k, j, i) float32."""
@@ -517,7 +534,7 @@ class RegistrationSession:
         weight = self.weight_map_at(step)
         return RegistrationResult(
             affine=self.affine,
-            displacement=field_tensor_to_image(u_mm, self.output_grid),
+            field_mm=u_mm[0].permute(1, 2, 3, 0).contiguous().cpu().numpy(),
             weight_map=None if weight is None else tensor_to_image(weight, self.grid),
             reports=list(self.reports[: (self.step_count if step is None else step) + 1]),
             output_grid=self.output_grid,

@@ -108,7 +108,7 @@ def final_outputs(
     result = session.result(index)
     grid = result.image_grid or result.output_grid
     if grid == result.output_grid:
-        u = sitk.GetArrayViewFromImage(result.displacement)
+        u = result.field_mm
     else:
         with torch.no_grad():
             u_mm = resample_field_to_grid(session.field_at(index).to(session.device), session.grid, grid)
