@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from .geometry import Grid, field_image_to_tensor, physical_to_voxel
 from .spatial import jacobian_determinant
@@ -118,6 +119,35 @@ def jacobian_of_field(field: sitk.Image) -> np.ndarray:
     grid = Grid.from_image(field)
     u_vox = physical_to_voxel(field_image_to_tensor(field).double(), grid)
     return jacobian_determinant(u_vox, grid)[0, 0].numpy()
+
+
+def jacobian_of_arrays(vectors_mm: np.ndarray, spacing, direction) -> np.ndarray:
+    """det(I + du/dx) (no unit: the local volume change of ``x + u(x)``) of displacement vectors
+    ``(k, j, i, 3)`` in mm on a grid of ``spacing`` (mm, i, j, k) and ``direction`` (3x3, columns: the index
+    axes), in physical space as :func:`jacobian_of_field` computes it (central differences inside).
+
+    The same for LPS and RAS arrays: flipping two axes of the points and of the vectors leaves det J
+    unchanged, so Slicer's RAS grid arrays give the library's numbers.
+    """
+    vectors = np.asarray(vectors_mm, dtype=np.float64)
+    if vectors.ndim != 4 or vectors.shape[-1] != 3:
+        raise ValueError(f"displacements of shape (k, j, i, 3) are required, got {vectors.shape}")
+    grid = Grid(
+        (int(vectors.shape[2]), int(vectors.shape[1]), int(vectors.shape[0])),
+        tuple(float(s) for s in spacing),
+        (0.0, 0.0, 0.0),
+        tuple(float(d) for d in np.asarray(direction, dtype=np.float64).reshape(9)),
+    )
+    u_mm = torch.from_numpy(np.ascontiguousarray(vectors)).permute(3, 0, 1, 2)[None]
+    return jacobian_determinant(physical_to_voxel(u_mm, grid), grid)[0, 0].numpy()
+
+
+def jacobian_image(displacement: sitk.Image) -> sitk.Image:
+    """det J of ``x + u(x)`` (:func:`jacobian_of_field`) as a float32 image on the field's grid (what
+    ``rlreg register --jacobian`` writes: 1 = no change, < 1 shrinkage, > 1 growth, <= 0 folding)."""
+    image = sitk.GetImageFromArray(jacobian_of_field(displacement).astype(np.float32))
+    image.CopyInformation(displacement)
+    return image
 
 
 def jacobian_stats(det: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:

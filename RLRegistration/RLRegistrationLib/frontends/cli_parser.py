@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--warped", help="the moving image resampled on the fixed grid (.nii.gz, .nrrd, .mha)"
     )
     outputs.add_argument("--displacement", help="the displacement field (LPS mm, vector image)")
+    outputs.add_argument(
+        "--jacobian",
+        help="the local volume change det J of the deformable refinement x + u(x) (1: none, < 1 shrinkage, "
+        "> 1 growth, <= 0 folding; on the field's grid)",
+    )
     outputs.add_argument("--weight-map", help="the regularization weight map (working grid)")
     outputs.add_argument(
         "--uncertainty",

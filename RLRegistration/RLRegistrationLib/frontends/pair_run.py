@@ -19,6 +19,7 @@ OUTPUT_OPTIONS = {
     "transform": "-o/--output",
     "warped": "--warped",
     "displacement": "--displacement",
+    "jacobian": "--jacobian",
     "weight_map": "--weight-map",
     "uncertainty": "--uncertainty",
     "qc": "--qc",
@@ -100,6 +101,8 @@ def result_writers(
     (no weight map or uncertainty from this policy) are dropped from the set with a warning."""
     import SimpleITK as sitk
 
+    from ..fields.metrics import jacobian_image
+
     def image(get: Callable[[], sitk.Image]) -> Callable[[Path], None]:
         return lambda path: sitk.WriteImage(get(), str(path), useCompression=True)
 
@@ -112,6 +115,7 @@ def result_writers(
         "transform": lambda path: sitk.WriteTransform(result.transform, str(path)),
         "warped": image(lambda: result.warp_image(moving)),
         "displacement": image(lambda: sitk.Cast(result.displacement, sitk.sitkVectorFloat32)),
+        "jacobian": image(lambda: jacobian_image(result.displacement)),
         "weight_map": image(lambda: result.weight_map),
         "uncertainty": image(lambda: result.uncertainty_map),
         "qc": qc,

@@ -93,6 +93,7 @@ def cmd_register(args) -> int:
             "transform": args.output,
             "warped": args.warped,
             "displacement": args.displacement,
+            "jacobian": getattr(args, "jacobian", None),
             "weight_map": args.weight_map,
             "uncertainty": args.uncertainty,
             "qc": args.qc,
