@@ -6,7 +6,7 @@ errors, the CPU retry, replay) in its ``PanelController``, which the browser app
 This file binds the Qt widgets to them, drives the controller with ``qt.QTimer``s and shows its messages;
 the parameter node is made from the MRML layer's settings table (``RLRegistrationMRML.parameters``).
 
-Conventions (DESIGN.md §3): the result maps a fixed point to the moving point (resampling direction) and is
+Conventions (docs/ARCHITECTURE.md §3): the result maps a fixed point to the moving point (resampling direction) and is
 put into a ``vtkMRMLGridTransformNode`` as *transform from parent* (RAS). The moving volume's existing linear
 parent transform initializes the registration and is part of the result, never dropped.
 """
@@ -32,7 +32,7 @@ from slicer.util import VTKObservationMixin
 # Qt-free and torch-free: safe to import before PyTorch is installed
 from RLRegistrationLib.frontends.panel_state import PanelState
 from RLRegistrationMRML.panel_controller import PanelController
-from RLRegistrationMRML.parameters import INITIALIZATIONS, QUALITIES, SETTINGS
+from RLRegistrationMRML.parameters import INITIALIZATIONS, PAIRS, QUALITIES, SETTINGS
 from RLRegistrationMRML.scene_logic import RegistrationSceneLogic
 from RLRegistrationMRML.self_test import SceneWorkflowTests
 
@@ -140,8 +140,9 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for value, label in INITIALIZATIONS:
             self.ui.initializationComboBox.addItem(label, value)
-        for value, label in QUALITIES:
-            self.ui.qualityComboBox.addItem(label, value)
+        for comboBox, choices in ((self.ui.qualityComboBox, QUALITIES), (self.ui.pairComboBox, PAIRS)):
+            for value, label in choices:
+                comboBox.addItem(label, value)
         self._populatePolicyAndDeviceChoices()
 
         self.ui.applyButton.clicked.connect(self.onApplyButton)
@@ -157,6 +158,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.deviceComboBox, "device"),
             (self.ui.initializationComboBox, "initialization"),
             (self.ui.qualityComboBox, "quality"),
+            (self.ui.pairComboBox, "pair"),
         ):
             comboBox.currentIndexChanged.connect(
                 lambda index, comboBox=comboBox, setting=setting: self.onChoiceChanged(
@@ -258,6 +260,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._selectData(self.ui.deviceComboBox, params.device)
             self._selectData(self.ui.initializationComboBox, params.initialization)
             self._selectData(self.ui.qualityComboBox, params.quality)
+            self._selectData(self.ui.pairComboBox, params.pair)
             choice = self.controller.policyChoice()
             description = choice.description if choice else ""
             if choice and choice.modality:
@@ -338,13 +341,19 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.errorDisplay(self.controller.error, detailedText=self.controller.errorDetails or None)
 
     def _showStatus(self) -> None:
-        self.ui.statusLabel.text = self.controller.status
+        """The status line and what the run chose and decided (plan, do no harm), one line each."""
+        self.ui.statusLabel.text = "\n".join(
+            line for line in (self.controller.status, *self.controller.notes) if line
+        )
         self.updateButtons()
 
     def onApplyButton(self) -> None:
         if self.controller.state.state == PanelState.RUNNING:
-            self.controller.cancel()
+            self.controller.apply()  # Cancel (a double click on Apply is not one)
             self._showStatus()
+            return
+        question = self.controller.replaceQuestion()
+        if question and not slicer.util.confirmOkCancelDisplay(question):
             return
         self._run(self.controller.start)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib.util
 import os
 import signal
 import subprocess
@@ -290,7 +291,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_does_only_the_rest(images, client, tmp
 
 def test_jobqueue_cluster_runs_pairs(images, tmp_path):
     """dask-jobqueue's own test cluster (its machinery, local processes for jobs)."""
-    pytest.importorskip("dask_jobqueue")
+    if importlib.util.find_spec("dask_jobqueue") is None:
+        pytest.skip("dask-jobqueue is not installed")
     cluster, client = start_jobqueue_cluster(
         "local", {"cores": 1, "memory": "3GB", "processes": 1}, workers=1
     )
@@ -303,7 +305,8 @@ def test_jobqueue_cluster_runs_pairs(images, tmp_path):
 
 
 def test_slurm_job_script_from_cluster_options(monkeypatch):
-    pytest.importorskip("dask_jobqueue")
+    if importlib.util.find_spec("dask_jobqueue") is None:
+        pytest.skip("dask-jobqueue is not installed")
     import RLRegistrationLib.frontends.batch_cluster as batch_cluster
     from RLRegistrationLib.errors import InputError
     from RLRegistrationLib.frontends.batch_cluster import cluster_options
@@ -359,3 +362,19 @@ def test_one_gpu_per_worker_is_a_resource_each_pair_takes(images, tmp_path):
     assert sorted(resources.values(), key=str) == [{"GPU": 1}, {"GPU": 1}]
     seen = {r["worker"]: r["device"].rsplit("=", 1)[1] for r in records}
     assert set(seen.values()) <= {"0", "1"} and len(set(seen.values())) == len(seen)
+
+
+def test_importing_dask_jobqueue_leaves_ctrl_c_to_the_batch():
+    """dask-jobqueue's ``runner`` turns SIGINT into ``sys.exit()`` for the whole process when imported; the
+    batch imports it keeping its own handler (Ctrl-C: exit code 130, the cleanup done)."""
+    import signal as signals
+
+    from RLRegistrationLib.frontends.batch_cluster import _import_jobqueue
+
+    if importlib.util.find_spec("dask_jobqueue") is None:
+        pytest.skip("dask-jobqueue is not installed")
+    before = signals.getsignal(signals.SIGINT)
+    _import_jobqueue()
+    import dask_jobqueue.runner  # noqa: F401 - already imported: its handler is not set again
+
+    assert signals.getsignal(signals.SIGINT) is before

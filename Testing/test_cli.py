@@ -207,3 +207,39 @@ def test_the_command_process_keeps_freed_memory_for_reuse():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["True", "32000000.0"]
+
+
+def test_registering_an_image_to_itself_is_refused_before_reading(tmp_path, capsys):
+    code, _, stderr = _run(capsys, "register", FIXED, FIXED, "-o", tmp_path / "t.h5", "--device", "cpu")
+    assert code == 2
+    assert stderr.strip() == (
+        f"rlreg: error: moving image '{FIXED}': is the same file as the fixed image '{FIXED}' "
+        "(registering an image to itself gives the identity)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_labels_that_neither_map_holds(tmp_path, capsys):
+    """Scored as NaN before (and printed as JSON that is not JSON)."""
+    transform = tmp_path / "t.h5"
+    sitk.WriteTransform(sitk.TranslationTransform(3), str(transform))
+    labels = [SAMPLE_DIR / "fixed_labels.nii.gz", SAMPLE_DIR / "moving_labels.nii.gz"]
+    argv = ["evaluate", "--transform", transform, "--fixed-labels", labels[0], "--moving-labels", labels[1]]
+    code, _, stderr = _run(capsys, *argv, "--labels", "2,9998,9999", "--no-hd95")
+    assert code == 2
+    assert stderr.strip() == "rlreg: error: --labels: labels 9998, 9999 are in neither label map"
+
+
+def test_a_cancellation_after_the_outputs_were_put_in_place_says_so(capsys):
+    from RLRegistrationLib.frontends import cli
+
+    interrupt = cli.Interrupted(15)
+    assert cli._cancelled(interrupt) == 143
+    interrupt.written = ["t.h5"]
+    assert cli._cancelled(KeyboardInterrupt()) == 130
+    assert cli._cancelled(interrupt) == 143
+    assert capsys.readouterr().err.splitlines() == [
+        "rlreg: cancelled, nothing written",
+        "rlreg: cancelled, nothing written",
+        "rlreg: cancelled after all outputs were written (they are complete)",
+    ]

@@ -79,7 +79,7 @@ def test_write_transform_refuses_missing_folder_and_bad_suffix(tmp_path, rotatio
     with pytest.raises(OutputError, match="does not exist") as error:
         export.write_transform(affine, tmp_path / "missing" / "result.h5")
     assert str(tmp_path / "missing") in str(error.value)
-    with pytest.raises(OutputError, match="must end in .h5, .hdf5, .tfm, .txt, .mat"):
+    with pytest.raises(OutputError, match="must end in .h5, .hdf5, .tfm, .txt$"):
         export.write_transform(affine, tmp_path / "result.nii.gz")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "folder.h5").mkdir()
@@ -174,3 +174,127 @@ def test_slicer_volume_arrays(oblique_grid, rng):
     assert array.shape == oblique_grid.shape
     lps = np.asarray(image.TransformIndexToPhysicalPoint((2, 3, 4)))
     np.testing.assert_allclose((matrix @ [2, 3, 4, 1])[:3], lps * [-1, -1, 1], atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# OutputSet: staging folders, suffixes in other letters, signals during the writes and the renames
+
+
+def _json_writer(text):
+    return lambda path: path.write_text(text)
+
+
+def test_outputs_with_upper_case_suffixes_are_written_and_no_staging_folder_is_left(tmp_path):
+    from RLRegistrationLib.io.outputs import OutputSet
+
+    image = sitk.GetImageFromArray(np.ones((4, 5, 6), np.float32))
+    outputs = OutputSet({"transform": tmp_path / "T.H5", "warped": tmp_path / "W.MHA"})
+    outputs.check()
+    written = outputs.write(
+        {
+            "transform": lambda path: sitk.WriteTransform(sitk.TranslationTransform(3), str(path)),
+            "warped": lambda path: sitk.WriteImage(image, str(path)),
+        }
+    )
+    assert written == outputs.written == [tmp_path / "T.H5", tmp_path / "W.MHA"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["T.H5", "W.MHA"]
+
+
+def test_mat_is_not_offered_for_a_transform_that_holds_a_field(tmp_path):
+    from RLRegistrationLib.io.outputs import OutputSet
+
+    with pytest.raises(OutputError, match=r"must end in .h5, .hdf5, .tfm, .txt$"):
+        OutputSet({"transform": tmp_path / "t.mat"}).check()
+
+
+def test_a_dangling_link_counts_as_an_existing_output(tmp_path):
+    from RLRegistrationLib.io.outputs import OutputSet
+
+    (tmp_path / "t.h5").symlink_to(tmp_path / "gone.h5")
+    with pytest.raises(OutputError, match="file exists"):
+        OutputSet({"transform": tmp_path / "t.h5"}).check()
+
+
+def test_a_signal_during_the_renames_is_raised_once_every_output_is_in_place(tmp_path, monkeypatch):
+    """SIGINT arrives while the first output is renamed into place: it is held, then raised, and by then
+    every output is the new one (``written`` says so) and no backup is left."""
+    import os
+    import signal
+
+    from RLRegistrationLib.io import outputs as module
+
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text("old")
+    replace = os.replace
+    sent = []
+
+    def replace_and_interrupt(a, b):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        replace(a, b)
+
+    monkeypatch.setattr(module.os, "replace", replace_and_interrupt)
+    outputs = module.OutputSet({"report": tmp_path / "a.json", "config": tmp_path / "b.json"}, overwrite=True)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write({"report": _json_writer("new a"), "config": _json_writer("new b")})
+    assert outputs.written == [tmp_path / "a.json", tmp_path / "b.json"]
+    assert (tmp_path / "a.json").read_text() == "new a" and (tmp_path / "b.json").read_text() == "new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+def test_a_signal_during_a_write_answers_at_once_and_leaves_the_old_outputs(tmp_path, monkeypatch):
+    """The writer is still busy (it would take 2 s): the signal ends the wait at once, the staging folder
+    goes, the old output stays as it was, and the writer, when it comes back, finds no folder."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from RLRegistrationLib.io import outputs as module
+
+    monkeypatch.setattr(module, "silence_native_stderr_from_now_on", lambda: None)
+    (tmp_path / "a.json").write_text("old")
+    finished = threading.Event()
+
+    def slow(path):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(2.0)
+        try:
+            path.write_text("new")
+        finally:
+            finished.set()
+
+    outputs = module.OutputSet({"report": tmp_path / "a.json"}, overwrite=True)
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write({"report": slow})
+    assert time.perf_counter() - start < 1.0
+    assert outputs.written == []
+    finished.wait(5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == "old"
+
+
+def test_remove_leftovers_of_writers_killed_outright(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from RLRegistrationLib.io.outputs import remove_leftovers
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    (tmp_path / f".outputs.rlreg-{pid}-partial-x1").mkdir()
+    (tmp_path / f".outputs.rlreg-{pid}-partial-x1" / "t.h5").write_text("half")
+    (tmp_path / f".t.h5.rlreg-{pid}-previous").write_text("old")
+    (tmp_path / f".outputs.rlreg-{os.getpid()}-partial-mine").mkdir()  # a running process's: kept
+    (tmp_path / "t.h5").write_text("kept")
+    removed = remove_leftovers(tmp_path)
+    assert len(removed) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".outputs.rlreg-{os.getpid()}-partial-mine",
+        "t.h5",
+    ]

@@ -330,3 +330,114 @@ def test_affine_prealign_uses_initial_transform(blob_array):
         for p in _central_points(fixed)
     ]
     assert max(errors) < 1.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what ITK's readers do not say: NaN/Inf voxels of NIfTI files, a header's zero spacing, complex voxels
+
+
+def _blob(shape=(10, 11, 12)) -> np.ndarray:
+    index = np.indices(shape, dtype=np.float32)
+    return np.exp(-((index - 5.0) ** 2).sum(0) / 20.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["a.nii", "a.nii.gz", "a64.nii.gz", "inf.nii", "a.hdr"])
+def test_nifti_nan_and_inf_voxels_are_refused(tmp_path, name):
+    """ITK's NIfTI reader (nifticlib) hands NaN and Inf voxels back as 0: the file itself is read."""
+    array = _blob().astype(np.float64 if "64" in name else np.float32)
+    array[1, 2, 3] = np.inf if name.startswith("inf") else np.nan
+    array[4, 4, 4] = -np.inf
+    path = _write(sitk.GetImageFromArray(array), tmp_path / name)
+    assert np.isfinite(sitk.GetArrayViewFromImage(sitk.ReadImage(path))).all()  # what ITK gives
+    with pytest.raises(InputError, match=r"'.*': contains 2 NaN or Inf voxels$"):
+        imaging.read_image(path, "moving image")
+
+
+def _patched_nifti(tmp_path, pixdim) -> str:
+    import struct
+
+    path = _write(sitk.GetImageFromArray(_blob()), tmp_path / "pix.nii")
+    data = bytearray(open(path, "rb").read())
+    struct.pack_into("<3f", data, 80, *pixdim)
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "pixdim, shown",
+    [((0.0, 1.0, 1.0), "0x1x1"), ((1.0, -2.0, 1.0), "1x-2x1"), ((1.0, 1.0, np.nan), "1x1xnan")],
+)
+def test_nifti_pixdim_that_is_not_positive_is_refused_without_itk_warnings(tmp_path, capfd, pixdim, shown):
+    """ITK took such a header as 1 mm after printing six warning lines."""
+    path = _patched_nifti(tmp_path, pixdim)
+    with pytest.raises(InputError) as error:
+        imaging.read_image(path, "fixed image")
+    assert str(error.value) == (
+        f"fixed image '{path}': voxel spacing {shown} mm in its header (pixdim) is not a positive number"
+    )
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "suffix, old, new, where",
+    [
+        (".mha", b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 0 1", "ElementSpacing"),
+        (".mha", b"ElementSpacing = 1 1 1", b"ElementSpacing = -1 1 1", "ElementSpacing"),
+        (".nrrd", b"(1,0,0) (0,1,0)", b"(0,0,0) (0,1,0)", "space directions"),
+    ],
+)
+def test_header_spacing_that_is_not_positive_is_refused(tmp_path, suffix, old, new, where):
+    path = _write(sitk.GetImageFromArray(_blob()), tmp_path / f"image{suffix}")
+    data = open(path, "rb").read()
+    assert old in data
+    open(path, "wb").write(data.replace(old, new, 1))
+    with pytest.raises(InputError, match=f"in its header \\({where}\\) is not a positive number"):
+        imaging.read_image(path)
+
+
+def test_a_negative_nrrd_direction_is_a_flip_not_a_negative_spacing(tmp_path):
+    path = _write(sitk.GetImageFromArray(_blob()), tmp_path / "flip.nrrd")
+    data = open(path, "rb").read().replace(b"(1,0,0) (0,1,0)", b"(-1,0,0) (0,1,0)", 1)
+    open(path, "wb").write(data)
+    image = imaging.read_image(path)
+    assert image.GetSpacing() == (1.0, 1.0, 1.0) and image.GetDirection()[0] == -1.0
+
+
+@pytest.mark.parametrize("name", ["complex.nii.gz", "complex.nrrd"])
+def test_complex_voxels_are_refused_naming_the_file(tmp_path, recwarn, name):
+    path = _write(sitk.GetImageFromArray(_blob().astype(np.complex64)), tmp_path / name)
+    with pytest.raises(InputError, match=f"fixed image '{path}': complex-valued voxels"):
+        imaging.read_image(path, "fixed image")
+    assert not [w for w in recwarn if "Complex" in type(w.message).__name__]
+
+
+@pytest.mark.parametrize("name", ["UP.MHA", "Mixed.Nii.Gz", "UP.NII"])
+def test_image_suffixes_in_other_letters_are_read(tmp_path, capfd, name):
+    path = tmp_path / name
+    lower = _write(sitk.GetImageFromArray(_blob()), tmp_path / f"copy{name[name.index('.') :].lower()}")
+    path.write_bytes(open(lower, "rb").read())
+    assert imaging.read_image(path).GetSize() == (12, 11, 10)
+    assert capfd.readouterr().err == ""  # nifticlib's "mixed case extension" lines
+
+
+def test_a_pipe_or_a_device_is_refused_without_opening_it(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.nii")
+    with pytest.raises(InputError, match="not a regular file"):
+        imaging.read_image(tmp_path / "pipe.nii")
+    with pytest.raises(InputError, match="'/dev/null': not a regular file"):
+        imaging.read_image("/dev/null")
+
+
+def test_transform_errors_are_one_line_without_hdf5_diagnostics(tmp_path, capfd):
+    path = tmp_path / "t.h5"
+    sitk.WriteTransform(sitk.TranslationTransform(3, (1.0, 2.0, 3.0)), str(path))
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(InputError, match="not a readable ITK transform file"):
+        imaging.read_transform(path)
+    sitk.WriteTransform(sitk.TranslationTransform(2, (1.0, 2.0)), str(tmp_path / "t2.TFM".lower()))
+    (tmp_path / "t2.TFM").write_bytes((tmp_path / "t2.tfm").read_bytes())
+    with pytest.raises(InputError, match="a 3D transform is required, this one is 2D"):
+        imaging.read_transform(tmp_path / "t2.TFM")
+    assert capfd.readouterr().err == ""

@@ -259,6 +259,8 @@ def test_cli_runs_the_chain_for_its_default_steps(model_dir, edit_card, small_pa
         "spac-unit+tto",
         "--initialization",
         "none",
+        "--pair",  # a one-voxel shift of one image reads as one session: its linear result, no step
+        "different-subjects",
     ]
     assert cli_main([str(a) for a in [*argv, "--device", "cpu", "--report", report, "--quiet"]]) == 0
     assert len(json.loads(report.read_text())["steps"]) == 1 + 3  # the initial state, then 1 + 2 steps

@@ -18,6 +18,7 @@ import slicer_runtime  # noqa: E402
 
 from RLRegistrationLib.io.sample_pair import SAMPLE_FILES  # noqa: E402
 from RLRegistrationLib.options import RANGES  # noqa: E402
+from RLRegistrationMRML.panel_controller import CANCEL_DEBOUNCE_S  # noqa: E402
 from RLRegistrationMRML.parameters import SETTINGS, RegistrationParameters, checkSetting  # noqa: E402
 
 REASON = slicer_runtime.unavailable_reason()
@@ -174,6 +175,9 @@ def test_options_are_locked_while_running_and_cancel_before_the_first_step_leave
     before = node_ids(scene)
     assert panel.apply()
     assert not panel.updateSettings(steps=3) and "while a registration runs" in panel.error
+    assert panel.apply()  # a second click at once is a double click on Apply: not a Cancel
+    assert panel.state.state.value == "running"
+    panel.runStarted -= CANCEL_DEBOUNCE_S  # a second later
     assert panel.apply()  # the button is Cancel now
     assert panel.state.state.value == "cancelling" and panel.status.startswith("Cancelling")
     poll_until_idle(panel)

@@ -33,6 +33,7 @@ ALL_METHODS = [
     "affine-legacy",
     "affine",
     "rlreg",
+    "rlreg-standard",
     "rlreg-fine",
     "greedy",
     "syn",
@@ -98,27 +99,44 @@ def run_affine_legacy(fixed, moving, workdir, args):
 
 def run_rlreg_tuned(fixed, moving, workdir, args):
     """rlreg's default policy with the schedule of ``--tto`` (see ``tto_schedule.py``)."""
-    return run_rlreg(fixed, moving, workdir, args, tto=args.tto)
+    return run_rlreg_standard(fixed, moving, workdir, args, tto=args.tto)
 
 
-def run_rlreg_fine(fixed, moving, workdir, args):
-    """``rlreg register --quality fine``: the same ``RunSpec`` the command builds."""
+def run_rlreg(fixed, moving, workdir, args):
+    """``rlreg register`` with its default options (the same ``RunSpec`` the command builds: quality auto,
+    the pair's kind from the images, do no harm)."""
     from RLRegistrationLib.registration.run_spec import RunSpec, register
 
-    result = register(fixed, moving, RunSpec(quality="fine", similarity=args.similarity, device="cpu"))
+    similarity = None if args.similarity == "ncc" else args.similarity
+    result = register(fixed, moving, RunSpec(similarity=similarity, device="cpu"), keep_steps=False)
     return result.transform, result.displacement
 
 
-def run_rlreg(fixed, moving, workdir, args, tto: str = ""):
-    """``rlreg register`` (standard quality, ``--steps``, ``--spacing``), or with ``tto`` a TTO schedule
+def run_rlreg_fine(fixed, moving, workdir, args):
+    """``rlreg register --quality fine``."""
+    from RLRegistrationLib.registration.run_spec import RunSpec, register
+
+    spec = RunSpec(quality="fine", similarity=args.similarity, device="cpu")
+    result = register(fixed, moving, spec, keep_steps=False)
+    return result.transform, result.displacement
+
+
+def run_rlreg_standard(fixed, moving, workdir, args, tto: str = ""):
+    """``rlreg register --quality standard`` (``--steps``, ``--spacing``), or with ``tto`` a TTO schedule
     beyond what a ``RunSpec`` holds (``--methods rlreg-tuned --tto '...'``: the schedule search's knobs)."""
     from RLRegistrationLib.policies.registry import make_policy
     from RLRegistrationLib.registration.run_spec import RunSpec, register
     from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
     if not tto:
-        spec = RunSpec(steps=args.steps, spacing_mm=args.spacing, similarity=args.similarity, device="cpu")
-        result = register(fixed, moving, spec)
+        spec = RunSpec(
+            quality="standard",
+            steps=args.steps,
+            spacing_mm=args.spacing,
+            similarity=args.similarity,
+            device="cpu",
+        )
+        result = register(fixed, moving, spec, keep_steps=False)
         return result.transform, result.displacement
     tto = parse_tto(tto)
     spacing = float(tto.pop("spacing", args.spacing))
@@ -298,6 +316,7 @@ METHODS = {
     "affine-legacy": run_affine_legacy,
     "affine-gradient-filter": run_affine_gradient_filter,
     "rlreg": run_rlreg,
+    "rlreg-standard": run_rlreg_standard,
     "rlreg-tuned": run_rlreg_tuned,
     "rlreg-fine": run_rlreg_fine,
     "syn": run_syn,
@@ -400,8 +419,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shared-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="fixed:moving subject pairs")
     parser.add_argument("--methods", default=",".join(ALL_METHODS))
-    parser.add_argument("--steps", type=int, default=6, help="rlreg steps (default: the CLI default, 6)")
-    parser.add_argument("--spacing", type=float, default=2.0, help="rlreg working grid spacing (mm)")
+    parser.add_argument("--steps", type=int, default=6, help="rlreg-standard steps (default 6)")
+    parser.add_argument("--spacing", type=float, default=2.0, help="rlreg-standard working grid spacing (mm)")
     parser.add_argument("--similarity", default="ncc", help="rlreg similarity (ncc or mind)")
     parser.add_argument(
         "--tto",

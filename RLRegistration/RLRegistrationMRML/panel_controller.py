@@ -17,6 +17,7 @@ nothing else and leaves the reason in :attr:`PanelController.error` (and the det
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,13 @@ CPU_RETRY_QUESTION = (
     "limited by GPU memory."
 )
 PREPARING = "Preparing (pre-alignment, working grid)..."
+CONTINUING = "Continuing from step {step}..."
+REPLACE_QUESTION = (
+    "Register again? The current result ({steps} steps) will be replaced.\n\n"
+    "Save or export it first to keep it."
+)
+# a second click on the one Apply/Cancel button within this time of the first is not a Cancel
+CANCEL_DEBOUNCE_S = 1.0
 FALLBACK_DEVICES = [("auto", "Auto", True), ("cuda", "GPU", True), ("cpu", "CPU", True)]
 
 
@@ -91,6 +99,10 @@ class PanelController:
         self.lastReport = None
         self.cpuRetryOffered = False
         self.runStarted: float | None = None
+        self.notes: list[str] = []  # what the run chose and decided (plan, do no harm), one line each
+        # steps and regularization as the panel last set them (a policy, a quality, a plan): a value the
+        # user did not change is left to the run's plan (``RunSpec`` None)
+        self._written: dict[str, object] = {}
 
     # ------------------------------------------------------------------ messages
     def fail(self, message: str, details: str = "") -> bool:
@@ -136,7 +148,39 @@ class PanelController:
 
     def setParameters(self, params) -> None:
         self.params = params
+        self._written = {}
         self.refreshInputs()
+
+    def _defaults(self, policy: str, quality: str) -> tuple[int, float | None]:
+        """(steps, regularization) the panel shows for ``policy`` and ``quality`` (``quality`` "auto":
+        the policy's; the run's plan then chooses)."""
+        choice = self.policyChoice(policy)
+        measured = int(choice.default_steps) if choice is not None else SETTINGS_BY_NAME["steps"].default
+        regularization = ((choice.option_defaults or {}) if choice is not None else {}).get("regularization")
+        if regularization is None:
+            regularization = SETTINGS_BY_NAME["regularization"].default
+        if quality not in QUALITY_PRESETS:
+            return measured, regularization
+        return QUALITY_PRESETS[quality].panel_settings(measured, regularization)
+
+    def _write(self, name: str, value) -> None:
+        """Set ``name`` (steps, regularization) as the panel's default, not the user's choice."""
+        self._ensureWritten()
+        setattr(self.params, name, value)
+        self._written[name] = value
+
+    def _ensureWritten(self) -> None:
+        if not self._written:
+            steps, regularization = self._defaults(self.params.policy, self.params.quality)
+            self._written = {"steps": steps, "regularization": regularization}
+
+    def asked(self, name: str) -> bool:
+        """Whether the user changed ``name`` (steps, regularization) from what the panel set (or, before
+        the panel set anything, from the defaults of the policy and quality chosen)."""
+        self._ensureWritten()
+        value = getattr(self.params, name)
+        written = self._written.get(name)
+        return written is None or not math.isclose(float(value), float(written), rel_tol=1e-9)
 
     def refreshInputs(self) -> bool:
         """Register is possible when a fixed and another moving volume are chosen; returns that."""
@@ -154,6 +198,7 @@ class PanelController:
         """Set options (``SETTINGS`` names); each value is checked against its range or choices. A new
         policy brings the steps, iterations and regularization it was measured with, a quality preset its
         own steps and regularization. Run options cannot change while a run goes on."""
+        self.clearError()
         for name, value in values.items():
             if value is None:
                 continue
@@ -184,12 +229,12 @@ class PanelController:
             return
         # the settings the policy was measured with (e.g. learned + TTO steps of a chain and the
         # regularization weight its lambda map was trained for)
-        self.params.steps = int(choice.default_steps)
+        self._write("steps", int(choice.default_steps))
         defaults = choice.option_defaults or {}
         if defaults.get("iterations") is not None:
             self.params.iterations = int(defaults["iterations"])
         if defaults.get("regularization") is not None:
-            self.params.regularization = float(defaults["regularization"])
+            self._write("regularization", float(defaults["regularization"]))
         if not choice.supports_sampling:
             self.params.samples = 1
         self.params.policy = name
@@ -197,26 +242,34 @@ class PanelController:
     def _chooseQuality(self, quality: str) -> None:
         if quality == self.params.quality:
             return
-        choice = self.policyChoice()
-        measured = int(choice.default_steps) if choice is not None else self.params.steps
-        defaults = (choice.option_defaults or {}) if choice is not None else {}
-        steps, regularization = QUALITY_PRESETS[quality].panel_settings(
-            measured, defaults.get("regularization")
-        )
-        self.params.steps = int(steps)
+        steps, regularization = self._defaults(self.params.policy, quality)
+        self._write("steps", int(steps))
         if regularization is not None:
-            self.params.regularization = float(regularization)
+            self._write("regularization", float(regularization))
         self.params.quality = quality
 
     # ------------------------------------------------------------------ run
     def apply(self) -> bool:
-        """The panel's one button: register (idle, done, failed) or cancel (running)."""
+        """The panel's one button: register (idle, done, failed) or cancel (running). A second click within
+        ``CANCEL_DEBOUNCE_S`` of the start (a double click on Apply) is not a Cancel: it does nothing."""
         if self.state.state == PanelState.RUNNING:
+            if self.runStarted is not None and time.monotonic() - self.runStarted < CANCEL_DEBOUNCE_S:
+                return True
             return self.cancel()
         return self.start()
 
+    def replaceQuestion(self) -> str:
+        """What a panel asks before a new run replaces a finished one ("" when nothing would be lost)."""
+        if self.state.state != PanelState.DONE or self.logic.session is None:
+            return ""
+        return REPLACE_QUESTION.format(steps=self.state.steps_done)
+
     def start(self, continueRun: bool = False) -> bool:
-        """A new run (or more steps of the finished one: ``continueRun``) of ``params.steps`` steps."""
+        """A new run, or more steps of the finished one (``continueRun``: the Steps box's number). A new
+        run takes the Steps box's number only when the user changed it; otherwise the run's plan decides
+        (the quality preset's steps, and none where the session keeps the linear result), and the box
+        then shows the plan's number."""
+        self.clearError()
         if self.state.busy:
             return self.fail("Cancelling: wait for the step in progress to end.")
         if continueRun and (self.state.state != PanelState.DONE or self.logic.session is None):
@@ -227,13 +280,20 @@ class PanelController:
             except ValueError as error:
                 return self.fail(str(error))
             return self.fail("Select the fixed and the moving volume.")
-        steps = int(self.params.steps)
         try:
             if continueRun:
+                steps = int(self.params.steps)
+                first = self.state.steps_done
                 self.logic.continueRegistration(self.params, steps)
                 self.state.continue_(steps)
             else:
-                self.logic.startRegistration(self.params, steps)
+                asked = self.asked("steps")
+                self.logic.startRegistration(
+                    self.params, int(self.params.steps) if asked else None, self.asked("regularization")
+                )
+                steps = int(self.logic.plan.steps)
+                if not asked:
+                    self._write("steps", steps)
                 self.state.start(steps)
         except Exception as error:  # noqa: BLE001 - every refusal is shown; nothing was created
             if self.logic.session is None and self.state.state in (PanelState.DONE, PanelState.FAILED):
@@ -241,12 +301,15 @@ class PanelController:
             expected = isinstance(error, (RLRegistrationError, ValueError, RuntimeError))
             details = "" if expected else traceback.format_exc()
             return self.fail(f"Failed to start the registration: {oneLine(error)}", details)
-        self.clearError()
         self.cpuRetryOffered = False
         self.lastReport = None
         self.runStarted = time.monotonic()
-        self.progress = PREPARING
+        self.progress = CONTINUING.format(step=first) if continueRun else PREPARING
         self.status = f"Running on {self.logic.deviceDescription}"
+        if not continueRun:
+            self.notes = self.logic.runNotes()
+        for note in self.notes:
+            self.log.info("%s", note)
         self.log.info(
             "registration started: %d steps of %s on %s",
             steps,
@@ -257,6 +320,7 @@ class PanelController:
 
     def cancel(self) -> bool:
         """Stop after the step in progress."""
+        self.clearError()
         if self.state.state != PanelState.RUNNING:
             return self.fail("Nothing to cancel.")
         self.state.cancel()
@@ -294,12 +358,13 @@ class PanelController:
         for report in update.reports:
             self.state.step(report.index)
             self.lastReport = report
+            if report.index == 0:  # prepared: the session's decisions are known
+                self._addNotes(self.logic.runNotes())
         if update.reports:
             report = self.lastReport
-            _, total = self.state.progress()
             self.progress = progress_text(
-                report.index - self.state.run_first_step,
-                total,
+                report.index,
+                self.state.run_target,
                 report.step_seconds,
                 report.similarity,
                 report.dice,
@@ -310,20 +375,63 @@ class PanelController:
             result.failed = True
         elif update.finished:
             result.finished = True
-            self.state.finished(update.stepsDone)
+            keep = not update.cancelled and bool(self.logic.deformableBlocked())
+            self.state.finished(update.stepsDone, keep=keep)
             if self.state.state == PanelState.IDLE:
                 self.logic.discardCreatedNodes(self.params)
                 self.logic.forgetSession()
                 self.status = "Cancelled before the first step: nothing was changed."
                 self.progress = ""
             else:
-                self.status = self.logic.summary(cancelled=update.cancelled)
+                self._keepResult(update.cancelled)
             self.log.info(
                 "registration %s after %d steps",
                 "cancelled" if update.cancelled else "finished",
                 update.stepsDone,
             )
         return result
+
+    def _addNotes(self, notes: list[str]) -> None:
+        for note in notes:
+            if note not in self.notes:
+                self.notes.append(note)
+                self.log.info("%s", note)
+
+    def _keepResult(self, cancelled: bool) -> None:
+        """A run ended with a result: the nodes show (and export) the step ``session.final_result``
+        chooses, and the status says which, and why."""
+        try:
+            verdict = self.logic.keepFinalResult(self.params)
+        except Exception as error:  # noqa: BLE001 - the run's own result stays shown
+            self.fail(f"Could not check the result: {oneLine(error)}", traceback.format_exc())
+            verdict = None
+        self.logic.createdNodeIDs = []  # a kept result: its nodes are results, not leftovers
+        kept = self.logic.resultStep
+        if kept is not None and kept != self.state.displayed_step:
+            self.state.replay(kept)
+        blocked = self.logic.deformableBlocked()
+        if verdict is not None:
+            self._addNotes([verdict.summary()])
+        summary = self.logic.summary(cancelled=cancelled)
+        if blocked and self.state.steps_done == 0:
+            self.status = (
+                f"No deformable refinement: {blocked}. The result is the pre-alignment (step 0): Save, "
+                "Apply and Harden export it; Continue runs deformable steps anyway."
+            )
+        elif verdict is not None and not verdict.accepted:
+            self.status = (
+                f"{summary}. Deformable refinement dropped: it did not improve the alignment (gradient "
+                f"alignment {verdict.previous_score:.3f} -> {verdict.score:.3f}). The result is the "
+                f"pre-alignment (step 0): shown, and what Save, Apply and Harden export; the slider shows "
+                f"the {self.state.steps_done} steps run."
+            )
+        elif verdict is not None:
+            self.status = (
+                f"{summary}; deformable refinement kept (gradient alignment {verdict.previous_score:.3f} "
+                f"-> {verdict.score:.3f})"
+            )
+        else:
+            self.status = summary
 
     def _runFailed(self, message: str, details: str, outOfMemory: bool = False) -> None:
         """The run (or the display of a step) failed: its new nodes and its session are forgotten."""

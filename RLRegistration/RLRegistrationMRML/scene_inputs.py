@@ -252,10 +252,11 @@ class SceneInputs:
         if params.outputTransform is not None and params.outputLinearTransform is not None:
             if params.outputTransform.GetID() == params.outputLinearTransform.GetID():
                 raise ValueError("The deformable and the linear output transform must be different nodes.")
-        quality = getattr(params, "quality", "standard")
-        if quality not in QUALITY_PRESETS:
-            raise ValueError(f"Unknown quality '{quality}' (choose from {', '.join(QUALITY_PRESETS)}).")
-        if QUALITY_PRESETS[quality].tto_levels_mm and params.policy != "tto":
+        quality = getattr(params, "quality", "auto")
+        if quality != "auto" and quality not in QUALITY_PRESETS:
+            choices = ", ".join(("auto", *QUALITY_PRESETS))
+            raise ValueError(f"Unknown quality '{quality}' (choose from {choices}).")
+        if quality != "auto" and QUALITY_PRESETS[quality].tto_levels_mm and params.policy != "tto":
             raise ValueError(
                 f"Quality '{quality}' sets the tto schedule: choose the policy 'tto' or quality 'standard'."
             )

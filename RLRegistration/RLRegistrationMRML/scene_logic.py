@@ -15,7 +15,7 @@ It needs Slicer's MRML classes (inside Slicer, or the ``slicer-core`` wheel outs
 Slicer panel (``RLRegistration.py``) and the browser app drive it through
 :class:`~RLRegistrationMRML.panel_controller.PanelController`.
 
-**Transform hierarchy.** The result ``T(x) = A(x + u(x))`` (fixed point -> moving point, DESIGN.md §3) is
+**Transform hierarchy.** The result ``T(x) = A(x + u(x))`` (fixed point -> moving point, docs/ARCHITECTURE.md §3) is
 two nodes, both tagged with the fixed and moving volumes::
 
     output parent (optional) <- outputTransform (grid: x + u(x)) <- outputLinearTransform (linear: A)

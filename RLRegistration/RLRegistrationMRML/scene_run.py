@@ -15,10 +15,17 @@ from collections.abc import Callable
 import slicer
 
 from .parameters import SESSION_INITIALIZATION
+from .subject_hierarchy import pairFromSubjectHierarchy
+
+# the command line's hint in the library's notes, as the panels say it
+CLI_STEPS_HINT = "(--steps N runs N steps)"
+PANEL_STEPS_HINT = "(change Steps, or click Continue, to run them)"
 
 
-def runSpec(params, steps: int | None = None):
+def runSpec(params, steps: int | None = None, regularization: bool = True):
     """The ``RunSpec`` of a panel's parameters (the Slicer parameter node or ``RegistrationParameters``):
+    ``steps`` None runs the plan's steps (the quality preset's, else the policy's), ``regularization``
+    False leaves the regularization to the plan (the panel shows the default the user did not change);
     iterations and regularization only for policies that take them, samples only for policies that sample,
     the panel's "parent" initialization as the session's "none" (the parent transform is its initial
     transform)."""
@@ -28,10 +35,11 @@ def runSpec(params, steps: int | None = None):
     takes = policy_option_defaults(params.policy)
     return RunSpec(
         policy=params.policy,
-        quality=getattr(params, "quality", "standard"),
+        quality=getattr(params, "quality", "auto"),
+        pair=getattr(params, "pair", "auto"),
         steps=steps,
         iterations=params.iterations if "iterations" in takes else None,
-        regularization=params.regularization if "regularization" in takes else None,
+        regularization=params.regularization if regularization and "regularization" in takes else None,
         initialization=SESSION_INITIALIZATION[params.initialization],
         device=params.device,
         samples=params.samples if policy_supports_sampling(params.policy) else 1,
@@ -58,28 +66,37 @@ class SceneRun:
     def isRunning(self) -> bool:
         return self.worker is not None and self.worker.is_alive()
 
-    def startRegistration(self, params, steps: int) -> None:
+    def startRegistration(self, params, steps: int | None = None, regularization: bool = True) -> None:
         """Check the inputs, build a new session from the parameters (main thread, ``run_spec.build_session``
-        as every front-end does) and start the worker. A refused start creates no node."""
+        as every front-end does) and start the worker. ``steps`` None: the plan's (``self.plan.steps``);
+        ``regularization`` False: the plan's (see :func:`runSpec`). With the pair "auto", two volumes of one
+        patient item of the subject hierarchy tell the session the pair's kind. A refused start creates no
+        node."""
         from RLRegistrationLib.devices import describe_device, resolve_device
         from RLRegistrationLib.registration.run_spec import build_session
 
         if self.isRunning():
             raise RuntimeError("A registration is already running.")
         self.checkInputs(params)
-        spec = runSpec(params, steps)
+        spec = runSpec(params, steps, regularization)
         self.forgetSession()
         inputs = self.readInputs(params)
         self.deviceDescription = describe_device(resolve_device(spec.device))
-        self.session, self.plan = build_session(spec, **inputs)
+        pair = None
+        if spec.pair == "auto":
+            pair = pairFromSubjectHierarchy(self.scene, params.fixedVolume, params.movingVolume)
+        self.session, self.plan = build_session(spec, **inputs, pair=pair)
         self.createdNodeIDs = []
-        self._startWorker(steps)
+        self._startWorker(self.plan.steps)
 
     def continueRegistration(self, params, steps: int) -> None:
+        """``steps`` more steps of the session. Asked for explicitly, they run even where the session
+        decided against a deformable refinement (``decisions.deformable_blocked``, e.g. one session)."""
         if self.session is None:
             raise RuntimeError("There is no registration to continue: click Apply first.")
         if self.isRunning():
             raise RuntimeError("A registration is already running.")
+        self.session.decisions.deformable_blocked = ""
         self.createdNodeIDs = []
         self._startWorker(steps)
 
@@ -128,6 +145,38 @@ class SceneRun:
         self.weightMapRangeText = "—"
         self.uncertaintyRangeText = "—"
         self.magnitudeRangeText = "—"
+        self.forgetDisplayedField()
+        self.resultStep = None
+
+    def runNotes(self) -> list[str]:
+        """What the run chose and decided, one line each: the plan's notes (quality auto, the pair asked)
+        and, once the session is prepared, its do-no-harm decisions (pre-alignment kept or dropped, the
+        pair's kind, a deformable refinement not run)."""
+        if self.session is None:
+            return []
+        notes = list(self.plan.notes) if self.plan is not None else []
+        if self.session.prepared:
+            notes += [n.replace(CLI_STEPS_HINT, PANEL_STEPS_HINT) for n in self.session.decisions.notes]
+        return [note for i, note in enumerate(notes) if note not in notes[:i]]
+
+    def deformableBlocked(self) -> str:
+        """Why the session runs no deformable step by default ("" when it does)."""
+        return self.session.decisions.deformable_blocked if self.session is not None else ""
+
+    def keepFinalResult(self, params):
+        """After a run: the step the result is, as ``session.final_result`` chooses it (the last step, or
+        the pre-alignment's, step 0, when the deformable steps did not improve the images' gradient
+        alignment, ``registration.harm_check``), shown in the nodes at full resolution so that export,
+        apply and harden give it. Returns the deformable refinement's verdict (None without a step)."""
+        from RLRegistrationLib.registration import worker
+
+        session = self.session
+        verdict = session.harm_verdict() if session.step_count > 0 else None
+        # final_result's rule: the pre-alignment when the deformable steps were dropped
+        self.resultStep = 0 if verdict is not None and not verdict.accepted else session.step_count
+        if self.displayedStep != self.resultStep or self.fullResolutionStep != self.resultStep:
+            self.showFinal(params, worker.final_outputs(session, self.resultStep, self.movingImage))
+        return verdict
 
     def processMessages(self, params) -> RunUpdate:
         """Drain the worker's queue; show the newest step (only the newest: the views need no backlog)."""
@@ -168,7 +217,9 @@ class SceneRun:
         timeoutSeconds: float = 1800,
         processEvents: Callable[[], None] | None = None,
     ):
-        """Register (or continue) and wait; returns the step reports. ``processEvents`` keeps a GUI live."""
+        """Register (or continue) and wait; returns the step reports. ``processEvents`` keeps a GUI live.
+        As after a panel's run, the nodes then hold the result ``session.final_result`` chooses
+        (:meth:`keepFinalResult`)."""
         if continueRun:
             self.continueRegistration(params, steps)
         else:
@@ -182,6 +233,8 @@ class SceneRun:
                 self.discardCreatedNodes(params)
                 raise RuntimeError(update.error + "\n" + update.details)
             if update.finished:
+                if self.session is not None and self.session.step_count > 0:
+                    self.keepFinalResult(params)
                 return reports
             if self.worker is None:  # the scene was closed during the run
                 raise RuntimeError("The scene was closed during the registration.")

@@ -96,11 +96,15 @@ class DataFolder:
         candidate = Path(name)
         path = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
         if not _is_within(path, self.root):
-            self._refuse(name, what, f"outside the data folder {self.root}")
+            self._refuse(
+                name, what, "outside the data folder (--data-dir)", f"resolves to {path}, outside {self.root}"
+            )
         return path
 
-    def _refuse(self, name, what: str, why: str):
-        log.warning("refused %s %r: %s", what, name, why)
+    def _refuse(self, name, what: str, why: str, detail: str = ""):
+        """Log (with the server's paths in ``detail``) and raise; the message, which the page may show,
+        names no path of the server."""
+        log.warning("refused %s %r: %s%s", what, name, why, f" ({detail})" if detail else "")
         raise PathRefused(f"403 Forbidden: {what} '{name}' is {why}")
 
 

@@ -46,7 +46,7 @@ def warp(
 
 
 def compose_displacements(step: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """Total field after a step: ``phi_t = a_t + phi_{t-1} o (id + a_t)`` (DESIGN.md §3).
+    """Total field after a step: ``phi_t = a_t + phi_{t-1} o (id + a_t)`` (docs/ARCHITECTURE.md §3).
 
     ``M o (id + phi_{t-1}) o (id + a_t) = M o (id + phi_t)``: the step is applied first in fixed space.
     """

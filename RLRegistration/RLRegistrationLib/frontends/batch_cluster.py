@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .batch import BatchPair
+from .batch_pair import BatchPair
 
 GIB = 1 << 30
 #: what a pair's peak takes in a Dask worker above ``rlreg register``'s for the same pair (measured on
@@ -124,7 +124,7 @@ def pair_estimate(pair: BatchPair) -> int | None:
     """The pair's own estimate of its peak memory (bytes), as its run makes it (``batch.run_estimate``:
     its images read, its session built); None when that fails (the pair's own run will say why)."""
     from ..registration.run_spec import build_session
-    from .batch import run_estimate
+    from .batch_pair import run_estimate
 
     try:
         inputs = pair.files.read()
@@ -282,7 +282,7 @@ def start_jobqueue_cluster(kind: str, options: dict, workers: int):
     import dask
 
     try:
-        import dask_jobqueue
+        dask_jobqueue = _import_jobqueue()
     except ImportError:
         raise InputError(
             f"--cluster {kind}: dask-jobqueue is not installed (pip install 'rlregistration[batch]')"
@@ -313,3 +313,17 @@ def start_jobqueue_cluster(kind: str, options: dict, workers: int):
         cluster.close()
         raise
     return cluster, client
+
+
+def _import_jobqueue():
+    """``dask_jobqueue``, imported without the SIGINT handler it installs for the whole process (its
+    ``runner`` module makes Ctrl-C a ``sys.exit()``: exit code 0, the batch's cleanup skipped)."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        import dask_jobqueue
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return dask_jobqueue

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..options import INTEGER_OPTIONS, RANGES
 from ..registration.run_spec import OptionError, RunSpec
-from .batch import ID_PATTERN, BatchPair
+from .batch_pair import ID_PATTERN, BatchPair
 from .pair_run import PairFiles
 
 FILE_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from .batch import SUMMARY_COLUMNS
+from .batch_pair import SUMMARY_COLUMNS
 
 #: (column, True when low values are bad, what a rank on it means)
 CONCERNS = (

@@ -1,10 +1,12 @@
 """Command line ``rlreg``: register, evaluate, demo, info, view, train, tune-weight-map.
 
-Every expected problem (bad input or option, existing output, unknown policy, missing GPU) is reported as
-one line ``rlreg: error: ...`` with exit code 2 and nothing written; ``--debug`` shows tracebacks. Ctrl-C,
-SIGTERM and SIGHUP stop the command at any moment with exit code 128 + the signal's number, leaving no
-partial output (``io.outputs``). This module imports only the standard library and the option vocabulary
-when it is imported, so that a signal during the heavy imports is handled like any other.
+Every expected problem (bad input or option, existing output, unknown policy, missing GPU, a file this
+user may not read or write) is reported as one line ``rlreg: error: ...`` with exit code 2 and nothing
+written; ``--debug`` shows tracebacks. Ctrl-C, SIGTERM and SIGHUP stop the command at any moment with exit
+code 128 + the signal's number and one line, leaving no partial output (``io.outputs``); a second signal
+within ``REPEAT_GRACE_S`` seconds of the first is ignored, so that the cleanup the first one started
+finishes. This module imports only the standard library when it is imported (the parser and the option
+vocabulary come with ``main``), so that the handlers are in place before any heavy import.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import warnings
 
 from ..errors import InputWarning, RLRegistrationError
-from .cli_parser import FLAGS, build_parser
+
+#: seconds after a signal during which another one is ignored (the cleanup the first started finishes)
+REPEAT_GRACE_S = 5.0
+#: a signal that comes while a module is being imported is sent again this many seconds later
+IMPORT_RETRY_S = 0.05
+_first_signal_at: float | None = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -27,7 +35,34 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_interrupted(signum, frame) -> None:
+    """SIGINT raises ``KeyboardInterrupt``, SIGTERM and SIGHUP ``Interrupted``; a repeat within
+    ``REPEAT_GRACE_S`` seconds is ignored. Not inside an import: a module being imported may swallow the
+    exception and be left half made (numpy turns it into an ImportError that SimpleITK takes for "no
+    numpy", and the next import of numpy fails), so the signal is sent again until the import is over."""
+    global _first_signal_at
+    if _importing(frame):
+        import threading
+
+        retry = threading.Timer(IMPORT_RETRY_S, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
+        return
+    now = time.monotonic()
+    if _first_signal_at is not None and now - _first_signal_at < REPEAT_GRACE_S:
+        return
+    _first_signal_at = now
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Interrupted(signum)
+
+
+def _importing(frame) -> bool:
+    """True when ``frame`` runs inside an import statement."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _warning_printer(default):
@@ -47,20 +82,33 @@ def entry_point() -> int:
     """The ``rlreg`` command: ``main`` in a process of its own, whose allocator may keep freed memory
     (``allocator.reuse_freed_memory``: a 1 mm ``--quality fine`` run 25.3 -> 19.6 s on 2 CPU threads,
     ``benchmarks/fine_profile.py``), with SIGTERM and SIGHUP handled like Ctrl-C."""
-    for signum in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
-        if signum is not None:
+    for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # nohup: stays ignored
             signal.signal(signum, _raise_interrupted)
     try:
         from .allocator import reuse_freed_memory
 
         reuse_freed_memory()
-        return main()
+        code = main()
     except KeyboardInterrupt as interrupt:  # during the imports, before main's own handler
-        return _cancelled(interrupt)
+        code = _cancelled(interrupt)
+    if code > 128:
+        # cancelled: leave at once, without Python's shutdown (up to 1 s freeing a run's memory; and an
+        # output writer the signal cut short may still be in native code, which the shutdown would stop
+        # inside C++: abort, "FATAL: exception not rethrown")
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments) and run the command; returns the exit code."""
+    from .cli_parser import build_parser
+
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():  # restores warnings.showwarning when the command ends
         warnings.simplefilter("always", InputWarning)
@@ -72,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"rlreg: error: {one_line(error)}", file=sys.stderr)
             return 2
+        except OSError as error:  # a file system refusal no check foresaw (permissions, a full disk...)
+            if args.debug:
+                raise
+            where = f"'{error.filename}': " if error.filename else ""
+            print(f"rlreg: error: {where}{error.strerror or error}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt as interrupt:
             return _cancelled(interrupt)
 
@@ -79,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 def one_line(error: RLRegistrationError) -> str:
     """The message of an expected error, a run option named by its command-line flag."""
     from ..registration.run_spec import OptionError
+    from .cli_parser import FLAGS
 
     if isinstance(error, OptionError):
         return f"{FLAGS.get(error.option, error.option)}: {error.problem}"
@@ -86,8 +141,13 @@ def one_line(error: RLRegistrationError) -> str:
 
 
 def _cancelled(interrupt: KeyboardInterrupt) -> int:
+    """One line and exit code 128 + the signal's number. ``written`` on the interrupt (a signal that came
+    while the outputs were being put in place, held until all of them were) says they are complete."""
     signum = getattr(interrupt, "signum", signal.SIGINT)
-    print("rlreg: cancelled, nothing written", file=sys.stderr)
+    if getattr(interrupt, "written", None):
+        print("rlreg: cancelled after all outputs were written (they are complete)", file=sys.stderr)
+    else:
+        print("rlreg: cancelled, nothing written", file=sys.stderr)
     return 128 + int(signum)
 
 
@@ -118,6 +178,7 @@ def cmd_evaluate(args) -> int:
     transform = read_transform(args.transform, "transform")
     fixed_labels = read_label_map(args.fixed_labels, "fixed labels")
     moving_labels = read_label_map(args.moving_labels, "moving labels")
+    check_evaluated_labels(fixed_labels, moving_labels, labels, args)
     report = evaluate_transform(
         fixed_labels,
         moving_labels,
@@ -129,6 +190,33 @@ def cmd_evaluate(args) -> int:
     report.pop("dice_per_label")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def check_evaluated_labels(fixed_labels, moving_labels, labels: list[int] | None, args) -> None:
+    """``InputError`` when nothing could be scored: the maps share no label (``--labels all``), a label
+    asked for is in neither map (its Dice would be NaN), or none of ``--labels 30`` is in them."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ..errors import InputError
+
+    present = [
+        set(np.unique(sitk.GetArrayViewFromImage(image)).tolist()) for image in (fixed_labels, moving_labels)
+    ]
+    if labels is None:
+        if not (present[0] & present[1]) - {0}:
+            raise InputError(
+                f"moving labels '{args.moving_labels}': shares no label with the fixed labels "
+                f"'{args.fixed_labels}' (nothing to score)"
+            )
+        return
+    absent = [label for label in labels if label not in present[0] | present[1]]
+    if args.labels == "30" and len(absent) < len(labels):
+        return  # the standard set: a map without one of them is scored on the others
+    if absent:
+        shown = ", ".join(map(str, absent[:10])) + (", ..." if len(absent) > 10 else "")
+        which = f"label {shown} is" if len(absent) == 1 else f"labels {shown} are"
+        raise InputError(f"--labels: {which} in neither label map")
 
 
 def cmd_info(args) -> int:

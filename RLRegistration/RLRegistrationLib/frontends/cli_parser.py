@@ -13,7 +13,7 @@ import sys
 from typing import NoReturn
 
 from ..errors import InputError
-from ..options import INITIALIZATIONS, INTENSITY_MAPPINGS, OUTPUT_GRIDS, RANGES, SIMILARITIES
+from ..options import INITIALIZATIONS, INTENSITY_MAPPINGS, OUTPUT_GRIDS, PAIR_KINDS, RANGES, SIMILARITIES
 from ..registration.quality import QUALITIES
 from ..registration.run_spec import OptionError, RunSpec
 
@@ -21,6 +21,7 @@ from ..registration.run_spec import OptionError, RunSpec
 FLAGS = {
     "policy": "--policy",
     "quality": "--quality",
+    "pair": "--pair",
     "steps": "--steps",
     "iterations": "--iterations",
     "regularization": "--regularization",
@@ -56,10 +57,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--policy", help="policy name (see 'rlreg info'); default tto")
     how.add_argument(
         "--quality",
-        choices=QUALITIES,
-        help="standard (default: 2 mm working grid, at most 112^3 voxels), fine (tto: 1 mm grid, 4 steps at "
-        "4, 4, 2 and 1 mm; on 1 mm brain MRI more accurate than Greedy at 0.4x its time) or followup (fine "
-        "with regularization 6: two scans of one patient); see benchmarks/RESULTS.md",
+        choices=["auto", *QUALITIES],
+        help="auto (default: the fine schedule at 1 mm, else 1.5 mm, whose memory estimate fits the cap, else "
+        "standard; followup for one patient), standard (2 mm working grid, at most 112^3 voxels), fine (tto: "
+        "1 mm grid, 4 steps at 4, 4, 2 and 1 mm) or followup (fine with regularization 6: two scans of one "
+        "patient); see benchmarks/RESULTS.md",
+    )
+    how.add_argument(
+        "--pair",
+        choices=PAIR_KINDS,
+        help="auto (default: from DICOM headers, else from the images after the pre-alignment), same-session "
+        "(the linear result unless --steps), same-patient (the follow-up schedule) or different-subjects",
     )
     how.add_argument(
         "--steps", type=int, help=f"number of steps ({_range('steps')}; default: the preset's or policy's)"
@@ -117,6 +125,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="latent sampling temperature of MorphSeek models (default 0, 1 with K > 1)",
     )
     advanced.add_argument(
+        "--no-harm-check",
+        action="store_true",
+        help="keep every stage, also one that did not improve the alignment (default: a pre-alignment or "
+        "deformable refinement that does not improve the images' gradient alignment is dropped, and said)",
+    )
+    advanced.add_argument(
         "--no-affine", action="store_true", help="deprecated: the same as --initialization none"
     )
 
@@ -129,6 +143,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is not None:
             values[field] = value
+    if getattr(args, "no_harm_check", False):
+        values["harm_check"] = False
     if getattr(args, "no_affine", False):
         if values.get("initialization") not in (None, "none") and args.initialization is not None:
             raise InputError(f"--no-affine contradicts --initialization {args.initialization}")

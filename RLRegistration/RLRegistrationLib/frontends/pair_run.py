@@ -53,12 +53,25 @@ class PairFiles:
         }
 
     def check(self) -> None:
-        """Label maps come in pairs (checked before anything is read)."""
+        """Label maps come in pairs, and the moving image is not the fixed one (checked before anything is
+        read)."""
+        from ..io.outputs import same_file
+
+        for role, path in self.roles().items():
+            if path is not None and not str(path):
+                raise InputError(f"{role}: the file name is empty")
         if bool(self.fixed_labels) != bool(self.moving_labels):
             raise InputError("labels: give both --fixed-labels and --moving-labels, or neither")
+        if same_file(Path(self.fixed), Path(self.moving)):
+            raise InputError(
+                f"{self.prefix}moving image '{self.moving}': is the same file as the fixed image "
+                f"'{self.fixed}' (registering an image to itself gives the identity)"
+            )
 
     def read(self) -> dict:
-        """``build_session``'s image keywords and ``names``, every file read and checked."""
+        """``build_session``'s image keywords, ``names`` and ``pair`` (what DICOM headers say of the pair,
+        or None), every file read and checked."""
+        from ..io.dicom_tags import pair_kind_from_tags, series_tags
         from ..io.imaging import read_image, read_label_map
         from ..registration.session import InputNames
 
@@ -73,11 +86,12 @@ class PairFiles:
                 continue
             reader = read_image if key in ("fixed", "moving") else read_label_map
             images[key] = reader(path, role)
-        return {**images, "names": InputNames(**names)}
+        pair = pair_kind_from_tags(series_tags(self.fixed), series_tags(self.moving))
+        return {**images, "names": InputNames(**names), "pair": pair}
 
 
 def report_dict(result) -> dict:
-    """The per-step numbers of ``--report``."""
+    """The per-step numbers of ``--report`` (every step run), the do-no-harm verdicts, and the step kept."""
     return {
         "steps": [
             {
@@ -89,8 +103,19 @@ def report_dict(result) -> dict:
                 "uncertainty_mean_mm": r.uncertainty_mean_mm,
                 "uncertainty_max_mm": r.uncertainty_max_mm,
             }
-            for r in result.reports
-        ]
+            for r in (result.steps_run or result.reports)
+        ],
+        "kept_step": result.reports[-1].index,
+        "verdicts": [
+            {
+                "stage": v.stage,
+                "accepted": v.accepted,
+                "gradient_alignment_before": v.previous_score,
+                "gradient_alignment_after": v.score,
+                "summary": v.summary(),
+            }
+            for v in result.verdicts
+        ],
     }
 
 
@@ -112,7 +137,7 @@ def result_writers(
         write_qc_picture(path, fixed, moving, result, title=title)
 
     writers = {
-        "transform": lambda path: sitk.WriteTransform(result.transform, str(path)),
+        "transform": result.write,
         "warped": image(lambda: result.warp_image(moving)),
         "displacement": image(lambda: sitk.Cast(result.displacement, sitk.sitkVectorFloat32)),
         "jacobian": image(lambda: jacobian_image(result.displacement)),

@@ -2,7 +2,7 @@
 
 States::
 
-    idle --start--> running --step(i)--> running --finished--> done (>= 1 step) | idle (0 steps)
+    idle --start--> running --step(i)--> running --finished--> done (>= 1 step, or a kept result) | idle
                        |  \\--error--> failed                  done --continue--> running
                        \\--cancel--> cancelling --finished--> done | idle
                                          \\--error--> failed   done --step_back / replay(i)--> done
@@ -34,7 +34,7 @@ class PanelStateError(RuntimeError):
 class UiFlags:
     """What the panel shows for a state."""
 
-    apply_text: str  # "Apply", "Cancel" or "Cancelling..."
+    apply_text: str  # "Apply", "Cancel" or "Cancelling..." (one button: the Slicer panel's)
     apply_enabled: bool
     inputs_enabled: bool  # input/output selectors and registration options
     continue_enabled: bool
@@ -47,6 +47,9 @@ class UiFlags:
     playing: bool
     export_enabled: bool  # apply to moving volume, harden, save .h5
     progress_visible: bool
+    # two buttons (the browser's): Register never turns into Cancel under a second click
+    register_enabled: bool = False
+    cancel_enabled: bool = False
 
 
 class PanelStateMachine:
@@ -104,13 +107,14 @@ class PanelStateMachine:
         self._require({PanelState.RUNNING}, "cancel")
         self.state = PanelState.CANCELLING
 
-    def finished(self, steps_done: int | None = None) -> None:
-        """The worker ended (normally or cancelled). With no step at all the panel returns to idle."""
+    def finished(self, steps_done: int | None = None, keep: bool = False) -> None:
+        """The worker ended (normally or cancelled). With no step at all the panel returns to idle, unless
+        ``keep``: the run's result is its pre-alignment (a session that decided against deformable steps)."""
         self._require({PanelState.RUNNING, PanelState.CANCELLING}, "finished")
         if steps_done is not None:
             self.steps_done = int(steps_done)
         self.displayed_step = self.steps_done
-        if self.steps_done > 0:
+        if self.steps_done > 0 or keep:
             self.state = PanelState.DONE
         else:
             self.state = PanelState.IDLE
@@ -199,6 +203,8 @@ class PanelStateMachine:
             playing=self.playing,
             export_enabled=done,
             progress_visible=self.busy,
+            register_enabled=not self.busy and self.inputs_ready,
+            cancel_enabled=state == PanelState.RUNNING,
         )
 
     def progress(self) -> tuple[int, int]:
@@ -234,8 +240,13 @@ def progress_text(
     uncertainty_mm: float | None = None,
 ) -> str:
     """One line for the progress bar, e.g. ``Step 3/10 · 412 ms/step · NCC 0.512 · Dice 0.734`` (and
-    ``· Uncertainty 0.42 mm``, the mean spread, when the policy samples trajectories)."""
-    parts = [f"Step {int(index)}/{int(total)}", f"{1000.0 * float(step_seconds):.0f} ms/step"]
+    ``· Uncertainty 0.42 mm``, the mean spread, when the policy samples trajectories). Steps are numbered
+    as the session counts them (a Continue from step 6 to 11 says ``Step 7/11``); step 0 is the
+    pre-alignment (``Pre-alignment · 2.6 s · NCC 0.430``)."""
+    if int(index) == 0:
+        parts = ["Pre-alignment", f"{float(step_seconds):.1f} s"]
+    else:
+        parts = [f"Step {int(index)}/{int(total)}", f"{1000.0 * float(step_seconds):.0f} ms/step"]
     if similarity is not None and math.isfinite(similarity):
         parts.append(f"NCC {similarity:.3f}")
     if dice is not None and math.isfinite(dice):

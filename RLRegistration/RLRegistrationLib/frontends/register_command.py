@@ -4,7 +4,8 @@
 2. the policy and its options are checked (the registry, no image);
 3. the inputs are read and checked (``io.imaging``), the session is built from the spec
    (``registration.run_spec.build_session``: labels, masks and the memory estimate are checked there);
-4. the steps run with a progress bar; 5. every output is written, all or nothing.
+4. the steps run with a progress bar; 5. every output is written, all or nothing (a signal that arrives
+   while they are put in place is held until all of them are: ``written_then_interrupted`` says so).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def run_with_progress(session, steps: int, quiet: bool = False):
                 f"{'x'.join(map(str, session.grid.size))} at {session.grid.spacing[0]:.2f} mm; "
                 f"after {session.initialization}: ncc {initial.similarity:.4f}{dice}"
             )
+            for note in session.decisions.notes:
+                print(note)
         with tqdm(total=steps, disable=quiet, unit="step", dynamic_ncols=True, file=sys.stdout) as bar:
             for report in session.run(steps):
                 bar.update(1)
@@ -57,6 +60,7 @@ def run_with_progress(session, steps: int, quiet: bool = False):
                 if mapping:
                     bar.write(f"{mapping}; --intensity-mapping off compares the images as they are")
                 bar.write(step_line(report, session.step_count - report.index + steps))
+        result, verdicts = session.final_result()  # do no harm: a stage that did not help is dropped
     except RuntimeError as error:
         if is_out_of_memory(error):
             raise DeviceError(
@@ -64,7 +68,17 @@ def run_with_progress(session, steps: int, quiet: bool = False):
                 "use --device cpu or a coarser --spacing"
             ) from None
         raise
-    return session.result()
+    if not quiet:
+        for verdict in verdicts[len(session.decisions.verdicts) :]:  # the deformable one
+            print(verdict.summary())
+    return result
+
+
+def written_then_interrupted(outputs: OutputSet, interrupt: KeyboardInterrupt) -> KeyboardInterrupt:
+    """``interrupt``, marked with the outputs already in place (the CLI's message then says so)."""
+    if outputs.written:
+        interrupt.written = list(outputs.written)
+    return interrupt
 
 
 def step_line(report, total: int) -> str:
@@ -111,16 +125,21 @@ def cmd_register(args) -> int:
         )
     check_policy(spec)
     inputs = files.read()
-    session, plan = build_session(spec, **inputs)
+    session, plan = build_session(spec, **inputs, keep_steps=False)
+    if not args.quiet:
+        print("\n".join(plan.notes))
     start = time.perf_counter()
     result = run_with_progress(session, plan.steps, args.quiet)
     title = f"{spec.policy}: {Path(args.moving).name}"
     writers = result_writers(
         result, inputs["fixed"], inputs["moving"], outputs, spec, title, report_dict(result)
     )
-    outputs.write(writers)
-    if not args.quiet:
-        print(f"done in {time.perf_counter() - start:.1f} s; transform written to {args.output}")
+    try:
+        outputs.write(writers)
+        if not args.quiet:
+            print(f"done in {time.perf_counter() - start:.1f} s; transform written to {args.output}")
+    except KeyboardInterrupt as interrupt:
+        raise written_then_interrupted(outputs, interrupt) from None
     return 0
 
 
@@ -189,7 +208,10 @@ def cmd_demo(args) -> int:
 
         title = f"rlreg demo ({spec.policy})"
         writers = result_writers(result, inputs["fixed"], inputs["moving"], outputs, spec, title, {})
-        outputs.write({**writers, "report": report})
+        try:
+            outputs.write({**writers, "report": report})
+        except KeyboardInterrupt as interrupt:
+            raise written_then_interrupted(outputs, interrupt) from None
     except BaseException:
         if created:
             try:

@@ -12,14 +12,16 @@ import SimpleITK as sitk
 
 from ..fields.geometry import Grid
 from .outputs import OutputSet
+from .transform_files import write_transform_file
 
 
 def write_transform(transform: sitk.Transform, path: str | Path, overwrite: bool = False) -> Path:
-    """Write an ITK transform file (``.h5`` recommended: holds affine + displacement field), all or nothing
-    (``outputs.OutputSet``); ``OutputError`` when it exists without ``overwrite`` or cannot be written."""
+    """Write an ITK transform file (``.h5`` recommended: holds affine + displacement field, compacted by
+    ``transform_files``), all or nothing (``outputs.OutputSet``); ``OutputError`` when it exists without
+    ``overwrite`` or cannot be written."""
     outputs = OutputSet({"transform": path}, overwrite, option_names={"transform": "output"})
     outputs.check()
-    outputs.write({"transform": lambda tmp: sitk.WriteTransform(transform, str(tmp))})
+    outputs.write({"transform": lambda tmp: write_transform_file(transform, tmp)})
     return Path(path)
 
 

@@ -5,7 +5,12 @@ Every check raises ``InputError`` with a one-line message that names the file an
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,7 @@ import SimpleITK as sitk
 from ..errors import InputError, InputWarning
 from ..fields.geometry import Grid, affine_to_matrix, flatten_linear
 from .integrity import check_dicom_slices, check_file_integrity, unreadable_message
-from .quiet import quiet_native_stderr
+from .quiet import itk_warnings_off, quiet_native_stderr
 
 # spacing outside these bounds (mm) is a header error (metres for millimetres, a missing unit), not anatomy
 MIN_SPACING_MM = 0.01
@@ -41,15 +46,57 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
 def _read(path: str | Path, role: str) -> sitk.Image:
     path = Path(path)
     name = f"{role} '{path}'"
-    if not path.exists():
-        raise InputError(f"{name}: file not found")
-    if path.is_dir():
-        return _read_dicom_series(path, role)
-    check_file_integrity(path, name)  # ITK reads a cut-short file without a word
+    check_readable(path, name)
+    with itk_warnings_off():  # what they warn about is checked here, and said in one line
+        if path.is_dir():
+            return _read_dicom_series(path, role)
+        with _lower_case_suffix(path) as readable:
+            try:
+                check_file_integrity(readable, name)  # ITK reads a cut-short file without a word
+                return sitk.ReadImage(str(readable))
+            except (RuntimeError, OSError) as error:
+                raise InputError(unreadable_message(name, error)) from None
+
+
+#: single-file formats that ITK finds by a lower-case suffix only (``SCAN.MHA``; ``t1.Nii.Gz`` even has
+#: nifticlib print "mixed case extension ... is not valid"), images and transforms
+SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".mha")
+TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
+
+
+@contextlib.contextmanager
+def _lower_case_suffix(path: Path, suffixes: tuple[str, ...] = SINGLE_FILE_SUFFIXES) -> Iterator[Path]:
+    """``path``, or, when it ends in one of ``suffixes`` in other letters, a link to it whose suffix is in
+    lower case (in a temporary folder of its own)."""
+    suffix = next((s for s in suffixes if path.name.lower().endswith(s)), None)
+    if suffix is None or path.name.endswith(suffix):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="rlreg-read-") as folder:
+        alias = Path(folder) / f"image{suffix}"
+        try:
+            alias.symlink_to(path.resolve())
+        except OSError:  # no symbolic links here: ITK gets the name as it is
+            alias = path
+        yield alias
+
+
+def check_readable(path: Path, name: str) -> None:
+    """``InputError`` when ``path`` does not exist, is not a regular file or folder, or this user may not
+    read it (a file, or a folder to list: a DICOM series), named as such rather than as a corrupt file."""
     try:
-        return sitk.ReadImage(str(path))
-    except (RuntimeError, OSError) as error:
-        raise InputError(unreadable_message(name, error)) from None
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            os.listdir(path)
+        elif not stat.S_ISREG(mode):  # a pipe or a device: opening it might wait forever
+            raise InputError(f"{name}: not a regular file (a pipe or a device?)")
+        else:
+            with open(path, "rb"):
+                pass
+    except FileNotFoundError:
+        raise InputError(f"{name}: file not found") from None
+    except OSError as error:
+        raise InputError(f"{name}: cannot be read ({error.strerror or error})") from None
 
 
 def _read_dicom_series(folder: Path, role: str) -> sitk.Image:
@@ -76,6 +123,10 @@ def validate_image(image: sitk.Image, name: str, labels: bool = False) -> None:
     """Raise ``InputError`` unless ``image`` is a usable 3D scalar image with finite, non-constant voxels."""
     if image.GetDimension() != 3:
         raise InputError(f"{name}: a 3D image is required, this one is {image.GetDimension()}D")
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(
+            f"{name}: complex-valued voxels; a real-valued image is required (e.g. the magnitude)"
+        )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{name}: a scalar image is required, this one has {image.GetNumberOfComponentsPerPixel()} "
@@ -211,13 +262,20 @@ def read_transform(path: str | Path, role: str = "transform") -> sitk.Transform:
     """A 3D ITK transform file (``.h5``, ``.tfm``, ``.txt``, ``.mat``); ``InputError`` naming the file when it
     is missing, unreadable or not 3D (ITK's and HDF5's own diagnostics are not printed)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{role} '{path}': file not found")
-    if path.is_dir():
-        raise InputError(f"{role} '{path}': is a folder, a transform file is needed")
     try:
-        with quiet_native_stderr():
-            transform = sitk.ReadTransform(str(path))
+        is_folder = path.is_dir()
+    except OSError:
+        is_folder = False
+    if is_folder:
+        raise InputError(f"{role} '{path}': is a folder, a transform file is needed")
+    check_readable(path, f"{role} '{path}'")
+    try:
+        with (
+            quiet_native_stderr(),
+            itk_warnings_off(),
+            _lower_case_suffix(path, TRANSFORM_SUFFIXES) as readable,
+        ):
+            transform = sitk.ReadTransform(str(readable))
     except RuntimeError:
         raise InputError(f"{role} '{path}': not a readable ITK transform file") from None
     if transform.GetDimension() != 3:
@@ -271,7 +329,7 @@ def intensity_window(image: sitk.Image, low: float = 0.5, high: float = 99.5, ma
 
 
 def normalize_intensity(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Map ``window`` (low, high) to [0, 1] and clip: robust per-image normalization (DESIGN.md §3)."""
+    """Map ``window`` (low, high) to [0, 1] and clip: robust per-image normalization (docs/ARCHITECTURE.md §3)."""
     lo, hi = window
     return np.clip((np.asarray(array, dtype=np.float32) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 

@@ -1,13 +1,20 @@
-"""Is an image file complete? Compressed streams read to their end, data size against the header, and the
-slices of a DICOM series (none missing or duplicated, uniform spacing).
+"""Is an image file complete and what its header says? Compressed streams read to their end, data size
+against the header, the header's voxel spacing, NaN/Inf voxels of NIfTI files, and the slices of a DICOM
+series (none missing or duplicated, uniform spacing).
 
-ITK reads a cut-short ``.nii.gz`` or ``.nii`` without a word (the missing voxels become 0) and only warns
-about a DICOM series with a missing slice, so these checks run before the image is read. Each problem is an
-``InputError`` naming the file and the numbers.
+ITK reads a cut-short ``.nii.gz`` or ``.nii`` without a word (the missing voxels become 0), reads NaN and
+Inf voxels of a NIfTI file as 0 (nifticlib replaces them), takes a zero or negative NIfTI ``pixdim`` as
+1 mm (and a negative MetaImage spacing as a flip), and only warns about a DICOM series with a missing
+slice, so these checks run on the file itself before the image is read. Each problem is an ``InputError``
+naming the file and the numbers.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
+import re
+import struct
 import zlib
 from pathlib import Path
 
@@ -23,6 +30,9 @@ _ZLIB_OR_GZIP = 47
 # the series counts as non-uniform: positions are often written with two decimals
 DICOM_GAP_TOLERANCE_MM = 0.02
 DICOM_GAP_TOLERANCE_FRACTION = 0.01
+#: NIfTI data types whose voxels may be NaN or Inf (float32, float64), as numpy types without byte order
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+COMPLEX_PIXELS = (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
 
 
 def check_file_integrity(path: str | Path, name: str) -> None:
@@ -35,6 +45,7 @@ def check_file_integrity(path: str | Path, name: str) -> None:
     reader.SetFileName(str(path))
     try:
         io = reader.GetImageIOFromFileName(str(path))
+        check_header_spacing(path, io, name)  # before ITK reads the header: it guesses or refuses
         reader.ReadImageInformation()
     except RuntimeError as error:
         with open(path, "rb") as stream:
@@ -59,10 +70,136 @@ def unreadable_message(name: str, error: Exception) -> str:
     return f"{name}: not a readable image (unknown format or corrupt file)"
 
 
+def check_header_spacing(path: Path, io: str, name: str) -> None:
+    """``InputError`` when the voxel spacing a NIfTI (``pixdim``), NRRD (``space directions`` lengths or
+    ``spacings``) or MetaImage (``ElementSpacing``) header gives a spatial axis is zero, negative or not a
+    number: ITK would take 1 mm, flip the axis, or refuse the file without saying why."""
+    if io == "NiftiImageIO":
+        header = nifti_header(path)
+        if header is None or not 1 <= header["dim"][0] <= 7:
+            return
+        spacing = header["pixdim"][1 : 1 + min(3, header["dim"][0])]
+        where = "pixdim"
+    elif io == "NrrdImageIO":
+        fields, _ = _text_header(path, ":")
+        spacing, where = _nrrd_spacing(fields), "space directions"
+        if spacing is None:
+            spacing, where = _nrrd_listed_spacing(fields), "spacings"
+    elif io == "MetaImageIO":
+        fields, _ = _text_header(path, "=", last_key="elementdatafile")
+        where = "ElementSpacing" if "elementspacing" in fields else "ElementSize"
+        spacing = _numbers(fields.get("elementspacing", fields.get("elementsize", "")))
+    else:
+        return
+    if spacing and not all(math.isfinite(v) and v > 0 for v in spacing):
+        shown = "x".join(f"{v:g}" for v in spacing)
+        raise InputError(f"{name}: voxel spacing {shown} mm in its header ({where}) is not a positive number")
+
+
+def _numbers(text: str) -> list[float] | None:
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        return None
+
+
+def _nrrd_domain_axes(fields: dict[str, str], count: int) -> list[bool]:
+    kinds = fields.get("kinds", "").split()
+    if len(kinds) != count:
+        return [True] * count
+    return [k.lower() in ("domain", "space") for k in kinds]
+
+
+def _nrrd_spacing(fields: dict[str, str]) -> list[float] | None:
+    """Lengths of the NRRD ``space directions`` vectors of the spatial axes (``none`` = not spatial)."""
+    text = fields.get("space directions")
+    if text is None:
+        return None
+    lengths = []
+    for token in re.findall(r"\(([^)]*)\)|none", text):
+        if token:
+            vector = _numbers(token)
+            if vector is None:
+                lengths.append(math.nan)
+            else:
+                lengths.append(
+                    math.sqrt(sum(c * c for c in vector)) if all(map(math.isfinite, vector)) else math.nan
+                )
+    return lengths
+
+
+def _nrrd_listed_spacing(fields: dict[str, str]) -> list[float] | None:
+    values = _numbers(fields.get("spacings", ""))
+    if not values:
+        return None
+    domain = _nrrd_domain_axes(fields, len(values))
+    return [v for v, spatial in zip(values, domain) if spatial]
+
+
+def nifti_header(path: Path) -> dict | None:
+    """The fields of a NIfTI-1 or NIfTI-2 header (``.nii``, ``.nii.gz``, ``.hdr``) these checks use:
+    ``dim``, ``datatype``, ``pixdim``, ``vox_offset`` and ``byteorder`` ("<" or ">"); None when the file
+    does not start with one."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as stream:
+            raw = stream.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for order in "<>":
+        if len(raw) >= 348 and struct.unpack(order + "i", raw[:4])[0] == 348:
+            return {
+                "byteorder": order,
+                "dim": struct.unpack(order + "8h", raw[40:56]),
+                "datatype": struct.unpack(order + "h", raw[70:72])[0],
+                "pixdim": struct.unpack(order + "8f", raw[76:108]),
+                "vox_offset": struct.unpack(order + "f", raw[108:112])[0],
+            }
+        if len(raw) >= 540 and struct.unpack(order + "i", raw[:4])[0] == 540:
+            return {
+                "byteorder": order,
+                "dim": struct.unpack(order + "8q", raw[16:80]),
+                "datatype": struct.unpack(order + "h", raw[12:14])[0],
+                "pixdim": struct.unpack(order + "8d", raw[104:168]),
+                "vox_offset": struct.unpack(order + "q", raw[168:176])[0],
+            }
+    return None
+
+
+class _NonFiniteCounter:
+    """Counts NaN and Inf values of ``dtype`` in a byte stream fed in pieces, after ``skip`` bytes and
+    for ``length`` bytes."""
+
+    def __init__(self, dtype: str, skip: int, length: int):
+        self.dtype = np.dtype(dtype)
+        self.skip, self.left = skip, length
+        self.carry = b""
+        self.count = 0
+
+    def __call__(self, piece: bytes) -> None:
+        if self.skip:
+            if len(piece) <= self.skip:
+                self.skip -= len(piece)
+                return
+            piece, self.skip = piece[self.skip :], 0
+        if self.left <= 0:
+            return
+        piece = piece[: self.left]
+        self.left -= len(piece)
+        data = self.carry + piece if self.carry else piece
+        usable = len(data) - len(data) % self.dtype.itemsize
+        self.carry = data[usable:]
+        if usable:
+            values = np.frombuffer(data, dtype=self.dtype, count=usable // self.dtype.itemsize)
+            self.count += int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
 def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
-    """Bytes of voxel data the header describes, from ITK's reading of the header."""
+    """Bytes of voxel data the header describes, from ITK's reading of the header (a complex voxel is one
+    component of twice the size, though the reader counts its real and imaginary parts as two)."""
     component = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID()).GetSizeOfPixelComponent()
-    return int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * component
+    components = 1 if reader.GetPixelID() in COMPLEX_PIXELS else reader.GetNumberOfComponents()
+    return int(np.prod(reader.GetSize(), dtype=np.int64)) * components * component
 
 
 def _cut_short(name: str, have: int, need: int, what: str = "voxel data") -> InputError:
@@ -72,9 +209,12 @@ def _cut_short(name: str, have: int, need: int, what: str = "voxel data") -> Inp
     )
 
 
-def _stream_length(data_file: Path, offset: int, name: str, wbits: int, expected: int | None = None) -> int:
+def _stream_length(
+    data_file: Path, offset: int, name: str, wbits: int, expected: int | None = None, sink=None
+) -> int:
     """Decompressed length of the zlib/gzip stream(s) starting ``offset`` bytes into ``data_file``, read to
-    the end (zlib checks the gzip CRC and length); ``InputError`` when a stream is cut short or corrupt."""
+    the end (zlib checks the gzip CRC and length); ``InputError`` when a stream is cut short or corrupt.
+    ``sink`` (when given) receives the decompressed bytes in pieces."""
     decompressor = zlib.decompressobj(wbits)
     total = 0
     try:
@@ -82,7 +222,10 @@ def _stream_length(data_file: Path, offset: int, name: str, wbits: int, expected
             stream.seek(offset)
             while chunk := stream.read(_CHUNK):
                 while chunk:
-                    total += len(decompressor.decompress(chunk))
+                    piece = decompressor.decompress(chunk)
+                    total += len(piece)
+                    if sink is not None and piece:
+                        sink(piece)
                     if not decompressor.eof:
                         break
                     # a gzip file may hold several members one after the other
@@ -91,7 +234,10 @@ def _stream_length(data_file: Path, offset: int, name: str, wbits: int, expected
                         decompressor = zlib.decompressobj(wbits)
                 if decompressor.eof and wbits != _GZIP:
                     break
-            total += len(decompressor.flush())
+            piece = decompressor.flush()
+            total += len(piece)
+            if sink is not None and piece:
+                sink(piece)
     except zlib.error as error:
         raise InputError(f"{name}: compressed data is corrupt ({error})") from None
     if not decompressor.eof:
@@ -111,6 +257,7 @@ def _check_nifti(path: Path, reader: sitk.ImageFileReader, name: str) -> None:
         offset = int(float(meta["vox_offset"]))
     except (KeyError, ValueError):
         return  # a header ITK read differently: nothing to compare
+    original = path
     lower = path.name.lower()
     if lower.endswith((".hdr", ".hdr.gz")):  # header/image pair: the voxels are in the .img file
         stem = path.name[: -len(".hdr.gz")] if lower.endswith(".gz") else path.stem
@@ -119,12 +266,25 @@ def _check_nifti(path: Path, reader: sitk.ImageFileReader, name: str) -> None:
         if data is None:
             raise InputError(f"{name}: its image file '{candidates[0].name}' is missing")
         path, offset = data, 0
+    header = nifti_header(original)
+    counter = None
+    if header is not None and header["datatype"] in NIFTI_FLOAT_TYPES:
+        counter = _NonFiniteCounter(
+            header["byteorder"] + NIFTI_FLOAT_TYPES[header["datatype"]], offset, voxels
+        )
     if path.name.lower().endswith(".gz"):
-        have = _stream_length(path, 0, name, _GZIP, offset + voxels) - offset
+        have = _stream_length(path, 0, name, _GZIP, offset + voxels, sink=counter) - offset
     else:
         have = path.stat().st_size - offset
+        if counter is not None and have >= voxels:
+            with open(path, "rb") as stream:
+                while piece := stream.read(_CHUNK):
+                    counter(piece)
     if have < voxels:
         raise _cut_short(name, max(have, 0), voxels)
+    if counter is not None and counter.count:
+        # ITK's NIfTI reader hands these voxels back as 0: only the file itself shows them
+        raise InputError(f"{name}: contains {counter.count} NaN or Inf voxels")
 
 
 def _text_header(path: Path, separator: str, last_key: str | None = None) -> tuple[dict[str, str], int]:
@@ -200,8 +360,11 @@ def _check_meta(path: Path, reader: sitk.ImageFileReader, name: str) -> None:
 def data_files(path: Path) -> list[Path]:
     """The files an image input is read from: itself, plus its detached data file (MHD ``ElementDataFile``,
     NRRD ``data file``, the ``.img`` of a ``.hdr``); for a folder (DICOM series), the files in it."""
-    if path.is_dir():
-        return [path, *(p for p in path.iterdir() if p.is_file())]
+    try:
+        if path.is_dir():
+            return [path, *(p for p in path.iterdir() if p.is_file())]
+    except OSError:  # a folder this user may not list: reading it will say so
+        return [path]
     files = [path]
     lower = path.name.lower()
     try:

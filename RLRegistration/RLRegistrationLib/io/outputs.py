@@ -2,10 +2,13 @@
 
 ``OutputSet`` is checked before any image is read (each file's type from its name, its folder really
 writable, no output that exists without ``overwrite``, is one of the inputs, or is given twice). After the
-registration, ``write`` puts every output into a temporary file next to its destination and, only once
-all of them are complete, renames them into place with SIGINT/SIGTERM/SIGHUP held back: a signal or an
-error at any moment leaves either all the new outputs in place or none of them, and every file that was
-there before byte-identical (a replaced file is kept as a hard link until all renames have succeeded).
+registration, ``write`` puts every output into a hidden staging folder next to its destination and, only
+once all of them are complete, renames them into place with SIGINT/SIGTERM/SIGHUP held back: a signal or
+an error at any moment leaves either all the new outputs in place or none of them, and every file that
+was there before byte-identical (a replaced file is kept as a hard link until all renames have
+succeeded). On the main thread each writer runs in a helper thread, so that Ctrl-C answers at once even
+during a long native write (a 1 mm field as ``.tfm`` text: 4 s); a writer cut short that way is left to
+fail in its staging folder, which is removed.
 """
 
 from __future__ import annotations
@@ -13,16 +16,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError
+from .quiet import itk_warnings_off, silence_native_stderr_from_now_on
 
-TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
+#: transform files that hold a displacement field (ITK's .mat holds linear transforms only)
+TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt")
 #: single-file image formats (a .mhd or .nhdr header would write a second, detached data file)
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
@@ -46,12 +54,13 @@ HELD_SIGNALS = tuple(
 
 
 def same_file(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` name one file (the same path, or links to one file)."""
-    if a.resolve() == b.resolve():
-        return True
+    """True when ``a`` and ``b`` name one file (the same path, or links to one file); False when either
+    cannot be resolved (a loop of links, a folder this user may not enter: reading it will say so)."""
     try:
+        if a.resolve() == b.resolve():
+            return True
         return a.exists() and b.exists() and a.samefile(b)  # hard links
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a loop of symbolic links (Python < 3.13)
         return False
 
 
@@ -92,6 +101,7 @@ class OutputSet:
         self.inputs = dict(inputs or {})
         self.option_names = dict(option_names or {})
         self._staged: dict[str, Path] = {}
+        self.written: list[Path] = []  # after write: the outputs in place
 
     def __contains__(self, kind: str) -> bool:
         return kind in self.paths
@@ -114,67 +124,166 @@ class OutputSet:
         seen: dict[Path, str] = {}
         for kind, path in self.paths.items():
             option = self.option_names.get(kind, kind)
-            for name, source in protected:
-                if same_file(path, source):
-                    raise OutputError(
-                        f"{option} '{path}': is the same file as the {name} '{source}'; an output never "
-                        "replaces an input (choose another file name)"
-                    )
-            if suffix_of(path, KINDS[kind]) is None:
-                raise OutputError(f"{option} '{path}': the file name must end in {', '.join(KINDS[kind])}")
-            resolved = path.resolve()
-            if resolved in seen:
-                raise OutputError(f"{option} '{path}': the same file is also given to {seen[resolved]}")
-            seen[resolved] = option
-            if path.is_dir():
-                raise OutputError(f"{option} '{path}': is a folder, a file name is needed")
-            if path.exists() and not self.overwrite:
-                raise OutputError(f"{option} '{path}': file exists (use --overwrite to replace it)")
-            check_writable_folder(path.parent, f"{option} '{path}'")
+            try:
+                self._check_one(kind, path, option, protected, seen)
+            except RuntimeError:  # Path.resolve: a loop of symbolic links (Python < 3.13)
+                raise OutputError(f"{option} '{path}': a loop of symbolic links") from None
+            except OSError as error:  # e.g. a folder on the way that this user may not enter
+                raise OutputError(
+                    f"{option} '{path}': folder '{path.parent}' is not accessible ({error.strerror or error})"
+                ) from None
+
+    def _check_one(self, kind: str, path: Path, option: str, protected: list, seen: dict) -> None:
+        for name, source in protected:
+            if same_file(path, source):
+                raise OutputError(
+                    f"{option} '{path}': is the same file as the {name} '{source}'; an output never "
+                    "replaces an input (choose another file name)"
+                )
+        if suffix_of(path, KINDS[kind]) is None:
+            raise OutputError(f"{option} '{path}': the file name must end in {', '.join(KINDS[kind])}")
+        resolved = path.resolve()
+        if resolved in seen:
+            raise OutputError(f"{option} '{path}': the same file is also given to {seen[resolved]}")
+        seen[resolved] = option
+        if path.is_dir():
+            raise OutputError(f"{option} '{path}': is a folder, a file name is needed")
+        if os.path.lexists(path) and not self.overwrite:  # a link, even a dangling one, is a file there
+            raise OutputError(f"{option} '{path}': file exists (use --overwrite to replace it)")
+        check_writable_folder(path.parent, f"{option} '{path}'")
 
     def write(self, writers: Mapping[str, Callable[[Path], None]]) -> list[Path]:
         """Write every output with ``writers[kind](temporary_path)`` (a writer for each kind of this set;
-        the temporary name keeps the file's suffix, so format choices by suffix work), then rename them all
-        into place together; returns the paths written. On any error or signal, nothing is left behind."""
+        the temporary name has the file's suffix in lower case, so format choices by suffix work), then
+        rename them all into place together; returns the paths written, also kept in ``written``. On any
+        error or signal, nothing is left behind; a signal that arrives while the files are renamed is
+        held until all of them are in place (``written`` then says so)."""
         staged: list[Staged] = []
+        folders: dict[Path, Path] = {}
+        self.written = []
         try:
-            for kind, path in self.paths.items():
-                temporary = temporary_name(path)
-                staged.append(Staged(kind, path, temporary))
-                try:
-                    writers[kind](temporary)
-                except OutputError:
-                    raise
-                except (OSError, RuntimeError, ValueError) as error:
-                    message = (
-                        str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-                    )
+            with itk_warnings_off():
+                for kind, path in self.paths.items():
                     option = self.option_names.get(kind, kind)
-                    raise OutputError(f"{option} '{path}': could not be written ({message})") from None
-                if not temporary.exists():
-                    raise OutputError(f"{self.option_names.get(kind, kind)} '{path}': nothing was written")
-                self._staged[kind] = temporary
-            commit(staged)
+                    if path.parent not in folders:
+                        folders[path.parent] = staging_folder(path.parent, f"{option} '{path}'")
+                    temporary = folders[path.parent] / staged_name(path)
+                    staged.append(Staged(kind, path, temporary))
+                    try:
+                        run_writer(writers[kind], temporary)
+                    except OutputError:
+                        raise
+                    except (OSError, RuntimeError, ValueError) as error:
+                        text = str(error).strip()
+                        message = text.splitlines()[-1] if text else type(error).__name__
+                        raise OutputError(f"{option} '{path}': could not be written ({message})") from None
+                    if not temporary.exists():
+                        raise OutputError(f"{option} '{path}': nothing was written")
+                    self._staged[kind] = temporary
+            commit(staged, self.written)
         finally:
             self._staged = {}
-            for item in staged:
+            for folder in folders.values():
+                remove_staging_folder(folder)
+        return list(self.written)
+
+
+def staging_folder(folder: Path, name: str) -> Path:
+    """A new hidden folder in ``folder`` for this process's temporary outputs (on the same file system:
+    the outputs are renamed out of it)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".outputs.rlreg-{os.getpid()}-partial-", dir=folder))
+    except OSError as error:
+        raise OutputError(f"{name}: folder '{folder}' is not writable ({error.strerror})") from None
+
+
+def staged_name(path: Path) -> str:
+    """``path``'s name with its output suffix in lower case (ITK picks a format by a lower-case suffix
+    only: ``T.H5`` and ``W.NII.GZ`` are written as ``T.h5`` and ``W.nii.gz``, then renamed)."""
+    suffix = suffix_of(path, tuple({s for v in KINDS.values() for s in v}))
+    if suffix is None:
+        return path.name
+    return path.name[: len(path.name) - len(suffix)] + suffix
+
+
+#: what ``write`` leaves only when its process is killed outright (SIGKILL, a lost machine): staging
+#: folders and backups of replaced files, ``.<name>.rlreg-<pid>-partial...`` / ``-previous``
+LEFTOVER = re.compile(r"^\..*\.rlreg-(\d+)-(partial|previous)")
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove from ``folder`` the staging folders and backups that writers killed outright left there,
+    those of processes that no longer run (a running one's are its own); returns what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in Path(folder).iterdir():
+            match = LEFTOVER.match(path.name)
+            if match is None or _process_runs(int(match.group(1))):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                remove_staging_folder(path)
+            else:
                 with contextlib.suppress(OSError):
-                    item.temporary.unlink()
-        return [item.path for item in staged]
+                    path.unlink()
+            removed.append(path)
+    return removed
 
 
-def temporary_name(path: Path) -> Path:
-    """A hidden name next to ``path`` with the same suffixes (this process's own)."""
-    suffix = next(
-        (
-            s
-            for s in sorted({s for v in KINDS.values() for s in v}, key=len, reverse=True)
-            if path.name.lower().endswith(s)
-        ),
-        path.suffix,
-    )
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    return path.with_name(f".{stem}.rlreg-{os.getpid()}-partial{suffix}")
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def remove_staging_folder(folder: Path) -> None:
+    """Remove a staging folder and what is in it. A writer left running (cancelled) may create its file
+    while the folder is being emptied, so this tries again until the folder is gone; a writer that comes
+    later finds no folder and fails."""
+    for _ in range(100):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.lexists(folder):
+            return
+        time.sleep(0.01)
+
+
+def run_writer(writer: Callable[[Path], None], temporary: Path) -> None:
+    """``writer(temporary)``; on the main thread in a helper thread that the main thread waits for, so
+    that a signal is answered at once (Python runs signal handlers on the main thread between bytecodes,
+    never inside a native call such as ITK's writers). A writer still running when a signal ends the wait
+    is left to itself: its staging folder is removed, and what its native code prints as it then fails is
+    silenced (the command line then leaves with ``os._exit``: Python's shutdown would stop the thread
+    inside C++ code and abort). The wait polls an event: a ``Thread.join`` cut short by a signal marks a
+    running thread as stopped (Python 3.11)."""
+    if threading.current_thread() is not threading.main_thread():
+        writer(temporary)
+        return
+    outcome: list[BaseException] = []
+    finished = threading.Event()
+
+    def target() -> None:
+        try:
+            writer(temporary)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread
+            outcome.append(error)
+        finally:
+            finished.set()
+
+    threading.Thread(target=target, name="rlreg-output-writer", daemon=True).start()
+    try:
+        while not finished.is_set():
+            time.sleep(0.02)
+    except BaseException:
+        if not finished.is_set():
+            silence_native_stderr_from_now_on()
+        raise
+    if outcome:
+        raise outcome[0]
 
 
 def check_writable_folder(folder: Path, name: str) -> None:
@@ -197,26 +306,47 @@ def check_writable_folder(folder: Path, name: str) -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP back (delivered when the block ends); only on the main thread,
-    where Python runs signal handlers, and where the platform can."""
-    can = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
-    if can:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs: their Python handlers are replaced by
+    one that only notes the signal, and the first signal noted is handed to its own handler when the
+    block ends (Ctrl-C: ``KeyboardInterrupt`` raised there; a signal left to the system's default: sent
+    again). Blocking them with ``pthread_sigmask`` would not do: in a process with other threads (torch's,
+    a writer's) the system hands the signal to one of them, and Python still runs the handler on the main
+    thread. Only on the main thread, the one that may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = {}
     try:
+        for signum in HELD_SIGNALS:
+            previous[signum] = signal.signal(signum, lambda signum, frame: noted.append(signum))
         yield
     finally:
-        if can:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if noted:
+            _deliver(noted[0], previous.get(noted[0]))
 
 
-def commit(staged: list[Staged]) -> None:
+def _deliver(signum: int, handler) -> None:
+    """Hand a held signal to the handler it would have met."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler in (signal.SIG_DFL, None):
+        signal.raise_signal(signum)
+
+
+def commit(staged: list[Staged], written: list[Path] | None = None) -> None:
     """Rename every staged file into place, signals held; on a failure, undo the renames done so far
-    (a replaced file comes back from its hard link, or copy where links are not possible)."""
+    (a replaced file comes back from its hard link, or copy where links are not possible). ``written``
+    receives the paths once all of them are in place; a signal held meanwhile is raised after that."""
+    written = [] if written is None else written
     with signals_held():
         done: list[tuple[Staged, Path | None]] = []
+        current = None
         try:
-            for item in staged:
-                backup = None
+            for current in staged:
+                item, backup = current, None
                 if item.path.exists():
                     backup = item.path.with_name(f".{item.path.name}.rlreg-{os.getpid()}-previous")
                     try:
@@ -225,15 +355,19 @@ def commit(staged: list[Staged]) -> None:
                         shutil.copy2(item.path, backup)
                 done.append((item, backup))
                 os.replace(item.temporary, item.path)
-        except OSError as error:
+            written.extend(item.path for item in staged)
+        except BaseException as error:
+            written.clear()
             for item, backup in reversed(done):
                 with contextlib.suppress(OSError):
                     if backup is not None:
                         os.replace(backup, item.path)
                     elif item.path.exists():
                         item.path.unlink()
+            if not isinstance(error, OSError):
+                raise
             raise OutputError(
-                f"output '{done[-1][0].path}': could not be put in place ({error.strerror})"
+                f"output '{current.path if current else ''}': could not be put in place ({error.strerror})"
             ) from None
         finally:
             for _, backup in done:

@@ -1,4 +1,4 @@
-"""MorphSeek policy network: a Gaussian head on the encoder's latent feature map (DESIGN.md §2).
+"""MorphSeek policy network: a Gaussian head on the encoder's latent feature map (docs/ARCHITECTURE.md §2).
 
 The backbone, decoder and weight-map head are those of the SPAC family (``networks``); only the head
 between encoder and decoder differs. Tensors are (B, C, D, H, W) on the network grid (dimensions

@@ -1,7 +1,7 @@
 """Networks of the SPAC policy family: backbone, planner, actor, weight-map head and twin critics.
 
 Stochastic Planner-Actor-Critic (Luo et al., AAAI 2022) with a spatially varying regularization head
-(J. Chen et al., MedIA 2025), see DESIGN.md §2. All tensors are (B, C, D, H, W) on the *network grid*
+(J. Chen et al., MedIA 2025), see docs/ARCHITECTURE.md §2. All tensors are (B, C, D, H, W) on the *network grid*
 (each dimension divisible by 16); displacements are in voxels of that grid, channels (i, j, k).
 
 * ``UNetBackbone``: (fixed, warped) -> (bottleneck at 1/16, skips at 1, 1/2, 1/4, 1/8). Any module with the

@@ -3,7 +3,7 @@
 Flow: linear pre-alignment (fixed -> moving; rigid, affine or none: ``prealign``) -> working grid
 (isotropic, dims divisible by 16) -> the policy proposes step fields that are composed into the total field
 ``phi_t`` (working-grid voxels) -> the result is ``T(x) = A(x + u(x))`` with ``u`` = ``phi_T`` resampled to
-the output grid in LPS mm (DESIGN.md §3).
+the output grid in LPS mm (docs/ARCHITECTURE.md §3).
 
 Nothing here knows about files, threads or Slicer; ``cancel()`` is safe to call from another thread.
 """

@@ -2,7 +2,7 @@
 
 State: (fixed, moving o (id + phi_t)) on the working grid, tensors (B, 1, D, H, W) in [0, 1]. Action: a step
 field ``a_t`` (B, 3, D, H, W) in working-grid voxels, composed as ``phi_t = a_t + phi_{t-1} o (id + a_t)``
-(DESIGN.md §3, ``spatial.compose_displacements``); the warped image is always resampled from the original
+(docs/ARCHITECTURE.md §3, ``spatial.compose_displacements``); the warped image is always resampled from the original
 moving image.
 
 Reward of a step: ``dice_scale * (Dice_t - Dice_{t-1}) - fold_weight * 100 * folded_fraction_t``, where Dice

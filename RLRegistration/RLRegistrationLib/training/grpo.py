@@ -1,4 +1,4 @@
-"""GRPO training of the MorphSeek policy (DESIGN.md §2): warm-up loss, group rollouts, advantages.
+"""GRPO training of the MorphSeek policy (docs/ARCHITECTURE.md §2): warm-up loss, group rollouts, advantages.
 
 MorphSeek trains in two stages (``training.morphseek_trainer`` runs them, ``model.family`` "morphseek"):
 
