@@ -134,9 +134,14 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._playTimer = qt.QTimer()
         self._playTimer.setInterval(PLAY_INTERVAL_MS)
         self._playTimer.timeout.connect(self.onPlayTimer)
+        self._flickerTimer = qt.QTimer()
+        self._flickerTimer.timeout.connect(self.onFlickerTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")  # the read-out's point
+        if crosshair is not None:
+            self.addObserver(crosshair, crosshair.CursorPositionModifiedEvent, self.onCursorMoved)
 
         for value, label in INITIALIZATIONS:
             self.ui.initializationComboBox.addItem(label, value)
@@ -166,10 +171,11 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
             )
         self.ui.fieldDisplayComboBox.currentIndexChanged.connect(self.onDisplayOptionChanged)
-        self.ui.showWeightMapCheckBox.toggled.connect(self.onShowWeightMapToggled)
-        self.ui.showUncertaintyCheckBox.toggled.connect(self.onShowUncertaintyToggled)
-        self.ui.showMagnitudeCheckBox.toggled.connect(self.onShowMagnitudeToggled)
+        for checkBox in self._overlayCheckBoxes():
+            checkBox.toggled.connect(lambda checked, box=checkBox: self._onOverlayToggled(box, checked))
         self.ui.overlayOpacitySliderWidget.valueChanged.connect(self.onDisplayOptionChanged)
+        self.ui.compareModeComboBox.currentIndexChanged.connect(self.onDisplayOptionChanged)
+        self.ui.flickerPeriodSliderWidget.valueChanged.connect(self.onDisplayOptionChanged)
 
         self.ui.progressBar.visible = False
         self.initializeParameterNode()
@@ -179,6 +185,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Module closed or reloaded: stop the worker (it must never outlive the panel) and the timers."""
         self._pollTimer.stop()
         self._playTimer.stop()
+        self._flickerTimer.stop()
         if self.logic:
             self.logic.cancel(wait=True, timeout=10.0)
             self.logic.stopObservingScene()
@@ -199,6 +206,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self._playTimer.stop()
+        self._flickerTimer.stop()
         self._pollTimer.stop()
         self.controller.sceneClosing()
         self.setParameterNode(None)
@@ -335,6 +343,7 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.weightMapRangeLabel.text = self.logic.weightMapRangeText
             self.ui.uncertaintyRangeLabel.text = self.logic.uncertaintyRangeText
             self.ui.magnitudeRangeLabel.text = self.logic.magnitudeRangeText
+            self.ui.jacobianRangeLabel.text = self.logic.jacobianRangeText
 
     def _showError(self) -> None:
         """The controller's message in Slicer's error display, the details behind "Show Details"."""
@@ -427,7 +436,13 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QTimer.singleShot(0, self._applyDisplayOptions)
 
     def _overlayCheckBoxes(self):
-        return [self.ui.showWeightMapCheckBox, self.ui.showUncertaintyCheckBox, self.ui.showMagnitudeCheckBox]
+        ui = self.ui
+        return [
+            ui.showWeightMapCheckBox,
+            ui.showUncertaintyCheckBox,
+            ui.showMagnitudeCheckBox,
+            ui.showJacobianCheckBox,
+        ]
 
     def _onOverlayToggled(self, checkBox, checked) -> None:
         """One overlay at a time in the foreground: checking one unchecks the others."""
@@ -437,18 +452,25 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     other.checked = False
         self.onDisplayOptionChanged()
 
-    def onShowWeightMapToggled(self, checked) -> None:
-        self._onOverlayToggled(self.ui.showWeightMapCheckBox, checked)
-
-    def onShowUncertaintyToggled(self, checked) -> None:
-        self._onOverlayToggled(self.ui.showUncertaintyCheckBox, checked)
-
-    def onShowMagnitudeToggled(self, checked) -> None:
-        self._onOverlayToggled(self.ui.showMagnitudeCheckBox, checked)
-
     def _applyDisplayOptions(self) -> None:
-        if self._parameterNode and not self.controller.updateDisplay():
+        params = self._parameterNode
+        if params and not self.controller.updateDisplay():
             self._showError()
+        self._flickerTimer.stop()
+        if params and params.compareMode == "flicker":  # the warped volume shown and hidden every period
+            self._flickerTimer.start(int(1000 * params.flickerPeriod))
+        self.updateButtons()
+
+    def onFlickerTimer(self) -> None:
+        """Flicker: the warped volume shown and hidden every period (the MRML layer sets the layers)."""
+        if self._parameterNode and self._parameterNode.compareMode == "flicker" and self.logic.session:
+            self.logic.setFlickerPhase(self._parameterNode, not self.logic.flickerShowsWarped)
+
+    def onCursorMoved(self, crosshair, event) -> None:
+        """The read-out line: the MRML layer's values at the mouse (position, intensities, |u|, λ, det J)."""
+        params, ras = self._parameterNode, [0.0, 0.0, 0.0]
+        if params and params.fixedVolume and crosshair.GetCursorPositionRAS(ras):
+            self.ui.readoutLabel.text = self.logic.readout(params, ras).text()
 
     def _confirmReplacingUnusedParent(self) -> bool:
         params = self._parameterNode

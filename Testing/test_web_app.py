@@ -281,6 +281,144 @@ def test_register_watch_overlay_step_back_and_download(page, server, tmp_path):
     assert error <= 1e-3, f"downloaded .h5 differs from the library's result by {error:.2e} mm"
 
 
+def _download(page, button: str, path: Path) -> Path:
+    with page.expect_download(timeout=120_000) as download_info:
+        page.click(button)
+    download_info.value.save_as(path)
+    return path
+
+
+def _displacement_field(transform: sitk.Transform) -> sitk.Image:
+    """The displacement field u of a downloaded .h5 (a composite A o (id + u))."""
+    composite = sitk.CompositeTransform(transform)
+    for n in range(composite.GetNumberOfTransforms()):
+        part = composite.GetNthTransform(n)
+        if part.GetTransformEnum() == sitk.sitkDisplacementField:
+            return sitk.DisplacementFieldTransform(part).GetDisplacementField()
+    raise AssertionError("the .h5 holds no displacement field")
+
+
+def _colours(image: np.ndarray) -> int:
+    """Distinct colours (16 levels a channel) among the pixels whose channels differ (not grey)."""
+    colourful = (image.max(axis=-1) - image.min(axis=-1)) > 12
+    return len({tuple(c) for c in (image[colourful] // 16).tolist()})
+
+
+def _readout_at(page, ras) -> dict:
+    page.evaluate("(p) => window.trame.state.set('readout_ras', p)", [float(v) for v in ras])
+    page.wait_for_function(
+        "(p) => { const v = window.trame.state.get('readout_values');"
+        " return v && v.ras.every((x, i) => Math.abs(x - p[i]) < 1e-6); }",
+        arg=[float(v) for v in ras],
+        timeout=30_000,
+    )
+    return page.evaluate("() => window.trame.state.get('readout_values')")
+
+
+def test_judge_the_alignment_overlays_comparison_and_read_out(page, tmp_path):
+    """After a run: the |u| overlay in colours with a bar up to its data's 99th percentile, det J ~1 where u
+    does not vary, checkerboard / difference / flicker each change the axial view, and the read-out at a
+    voxel gives that voxel's values (issue 21)."""
+    from RLRegistrationLib.fields.metrics import jacobian_of_field
+
+    _wait_idle(page)
+    transform = sitk.ReadTransform(str(_download(page, "#download-h5", tmp_path / "t.h5")))
+    warped = sitk.ReadImage(str(_download(page, "#download-warped", tmp_path / "w.nii.gz")))
+    field = _displacement_field(transform)
+    u = sitk.GetArrayFromImage(field)
+    magnitude_p99 = float(np.percentile(np.linalg.norm(u, axis=-1), 99))
+
+    page.evaluate("() => window.trame.state.set('overlay_opacity', 1.0)")
+    page.click("#overlay-magnitude")
+    page.wait_for_selector("#colorbar", timeout=30_000)
+    _wait_state_value(page, "overlay", "magnitude")
+    time.sleep(1.5)
+    image = _axial_png(page)
+    bar_max = float(page.inner_text("#colorbar-max").split()[0])
+    window = page.evaluate("() => window.trame.state.get('overlay_range_ui')")
+    print(
+        f"\n|u| bar {page.inner_text('#colorbar-min')} .. {page.inner_text('#colorbar-max')}; data 99th "
+        f"percentile {magnitude_p99:.3f} mm; {_colours(image)} colours in the axial view"
+    )
+    assert page.inner_text("#colorbar-max").endswith("mm")
+    assert abs(bar_max - magnitude_p99) <= 0.1 * magnitude_p99
+    assert abs(window[1] - magnitude_p99) <= 0.1 * magnitude_p99, window
+    assert _colours(image) > 10, "the |u| overlay shows (nearly) one colour"
+    _screenshot(page, "web-magnitude.png")
+
+    # the read-out at a voxel of the fixed grid gives that voxel's values
+    fixed = sitk.ReadImage(str(SAMPLE / "fixed.nii.gz"))
+    index = (40, 50, 44)
+    lps = fixed.TransformIndexToPhysicalPoint(index)
+    values = _readout_at(page, (-lps[0], -lps[1], lps[2]))
+    assert field.TransformPhysicalPointToIndex(lps) == index  # the field is on the fixed grid here
+    assert values["fixed"] == pytest.approx(float(fixed[index]), abs=1e-3)
+    assert values["warped"] == pytest.approx(float(warped[index]), abs=1.0)  # within one grey level
+    assert values["magnitude"] == pytest.approx(float(np.linalg.norm(field[index])), abs=1e-3)
+    det = jacobian_of_field(field)
+    assert values["jacobian"] == pytest.approx(float(det[index[::-1]]), abs=1e-3)
+    assert "fixed" in page.inner_text("#readout") and "det J" in page.inner_text("#readout")
+
+    # det J: ~1 where u does not vary, diverging around 1
+    page.click("#overlay-jacobian")
+    _wait_state_value(page, "overlay", "jacobian")
+    time.sleep(1.5)
+    low, high = page.evaluate("() => window.trame.state.get('overlay_window')")
+    assert abs((low + high) / 2 - 1.0) < 1e-3 and _colours(_axial_png(page)) > 10
+    _screenshot(page, "web-jacobian.png")
+    gradient = np.stack([np.abs(g).max(axis=-1) for g in np.gradient(u, axis=(0, 1, 2))]).max(axis=0)
+    gradient[[0, -1]] = gradient[:, [0, -1]] = gradient[:, :, [0, -1]] = np.inf
+    k, j, i = np.unravel_index(np.argmin(gradient), gradient.shape)
+    lps = field.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))
+    flat = _readout_at(page, (-lps[0], -lps[1], lps[2]))
+    print(
+        f"det J window {low:.3f}..{high:.3f}; at the flattest voxel (max |grad u| {gradient.min():.1e} mm/voxel)"
+        f" det J = {flat['jacobian']:.4f}"
+    )
+    # |det J - 1| <= |trace du/dx| + O(|du/dx|^2): within 3 max|du/dx| of 1 where u hardly varies
+    bound = 3.0 * float(gradient.min()) / min(field.GetSpacing()) + 2e-3
+    assert abs(flat["jacobian"] - 1.0) <= bound and bound < 0.05, (flat["jacobian"], bound)
+
+    # compare fixed and result: each mode changes the axial view
+    page.click("#overlay-none")
+    page.evaluate("() => window.trame.state.set('overlay_opacity', 0.5)")
+    _wait_state_value(page, "overlay", "none")
+    time.sleep(1.5)
+    fade = _axial_png(page)
+    changes = {}
+    for mode in ("checkerboard", "difference"):
+        page.click(f"#compare-{mode}")
+        _wait_state_value(page, "compare_mode", mode)
+        time.sleep(1.5)
+        changes[mode] = _changed_fraction(fade, _axial_png(page))
+        _screenshot(page, f"web-{mode}.png")
+    page.evaluate("() => window.trame.state.set('flicker_period', 0.5)")
+    page.click("#compare-flicker")
+    _wait_state_value(page, "compare_mode", "flicker")
+    frames = []
+    for _ in range(8):
+        time.sleep(0.3)
+        frames.append(_axial_png(page))
+    changes["flicker"] = max(_changed_fraction(a, b) for a in frames for b in frames)
+    print(f"changed fraction of the axial view against fade: {changes}")
+    assert all(change > 0.01 for change in changes.values()), changes
+    page.click("#compare-fade")
+    _wait_state_value(page, "compare_mode", "fade")
+
+    # hovering a slice view moves the read-out's point there (Slicer's crosshair)
+    before = page.evaluate("() => window.trame.state.get('readout_values')")["ras"]
+    box = page.locator("#views img.image-display-area").nth(3).bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5)
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.55)
+    page.wait_for_function(
+        "(b) => { const v = window.trame.state.get('readout_values');"
+        " return v && v.ras.some((x, i) => Math.abs(x - b[i]) > 1e-3); }",
+        arg=before,
+        timeout=30_000,
+    )
+    assert "mm" in page.inner_text("#readout")
+
+
 def _frame_delays(page) -> list[int]:
     """ms from each progress-text change (a step drained and shown in MRML) to the next image update."""
     events = page.evaluate("() => window.__events || []")

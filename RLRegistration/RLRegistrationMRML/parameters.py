@@ -45,16 +45,21 @@ QUALITY_MODES = list(QUALITY_PRESETS)
 WEIGHT_MAP_COLORS = "vtkMRMLColorTableNodeFileViridis.txt"
 UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeFilePlasma.txt"
 MAGNITUDE_COLORS = "vtkMRMLColorTableNodeFileInferno.txt"
-# Overlay volumes of the result, shown one at a time in the slice views' foreground (panel_state.OVERLAYS).
-# attribute: parameter field; name: suffix of a created node (None: never created, the user picks one);
-# colors: colour node ID; window: fixed display range, "data" = [0, max of the data] at every update,
-# None = Slicer's automatic window; rangeText: logic attribute shown in the panel's range label; unit.
+# det J's table (RLRegistrationMRML.compare_views): diverging around 1, folding in a signal colour; its
+# colours follow the window, so it is made per scene under this singleton tag
+JACOBIAN_COLOR_TAG = "RLRegistrationDetJ"
+JACOBIAN_COLORS = "vtkMRMLColorTableNode" + JACOBIAN_COLOR_TAG
+# Overlay volumes of the result, shown one at a time in the slice views' foreground (panel_state.OVERLAYS,
+# and det J). attribute: parameter field; name: suffix of a created node (None: never created, the user
+# picks one); colors: colour node ID; window: "robust" = the data's 1st..99th percentile at every update
+# (frontends.overlay_display.robust_range), "jacobian" = symmetric around 1 (jacobian_window);
+# rangeText: logic attribute shown in the panel's range label; unit: of the values and of the colour bar.
 OVERLAY_VOLUMES = {
     "weight_map": {
         "attribute": "weightMapVolume",
         "name": " weight map",
         "colors": WEIGHT_MAP_COLORS,
-        "window": (0.0, 1.0),
+        "window": "robust",
         "rangeText": "weightMapRangeText",
         "unit": "",
     },
@@ -62,7 +67,7 @@ OVERLAY_VOLUMES = {
         "attribute": "uncertaintyVolume",
         "name": " uncertainty (mm)",
         "colors": UNCERTAINTY_COLORS,
-        "window": "data",
+        "window": "robust",
         "rangeText": "uncertaintyRangeText",
         "unit": " mm",
     },
@@ -70,11 +75,28 @@ OVERLAY_VOLUMES = {
         "attribute": "magnitudeVolume",
         "name": None,
         "colors": MAGNITUDE_COLORS,
-        "window": None,
+        "window": "robust",
         "rangeText": "magnitudeRangeText",
         "unit": " mm",
     },
+    "jacobian": {
+        "attribute": "jacobianVolume",
+        "name": " det J",
+        "colors": JACOBIAN_COLORS,
+        "window": "jacobian",
+        "rangeText": "jacobianRangeText",
+        "unit": "",
+    },
 }
+# how the slice views compare the fixed volume and the warped one (RLRegistrationMRML.compare_views):
+# fade = warped over fixed at the overlay opacity; checkerboard and difference = one volume on the fixed
+# grid in the background; flicker = warped shown and hidden every flickerPeriod seconds
+COMPARE_MODES = [
+    ("fade", "Fade (fixed ↔ warped)"),
+    ("checkerboard", "Checkerboard"),
+    ("difference", "Difference |fixed − warped|"),
+    ("flicker", "Flicker"),
+]
 # the moving volume's parent before "apply to moving" put it under the result (restored on re-runs)
 PREVIOUS_PARENT_ATTRIBUTE = "RLRegistration.PreviousParentTransformID"
 
@@ -145,11 +167,21 @@ SETTINGS: tuple[Setting, ...] = (
     _node("weightMapVolume", SCALAR_VOLUME, "output: the regularization weight map (created when empty)"),
     _node("uncertaintyVolume", SCALAR_VOLUME, "output: the spread of sampled trajectories in mm"),
     _node("magnitudeVolume", SCALAR_VOLUME, "optional output: the displacement magnitude in mm"),
+    _node("jacobianVolume", SCALAR_VOLUME, "output: the local volume change det J (created when empty)"),
     Setting("fieldDisplay", str, "Glyph", "how the field is shown", choices=tuple(FIELD_DISPLAY_MODES)),
     Setting("showWeightMap", bool, False, "weight map overlay in the slice views"),
     Setting("showUncertainty", bool, False, "uncertainty overlay in the slice views"),
     Setting("showMagnitude", bool, False, "displacement magnitude overlay in the slice views"),
+    Setting("showJacobian", bool, False, "local volume change (det J) overlay in the slice views"),
     Setting("overlayOpacity", float, 0.5, "opacity of the overlay shown", limits=(0.0, 1.0)),
+    Setting(
+        "compareMode",
+        str,
+        "fade",
+        "how the slice views compare fixed and warped",
+        choices=tuple(value for value, _ in COMPARE_MODES),
+    ),
+    Setting("flickerPeriod", float, 0.5, "seconds between flicker switches", limits=(0.1, 5.0)),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 RUN_SETTINGS = tuple(setting.name for setting in SETTINGS if setting.run)

@@ -3,9 +3,10 @@
 :class:`SceneOutputs` (part of :class:`~RLRegistrationMRML.scene_logic.RegistrationSceneLogic`) keeps the
 result in the scene: the transform hierarchy (grid node of the deformation, linear node of the
 pre-alignment under it, both tagged with the fixed and moving volumes), the warped volume and the overlays
-(weight map, uncertainty, displacement magnitude) with their colours, updated in place at every step; the
-full-resolution result of a step; the slice view layers and the field display; and the removal of nodes a
-run created but never completed (cancel before the first step, error).
+(weight map, uncertainty, displacement magnitude, det J) with their colours and robust ranges, updated in
+place at every step; the full-resolution result of a step; the slice view layers (with the comparison of
+:mod:`.compare_views`) and the field display; the cursor read-out (:mod:`.readout`); and the removal of
+nodes a run created but never completed (cancel before the first step, error).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import slicer.util
 from slicer import vtkMRMLDisplayableNode
 
 from .colors import ensure_color_table
+from .compare_views import CompareViews
 from .parameters import OVERLAY_VOLUMES
+from .readout import ReadOut
 
 
-class SceneOutputs:
+class SceneOutputs(CompareViews, ReadOut):
     """Output nodes, overlays and display (a part of ``RegistrationSceneLogic``)."""
 
     def _newNode(self, params, className, name, attribute):
@@ -80,7 +83,9 @@ class SceneOutputs:
         return volumeNode
 
     def updateOverlay(self, params, overlay: str, array, ijkToRas, parent=None) -> None:
-        """Voxels, geometry and colours of an overlay volume, and the text of its range label."""
+        """Voxels, geometry and colours of an overlay volume, and the text of its range label. Its display
+        range is the data's 1st..99th percentile of this step (det J's: around 1), so the colours follow
+        the step shown; a front-end that lets the user choose a range sets it again after this."""
         from RLRegistrationLib.frontends import display
 
         spec = OVERLAY_VOLUMES[overlay]
@@ -89,14 +94,8 @@ class SceneOutputs:
         volumeNode = self.overlayNode(params, overlay, create=array is not None)
         if volumeNode is None or array is None:
             return
-        firstTime = volumeNode.GetImageData() is None
         self.updateVolume(volumeNode, array, ijkToRas, parent)
-        window = spec["window"]
-        if window == "data":  # [0, max] of this step: the colours follow the growing spread
-            valueRange = display.value_range(array)
-            window = (0.0, max(valueRange[1] if valueRange else 0.0, 1e-3))
-        if firstTime or spec["window"] == "data":
-            self.setColors(volumeNode, spec["colors"], window)
+        self.setOverlayWindow(params, overlay, self.defaultWindow(overlay, array))
 
     @staticmethod
     def setColors(volumeNode, colorNodeID: str, valueRange=None) -> None:
@@ -164,9 +163,11 @@ class SceneOutputs:
         linearNode.SetMatrixTransformFromParent(slicer.util.vtkMatrixFromArray(outputs.affine_ras))
         if params.warpedVolume is not None and outputs.warped is not None:
             self.updateVolume(params.warpedVolume, outputs.warped, outputs.ijk_to_ras, parent)
+            self.updateComparison(params)
         self.updateOverlay(params, "magnitude", outputs.magnitude, outputs.ijk_to_ras, parent)
         self.updateOverlay(params, "weight_map", outputs.weight_map, weightMapIjkToRas, parent)
         self.updateOverlay(params, "uncertainty", outputs.uncertainty, outputs.ijk_to_ras, parent)
+        self.rememberDisplayedField(params, outputs.field, outputs.ijk_to_ras, parent)
         if self._layersPending:  # once per run: the user may change the layers while it runs
             self._layersPending = False
             self.updateDisplay(params)
@@ -227,6 +228,7 @@ class SceneOutputs:
                 "outputLinearTransform",
                 "weightMapVolume",
                 "uncertaintyVolume",
+                "jacobianVolume",
             ):
                 node = getattr(params, attribute)
                 if node is not None and scene.GetNodeByID(node.GetID()) is None:
@@ -264,6 +266,8 @@ class SceneOutputs:
                 displayNode.SetVisualizationMode(modes[mode])
             if params.fixedVolume is not None:
                 displayNode.SetAndObserveRegionNode(params.fixedVolume)
+        if params.showJacobian:
+            self.updateJacobian(params)
         layer = foreground_layer(
             params.showWeightMap,
             params.showMagnitude,
@@ -273,15 +277,15 @@ class SceneOutputs:
             show_uncertainty=params.showUncertainty,
             has_uncertainty=self._hasVoxels(params.uncertaintyVolume),
         )
-        foreground = {
+        if params.showJacobian and self._hasVoxels(params.jacobianVolume):
+            layer = "jacobian"
+        overlayNode = {
             "weight_map": params.weightMapVolume,
             "uncertainty": params.uncertaintyVolume,
             "magnitude": params.magnitudeVolume,
-            "warped": params.warpedVolume,
+            "jacobian": params.jacobianVolume,
         }.get(layer)
-        self.setSliceLayers(
-            params.fixedVolume, foreground, params.overlayOpacity if foreground is not None else 0.0
-        )
+        self.setSliceLayers(*self.compareLayers(params, overlayNode))
 
     @staticmethod
     def _hasVoxels(volumeNode) -> bool:

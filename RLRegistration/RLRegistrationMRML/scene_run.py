@@ -146,6 +146,7 @@ class SceneRun:
         self.uncertaintyRangeText = "—"
         self.magnitudeRangeText = "—"
         self.forgetDisplayedField()
+        self.forgetDisplayedField()
         self.resultStep = None
 
     def runNotes(self) -> list[str]:

@@ -105,6 +105,8 @@ class RegistrationWebApp:
         }
         self.ui = build_page(self.server, self.layout_manager, actions)
         self._bind_changes()
+        self._cursor_moved = False
+        self._observe_cursor()
         ctrl.on_server_ready.add(self._on_server_ready)
         ctrl.on_client_connected.add(self._on_client_connected)
         ctrl.on_client_exited.add(self._on_client_exited)
@@ -121,10 +123,12 @@ class RegistrationWebApp:
             "clients_text": "",
             "download_h5_name": "transform.h5",
             "download_warped_name": "warped.nii.gz",
+            "readout_ras": None,
         }
 
     def _panel_state(self) -> dict:
         view = self.panel.view()
+        view["readout_ras"] = list(self.panel.readout_point) if self.panel.readout_point else None
         inputs = view.pop("inputs")
         for key, role in INPUT_KEYS.items():
             view[key] = inputs[role]
@@ -167,17 +171,34 @@ class RegistrationWebApp:
 
         state.change(*EDITABLE_SETTINGS)(on_settings)
 
-        def on_display(field_display, overlay, overlay_opacity, **_):
+        def on_display(field_display, overlay, overlay_opacity, compare_mode, flicker_period, **_):
             p = self.panel
-            if (field_display, overlay, overlay_opacity) != (
+            if (field_display, overlay, overlay_opacity, compare_mode, flicker_period) != (
                 p.params.fieldDisplay,
                 p.overlay,
                 p.params.overlayOpacity,
+                p.params.compareMode,
+                p.params.flickerPeriod,
             ):
-                p.set_display(field_display=field_display, overlay=overlay, opacity=overlay_opacity)
+                p.set_display(
+                    field_display=field_display,
+                    overlay=overlay,
+                    opacity=overlay_opacity,
+                    compare_mode=compare_mode,
+                    flicker_period=flicker_period,
+                )
                 self.push()
 
-        state.change("field_display", "overlay", "overlay_opacity")(on_display)
+        state.change("field_display", "overlay", "overlay_opacity", "compare_mode", "flicker_period")(
+            on_display
+        )
+
+        def on_readout_point(readout_ras, **_):
+            if readout_ras != (list(self.panel.readout_point) if self.panel.readout_point else None):
+                self.panel.set_readout_point(readout_ras, "")
+                self.push()
+
+        state.change("readout_ras")(on_readout_point)
 
         def on_range(overlay_range_ui, **_):
             window = self.panel.overlay_window()
@@ -245,6 +266,30 @@ class RegistrationWebApp:
     def on_download_warped(self):
         return self._attachment(self.panel.download_warped)
 
+    # ------------------------------------------------------------------ cursor read-out
+    def _observe_cursor(self) -> None:
+        """The crosshair node follows the mouse in the slice views (Slicer's crosshair displayable
+        manager): its position becomes the read-out's point (sent with the next poll, not per event)."""
+        import slicer
+
+        crosshair = self.slicer.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is None:
+            return
+        self._crosshair = crosshair
+        crosshair.AddObserver(slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor)
+
+    def _on_cursor(self, crosshair, _event) -> None:
+        ras = [0.0, 0.0, 0.0]
+        if not crosshair.GetCursorPositionRAS(ras):
+            return
+        xyz = [0.0, 0.0, 0.0]
+        slice_node = crosshair.GetCursorPositionXYZ(xyz)
+        view = ""
+        if slice_node is not None:
+            view = f"{slice_node.GetName()} ({slice_node.GetOrientation().lower()})"
+        self.panel.set_readout_point(ras, view)
+        self._cursor_moved = True
+
     # ------------------------------------------------------------------ loop
     def _fit_views(self, volume_node) -> None:
         """A new input is shown: fit the views to it; the 3D view looks obliquely at the three slices."""
@@ -266,6 +311,8 @@ class RegistrationWebApp:
             try:
                 changed = self.panel.poll()
                 changed = self.panel.tick() or changed
+                changed = changed or self._cursor_moved
+                self._cursor_moved = False
             except Exception:  # noqa: BLE001 - the loop must survive anything a step brings
                 log.exception("poll failed")
                 changed = True

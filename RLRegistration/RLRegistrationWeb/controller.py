@@ -41,14 +41,21 @@ INPUT_ROLES = {
     "fixed_labels": ("fixedLabels", "fixed labels", True),
     "moving_labels": ("movingLabels", "moving labels", True),
 }
-OVERLAY_CHOICES = ("none", "weight_map", "magnitude", "uncertainty")
+OVERLAY_CHOICES = ("none", "weight_map", "magnitude", "uncertainty", "jacobian")
 OVERLAY_ATTRIBUTES = {
     "weight_map": "weightMapVolume",
     "magnitude": "magnitudeVolume",
     "uncertainty": "uncertaintyVolume",
+    "jacobian": "jacobianVolume",
 }
-OVERLAY_COLORMAPS = {"weight_map": "viridis", "magnitude": "inferno", "uncertainty": "plasma"}
-OVERLAY_UNITS = {"weight_map": "", "magnitude": " mm", "uncertainty": " mm"}
+OVERLAY_COLORMAPS = {
+    "weight_map": "viridis",
+    "magnitude": "inferno",
+    "uncertainty": "plasma",
+    "jacobian": "RdBu_r",
+}
+OVERLAY_UNITS = {"weight_map": "", "magnitude": " mm", "uncertainty": " mm", "jacobian": ""}
+COLORBAR_STOPS = 32
 PLAY_INTERVAL_S = 0.4
 
 
@@ -87,6 +94,9 @@ class WebPanel:
         self.frame_timings: list[FrameTiming] = []
         self.first_step_seconds: float | None = None
         self._next_tick = 0.0
+        self._next_flicker = 0.0
+        self.readout_point: tuple[float, float, float] | None = None  # world RAS mm of the read-out
+        self.readout_view = ""  # the view the point was picked in
 
     @property
     def state(self):
@@ -265,20 +275,39 @@ class WebPanel:
         return True
 
     def tick(self) -> bool:
-        """Play timer (call often): the next step every PLAY_INTERVAL_S while playing."""
+        """Play and flicker timers (call often): the next step every PLAY_INTERVAL_S while playing; the
+        flicker's switch every ``flickerPeriod`` seconds."""
+        flickered = self._flicker()
         if not self.state.playing or time.monotonic() < self._next_tick:
+            return flickered
             return False
         self._next_tick = time.monotonic() + PLAY_INTERVAL_S
         self.controller.tick()
         self._apply_overlay_range()
         return True
 
+    def _flicker(self) -> bool:
+        if self.params.compareMode != "flicker" or self.logic.session is None:
+            return False
+        now = time.monotonic()
+        if now < self._next_flicker:
+            return False
+        self._next_flicker = now + float(self.params.flickerPeriod)
+        self.logic.setFlickerPhase(self.params, not self.logic.flickerShowsWarped)
+        return True
+
     # ------------------------------------------------------------------ display
     def set_display(
-        self, field_display: str | None = None, overlay: str | None = None, opacity: float | None = None
+        self,
+        field_display: str | None = None,
+        overlay: str | None = None,
+        opacity: float | None = None,
+        compare_mode: str | None = None,
+        flicker_period: float | None = None,
     ) -> bool:
         """Field display (Hidden / Glyph / Grid / Contour), the overlay shown (none / weight_map / magnitude /
-        uncertainty; one at a time, as in the Slicer panel) and its opacity."""
+        uncertainty / jacobian; one at a time, as in the Slicer panel), its opacity, how fixed and warped
+        are compared (fade / checkerboard / difference / flicker) and the flicker's period (s)."""
         if overlay is not None and overlay not in OVERLAY_CHOICES:
             return self._fail(f"unknown overlay '{overlay}'")
         if opacity is not None:
@@ -286,7 +315,12 @@ class WebPanel:
                 opacity = min(max(float(opacity), 0.0), 1.0)
             except (TypeError, ValueError):
                 return self._fail(f"opacity: '{opacity}' is not a number")
-        if not self.controller.updateSettings(fieldDisplay=field_display, overlayOpacity=opacity):
+        if not self.controller.updateSettings(
+            fieldDisplay=field_display,
+            overlayOpacity=opacity,
+            compareMode=compare_mode,
+            flickerPeriod=flicker_period,
+        ):
             return False
         if overlay is not None:
             if overlay != self.overlay:
@@ -295,6 +329,7 @@ class WebPanel:
             self.params.showWeightMap = overlay == "weight_map"
             self.params.showMagnitude = overlay == "magnitude"
             self.params.showUncertainty = overlay == "uncertainty"
+            self.params.showJacobian = overlay == "jacobian"
         ok = self.controller.updateDisplay()
         self._apply_overlay_range()
         return ok
@@ -324,20 +359,73 @@ class WebPanel:
         return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1e-3)
 
     def _apply_overlay_range(self) -> None:
-        node = self.overlay_node()
-        if node is None or self.overlay_range is None or node.GetDisplayNode() is None:
+        """The user's range of the overlay shown, again after a step replaced its default (the data's
+        1st..99th percentile, set by the MRML layer at every step)."""
+        if self.overlay_node() is None or self.overlay_range is None:
             return
-        display = node.GetDisplayNode()
-        display.SetAutoWindowLevel(False)
-        display.SetWindowLevelMinMax(*self.overlay_range)
+        self.logic.setOverlayWindow(self.params, self.overlay, self.overlay_range)
 
     def overlay_window(self) -> tuple[float, float] | None:
-        node = self.overlay_node()
-        if node is None or node.GetDisplayNode() is None:
+        """The display range (low, high) of the overlay shown, in its unit."""
+        if self.overlay_node() is None:
             return None
-        display = node.GetDisplayNode()
-        window, level = display.GetWindow(), display.GetLevel()
-        return level - window / 2.0, level + window / 2.0
+        return self.logic.overlayWindow(self.params, self.overlay)
+
+    def overlay_colorbar_css(self) -> str:
+        """A CSS gradient of the overlay's colour node over its range (det J's colours follow the range)."""
+        node = self.overlay_node()
+        display = node.GetDisplayNode() if node is not None else None
+        color_node = display.GetColorNode() if display is not None else None
+        if color_node is None or color_node.GetNumberOfColors() < 2:
+            return ""
+        count = color_node.GetNumberOfColors()
+        stops = []
+        for n in range(COLORBAR_STOPS):
+            rgba = [0.0, 0.0, 0.0, 0.0]
+            color_node.GetColor(round(n * (count - 1) / (COLORBAR_STOPS - 1)), rgba)
+            r, g, b = (round(255 * c) for c in rgba[:3])
+            stops.append(f"rgb({r},{g},{b}) {100 * n / (COLORBAR_STOPS - 1):.1f}%")
+        return "linear-gradient(to right, " + ", ".join(stops) + ")"
+
+    # ------------------------------------------------------------------ read-out
+    def set_readout_point(self, ras, view: str = "") -> bool:
+        """The point (world RAS, mm) whose values the read-out line shows; None clears it."""
+        if ras is None:
+            self.readout_point = None
+            return True
+        try:
+            point = tuple(float(v) for v in ras)
+        except (TypeError, ValueError):
+            return self._fail(f"read-out: not a point: {ras!r}")
+        if len(point) != 3 or not all(math.isfinite(v) for v in point):
+            return self._fail(f"read-out: a point needs three finite coordinates, got {ras!r}")
+        self.readout_point = point
+        self.readout_view = view
+        return True
+
+    def readout(self):
+        """The MRML layer's read-out at :attr:`readout_point` (None without a point or inputs)."""
+        if self.readout_point is None or self.params.fixedVolume is None:
+            return None
+        try:
+            return self.logic.readout(self.params, self.readout_point)
+        except Exception as error:  # noqa: BLE001 - the line says why, the page stays live
+            log.exception("read-out failed")
+            return f"read-out failed: {error}"
+
+    def readout_values(self) -> tuple[str, dict | None]:
+        """(the read-out line, its numbers for tests and tools) of :attr:`readout_point`."""
+        values = self.readout()
+        if values is None:
+            return "", None
+        if isinstance(values, str):
+            return values, None
+        prefix = f"{self.readout_view}: " if self.readout_view else ""
+        numbers = {
+            key: getattr(values, key)
+            for key in ("fixed", "warped", "magnitude", "weight", "jacobian", "uncertainty")
+        }
+        return prefix + values.text(), {"ras": list(values.ras), **numbers}
 
     # ------------------------------------------------------------------ downloads
     def download_transform(self) -> tuple[str, bytes]:
@@ -383,6 +471,7 @@ class WebPanel:
         choice = controller.policyChoice()
         data_range = self.overlay_data_range()
         window = self.overlay_range or self.overlay_window() or data_range
+        readout_text, readout_numbers = self.readout_values()
         return {
             "panel_state": state.value,
             "register_text": apply_text,
@@ -418,10 +507,17 @@ class WebPanel:
             "overlay_unit": OVERLAY_UNITS.get(self.overlay, ""),
             "overlay_data_range": list(data_range) if data_range else None,
             "overlay_window": [round(w, 6) for w in window] if window else None,
+            "overlay_colorbar_css": self.overlay_colorbar_css(),
+            "compare_mode": self.params.compareMode,
+            "flicker_period": self.params.flickerPeriod,
+            "flicker_shows_warped": self.logic.flickerShowsWarped,
+            "readout_text": readout_text,
+            "readout_values": readout_numbers,
             "ranges": {
                 "weight_map": self.logic.weightMapRangeText,
                 "magnitude": self.logic.magnitudeRangeText,
                 "uncertainty": self.logic.uncertaintyRangeText,
+                "jacobian": self.logic.jacobianRangeText,
             },
         }
 

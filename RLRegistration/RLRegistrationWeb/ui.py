@@ -18,7 +18,27 @@ from trame.widgets import vuetify3 as v3
 from RLRegistrationMRML.parameters import INITIALIZATIONS, QUALITIES, SETTINGS_BY_NAME
 
 FIELD_DISPLAYS = ["Glyph", "Grid", "Contour", "Hidden"]
-OVERLAYS = [("none", "None"), ("weight_map", "λ map"), ("magnitude", "|u|"), ("uncertainty", "Uncertainty")]
+OVERLAYS = [
+    ("none", "None", "no overlay"),
+    ("weight_map", "λ map", "the regularization weight λ (no unit)"),
+    ("magnitude", "|u|", "the displacement length |u| in mm"),
+    ("uncertainty", "Uncertainty", "the spread of sampled trajectories in mm"),
+    (
+        "jacobian",
+        "det J",
+        "local volume change det J (1: none, blue < 1 shrinks, red > 1 grows, green: folding)",
+    ),
+]
+COMPARE = [
+    ("fade", "Fade", "the warped image over the fixed one at the opacity below"),
+    ("checkerboard", "Checker", "squares of 16 mm alternating the fixed and the warped image"),
+    (
+        "difference",
+        "Difference",
+        "|fixed − warped| of the two images normalized to their 1st..99th percentile",
+    ),
+    ("flicker", "Flicker", "the warped image shown and hidden every period"),
+]
 
 
 def colormap_css(name: str, stops: int = 11) -> str:
@@ -41,6 +61,7 @@ def build_page(server, layout_manager, actions: dict, title: str = "RLRegistrati
         name: colormap_css(cmap)
         for name, cmap in (("weight_map", "viridis"), ("magnitude", "inferno"), ("uncertainty", "plasma"))
     }
+    state.overlay_colorbar_css = ""
     state.trame__title = title
     with VAppLayout(server, full_height=True) as layout:
         layout.root.theme = "dark"
@@ -54,8 +75,14 @@ def build_page(server, layout_manager, actions: dict, title: str = "RLRegistrati
             _display()
             _downloads(actions)
         with v3.VMain():
-            with html.Div(style="position: relative; width: 100%; height: 100vh;", id="views"):
+            with html.Div(style="position: relative; width: 100%; height: calc(100vh - 26px);", id="views"):
                 layout_manager.initialize_layout_grid(layout)
+            html.Div(
+                "{{ readout_text || 'Move the mouse over a slice view to read its values.' }}",
+                id="readout",
+                classes="text-caption px-2 text-no-wrap",
+                style="height: 26px; line-height: 26px; overflow: hidden;",
+            )
     return layout
 
 
@@ -244,31 +271,59 @@ def _display() -> None:
         density="compact",
         hide_details=True,
     )
+    html.Div("Compare fixed ↔ result", classes="text-caption mt-2")
+    with v3.VBtnToggle(
+        v_model=("compare_mode",),
+        mandatory=True,
+        density="compact",
+        divided=True,
+        id="compare-toggle",
+    ):
+        for value, label, tip in COMPARE:
+            v3.VBtn(label, value=value, id=f"compare-{value}", size="small", classes="text-none", title=tip)
+    v3.VSlider(
+        v_model_number=("flicker_period",),
+        v_show=("compare_mode === 'flicker'",),
+        min=SETTINGS_BY_NAME["flickerPeriod"].limits[0],
+        max=SETTINGS_BY_NAME["flickerPeriod"].limits[1],
+        step=0.1,
+        label="Period (s)",
+        id="flicker-period",
+        hide_details=True,
+        density="compact",
+        thumb_label=True,
+    )
+    html.Div("Overlay", classes="text-caption mt-1")
     with v3.VBtnToggle(
         v_model=("overlay",),
         mandatory=True,
         density="compact",
         divided=True,
-        classes="mt-2",
         id="overlay-toggle",
     ):
-        for value, label in OVERLAYS:
-            v3.VBtn(label, value=value, id=f"overlay-{value}", size="small")
+        for value, label, tip in OVERLAYS:
+            v3.VBtn(label, value=value, id=f"overlay-{value}", size="small", classes="text-none", title=tip)
     v3.VSlider(
         v_model_number=("overlay_opacity",),
         min=0,
         max=1,
         step=0.05,
-        label="Opacity",
+        label=("overlay === 'none' ? 'Fixed ↔ warped' : 'Overlay opacity'",),
         id="overlay-opacity",
         hide_details=True,
         density="compact",
         classes="mt-1",
     )
     with html.Div(v_if=("overlay !== 'none' && overlay_available",), id="colorbar", classes="mt-1"):
-        html.Div(style=("{height: '12px', borderRadius: '2px', background: colorbar_css[overlay]}",))
+        html.Div(
+            id="colorbar-gradient",
+            style=("{height: '12px', borderRadius: '2px', background: overlay_colorbar_css}",),
+        )
         with html.Div(classes="d-flex text-caption"):
-            html.Span("{{ overlay_window ? overlay_window[0].toPrecision(3) : '' }}", id="colorbar-min")
+            html.Span(
+                "{{ overlay_window ? overlay_window[0].toPrecision(3) + overlay_unit : '' }}",
+                id="colorbar-min",
+            )
             v3.VSpacer()
             html.Span(
                 "{{ overlay_window ? overlay_window[1].toPrecision(3) + overlay_unit : '' }}",
@@ -276,16 +331,21 @@ def _display() -> None:
             )
         v3.VRangeSlider(
             v_model=("overlay_range_ui", [0, 1]),
-            min=("overlay_data_range ? overlay_data_range[0] : 0",),
-            max=("overlay_data_range ? overlay_data_range[1] : 1",),
-            step=("overlay_data_range ? (overlay_data_range[1] - overlay_data_range[0]) / 100 : 0.01",),
+            min=(
+                "overlay_data_range && overlay_window ? Math.min(overlay_data_range[0], overlay_window[0]) : 0",
+            ),
+            max=(
+                "overlay_data_range && overlay_window ? Math.max(overlay_data_range[1], overlay_window[1]) : 1",
+            ),
+            step=0,
             label="Range",
             id="overlay-range",
             hide_details=True,
             density="compact",
         )
     html.Div(
-        "λ {{ ranges.weight_map }} · |u| {{ ranges.magnitude }} · uncertainty {{ ranges.uncertainty }}",
+        "λ {{ ranges.weight_map }} · |u| {{ ranges.magnitude }} · uncertainty {{ ranges.uncertainty }}"
+        " · det J {{ ranges.jacobian }}",
         classes="text-caption text-grey",
         id="overlay-ranges",
     )
