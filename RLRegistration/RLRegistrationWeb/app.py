@@ -166,6 +166,7 @@ class RegistrationWebApp:
                 if state[k] != current[k] and state[k] not in (None, "")
             }
             if changed and not self.panel.state.busy:
+                log.info("options from the page: %s", changed)
                 self.panel.update_settings(**changed)
             self.push()
 
