@@ -13,14 +13,12 @@ parent transform initializes the registration and is part of the result, never d
 
 import importlib.util
 import os
-from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -32,7 +30,8 @@ from slicer.util import VTKObservationMixin
 # Qt-free and torch-free: safe to import before PyTorch is installed
 from RLRegistrationLib.frontends.panel_state import PanelState
 from RLRegistrationMRML.panel_controller import PanelController
-from RLRegistrationMRML.parameters import INITIALIZATIONS, PAIRS, QUALITIES, SETTINGS
+from RLRegistrationMRML.parameter_node import parameterNodeClass
+from RLRegistrationMRML.parameters import INITIALIZATIONS, PAIRS, QUALITIES
 from RLRegistrationMRML.scene_logic import RegistrationSceneLogic
 from RLRegistrationMRML.self_test import SceneWorkflowTests
 
@@ -70,35 +69,7 @@ optimized generalized registration, and spatially varying regularization (Chen e
 #
 
 
-def _parameterAnnotation(setting):
-    """The parameter node's type of a setting: its MRML class (a union with None when it may hold one of
-    several), or the type with the setting's range (``WithinRange``) or choices (``Choice``)."""
-    if setting.isNode:
-        classes = tuple(getattr(slicer, name) for name in setting.nodeClasses)
-        # None in the unions: the wrapper must be able to write the empty default (else getParameterNode raises)
-        return classes[0] if len(classes) == 1 else Union[(*classes, type(None))]
-    if setting.limits is not None:
-        return Annotated[setting.type, WithinRange(*setting.limits)]
-    if setting.choices is not None:
-        return Annotated[setting.type, Choice(list(setting.choices))]
-    return setting.type
-
-
-def _parameterNodeClass():
-    """``@parameterNodeWrapper`` class of the panel, made from the settings table (one field per setting,
-    its default; node fields default to None). Saved with the scene: a reloaded scene restores the panel."""
-    fields = {setting.name: setting.default for setting in SETTINGS if not setting.isNode}
-    lines = "\n".join(f"{setting.name} - {setting.doc}" for setting in SETTINGS)
-    namespace = {
-        "__annotations__": {setting.name: _parameterAnnotation(setting) for setting in SETTINGS},
-        "__doc__": "Everything the panel shows (RLRegistrationMRML.parameters.SETTINGS):\n\n" + lines,
-        "__module__": __name__,
-        **fields,
-    }
-    return parameterNodeWrapper(type("RLRegistrationParameterNode", (), namespace))
-
-
-RLRegistrationParameterNode = _parameterNodeClass()
+RLRegistrationParameterNode = parameterNodeClass(__name__)
 
 
 #

@@ -165,6 +165,14 @@ def fresh_registry(monkeypatch):
     return registry
 
 
+@pytest.fixture
+def recipe_models(fresh_registry):
+    """The registry with ``tto`` and the retired models of ``recipes/`` (as ``RLREG_MODELS_DIR=recipes``
+    gives them to a user): the learned policies' real cards and weights, none of them shipped."""
+    fresh_registry.discover_models(Path(__file__).resolve().parents[1] / "recipes")
+    return fresh_registry
+
+
 @pytest.fixture(autouse=True)
 def _collect_slicer_garbage(request):
     """After each test that used Slicer's core, collect garbage at once: cycles holding VTK/MRML objects

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from catalogue_support import _blobs, _write  # Testing/ is on sys.path, as for conftest
 
 from RLRegistrationLib.errors import InputError
 from RLRegistrationLib.io.sample_pair import SAMPLE_DIR
@@ -46,27 +47,11 @@ def _tree(folder: Path) -> dict[str, tuple]:
     return out
 
 
-def _blobs(shape=(18, 20, 24), seed=3) -> np.ndarray:
-    """Smooth deterministic volume (k, j, i) in [0, ~2]: a sum of Gaussian blobs."""
-    rng = np.random.default_rng(seed)
-    index = np.indices(shape, dtype=np.float64)
-    out = np.zeros(shape)
-    for _ in range(10):
-        centre = rng.uniform(0.2, 0.8, 3) * (np.asarray(shape) - 1)
-        out += np.exp(-((index - centre.reshape(3, 1, 1, 1)) ** 2).sum(0) / (2 * rng.uniform(2, 4) ** 2))
-    return out.astype(np.float32)
-
-
 def _image(array, spacing=(2.0, 2.0, 2.0), origin=(-20.0, 10.0, 5.0)) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     return image
-
-
-def _write(image: sitk.Image, path: Path, compress: bool = False) -> Path:
-    sitk.WriteImage(image, str(path), compress)
-    return path
 
 
 class Pair:

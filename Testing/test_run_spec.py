@@ -62,7 +62,7 @@ def test_explicit_spacing_and_memory_cap_win_over_the_preset():
     assert (options.working_spacing_mm, options.max_memory_gib) == (1.5, 12.0)
 
 
-def test_fine_is_refused_for_other_policies():
+def test_fine_is_refused_for_other_policies(recipe_models):
     with pytest.raises(OptionError, match="'fine' sets the tto schedule: use it with the policy tto"):
         plan("--quality", "fine", "--policy", "spac-brain-synth+tto")
 
@@ -144,7 +144,7 @@ def test_sampling_options_only_for_policies_that_sample():
         plan("--policy", "nope")
 
 
-def test_auto_quality_runs_the_finest_fine_schedule_that_fits_the_memory_cap():
+def test_auto_quality_runs_the_finest_fine_schedule_that_fits_the_memory_cap(recipe_models):
     image = fixed_image()  # 16^3 voxels at 1 mm: fine at 1 mm fits any cap
     run = plan(fixed=image)
     assert (

@@ -372,7 +372,7 @@ def _card(folder: Path, **changes) -> Path:
     """A model folder holding a copy of the shipped SPAC card with ``changes`` (no weights: a card is
     read when registered, the weights only when a policy is made)."""
     card = json.loads(
-        (Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth" / "card.json").read_text()
+        (Path(__file__).resolve().parents[1] / "recipes" / "spac-brain-synth" / "card.json").read_text()
     )
     card.update(changes)
     folder.mkdir()
@@ -399,7 +399,7 @@ def test_policy_choices_come_from_the_registry_and_its_cards(tmp_path, fresh_reg
     assert "any" in choices["tto"].modality and choices["tto"].label.startswith("tto — ")
     assert not any(c.supports_sampling for c in choices.values())
     morphseek = json.loads(
-        (Path(__file__).resolve().parents[1] / "models" / "morphseek-brain-synth" / "card.json").read_text()
+        (Path(__file__).resolve().parents[1] / "recipes" / "morphseek-brain-synth" / "card.json").read_text()
     )
     folder = tmp_path / "m"
     folder.mkdir()
@@ -416,7 +416,9 @@ def test_policy_choices_carry_the_default_steps():
     for name, choice in choices.items():
         assert choice.default_steps == policy_default_steps(name)
     if "spac-brain-synth+tto" in choices:  # the shipped model's card sets its chain
-        chain = chain_settings(read_card(Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth"))
+        chain = chain_settings(
+            read_card(Path(__file__).resolve().parents[1] / "recipes" / "spac-brain-synth")
+        )
         assert choices["spac-brain-synth+tto"].default_steps == chain.total_steps
         regularization = chain.tto.get("regularization", 2.0)
         assert choices["spac-brain-synth+tto"].option_defaults["regularization"] == regularization

@@ -141,8 +141,8 @@ def ui_widgets(ui_xml) -> dict[str, str]:
 
 
 def slicer_annotation(setting) -> str:
-    """The parameter node's annotation of a setting, as source: what ``_parameterAnnotation`` in
-    ``RLRegistration.py`` builds (``test_slicer_logic`` checks the real class against the same table)."""
+    """The parameter node's annotation of a setting, as source: what ``parameterAnnotation`` in
+    ``RLRegistrationMRML/parameter_node.py`` builds (``test_slicer_logic`` checks the real class against the same table)."""
     if setting.nodeClasses:
         classes = ", ".join(setting.nodeClasses)
         return classes if len(setting.nodeClasses) == 1 else f"Union[{classes}, None]"
@@ -156,16 +156,17 @@ def slicer_annotation(setting) -> str:
 @pytest.fixture(scope="module")
 def parameter_fields(module_tree) -> dict[str, ast.expr]:
     """Fields of the parameter node: name -> annotation. ``RLRegistration.py`` makes its
-    ``parameterNodeWrapper`` class from the MRML layer's settings table, so the fields are the table's."""
+    ``parameterNodeWrapper`` class with ``RLRegistrationMRML.parameter_node.parameterNodeClass`` from the MRML
+    layer's settings table, so the fields are the table's."""
     from RLRegistrationMRML.parameters import SETTINGS
 
-    calls = [
-        node
-        for node in ast.walk(module_tree)
-        if isinstance(node, ast.Call) and dotted(node.func) == "parameterNodeWrapper"
-    ]
-    assert calls, "RLRegistration.py makes no parameterNodeWrapper class"
-    assert "SETTINGS" in {n.id for n in ast.walk(module_tree) if isinstance(n, ast.Name)}
+    def calls(tree, name: str) -> list:
+        return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and dotted(n.func) == name]
+
+    assert calls(module_tree, "parameterNodeClass"), "RLRegistration.py makes no parameter node class"
+    maker = ast.parse((MRML_LAYER / "parameter_node.py").read_text(encoding="utf-8"))
+    assert calls(maker, "parameterNodeWrapper"), "parameter_node.py makes no parameterNodeWrapper class"
+    assert "SETTINGS" in {n.id for n in ast.walk(maker) if isinstance(n, ast.Name)}
     return {setting.name: ast.parse(slicer_annotation(setting), mode="eval").body for setting in SETTINGS}
 
 
@@ -683,6 +684,7 @@ def test_module_layout_follows_the_template(module_tree):
     assert own_imports == [
         "RLRegistrationLib.frontends.panel_state",
         "RLRegistrationMRML.panel_controller",
+        "RLRegistrationMRML.parameter_node",
         "RLRegistrationMRML.parameters",
         "RLRegistrationMRML.scene_logic",
         "RLRegistrationMRML.self_test",

@@ -116,7 +116,18 @@ def server(data_dir, tmp_path_factory):
     _require_browser()
     log_path = tmp_path_factory.mktemp("logs") / "view.log"
     view = ViewServer(
-        ["--data-dir", str(data_dir), "--sample", "--steps", str(STEPS), "--device", "cpu"], log_path
+        [
+            "--data-dir",
+            str(data_dir),
+            "--sample",
+            "--quality",
+            "standard",
+            "--steps",
+            str(STEPS),
+            "--device",
+            "cpu",
+        ],
+        log_path,
     )
     view.data_dir = data_dir.resolve()
     try:
@@ -194,17 +205,15 @@ def _changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _library_transform(steps: int, step_back: bool) -> tuple[sitk.Transform, sitk.Image]:
-    """The library's own result on the sample pair with the panel's defaults (tto, 5 iterations, 2.0),
-    and the fixed image."""
+    """The library's own result on the sample pair with the panel's settings of the test (tto, standard
+    quality, 5 iterations, the regularization the plan chooses, ``steps``), and the fixed image."""
     from RLRegistrationLib.io.imaging import read_image
-    from RLRegistrationLib.policies.registry import make_policy
-    from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
+    from RLRegistrationLib.registration.run_spec import RunSpec, build_session
 
     fixed = read_image(SAMPLE / "fixed.nii.gz", "fixed image")
     moving = read_image(SAMPLE / "moving.nii.gz", "moving image")
-    session = RegistrationSession(
-        fixed, moving, make_policy("tto", iterations=5, regularization=2.0), SessionOptions(device="cpu")
-    )
+    spec = RunSpec(policy="tto", quality="standard", steps=steps, iterations=5, device="cpu")
+    session, _ = build_session(spec, fixed, moving)
     for _ in session.run(steps):
         pass
     if step_back:

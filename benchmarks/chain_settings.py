@@ -1,7 +1,7 @@
 """How a learned policy should hand over to test-time optimization (the ``<id>+tto`` policies): how many
 learned steps, which TTO pyramid schedule, which regularization weight for the learned lambda map.
 
-    python benchmarks/chain_settings.py [--model models/spac-brain-synth] [--pairs 1:2,3:4,5:6,7:8]
+    python benchmarks/chain_settings.py [--model recipes/spac-brain-synth] [--pairs 1:2,3:4,5:6,7:8]
 
 Every combination of ``--learned-steps`` x ``--pyramids`` x ``--regularization`` runs, each followed by
 ``--then-steps`` TTO steps, on pairs of **training** subjects (1-10, synthesized T1-like like the
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=str(REPO / "models" / "spac-brain-synth"))
+    parser.add_argument("--model", default=str(REPO / "recipes" / "spac-brain-synth"))
     parser.add_argument("--learned-steps", default="2,3,4,5", help="comma-separated")
     parser.add_argument(
         "--pyramids", default="1;2,1", help="TTO pyramid schedules, ';'-separated (2,1 = one coarse step)"

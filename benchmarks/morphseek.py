@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    models = REPO / "models"
+    models = REPO / "recipes"
     parser.add_argument("--model", default=str(models / "morphseek-brain-synth"))
     parser.add_argument("--warmup-model", default=str(models / "morphseek-brain-synth-warmup"))
     parser.add_argument("--spac-model", default=str(models / "spac-brain-synth"))

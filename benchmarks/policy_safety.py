@@ -2,10 +2,10 @@
 diffeomorphic learned steps, on the SynthSeg validation pairs (1 mm, 160x192x224, fixed and moving
 T1-like; the pairs of ``policies.py`` and ``morphseek.py``).
 
-    python benchmarks/policy_safety.py [--models models/spac-brain-synth,...] [--pairs 11:12,...]
+    python benchmarks/policy_safety.py [--models recipes/spac-brain-synth,...] [--pairs 11:12,...]
                                        [--chain-regularization 8] [--threads 1]
 
-For each model folder (default: every folder of ``models/``) and each pair, runs the policies as a user
+For each model folder (default: every folder of ``models/`` and ``recipes/``) and each pair, runs the policies as a user
 gets them (``make_policy(<id>)`` / ``make_policy(<id>+tto)`` with the card's settings and default number
 of steps), once with the raw learned steps (``diffeomorphic_steps=False``, what the cards did before the
 option) and once with each learned step integrated as a stationary velocity field
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--models", help="comma-separated model folders (default: every folder of models/ with a card)"
+        "--models",
+        help="comma-separated model folders (default: every folder of models/ and recipes/ with a card)",
     )
     parser.add_argument(
         "--chain-regularization",
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     folders = (
         [Path(f) for f in args.models.split(",") if f]
         if args.models
-        else sorted(p.parent for p in (REPO / "models").glob("*/card.json"))
+        else sorted(p.parent for folder in ("models", "recipes") for p in (REPO / folder).glob("*/card.json"))
     )
     for folder in folders:
         if not (folder / "card.json").is_file():

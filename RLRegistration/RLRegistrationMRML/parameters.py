@@ -37,11 +37,21 @@ INITIALIZATION_MODES = [value for value, _ in INITIALIZATIONS]
 SESSION_INITIALIZATION = {"affine": "affine", "rigid": "rigid", "parent": "none", "none": "none"}
 # RLRegistrationLib.quality presets, as (value, label) for the panel's quality choice
 QUALITIES = [
+    ("auto", "Auto (Fine when its memory estimate fits, else Standard; Follow-up for one patient)"),
     ("standard", "Standard (2 mm working grid; fast)"),
     ("fine", "Fine (tto: 1 mm grid, 4 steps ending at 1 mm; most accurate on 1 mm brain MRI)"),
     ("followup", "Follow-up (tto: as Fine with regularization 6; two scans of one patient)"),
 ]
-QUALITY_MODES = list(QUALITY_PRESETS)
+QUALITY_MODES = ["auto", *QUALITY_PRESETS]
+# the pair's kind (RunSpec.pair): "auto" asks the subject hierarchy (Slicer), else the images after the
+# pre-alignment (registration.pair_kind)
+PAIRS = [
+    ("auto", "Auto (the subject hierarchy's patient and study, else the images)"),
+    ("same-session", "Same session (two scans of one visit: the linear result is kept)"),
+    ("same-patient", "Same patient (follow-up: the stiffer Follow-up schedule)"),
+    ("different-subjects", "Different subjects"),
+]
+PAIR_MODES = [value for value, _ in PAIRS]
 WEIGHT_MAP_COLORS = "vtkMRMLColorTableNodeFileViridis.txt"
 UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeFilePlasma.txt"
 MAGNITUDE_COLORS = "vtkMRMLColorTableNodeFileInferno.txt"
@@ -153,7 +163,10 @@ SETTINGS: tuple[Setting, ...] = (
     _run("regularization", float, 2.0, "smoothness weight of the field", limits=RANGES["regularization"]),
     _run("device", str, "auto", "where the registration runs", choices=DEVICES),
     _run("initialization", str, "affine", "the pre-alignment", choices=tuple(INITIALIZATION_MODES)),
-    _run("quality", str, "standard", "the quality preset", choices=tuple(QUALITY_MODES)),
+    _run("quality", str, "auto", "the quality preset", choices=tuple(QUALITY_MODES)),
+    _run(
+        "pair", str, "auto", "the pair's kind (decides the deformable refinement)", choices=tuple(PAIR_MODES)
+    ),
     _node(
         "outputTransform", ("vtkMRMLGridTransformNode",), "receives the deformation u (created when empty)"
     ),

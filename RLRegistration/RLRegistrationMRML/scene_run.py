@@ -146,7 +146,6 @@ class SceneRun:
         self.uncertaintyRangeText = "—"
         self.magnitudeRangeText = "—"
         self.forgetDisplayedField()
-        self.forgetDisplayedField()
         self.resultStep = None
 
     def runNotes(self) -> list[str]:

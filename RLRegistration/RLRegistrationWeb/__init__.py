@@ -1,8 +1,9 @@
 """RLRegistration in a browser (``rlreg view``): the registration panel on Slicer's own rendering.
 
 A trame / trame-slicer web application on the shared MRML layer (``RLRegistrationMRML``): the same scene
-logic, worker thread (``RLRegistrationLib.slicer_bridge``) and panel state machine
-(``RLRegistrationLib.panel_state``) as the Slicer module. Its extra dependencies come with
+logic and panel controller (``RLRegistrationMRML.panel_controller``), worker thread
+(``RLRegistrationLib.registration.worker``) and panel state machine (``RLRegistrationLib.frontends.panel_state``)
+as the Slicer module. Its extra dependencies come with
 ``pip install -e ".[web]"``; importing this package needs none of them (only :mod:`.app` and the modules it
 uses do), so :func:`missing_dependencies` can say what is missing.
 """

@@ -492,6 +492,7 @@ class WebPanel:
             else (100.0 if state == PanelState.DONE else 0.0),
             "step_label": f"{flags.slider_value} / {flags.slider_maximum}",
             "status_text": self.public(controller.status),
+            "run_notes": [self.public(note) for note in controller.notes],
             "error_text": self.public(controller.error),
             "cpu_retry_offered": controller.cpuRetryOffered,
             "inputs": dict(self.inputs),

@@ -48,7 +48,7 @@ def check_options(args) -> dict:
         raise InputError(f"--autorun: must be an integer from {low} to {high}, got {args.autorun}")
     presets = {
         k: getattr(args, k)
-        for k in ("policy", "steps", "iterations", "regularization", "device")
+        for k in ("policy", "quality", "steps", "iterations", "regularization", "device")  # in this order
         if getattr(args, k, None) is not None
     }
     spec = spec_from_args(args)  # the ranges and choices of every run option

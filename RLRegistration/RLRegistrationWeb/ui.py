@@ -15,7 +15,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
 # the Slicer panel's choices and ranges (its settings table)
-from RLRegistrationMRML.parameters import INITIALIZATIONS, QUALITIES, SETTINGS_BY_NAME
+from RLRegistrationMRML.parameters import INITIALIZATIONS, PAIRS, QUALITIES, SETTINGS_BY_NAME
 
 FIELD_DISPLAYS = ["Glyph", "Grid", "Contour", "Hidden"]
 OVERLAYS = [
@@ -170,6 +170,7 @@ def _options() -> None:
     for key, label, choices in (
         ("initialization", "Initialization", INITIALIZATIONS),
         ("quality", "Quality", QUALITIES),
+        ("pair", "Pair", PAIRS),
     ):
         v3.VSelect(
             v_model=(key,),
@@ -202,6 +203,8 @@ def _run(actions: dict) -> None:
     )
     html.Div("{{ progress_text }}", id="progress-text", classes="text-body-2 mt-1")
     html.Div("{{ status_text }}", id="status-text", classes="text-caption text-grey")
+    with html.Div(id="run-notes", classes="text-caption text-grey"):
+        html.Div("{{ note }}", v_for="note in run_notes", key="note")
     v3.VAlert(
         "{{ error_text }}",
         v_if=("error_text",),

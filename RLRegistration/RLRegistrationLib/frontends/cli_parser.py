@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     view.add_argument("--autorun", type=int, metavar="N", help="register N steps as soon as the page opens")
     view.add_argument("--policy", help="policy preselected in the panel (default tto)")
+    view.add_argument(
+        "--quality", choices=["auto", *QUALITIES], help="quality preselected in the panel (default auto)"
+    )
     view.add_argument("--steps", type=int, help="steps preselected in the panel (default: the policy's)")
     view.add_argument("--iterations", type=int, help="iterations per step preselected in the panel")
     view.add_argument("--regularization", type=float, help="regularization preselected in the panel")

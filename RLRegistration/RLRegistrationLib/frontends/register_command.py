@@ -51,7 +51,11 @@ def run_with_progress(session, steps: int, quiet: bool = False):
             )
             for note in session.decisions.notes:
                 print(note)
-        with tqdm(total=steps, disable=quiet, unit="step", dynamic_ncols=True, file=sys.stdout) as bar:
+        if session.decisions.deformable_blocked:
+            steps = 0  # the session keeps the linear result (its note said why): no bar of steps to come
+        with tqdm(
+            total=steps, disable=quiet or not steps, unit="step", dynamic_ncols=True, file=sys.stdout
+        ) as bar:
             for report in session.run(steps):
                 bar.update(1)
                 if quiet:
