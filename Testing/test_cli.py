@@ -243,3 +243,48 @@ def test_a_cancellation_after_the_outputs_were_put_in_place_says_so(capsys):
         "rlreg: cancelled, nothing written",
         "rlreg: cancelled after all outputs were written (they are complete)",
     ]
+
+
+def _qc_result(field_mm: np.ndarray, grid):
+    from RLRegistrationLib.registration.result import RegistrationResult
+
+    return RegistrationResult(
+        affine=sitk.AffineTransform(3), field_mm=field_mm, weight_map=None, reports=[], output_grid=grid
+    )
+
+
+def test_qc_picture_has_a_det_j_panel(tmp_path):
+    """The QC picture's det J panel (issue 21): 1 for a zero field, in diverging colours that vary with a
+    local expansion; one panel (column) more than fixed / moving / warped / checkerboard / |u|."""
+    import matplotlib.image as mpimg
+
+    from RLRegistrationLib.fields.geometry import Grid
+    from RLRegistrationLib.frontends.qc import jacobian_on_fixed_grid, write_qc_picture
+
+    rng = np.random.default_rng(0)
+    array = rng.random((24, 28, 32)).astype(np.float32)
+    fixed = _image(array, spacing=(1.5, 1.5, 2.0))
+    grid = Grid.from_image(fixed)
+    zero = _qc_result(np.zeros((*grid.shape, 3), np.float32), grid)
+    assert np.allclose(jacobian_on_fixed_grid(zero, grid), 1.0, atol=1e-6)
+    path = write_qc_picture(tmp_path / "zero.png", fixed, fixed, zero)
+    height, width = mpimg.imread(path).shape[:2]
+    assert width == round(2.6 * 6 * 80)  # six columns of 2.6 in at 80 dpi (five before det J)
+
+    # a smooth bump of displacement along i: det J > 1 on one side, < 1 on the other
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in grid.shape), indexing="ij")
+    bump = 3.0 * np.exp(-((k - 12) ** 2 + (j - 14) ** 2 + (i - 16) ** 2) / (2 * 4.0**2))
+    field = np.zeros((*grid.shape, 3), np.float32)
+    field[..., 0] = bump
+    bumped = _qc_result(field, grid)
+    det = jacobian_on_fixed_grid(bumped, grid)
+    assert det.min() < 0.9 and det.max() > 1.1
+    pixels = {}
+    for name, result in (("zero", zero), ("bump", bumped)):
+        png = mpimg.imread(write_qc_picture(tmp_path / f"{name}.png", fixed, fixed, result))[..., :3]
+        # the det J column's axial panel (column 6 of 6, top row of four)
+        column = png[int(0.12 * height) : int(0.3 * height), int(5.15 / 6 * width) : int(5.75 / 6 * width)]
+        pixels[name] = column
+    assert pixels["zero"].std(axis=(0, 1)).max() < 0.02  # uniform: det J = 1 everywhere (white-ish)
+    assert pixels["zero"].mean() > 0.9
+    assert pixels["bump"].std(axis=(0, 1)).max() > 0.05  # blue and red where the bump shrinks and grows

@@ -1,5 +1,5 @@
 """Quality-control picture of a registration: slices of fixed / moving / warped / checkerboard /
-displacement magnitude / weight map, and similarity (and Dice) per step."""
+displacement magnitude / local volume change det J / weight map, and similarity (and Dice) per step."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..fields.geometry import Grid
+from ..fields.metrics import jacobian_of_arrays
 from ..io.imaging import intensity_window, normalize_intensity, resample_to_grid
 from ..registration.session import RegistrationResult
+from .overlay_display import jacobian_colors, jacobian_window
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:
@@ -22,6 +24,19 @@ def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:
 
 
 PLANES = ("axial", "coronal", "sagittal")
+#: the panels with a colour bar
+_COLOUR_BAR_PANELS = ("|u| mm", "det J", "weight map λ")
+
+
+def jacobian_on_fixed_grid(result: RegistrationResult, grid: Grid) -> np.ndarray:
+    """det J (local volume change of ``x + u(x)``, 1 = none) of the result's displacement, computed on its
+    output grid in physical space (``fields.metrics``) and resampled (linear) to ``grid``: (k, j, i)."""
+    det = jacobian_of_arrays(result.field_mm, result.output_grid.spacing, result.output_grid.direction_matrix)
+    if result.output_grid != grid:
+        det = sitk.GetArrayFromImage(
+            resample_to_grid(_as_image(det, result.output_grid), grid, antialias=False, default_value=1.0)
+        )
+    return np.asarray(det, dtype=np.float32)
 
 
 def _middle_slices(volume: np.ndarray, grid: Grid) -> list[np.ndarray]:
@@ -46,6 +61,7 @@ def write_qc_picture(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
 
     grid = Grid.from_image(fixed)
     window_f, window_m = intensity_window(fixed), intensity_window(moving)
@@ -67,6 +83,10 @@ def write_qc_picture(
         ("checkerboard", None, "gray", (0, 1)),
         ("|u| mm", magnitude, "magma", (0, max(float(magnitude.max()), 1e-3))),
     ]
+    # det J in the overlays' diverging colours around 1 and their window (folding in the signal colour)
+    det = jacobian_on_fixed_grid(result, grid)
+    det_window = jacobian_window(det) or (0.95, 1.05)
+    columns.append(("det J", det, ListedColormap(jacobian_colors(det_window)), det_window))
     if result.weight_map is not None:
         lam = sitk.GetArrayFromImage(resample_to_grid(result.weight_map, grid, antialias=False))
         columns.append(("weight map λ", lam, "viridis", (0, 1)))
@@ -85,7 +105,7 @@ def write_qc_picture(
                 ax.set_title(name, fontsize=10)
             if c == 0:
                 ax.text(-0.08, 0.5, PLANES[r], transform=ax.transAxes, rotation=90, va="center", ha="right")
-        if name in ("|u| mm", "weight map λ"):
+        if name in _COLOUR_BAR_PANELS:
             figure.colorbar(image, ax=axes[:3, c], fraction=0.04, shrink=0.6)
     for ax in axes[3]:
         ax.remove()
