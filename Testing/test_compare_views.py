@@ -198,3 +198,59 @@ def test_readout_at_a_voxel_gives_that_voxels_values(viewed):
     text = values.text()
     assert " mm · fixed " in text and "det J" in text and "|u|" in text
     assert logic.readout(params, (1e4, 0.0, 0.0)).fixed is None
+
+
+def test_window_presets_set_the_background_display_node_to_the_percentiles(viewed):
+    """A window/level preset of the fixed volume (the slice views' background): the display node's window
+    equals the fixed volume's percentiles, and the rendered view changes with it."""
+    import slicer.util
+
+    from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS, applyWindowPreset
+
+    logic, params, view = viewed
+    fixed = params.fixedVolume
+    voxels = slicer.util.arrayFromVolume(fixed)
+    images = {}
+    for preset, (_label, percentiles) in WINDOW_PRESETS.items():
+        window = applyWindowPreset(fixed, preset)
+        display = fixed.GetDisplayNode()
+        expected = np.percentile(voxels, percentiles)
+        assert window == pytest.approx(tuple(expected))
+        assert not display.GetAutoWindowLevel()
+        assert display.GetWindowLevelMin() == pytest.approx(expected[0], abs=1e-3)
+        assert display.GetWindowLevelMax() == pytest.approx(expected[1], abs=1e-3)
+        assert display.GetWindow() == pytest.approx(expected[1] - expected[0], abs=1e-3)
+        images[preset] = show(logic, params, view, compareMode="fade", overlayOpacity=0.0)
+    assert changed(images["full"], images["narrow"]) > 0.05
+    applyWindowPreset(fixed, "auto")
+
+
+def test_slice_annotation_names_the_view_its_directions_and_position(viewed):
+    """The views' labels as Slicer's orientation markers: axial and coronal with the patient's right on
+    the screen's left, sagittal with anterior on the left; the slice offset in mm along the normal."""
+    from RLRegistrationMRML.slice_annotations import sliceAnnotation
+
+    _logic, _params, view = viewed
+    node = view.sliceNode
+    node.SetSliceOffset(12.5)
+    annotation = sliceAnnotation(node)
+    assert (annotation["orientation"], annotation["left"], annotation["right"], annotation["up"]) == (
+        "Axial",
+        "R",
+        "L",
+        "A",
+    )
+    assert annotation["position"] == ("S", pytest.approx(12.5))
+    assert annotation["text"] == "Axial (R ← → L) · S 12.5 mm"
+    node.SetOrientation("Sagittal")
+    sagittal = sliceAnnotation(node)
+    assert (sagittal["left"], sagittal["right"], sagittal["up"], sagittal["position"][0]) == (
+        "A",
+        "P",
+        "S",
+        "R",
+    )
+    node.SetOrientation("Coronal")
+    coronal = sliceAnnotation(node)
+    assert (coronal["left"], coronal["right"], coronal["up"], coronal["position"][0]) == ("R", "L", "S", "A")
+    node.SetOrientation("Axial")

@@ -428,6 +428,37 @@ def test_judge_the_alignment_overlays_comparison_and_read_out(page, tmp_path):
     assert "mm" in page.inner_text("#readout")
 
 
+def test_view_labels_and_window_presets(page):
+    """Each slice view is labelled with its name, the patient directions at its edges and the slice position
+    in mm; a window/level preset of the fixed image changes the view image."""
+    texts = {
+        name: page.inner_text(f"#slice-annotation-{name}").strip() for name in ("Red", "Yellow", "Green")
+    }
+    assert re.fullmatch(r"Axial \(R ← → L\) · S -?\d+\.\d mm", texts["Red"]), texts
+    assert texts["Yellow"].startswith("Sagittal (A ← → P) · R ") and texts["Green"].startswith(
+        "Coronal (R ← → L) · A "
+    )
+    page.evaluate(
+        "() => { window.trame.state.set('compare_mode', 'fade'); window.trame.state.set('overlay', 'none'); }"
+    )
+    _wait_state_value(page, "overlay", "none")
+    before = _axial_png(page)
+    for _ in range(20):  # the views settle on their size after the page opens
+        time.sleep(1.0)
+        before, previous = _axial_png(page), before
+        if _changed_fraction(before, previous) < 0.001:
+            break
+    assert page.input_value("#window-preset") == "Auto (1–99 %)"
+    page.evaluate("() => window.trame.state.set('window_preset', 'narrow')")
+    page.wait_for_function("() => document.querySelector('#window-preset').value === 'Narrow (5–95 %)'")
+    time.sleep(1.5)  # the next frame
+    narrow = _axial_png(page)
+    assert _changed_fraction(before, narrow) > 0.02, "the window/level preset did not change the view"
+    page.evaluate("() => window.trame.state.set('window_preset', 'auto')")
+    time.sleep(1.5)
+    assert _changed_fraction(before, _axial_png(page)) < 0.01, "back to Auto: the first image again"
+
+
 def _frame_delays(page) -> list[int]:
     """ms from each progress-text change (a step drained and shown in MRML) to the next image update."""
     events = page.evaluate("() => window.__events || []")
@@ -642,6 +673,28 @@ def test_fixed_equal_to_moving_is_refused_plainly_in_the_browser_panel(web_panel
         "('fixed' is both)."
     )
     assert _scene_nodes(panel) == before and panel.state.state.value == "idle"
+
+
+def test_the_browser_panel_sets_window_presets_from_percentiles(web_panel):
+    """Window/level presets set the fixed volume's display node to its percentiles; an unknown one is
+    refused in the banner."""
+    import slicer.util
+
+    from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS
+
+    panel = web_panel
+    assert panel.select_input("fixed", "fixed.nii.gz") and panel.select_input("moving", "moving.nii.gz")
+    fixed = panel.params.fixedVolume
+    voxels = slicer.util.arrayFromVolume(fixed)
+    for preset, (_label, percentiles) in WINDOW_PRESETS.items():
+        assert panel.set_window_preset(preset) and panel.view()["window_preset"] == preset
+        display = fixed.GetDisplayNode()
+        low, high = np.percentile(voxels, percentiles)
+        assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx(
+            (low, high), abs=1e-3
+        )
+    assert not panel.set_window_preset("bright")
+    assert panel.view()["error_text"].startswith("unknown window preset 'bright'")
 
 
 def test_the_browser_panel_checks_options_against_the_settings_table(web_panel):

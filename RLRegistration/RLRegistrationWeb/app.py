@@ -66,13 +66,13 @@ class RegistrationWebApp:
         from trame_slicer.rca_view import register_rca_factories
 
         from .scene import create_slicer_app
-        from .ui import build_page
+        from .ui import build_page, slice_view_ui
 
         self.server = server or get_server(client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.state = self.server.state
         self.slicer = create_slicer_app()
-        register_rca_factories(self.slicer.view_manager, self.server)
+        register_rca_factories(self.slicer.view_manager, self.server, slice_view_ui_f=slice_view_ui)
         self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(LAYOUT)
@@ -201,6 +201,13 @@ class RegistrationWebApp:
 
         state.change("readout_ras")(on_readout_point)
 
+        def on_window_preset(window_preset, **_):
+            if window_preset and window_preset != self.panel.window_preset:
+                self.panel.set_window_preset(window_preset)
+                self.push()
+
+        state.change("window_preset")(on_window_preset)
+
         def on_range(overlay_range_ui, **_):
             window = self.panel.overlay_window()
             if (
@@ -278,6 +285,12 @@ class RegistrationWebApp:
             return
         self._crosshair = crosshair
         crosshair.AddObserver(slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor)
+        scene = self.slicer.scene
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):  # the labels' slice positions
+            scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").AddObserver("ModifiedEvent", self._on_slice_moved)
+
+    def _on_slice_moved(self, *_) -> None:
+        self._cursor_moved = True  # sent with the next poll
 
     def _on_cursor(self, crosshair, _event) -> None:
         ras = [0.0, 0.0, 0.0]

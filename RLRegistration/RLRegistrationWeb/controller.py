@@ -28,6 +28,7 @@ from RLRegistrationLib.errors import RLRegistrationError
 from RLRegistrationLib.frontends.panel_state import PanelState
 from RLRegistrationMRML.panel_controller import PanelController
 from RLRegistrationMRML.parameters import RUN_SETTINGS
+from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS, applyWindowPreset, sliceAnnotation
 
 from . import mrml_layer
 from .files import DataFolder, PathRefused
@@ -97,6 +98,7 @@ class WebPanel:
         self._next_flicker = 0.0
         self.readout_point: tuple[float, float, float] | None = None  # world RAS mm of the read-out
         self.readout_view = ""  # the view the point was picked in
+        self.window_preset = "auto"  # the fixed (background) volume's window/level (WINDOW_PRESETS)
 
     @property
     def state(self):
@@ -170,6 +172,7 @@ class WebPanel:
         fixed, moving = self.params.fixedVolume, self.params.movingVolume
         background = fixed or moving
         self.logic.setSliceLayers(background, moving if fixed is not None else None, 0.5)
+        applyWindowPreset(fixed, self.window_preset)
         if background is not None and self._show_volume is not None:
             self._show_volume(background)
 
@@ -333,6 +336,21 @@ class WebPanel:
         ok = self.controller.updateDisplay()
         self._apply_overlay_range()
         return ok
+
+    def set_window_preset(self, preset: str) -> bool:
+        """Window/level of the fixed volume (the views' background) from its percentiles (``WINDOW_PRESETS``)."""
+        if preset not in WINDOW_PRESETS:
+            return self._fail(f"unknown window preset '{preset}'")
+        self.window_preset = preset
+        applyWindowPreset(self.params.fixedVolume, preset)
+        return True
+
+    def slice_annotations(self) -> dict:
+        """Slice node name -> its label: orientation, patient directions and position ("Axial (R ← → L) · S
+        12.0 mm")."""
+        count = self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")
+        nodes = [self.scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(count)]
+        return {node.GetName(): sliceAnnotation(node)["text"] for node in nodes}
 
     def set_overlay_range(self, low: float, high: float) -> bool:
         """Window of the overlay shown (its colour bar's range)."""
@@ -510,6 +528,8 @@ class WebPanel:
             "overlay_window": [round(w, 6) for w in window] if window else None,
             "overlay_colorbar_css": self.overlay_colorbar_css(),
             "compare_mode": self.params.compareMode,
+            "window_preset": self.window_preset,
+            "slice_annotations": self.slice_annotations(),
             "flicker_period": self.params.flickerPeriod,
             "flicker_shows_warped": self.logic.flickerShowsWarped,
             "readout_text": readout_text,

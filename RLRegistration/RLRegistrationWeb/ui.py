@@ -16,6 +16,7 @@ from trame.widgets import vuetify3 as v3
 
 # the Slicer panel's choices and ranges (its settings table)
 from RLRegistrationMRML.parameters import INITIALIZATIONS, PAIRS, QUALITIES, SETTINGS_BY_NAME
+from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS
 
 FIELD_DISPLAYS = ["Glyph", "Grid", "Contour", "Hidden"]
 OVERLAYS = [
@@ -84,6 +85,26 @@ def build_page(server, layout_manager, actions: dict, title: str = "RLRegistrati
                 style="height: 26px; line-height: 26px; overflow: hidden;",
             )
     return layout
+
+
+def slice_view_ui(server, view_id: str, view) -> None:
+    """trame-slicer's own slice view controls, and a label over the view: its name, the patient directions at
+    its left and right edges and the slice position in mm (``slice_annotations`` of the view's node)."""
+    from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+
+    create_vertical_slice_view_gutter_ui(server, view_id, view)
+    node = view.get_view_node()
+    name = node.GetName() if node is not None else ""
+    html.Div(
+        f"{{{{ (slice_annotations || {{}})['{name}'] || '' }}}}",
+        classes="slice-annotation text-caption",
+        id=f"slice-annotation-{name}",
+        style=(
+            "position: absolute; top: 2px; left: 50%; transform: translateX(-50%); pointer-events: none;"
+            " color: #ddd; background: rgba(0, 0, 0, 0.45); padding: 0 6px; border-radius: 3px;"
+            " white-space: nowrap;"
+        ),
+    )
 
 
 def _section(title: str) -> None:
@@ -273,6 +294,15 @@ def _display() -> None:
         id="field-display",
         density="compact",
         hide_details=True,
+    )
+    v3.VSelect(
+        v_model=("window_preset", "auto"),
+        items=("window_preset_items", [{"value": v, "title": t} for v, (t, _) in WINDOW_PRESETS.items()]),
+        label="Window/level (fixed image)",
+        id="window-preset",
+        density="compact",
+        hide_details=True,
+        classes="mt-1",
     )
     html.Div("Compare fixed ↔ result", classes="text-caption mt-2")
     with v3.VBtnToggle(
