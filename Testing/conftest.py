@@ -165,6 +165,29 @@ def fresh_registry(monkeypatch):
     return registry
 
 
+@pytest.fixture(scope="module")
+def module():
+    """``RLRegistration.py`` imported on the started Slicer core (as Slicer's module loader does); tests
+    that use it skip themselves where the core is unavailable (``slicer_runtime.unavailable_reason``)."""
+    import slicer_runtime
+
+    slicer_runtime.start()
+    sys.path.insert(0, str(slicer_runtime.ROOT / "RLRegistration"))
+    import RLRegistration
+
+    return RLRegistration
+
+
+@pytest.fixture
+def scene(module):
+    """Slicer's scene, cleared before and after the test."""
+    import slicer
+
+    slicer.mrmlScene.Clear(0)
+    yield slicer.mrmlScene
+    slicer.mrmlScene.Clear(0)
+
+
 @pytest.fixture
 def recipe_models(fresh_registry):
     """The registry with ``tto`` and the retired models of ``recipes/`` (as ``RLREG_MODELS_DIR=recipes``

@@ -65,23 +65,6 @@ def test_registration_parameters_are_made_from_the_table():
 # ---------------------------------------------------------------------------------------------- on MRML
 
 
-@pytest.fixture(scope="module")
-def module():
-    slicer_runtime.start()
-    import RLRegistration
-
-    return RLRegistration
-
-
-@pytest.fixture
-def scene(module):
-    import slicer
-
-    slicer.mrmlScene.Clear(0)
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(0)
-
-
 @pytest.fixture(params=["parameter node", "dataclass"])
 def panel(request, module, scene):
     """A controller on the module's Logic, its params the Slicer parameter node or the web's dataclass,

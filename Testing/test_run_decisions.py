@@ -43,23 +43,6 @@ def test_quality_auto_comes_first_and_the_pair_is_a_setting_of_the_table():
 # ---------------------------------------------------------------------------------------------- on MRML
 
 
-@pytest.fixture(scope="module")
-def module():
-    slicer_runtime.start()
-    import RLRegistration
-
-    return RLRegistration
-
-
-@pytest.fixture
-def scene(module):
-    import slicer
-
-    slicer.mrmlScene.Clear(0)
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(0)
-
-
 def shifted_fixed(mm: float = 2.0) -> sitk.Image:
     """The sample fixed image moved by ``mm`` along x: one session by the images (head motion)."""
     from RLRegistrationLib.io.imaging import read_image

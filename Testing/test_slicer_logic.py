@@ -25,25 +25,6 @@ SAMPLE = slicer_runtime.ROOT / "RLRegistration" / "RLRegistrationLib" / "sample_
 FLIP = np.array([-1.0, -1.0, 1.0])
 
 
-@pytest.fixture(scope="module")
-def module():
-    """``RLRegistration.py`` imported on the started core (as Slicer's module loader does)."""
-    slicer_runtime.start()
-    sys.path.insert(0, str(slicer_runtime.ROOT / "RLRegistration"))
-    import RLRegistration
-
-    return RLRegistration
-
-
-@pytest.fixture
-def scene(module):
-    import slicer
-
-    slicer.mrmlScene.Clear(0)
-    yield slicer.mrmlScene
-    slicer.mrmlScene.Clear(0)
-
-
 def load_pair(labels: bool = True):
     import slicer
 
