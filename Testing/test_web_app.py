@@ -438,25 +438,73 @@ def test_view_labels_and_window_presets(page):
     assert texts["Yellow"].startswith("Sagittal (A ← → P) · R ") and texts["Green"].startswith(
         "Coronal (R ← → L) · A "
     )
+    assert page.input_value("#window-preset") == "Auto (1–99 %)"
     page.evaluate(
-        "() => { window.trame.state.set('compare_mode', 'fade'); window.trame.state.set('overlay', 'none'); }"
+        "() => { const s = window.trame.state; s.set('compare_mode', 'fade'); s.set('overlay', 'none');"
+        " s.set('window_preset', 'full'); }"
     )
     _wait_state_value(page, "overlay", "none")
-    before = _axial_png(page)
-    for _ in range(20):  # the views settle on their size after the page opens
-        time.sleep(1.0)
-        before, previous = _axial_png(page), before
-        if _changed_fraction(before, previous) < 0.001:
+    full = _axial_png(page)
+    for _ in range(20):  # the views settle (their size after the page opens, the frames of the changes)
+        time.sleep(1.5)
+        full, previous = _axial_png(page), full
+        if _changed_fraction(full, previous) < 0.001:
             break
-    assert page.input_value("#window-preset") == "Auto (1–99 %)"
     page.evaluate("() => window.trame.state.set('window_preset', 'narrow')")
     page.wait_for_function("() => document.querySelector('#window-preset').value === 'Narrow (5–95 %)'")
-    time.sleep(1.5)  # the next frame
-    narrow = _axial_png(page)
-    assert _changed_fraction(before, narrow) > 0.02, "the window/level preset did not change the view"
+    narrow = _wait_frame(page, lambda image: _changed_fraction(full, image) > 0.02)
+    print(f"\nwindow presets: Full -> Narrow changed {_changed_fraction(full, narrow):.3f} of the axial view")
+    assert _changed_fraction(full, narrow) > 0.02, "the window/level preset did not change the view"
+    page.evaluate("() => window.trame.state.set('window_preset', 'full')")
+    back = _wait_frame(page, lambda image: _changed_fraction(full, image) < 0.01)
+    assert _changed_fraction(full, back) < 0.01, "back to Full range: the same image again"
     page.evaluate("() => window.trame.state.set('window_preset', 'auto')")
-    time.sleep(1.5)
-    assert _changed_fraction(before, _axial_png(page)) < 0.01, "back to Auto: the first image again"
+    _wait_state_value(page, "window_preset", "auto")
+
+
+def _wait_frame(page, condition, timeout_s: float = 20.0) -> np.ndarray:
+    """The axial view's image once ``condition(image)`` holds (frames follow the state by a render), or the
+    last one after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    image = _axial_png(page)
+    while not condition(image) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        image = _axial_png(page)
+    return image
+
+
+def test_layout_at_1366x768_shows_register_overlays_and_colour_bar(page):
+    """At 1366x768 (Options folded, as the page opens) Register, the overlay buttons and the colour bar lie
+    inside the viewport with the panel column unscrolled; unfolding Options shows the policy."""
+    if page.evaluate("() => window.trame.state.get('panel_state')") != "done":  # this test alone: a run first
+        page.click("#register-button")
+        _wait_state(page, "done", "failed")
+    page.set_viewport_size({"width": 1366, "height": 768})
+    try:
+        page.evaluate("() => window.trame.state.set('overlay', 'magnitude')")
+        page.wait_for_selector("#colorbar", timeout=30_000)
+        time.sleep(0.5)
+        _screenshot(page, "web-1366x768.png")
+        drawer = ".v-navigation-drawer__content"
+        assert page.evaluate(f"() => document.querySelector('{drawer}').scrollTop") == 0
+        boxes = {}
+        for selector in ("#register-button", "#overlay-toggle", "#colorbar", "#colorbar-max"):
+            box = page.locator(selector).bounding_box()
+            boxes[selector] = box
+            assert box is not None and box["width"] > 0 and box["height"] > 0, (selector, box)
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 1366, (selector, box)
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 768, (selector, box)
+        print(
+            "\n1366x768: " + ", ".join(f"{k} bottom {v['y'] + v['height']:.0f}px" for k, v in boxes.items())
+        )
+        assert not page.locator("#policy").is_visible()
+        page.click("#section-options-title")
+        page.wait_for_selector("#policy", state="visible", timeout=10_000)
+        page.click("#section-options-title")
+        page.wait_for_selector("#policy", state="hidden", timeout=10_000)
+    finally:
+        page.evaluate("() => window.trame.state.set('overlay', 'none')")
+        page.set_viewport_size({"width": 1500, "height": 1180})
 
 
 def _frame_delays(page) -> list[int]:

@@ -124,6 +124,7 @@ class RegistrationWebApp:
             "download_h5_name": "transform.h5",
             "download_warped_name": "warped.nii.gz",
             "readout_ras": None,
+            "slice_annotations": self.panel.slice_annotations(),
         }
 
     def _panel_state(self) -> dict:
@@ -285,12 +286,6 @@ class RegistrationWebApp:
             return
         self._crosshair = crosshair
         crosshair.AddObserver(slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor)
-        scene = self.slicer.scene
-        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):  # the labels' slice positions
-            scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").AddObserver("ModifiedEvent", self._on_slice_moved)
-
-    def _on_slice_moved(self, *_) -> None:
-        self._cursor_moved = True  # sent with the next poll
 
     def _on_cursor(self, crosshair, _event) -> None:
         ras = [0.0, 0.0, 0.0]
@@ -327,11 +322,19 @@ class RegistrationWebApp:
                 changed = self.panel.tick() or changed
                 changed = changed or self._cursor_moved
                 self._cursor_moved = False
+                self._update_slice_annotations()
             except Exception:  # noqa: BLE001 - the loop must survive anything a step brings
                 log.exception("poll failed")
                 changed = True
             if changed:
                 self.push()
+
+    def _update_slice_annotations(self) -> None:
+        """The views' labels follow their slices (sent alone, and only when one changed)."""
+        labels = self.panel.slice_annotations()
+        if labels != self.state.slice_annotations:
+            with self.state:
+                self.state.slice_annotations = labels
 
     def _on_client_connected(self, *_, **__) -> None:
         self._clients += 1

@@ -529,7 +529,6 @@ class WebPanel:
             "overlay_colorbar_css": self.overlay_colorbar_css(),
             "compare_mode": self.params.compareMode,
             "window_preset": self.window_preset,
-            "slice_annotations": self.slice_annotations(),
             "flicker_period": self.params.flickerPeriod,
             "flicker_shows_warped": self.logic.flickerShowsWarped,
             "readout_text": readout_text,

@@ -10,8 +10,10 @@ keys of :meth:`RLRegistrationWeb.controller.WebPanel.view` and call the app's tr
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from trame.ui.vuetify3 import VAppLayout
-from trame.widgets import html
+from trame.widgets import client, html
 from trame.widgets import vuetify3 as v3
 
 # the Slicer panel's choices and ranges (its settings table)
@@ -66,10 +68,11 @@ def build_page(server, layout_manager, actions: dict, title: str = "RLRegistrati
     state.trame__title = title
     with VAppLayout(server, full_height=True) as layout:
         layout.root.theme = "dark"
+        client.Style(COMPACT_CSS)
         with v3.VNavigationDrawer(permanent=True, width=390, classes="pa-3", style="font-size: 0.9rem"):
             html.Div(title, classes="text-h6 mb-1")
             html.Div("{{ clients_text }}", id="clients-text", classes="text-caption text-grey mb-2")
-            _inputs()
+            _inputs(opened=not (state.fixed_name and state.moving_name))
             _options()
             _run(actions)
             _replay(actions)
@@ -107,13 +110,46 @@ def slice_view_ui(server, view_id: str, view) -> None:
     )
 
 
+# collapsible sections (as Slicer's panels): Options and Export fold, so that at 1366x768 Register, the overlay
+# buttons and the colour bar show without scrolling the panel column
+COMPACT_CSS = """
+.rlreg-section .v-expansion-panel-text__wrapper { padding: 4px 0 6px; }
+.rlreg-section .v-expansion-panel-title { min-height: 30px; padding: 4px 6px; }
+.rlreg-section .v-expansion-panel-title--active { min-height: 30px; }
+"""
+
+
+@contextmanager
+def _collapsible(title: str, name: str, opened: bool):
+    """A section that folds (a Vuetify expansion panel, its content kept in the page); ``title`` may bind
+    state with ``{{ }}``; ``sections_<name>`` holds whether it is open."""
+    v3.VDivider(classes="my-1")
+    with v3.VExpansionPanels(
+        v_model=(f"sections_{name}", [name] if opened else []),
+        multiple=True,
+        variant="accordion",
+        flat=True,
+        classes="rlreg-section",
+    ):
+        with v3.VExpansionPanel(value=name, id=f"section-{name}", bg_color="transparent"):
+            with v3.VExpansionPanelTitle(classes="text-subtitle-2", id=f"section-{name}-title"):
+                html.Span(title, classes="text-truncate")
+            with v3.VExpansionPanelText(eager=True):
+                yield
+
+
 def _section(title: str) -> None:
     v3.VDivider(classes="my-2")
     html.Div(title, classes="text-subtitle-2 mb-1")
 
 
-def _inputs() -> None:
-    _section("Inputs")
+def _inputs(opened: bool) -> None:
+    """The four inputs, folded when the page opens with the fixed and moving images already given."""
+    with _collapsible("Inputs · {{ fixed_name || '—' }} ← {{ moving_name || '—' }}", "inputs", opened):
+        _input_widgets()
+
+
+def _input_widgets() -> None:
     for key, label, clearable in (
         ("fixed_name", "Fixed image", False),
         ("moving_name", "Moving image", False),
@@ -134,7 +170,11 @@ def _inputs() -> None:
 
 
 def _options() -> None:
-    _section("Registration")
+    with _collapsible("Options · {{ policy }} · {{ steps }} steps · {{ device }}", "options", opened=False):
+        _option_widgets()
+
+
+def _option_widgets() -> None:
     v3.VSelect(
         v_model=("policy",),
         items=("policy_items",),
@@ -224,7 +264,9 @@ def _run(actions: dict) -> None:
     )
     html.Div("{{ progress_text }}", id="progress-text", classes="text-body-2 mt-1")
     html.Div("{{ status_text }}", id="status-text", classes="text-caption text-grey")
-    with html.Div(id="run-notes", classes="text-caption text-grey"):
+    with html.Div(
+        id="run-notes", classes="text-caption text-grey", style="max-height: 3.6em; overflow-y: auto;"
+    ):
         html.Div("{{ note }}", v_for="note in run_notes", key="note")
     v3.VAlert(
         "{{ error_text }}",
@@ -287,23 +329,28 @@ def _replay(actions: dict) -> None:
 
 def _display() -> None:
     _section("Display")
-    v3.VSelect(
-        v_model=("field_display",),
-        items=("field_display_items", FIELD_DISPLAYS),
-        label="Displacement",
-        id="field-display",
-        density="compact",
-        hide_details=True,
-    )
-    v3.VSelect(
-        v_model=("window_preset", "auto"),
-        items=("window_preset_items", [{"value": v, "title": t} for v, (t, _) in WINDOW_PRESETS.items()]),
-        label="Window/level (fixed image)",
-        id="window-preset",
-        density="compact",
-        hide_details=True,
-        classes="mt-1",
-    )
+    with v3.VRow(dense=True):
+        with v3.VCol(cols=5):
+            v3.VSelect(
+                v_model=("field_display",),
+                items=("field_display_items", FIELD_DISPLAYS),
+                label="Displacement",
+                id="field-display",
+                density="compact",
+                hide_details=True,
+            )
+        with v3.VCol(cols=7):
+            v3.VSelect(
+                v_model=("window_preset", "auto"),
+                items=(
+                    "window_preset_items",
+                    [{"value": v, "title": t} for v, (t, _) in WINDOW_PRESETS.items()],
+                ),
+                label="Window/level (fixed)",
+                id="window-preset",
+                density="compact",
+                hide_details=True,
+            )
     html.Div("Compare fixed ↔ result", classes="text-caption mt-2")
     with v3.VBtnToggle(
         v_model=("compare_mode",),
@@ -385,8 +432,7 @@ def _display() -> None:
 
 
 def _downloads(actions: dict) -> None:
-    _section("Export")
-    with html.Div(classes="d-flex ga-1"):
+    with _collapsible("Export", "export", opened=True), html.Div(classes="d-flex ga-1"):
         for key, label in (("download_h5", "Download .h5"), ("download_warped", "Download warped")):
             v3.VBtn(
                 label,
