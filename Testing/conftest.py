@@ -6,6 +6,7 @@ Everything here is tiny (a few thousand voxels) and seeded, so tests stay fast a
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -280,3 +281,18 @@ def run_isolated():
         )
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _signals_as_a_shell_leaves_them():
+    """Before each test: Python's own SIGINT handler and SIGINT, SIGTERM and SIGHUP unblocked, as a shell
+    starts a command. A library loaded into this long test process (a Dask cluster, Slicer's core, a
+    browser driver) may take them over at the C level, which ``signal.getsignal`` does not show; the tests
+    that send signals, in this process or to a command it starts (which inherits an ignored or blocked
+    signal), then saw nothing arrive."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+    yield

@@ -17,7 +17,14 @@ import pytest
 import SimpleITK as sitk
 
 from RLRegistrationLib.errors import InputError
-from RLRegistrationLib.frontends.batch import (
+from RLRegistrationLib.frontends.batch_cluster import (
+    GIB,
+    largest_estimate,
+    pair_estimate,
+    plan_local_cluster,
+    worker_specs,
+)
+from RLRegistrationLib.frontends.batch_pair import (
     PAIR_FILES,
     SUMMARY_COLUMNS,
     BatchPair,
@@ -25,13 +32,6 @@ from RLRegistrationLib.frontends.batch import (
     folding_percent,
     pair_state,
     run_pair,
-)
-from RLRegistrationLib.frontends.batch_cluster import (
-    GIB,
-    largest_estimate,
-    pair_estimate,
-    plan_local_cluster,
-    worker_specs,
 )
 from RLRegistrationLib.frontends.batch_pairs import pairs_from_bids, pairs_from_csv
 from RLRegistrationLib.frontends.batch_report import (
@@ -259,7 +259,7 @@ def test_folding_in_slabs_counts_as_the_library_does():
     image = sitk.GetImageFromArray(np.moveaxis(field, 0, -1).astype(np.float64) * 0.4, isVector=True)
     image.SetSpacing((1.5, 2.0, 2.5))
     image.SetDirection((0, 1, 0, 0.8, 0, 0.6, 0.6, 0, -0.8))
-    import RLRegistrationLib.frontends.batch as batch
+    import RLRegistrationLib.frontends.batch_pair as batch
 
     expected = jacobian_stats(jacobian_of_field(image))["folding_percent"]
     assert 1 < expected < 99
