@@ -43,6 +43,11 @@ def _check_all_or_nothing(f: Folder, before: dict, done_code: int, stderr: str, 
     if done_code == 0:
         assert not lines and len(replaced) == len(OUTPUTS), stderr
         return "finished"
+    if done_code == -signum:
+        # the signal's default action: it came in Python's own start or in the interpreter's shutdown after
+        # the command ended (outside the command's reach, README); all outputs or none all the same
+        assert not lines and len(replaced) in (0, len(OUTPUTS)), (stderr, replaced)
+        return "finished" if replaced else "nothing"
     assert done_code == 128 + signum, (done_code, stderr)
     assert len(lines) == 1, stderr
     if lines[0] == "rlreg: cancelled after all outputs were written (they are complete)":

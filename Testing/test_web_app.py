@@ -521,15 +521,21 @@ def _frame_delays(page) -> list[int]:
 
 def test_cancel_a_second_run_mid_way(page):
     """Cancel stops within one step: the run ends before its last step and the panel is usable again."""
+    steps = 12  # enough that the cancel lands mid-way on a loaded machine
     _wait_idle(page)
     page.click("#overlay-none")
+    page.evaluate(f"() => window.trame.state.set('steps', {steps})")
+    _wait_state_value(page, "steps", steps)
     page.click("#register-button")
-    _wait_text(page, "#progress-text", f"Step 1/{STEPS}")
+    _wait_text(page, "#progress-text", f"Step 1/{steps}")
+    time.sleep(1.1)  # past the double-click guard: a second click within 1 s of Register is not a Cancel
     page.click("#register-button")  # now "Cancel"
     _wait_idle(page)
     assert "Cancelled after" in page.inner_text("#status-text")
     done = int(page.inner_text("#step-label").split("/")[0])
-    assert 1 <= done < STEPS, f"cancel did not stop the run mid-way ({done} of {STEPS} steps)"
+    assert 1 <= done < steps, f"cancel did not stop the run mid-way ({done} of {steps} steps)"
+    page.evaluate(f"() => window.trame.state.set('steps', {STEPS})")
+    _wait_state_value(page, "steps", STEPS)
 
 
 def test_bad_inputs_show_a_banner_and_change_nothing(page, server):
