@@ -304,7 +304,7 @@ def run_pair(pair: BatchPair, out_dir: str | Path, threads: int | None = None) -
             _register(pair, folder, record, start, peak, seen_warnings)
             record["status"] = "done"
         except RLRegistrationError as error:
-            from .cli import one_line
+            from .cli_parser import one_line
 
             record["error"] = one_line(error)
         except Exception as error:  # a bad pair never stops the others

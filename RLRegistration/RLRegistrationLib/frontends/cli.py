@@ -107,7 +107,7 @@ def entry_point() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments) and run the command; returns the exit code."""
-    from .cli_parser import build_parser
+    from .cli_parser import build_parser, one_line
 
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():  # restores warnings.showwarning when the command ends
@@ -128,16 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt as interrupt:
             return _cancelled(interrupt)
-
-
-def one_line(error: RLRegistrationError) -> str:
-    """The message of an expected error, a run option named by its command-line flag."""
-    from ..registration.run_spec import OptionError
-    from .cli_parser import FLAGS
-
-    if isinstance(error, OptionError):
-        return f"{FLAGS.get(error.option, error.option)}: {error.problem}"
-    return " ".join(str(error).split("\n"))
 
 
 def _cancelled(interrupt: KeyboardInterrupt) -> int:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from ..errors import InputError
+from ..errors import InputError, RLRegistrationError
 from ..options import INITIALIZATIONS, INTENSITY_MAPPINGS, OUTPUT_GRIDS, PAIR_KINDS, RANGES, SIMILARITIES
 from ..registration.quality import QUALITIES
 from ..registration.run_spec import OptionError, RunSpec
@@ -263,7 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     wm.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
     wm.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    from .batch_command import add_batch_parser
+    from .batch_parser import add_batch_parser
 
     add_batch_parser(commands, add_run_options)
     return parser
+
+
+def one_line(error: RLRegistrationError) -> str:
+    """The message of an expected error, a run option named by its command-line flag."""
+    if isinstance(error, OptionError):
+        return f"{FLAGS.get(error.option, error.option)}: {error.problem}"
+    return " ".join(str(error).split("\n"))
