@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from process_peak import run_measured
 
 LIB = Path(__file__).resolve().parents[1] / "RLRegistration"
 
@@ -65,16 +63,7 @@ def measure(command: list[str]) -> tuple[int, float, float, str, str]:
     """(exit code, wall seconds, peak RSS GiB, last stderr line, stdout) of one subprocess; the peak from
     GNU time (a child forked from this process would inherit its high-water mark)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(LIB), os.environ.get("PYTHONPATH")])))
-    with tempfile.NamedTemporaryFile("r") as peak:
-        start = time.perf_counter()
-        done = subprocess.run(
-            ["/usr/bin/time", "-q", "-f", "%M", "-o", peak.name, *command],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        seconds = time.perf_counter() - start
-        rss = float(peak.read().strip().splitlines()[-1]) / 2**20
+    done, seconds, rss = run_measured(command, env)
     lines = done.stderr.strip().splitlines()
     return done.returncode, seconds, rss, lines[-1] if lines else "", done.stdout
 

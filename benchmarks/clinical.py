@@ -29,7 +29,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from process_peak import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RLRegistration"))
@@ -154,18 +154,7 @@ def run_rlreg(options: list[str], fixed: Path, moving: Path, out: Path, threads:
     command += ["--device", "cpu", *options]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads))
     env["PYTHONPATH"] = str(REPO / "RLRegistration") + os.pathsep + env.get("PYTHONPATH", "")
-    with tempfile.NamedTemporaryFile("r") as peak:
-        # GNU time reports the command's own peak RSS (a child forked from this large process would
-        # inherit this process's high-water mark)
-        start = time.perf_counter()
-        done = subprocess.run(
-            ["/usr/bin/time", "-q", "-f", "%M", "-o", peak.name, *command],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        seconds = time.perf_counter() - start
-        peak_kib = float(peak.read().strip().splitlines()[-1] or "nan")
+    done, seconds, peak_gib = run_measured(command, env)
     if done.returncode != 0:
         return {
             "error": done.stderr.strip().splitlines()[-1]
@@ -174,7 +163,7 @@ def run_rlreg(options: list[str], fixed: Path, moving: Path, out: Path, threads:
         }
     said = [line for line in done.stdout.splitlines() if not line.startswith(("step", "prepared", "done"))]
     said += [line for line in done.stderr.splitlines() if line.startswith("rlreg:")]
-    return {"seconds": seconds, "peak_rss_gib": peak_kib / 2**20, "said": said[:8]}
+    return {"seconds": seconds, "peak_rss_gib": peak_gib, "said": said[:8]}
 
 
 def run_greedy(fixed: sitk.Image, moving: sitk.Image, kind: str, threads: int, out: Path) -> dict:
