@@ -216,3 +216,15 @@ def test_sample_image_at_points_padding(oblique_grid, blob_array, image_on_grid)
         atol=1e-6,
     )
     np.testing.assert_allclose(spatial.sample_image_at_points(image, oblique_grid, outside).numpy(), 0.0)
+
+
+def test_jacobian_in_slabs_equals_the_whole_field_at_once(oblique_grid, sinusoid_field):
+    """Slab by slab (each with its neighbour slices) gives the same central differences as the whole field,
+    borders included, for any slab thickness."""
+    field = sinusoid_field(oblique_grid.shape, 1.5, seed=3, shortest_wavelength=6).tensor().double()
+    whole = spatial.jacobian_determinant(field, oblique_grid, slab=10_000)
+    assert float((whole - 1).abs().max()) > 0.2
+    for slab in (1, 2, 5):
+        torch.testing.assert_close(
+            spatial.jacobian_determinant(field, oblique_grid, slab=slab), whole, atol=1e-12, rtol=0
+        )

@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--tag", default="batch", help="results file stem")
     parser.add_argument("extra", nargs="*", help="rlreg run options for every pair (after --)")
     args = parser.parse_args()
-    from RLRegistrationLib.frontends.batch_cluster import MEMORY_MARGIN, WORKER_OVERHEAD_BYTES, usable_cores
+    from RLRegistrationLib.frontends.batch_cluster import MEMORY_MARGIN, usable_cores
 
     cores = usable_cores()
     configs = args.xargs or ",".join(dict.fromkeys([f"{cores}x1", f"{max(1, cores // 2)}x2", f"{cores}x2"]))
@@ -203,7 +203,7 @@ def main() -> None:
     for row in rows:
         peaks[row["worker"]] = max(peaks.get(row["worker"], 0.0), float(row["peak_memory_gib"]))
     estimate = max(float(r["estimated_memory_gib"]) for r in rows)
-    limit = MEMORY_MARGIN * (estimate + WORKER_OVERHEAD_BYTES / (1 << 30))
+    limit = MEMORY_MARGIN * estimate
     results["batch"] = {
         "seconds": seconds,
         "pairs_per_minute": per_minute,

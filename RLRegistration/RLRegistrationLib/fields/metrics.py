@@ -129,7 +129,9 @@ def jacobian_of_arrays(vectors_mm: np.ndarray, spacing, direction) -> np.ndarray
     The same for LPS and RAS arrays: flipping two axes of the points and of the vectors leaves det J
     unchanged, so Slicer's RAS grid arrays give the library's numbers.
     """
-    vectors = np.asarray(vectors_mm, dtype=np.float64)
+    vectors = np.asarray(vectors_mm)  # float32 stays float32: the differences are taken in float64 by slabs
+    if vectors.dtype not in (np.float32, np.float64):
+        vectors = vectors.astype(np.float64)
     if vectors.ndim != 4 or vectors.shape[-1] != 3:
         raise ValueError(f"displacements of shape (k, j, i, 3) are required, got {vectors.shape}")
     grid = Grid(

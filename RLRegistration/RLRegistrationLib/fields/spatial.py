@@ -154,22 +154,35 @@ def displacement_from_affine(matrix: np.ndarray, translation: np.ndarray, grid: 
     return physical_to_voxel(u_mm, grid)
 
 
-def jacobian_determinant(displacement_vox: torch.Tensor, grid: Grid) -> torch.Tensor:
+def jacobian_determinant(displacement_vox: torch.Tensor, grid: Grid, slab: int = 16) -> torch.Tensor:
     """det(I + du/dx) of ``T(x) = x + u(x)`` in physical space, (1, 1, D, H, W).
 
     Central differences inside, one-sided at the borders. Because the derivative is taken along index axes
     and ``u`` is converted with the grid's direction and spacing, the result is correct on oblique and
-    anisotropic grids.
+    anisotropic grids. Computed ``slab`` array slices at a time (each with its neighbour slices, so the
+    differences are the whole field's), so that the float64 gradients of a large field are never all held.
     """
-    u_mm = voxel_to_physical(displacement_vox.double(), grid)[0]  # (3, D, H, W) LPS mm
-    # gradient along array axes (k, j, i) -> reorder to index axes (i, j, k)
-    grads = torch.gradient(u_mm, dim=(1, 2, 3))  # each (3, D, H, W): d u / d k, d u / d j, d u / d i
-    g_index = torch.stack([grads[2], grads[1], grads[0]], dim=1)  # (3 comps, 3 index axes, D, H, W)
-    inv = torch.as_tensor(
-        np.linalg.inv(grid.index_to_physical_matrix), dtype=torch.float64, device=displacement_vox.device
-    )
-    # du/dx = du/didx @ didx/dx
-    du_dx = torch.einsum("abdhw,bc->acdhw", g_index, inv)
-    jac = du_dx + torch.eye(3, dtype=torch.float64, device=du_dx.device).view(3, 3, 1, 1, 1)
-    det = torch.linalg.det(jac.permute(2, 3, 4, 0, 1))
+    inv = np.linalg.inv(grid.index_to_physical_matrix)  # d index / d x
+    depth = displacement_vox.shape[2]
+    slab = max(1, int(slab))
+    det = torch.empty(displacement_vox.shape[2:], dtype=torch.float64, device=displacement_vox.device)
+    for start in range(0, depth, slab):
+        stop = min(depth, start + slab)
+        low, high = max(0, start - 1), min(depth, stop + 1)
+        u_mm = voxel_to_physical(displacement_vox[:1, :, low:high].double(), grid)[0]  # (3, d, H, W) LPS mm
+        grads = torch.gradient(u_mm, dim=(1, 2, 3))  # d u / d k, d u / d j, d u / d i
+        by_index = [g[:, start - low : start - low + stop - start] for g in (grads[2], grads[1], grads[0])]
+        # J[a][c] = delta_ac + sum_b du_a / d index_b * d index_b / d x_c
+        j = [
+            [
+                sum(by_index[b][a] * float(inv[b, c]) for b in range(3)) + (1.0 if a == c else 0.0)
+                for c in range(3)
+            ]
+            for a in range(3)
+        ]
+        det[start:stop] = (
+            j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
+        )
     return det[None, None].to(displacement_vox.dtype)

@@ -30,11 +30,7 @@ from ..errors import InputError
 from .batch_pair import BatchPair
 
 GIB = 1 << 30
-#: what a pair's peak takes in a Dask worker above ``rlreg register``'s for the same pair (measured on
-#: the sample pair at 2 and 4 mm, one thread: 0 to 64 MiB in a fresh worker, up to 115 MiB after another
-#: pair, whose freed memory the worker keeps for reuse as the CLI does, ``allocator.reuse_freed_memory``)
-WORKER_OVERHEAD_BYTES = 150 << 20
-#: worker memory limit = margin x (estimate + overhead); the nanny ends a worker above 95% of it
+#: worker memory limit = margin x the pair's estimate in a worker (``batch_pair.run_estimate``); the nanny ends a worker above 95% of it
 MEMORY_MARGIN = 1.25
 #: headers read to find the largest pairs for the memory estimate (evenly spread over the pairs)
 ESTIMATE_SAMPLE = 500
@@ -181,7 +177,7 @@ def plan_local_cluster(
         raise InputError(f"--workers: must be at least 1, got {workers}")
     if threads_per_pair is not None and threads_per_pair < 1:
         raise InputError(f"--threads-per-pair: must be at least 1, got {threads_per_pair}")
-    limit = None if estimate is None else int(math.ceil(MEMORY_MARGIN * (estimate + WORKER_OVERHEAD_BYTES)))
+    limit = None if estimate is None else int(math.ceil(MEMORY_MARGIN * estimate))
     fitting = max(1, int(0.9 * memory // limit)) if limit else len(pairs) or 1
     if gpus:
         count = workers or min(len(gpus), max(1, len(pairs)))

@@ -58,6 +58,10 @@ SUMMARY_COLUMNS = (
 #: record statuses: run now, complete from an earlier run, failed, not run (the batch was stopped)
 STATUSES = ("done", "skipped", "failed", "not run")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: what a pair's peak takes in a Dask worker above ``rlreg register``'s for the same pair (measured on
+#: the sample pair at 2 and 4 mm, one thread: 0 to 64 MiB in a fresh worker, up to 115 MiB after another
+#: pair, whose freed memory the worker keeps for reuse as the CLI does, ``allocator.reuse_freed_memory``)
+WORKER_OVERHEAD_BYTES = 150 << 20
 _PARTIAL = re.compile(r"^\..*\.rlreg-\d+-(partial|previous)")
 GIB = 1 << 30
 
@@ -384,8 +388,10 @@ def _register(pair: BatchPair, folder: Path, record: dict, start: float, peak: P
 
 
 def run_estimate(inputs: Mapping, options) -> int:
-    """The estimate of a run's peak memory in bytes (``registration.memory.estimate_peak_memory``) for
-    its images (``PairFiles.read``'s) and session options, as the session checks it against its cap."""
+    """A batch pair's peak memory in its worker (bytes): the run's estimate
+    (``registration.memory.estimate_peak_memory``, as the session checks it against its cap, with the QC
+    picture every batch pair writes) for its images (``PairFiles.read``'s) and session options, plus what
+    a Dask worker holds above ``rlreg register`` (``WORKER_OVERHEAD_BYTES``)."""
     import inspect
 
     from ..registration.memory import estimate_peak_memory
@@ -394,9 +400,10 @@ def run_estimate(inputs: Mapping, options) -> int:
     if "steps" in inspect.signature(estimate_peak_memory).parameters:  # the steps the session keeps
         extra["steps"] = getattr(options, "planned_steps", None)
     labels = inputs.get("fixed_labels") is not None
-    return estimate_peak_memory(
-        inputs["fixed"], inputs["moving"], options, labels=labels, **extra
-    ).total_bytes
+    run = estimate_peak_memory(
+        inputs["fixed"], inputs["moving"], options, labels=labels, picture=True, **extra
+    )
+    return run.total_bytes + WORKER_OVERHEAD_BYTES
 
 
 def pair_metrics(result) -> dict[str, Any]:

@@ -28,10 +28,17 @@ PLANES = ("axial", "coronal", "sagittal")
 _COLOUR_BAR_PANELS = ("|u| mm", "det J", "weight map λ")
 
 
+def jacobian_on_output_grid(result: RegistrationResult) -> np.ndarray:
+    """det J (local volume change of ``x + u(x)``, 1 = none) of the result's displacement on its output
+    grid, in physical space (``fields.metrics``): (k, j, i) float32."""
+    grid = result.output_grid
+    return np.asarray(jacobian_of_arrays(result.field_mm, grid.spacing, grid.direction_matrix), np.float32)
+
+
 def jacobian_on_fixed_grid(result: RegistrationResult, grid: Grid) -> np.ndarray:
-    """det J (local volume change of ``x + u(x)``, 1 = none) of the result's displacement, computed on its
-    output grid in physical space (``fields.metrics``) and resampled (linear) to ``grid``: (k, j, i)."""
-    det = jacobian_of_arrays(result.field_mm, result.output_grid.spacing, result.output_grid.direction_matrix)
+    """det J of the result's displacement (:func:`jacobian_on_output_grid`) resampled (linear) to
+    ``grid``: (k, j, i)."""
+    det = jacobian_on_output_grid(result)
     if result.output_grid != grid:
         det = sitk.GetArrayFromImage(
             resample_to_grid(_as_image(det, result.output_grid), grid, antialias=False, default_value=1.0)
@@ -39,14 +46,31 @@ def jacobian_on_fixed_grid(result: RegistrationResult, grid: Grid) -> np.ndarray
     return np.asarray(det, dtype=np.float32)
 
 
-def _middle_slices(volume: np.ndarray, grid: Grid) -> list[np.ndarray]:
-    """Axial, coronal and sagittal middle slices of a (k, j, i) array on ``grid``, anterior/superior up.
+class MiddleSlices:
+    """The axial, coronal and sagittal middle slices of a grid, anterior/superior up, whatever the grid's
+    direction (its axes reoriented to run along L, P, S). Any image (or one seen through a transform) is
+    resampled onto just these three planes, so a picture of a large volume costs three slices of memory."""
 
-    The volume is first reoriented so that its axes run along L, P, S, whatever the grid's direction.
-    """
-    oriented = sitk.GetArrayFromImage(sitk.DICOMOrient(_as_image(volume, grid), "LPS"))  # (S, P, L)
-    k, j, i = (n // 2 for n in oriented.shape)
-    return [oriented[k], np.flipud(oriented[:, j, :]), np.flipud(oriented[:, :, i])]
+    def __init__(self, grid: Grid) -> None:
+        # the geometry only: a one-byte image is reoriented, never the data
+        oriented = sitk.DICOMOrient(grid.reference_image(sitk.sitkUInt8), "LPS")  # array (S, P, L)
+        i, j, k = (n // 2 for n in oriented.GetSize())
+        self.planes = (oriented[:, :, k : k + 1], oriented[:, j : j + 1, :], oriented[i : i + 1, :, :])
+
+    def of(
+        self, image: sitk.Image, transform: sitk.Transform | None = None, default_value: float = 0.0
+    ) -> list[np.ndarray]:
+        """``image`` (through ``transform``: plane point -> image point; linear) on the three planes."""
+        identity = sitk.Transform(3, sitk.sitkIdentity)
+        arrays = [
+            sitk.GetArrayFromImage(
+                sitk.Resample(
+                    image, plane, transform or identity, sitk.sitkLinear, default_value, sitk.sitkFloat32
+                )
+            )
+            for plane in self.planes
+        ]
+        return [arrays[0][0], np.flipud(arrays[1][:, 0, :]), np.flipud(arrays[2][:, :, 0])]
 
 
 def write_qc_picture(
@@ -63,41 +87,31 @@ def write_qc_picture(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    grid = Grid.from_image(fixed)
+    slices = MiddleSlices(Grid.from_image(fixed))
     window_f, window_m = intensity_window(fixed), intensity_window(moving)
-    fixed_a = normalize_intensity(sitk.GetArrayFromImage(fixed), window_f)
-    before = normalize_intensity(
-        sitk.GetArrayFromImage(resample_to_grid(moving, grid, result.affine, antialias=False)), window_m
-    )
-    after = normalize_intensity(sitk.GetArrayFromImage(result.warp_image(moving)), window_m)
-    u = result.field_mm
-    magnitude = np.linalg.norm(u, axis=-1)
-    if result.output_grid != grid:
-        magnitude = sitk.GetArrayFromImage(
-            resample_to_grid(_as_image(magnitude, result.output_grid), grid, antialias=False)
-        )
+    fixed_a = [normalize_intensity(plane, window_f) for plane in slices.of(fixed)]
+    before = [normalize_intensity(plane, window_m) for plane in slices.of(moving, result.affine)]
+    after = [normalize_intensity(plane, window_m) for plane in slices.of(moving, result.transform)]
+    magnitude = _as_image(np.linalg.norm(result.field_mm, axis=-1), result.output_grid)
+    top = max(float(sitk.GetArrayViewFromImage(magnitude).max()), 1e-3)
+    # det J in the overlays' diverging colours around 1 and their window (folding in the signal colour)
+    det = jacobian_on_output_grid(result)
+    det_window = jacobian_window(det) or (0.95, 1.05)
+    det_planes = slices.of(_as_image(det, result.output_grid), default_value=1.0)
+    del det
     columns = [
         ("fixed", fixed_a, "gray", (0, 1)),
         ("moving (affine)", before, "gray", (0, 1)),
         ("warped", after, "gray", (0, 1)),
-        ("checkerboard", None, "gray", (0, 1)),
-        ("|u| mm", magnitude, "magma", (0, max(float(magnitude.max()), 1e-3))),
+        ("checkerboard", [checkerboard(a, b) for a, b in zip(fixed_a, after)], "gray", (0, 1)),
+        ("|u| mm", slices.of(magnitude), "magma", (0, top)),
+        ("det J", det_planes, ListedColormap(jacobian_colors(det_window)), det_window),
     ]
-    # det J in the overlays' diverging colours around 1 and their window (folding in the signal colour)
-    det = jacobian_on_fixed_grid(result, grid)
-    det_window = jacobian_window(det) or (0.95, 1.05)
-    columns.append(("det J", det, ListedColormap(jacobian_colors(det_window)), det_window))
     if result.weight_map is not None:
-        lam = sitk.GetArrayFromImage(resample_to_grid(result.weight_map, grid, antialias=False))
-        columns.append(("weight map λ", lam, "viridis", (0, 1)))
+        columns.append(("weight map λ", slices.of(result.weight_map), "viridis", (0, 1)))
     figure, axes = plt.subplots(4, len(columns), figsize=(2.6 * len(columns), 10.5))
-    for c, (name, volume, cmap, limits) in enumerate(columns):
-        slices = (
-            [checkerboard(a, b) for a, b in zip(_middle_slices(fixed_a, grid), _middle_slices(after, grid))]
-            if volume is None
-            else _middle_slices(volume, grid)
-        )
-        for r, plane in enumerate(slices):
+    for c, (name, planes, cmap, limits) in enumerate(columns):
+        for r, plane in enumerate(planes):
             ax = axes[r, c]
             image = ax.imshow(plane, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
             ax.set_axis_off()
