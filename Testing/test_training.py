@@ -220,3 +220,36 @@ def test_shipped_configs_parse():
     for name in ("spac_cpu_small.json", "spac_gpu.json"):
         cfg = TrainConfig.load(root / name)
         assert all(n % cfg.model.divisor == 0 for n in cfg.data.shape)
+
+
+# ------------------------------------------------------------------------------------ mixed precision
+
+
+@pytest.mark.parametrize("family", ["spac", "morphseek"])
+def test_bf16_mixed_precision_trains_both_families_with_finite_losses(tmp_path, family):
+    """``optim.precision: bf16`` (the GPU configs'): the forward passes run under bfloat16 autocast (here
+    on the CPU, which has it too), what leaves them is float32, and warm-up and RL steps give finite
+    losses, a model and its card; an unknown precision is refused by name."""
+    from test_grpo import morphseek_config
+
+    from RLRegistrationLib.training.family_trainer import as_float32
+    from RLRegistrationLib.training.train import train
+
+    values = small_config() if family == "spac" else morphseek_config()
+    values["optim"] = {**values.get("optim", {}), "precision": "bf16"}
+    cfg = TrainConfig.from_dict(values)
+    assert cfg.optim["precision"] == "bf16"
+    out = train(
+        cfg, out_dir=tmp_path / "m", run_dir=tmp_path / "r", progress=False,
+        banks=(label_bank(), label_bank((4, 5))),
+    )  # fmt: skip
+    with open(tmp_path / "r" / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and all(np.isfinite(float(row["loss"])) for row in rows)
+    card = json.loads((out / "card.json").read_text())
+    assert card["family"] == family and card["sha256"] == sha256_of(out / card["weights"])
+    mixed = as_float32((torch.ones(2, dtype=torch.bfloat16), {"a": torch.ones(1, dtype=torch.float16)}, 3))
+    assert mixed[0].dtype == torch.float32 and mixed[1]["a"].dtype == torch.float32 and mixed[2] == 3
+    values["optim"]["precision"] = "fp8"
+    with pytest.raises(InputError, match="optim.precision"):
+        TrainConfig.from_dict(values)

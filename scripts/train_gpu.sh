@@ -8,8 +8,9 @@
 # torchrun on every visible GPU (DistributedDataParallel, nccl), writes the model to runs/gpu/<id>/ (card,
 # weights, log: never into models/, where a model ships only after it meets models/README.md's bar), then
 # validates it on the validation pairs beside tto with benchmarks/policies.py. Prints the wall time of each
-# part. Not run by this project yet (no GPU was at hand): the configs' sizes are estimates, and training
-# runs in float32 (no mixed precision).
+# part. The GPU configs train with bfloat16 mixed precision (optim.precision "bf16": the forward passes
+# under autocast, tested on CPU in Testing/test_training.py). Not run on a GPU by this project yet (none
+# was at hand): the configs' sizes and the time are estimates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FAMILY="${1:-spac}"

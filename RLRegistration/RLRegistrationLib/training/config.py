@@ -25,6 +25,11 @@ ARCHITECTURES: dict[str, type[BackboneArchitecture]] = {
 FAMILY_SECTIONS = {"sac": "spac", "grpo": "morphseek", "init": "morphseek"}
 
 
+#: ``optim.precision``: the forward passes of training in float32, or under bfloat16 autocast (mixed
+#: precision: convolutions in bfloat16, reductions and losses in float32; no loss scaling needed)
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass
 class TrainConfig:
     """A training run, as read from a config JSON (sections ``data``, ``model``, ``env``, ``loss``,
@@ -62,6 +67,7 @@ class TrainConfig:
             "lr_alpha": 3e-4,
             "betas": [0.9, 0.999],
             "grad_clip": 10.0,
+            "precision": "fp32",
         }
     )
     schedule: dict = field(
@@ -93,7 +99,13 @@ class TrainConfig:
                 "MorphSeek latent Gaussian policy fine-tuned with GRPO, with a regularization map"
             )
             cfg.model, cfg.grpo = MorphSeekArchitecture(), GRPOConfig()
-            cfg.optim = {"lr_encoder": 1e-4, "lr_decoder": 1e-4, "betas": [0.9, 0.999], "grad_clip": 10.0}
+            cfg.optim = {
+                "lr_encoder": 1e-4,
+                "lr_decoder": 1e-4,
+                "betas": [0.9, 0.999],
+                "grad_clip": 10.0,
+                "precision": "fp32",
+            }
             schedule = {k: v for k, v in cfg.schedule.items() if k != "sac_steps"}
             cfg.schedule = {**schedule, "grpo_steps": 500}
         return cfg
@@ -128,6 +140,10 @@ class TrainConfig:
                 raise InputError(f"config '{key}': unknown keys {sorted(unknown)} (known: {sorted(names)})")
         for key in ("env", "loss", "optim", "schedule", "init"):
             setattr(out, key, {**getattr(out, key), **values.get(key, {})})
+        if out.optim["precision"] not in PRECISIONS:
+            raise InputError(
+                f"config 'optim.precision': unknown '{out.optim['precision']}' (known: {', '.join(PRECISIONS)})"
+            )
         out.data = DataConfig.from_dict(values.get("data", {}))
         out.model = ARCHITECTURES[family].from_dict(values.get("model", {}))
         out.sac = SACConfig.from_dict(values.get("sac", {}))

@@ -29,6 +29,18 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> float:
     return max(norms, default=0.0)
 
 
+def as_float32(value):
+    """``value`` (a tensor, or tuples / lists / dicts of them) with its floating tensors in float32 (what
+    leaves an autocast region: the environment, the replay buffer and the logs keep float32)."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(as_float32(v) for v in value)
+    if isinstance(value, dict):
+        return {k: as_float32(v) for k, v in value.items()}
+    return value
+
+
 class FamilyTrainer:
     """What ``train`` does differently for a policy family, around a shared loop (set-up, logging,
     validation, checkpoints, model folder): the agent (all trained modules; ``.network`` is what ships),
@@ -46,6 +58,7 @@ class FamilyTrainer:
         self.agent = self.build_agent().to(device)
         self.optimizer = self.build_optimizer()
         self.model: nn.Module | None = None
+        self.autocast = torch.bfloat16 if cfg.optim.get("precision", "fp32") == "bf16" else None
         self.state: EnvState | None = None
         self.done, self.labels = True, None
 
@@ -109,6 +122,15 @@ class FamilyTrainer:
             self.labels = self.episode_labels(batch)
             self.done = False
         return self.state
+
+    def forward(self, *args):
+        """The training module's forward (its loss and outputs), under bfloat16 autocast when the config's
+        ``optim.precision`` is "bf16"; what it returns in float32. The backward runs outside autocast."""
+        if self.autocast is None:
+            return self.model(*args)
+        with torch.autocast(device_type=self.device.type, dtype=self.autocast):
+            out = self.model(*args)
+        return as_float32(out)
 
     def optimize(self, loss: torch.Tensor) -> float:
         """Backward, per-group gradient clipping, optimizer step; returns the largest group norm."""

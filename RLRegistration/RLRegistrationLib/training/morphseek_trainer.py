@@ -147,7 +147,7 @@ class MorphSeekTrainer(FamilyTrainer):
     def update(self, step: int, stage: str) -> dict[str, float]:
         if stage == "warmup":
             state = self.next_state()
-            loss, logs, step_field = self.model(
+            loss, logs, step_field = self.forward(
                 "warmup", state.fixed, state.moving, state.warped, state.field, self.labels
             )
             values, _ = self.environment_step(step_field, loss, logs, self.optimize(loss))
@@ -155,7 +155,7 @@ class MorphSeekTrainer(FamilyTrainer):
             if not self.agent.has_reference:  # the policy at the end of the warm-up
                 self.agent.snapshot_reference(step - 1)
             pair, labelled = self.next_group_pair()
-            loss, values = self.model("grpo", pair, labelled)
+            loss, values = self.forward("grpo", pair, labelled)
             values["grad_norm"] = self.optimize(loss)
             key = "label_reward_updates" if labelled else "pseudo_reward_updates"
             self.label_usage[key] += 1

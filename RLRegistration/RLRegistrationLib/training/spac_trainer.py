@@ -94,7 +94,7 @@ class SPACTrainer(FamilyTrainer):
         replay_batch = None
         if stage == "sac" and len(self.replay) > 0:
             replay_batch = self.replay.sample(self.cfg.sac.batch_size, self.generator, self.device)
-        loss, logs, plan, step_field = self.model(
+        loss, logs, plan, step_field = self.forward(
             state.fixed, state.moving, state.warped, state.field, replay_batch, self.labels
         )
         grad_norm = self.optimize(loss)
