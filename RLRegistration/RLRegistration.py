@@ -31,7 +31,7 @@ from slicer.util import VTKObservationMixin
 from RLRegistrationLib.frontends.panel_state import PanelState
 from RLRegistrationMRML.panel_controller import PanelController
 from RLRegistrationMRML.parameter_node import parameterNodeClass
-from RLRegistrationMRML.parameters import INITIALIZATIONS, PAIRS, QUALITIES
+from RLRegistrationMRML.parameters import FLICKER_MODES, INITIALIZATIONS, PAIRS, QUALITIES
 from RLRegistrationMRML.scene_logic import RegistrationSceneLogic
 from RLRegistrationMRML.self_test import SceneWorkflowTests
 
@@ -428,13 +428,13 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if params and not self.controller.updateDisplay():
             self._showError()
         self._flickerTimer.stop()
-        if params and params.compareMode == "flicker":  # the warped volume shown and hidden every period
+        if params and params.compareMode in FLICKER_MODES:  # switched every period
             self._flickerTimer.start(int(1000 * params.flickerPeriod))
         self.updateButtons()
 
     def onFlickerTimer(self) -> None:
         """Flicker: the warped volume shown and hidden every period (the MRML layer sets the layers)."""
-        if self._parameterNode and self._parameterNode.compareMode == "flicker" and self.logic.session:
+        if self._parameterNode and self._parameterNode.compareMode in FLICKER_MODES and self.logic.session:
             self.logic.setFlickerPhase(self._parameterNode, not self.logic.flickerShowsWarped)
 
     def onCursorMoved(self, crosshair, event) -> None:

@@ -59,7 +59,11 @@ def show(logic, params, view, name: str | None = None, **changes) -> np.ndarray:
     for key, value in changes.items():
         setattr(params, key, value)
     logic.updateDisplay(params)
-    image = view.render()
+    return save(view.render(), name)
+
+
+def save(image: np.ndarray, name: str | None) -> np.ndarray:
+    """``image``, saved as ``name`` into ``RLREG_SCREENSHOT_DIR`` when that is set (the README's pictures)."""
     if SCREENSHOT_DIR and name:
         from PIL import Image
 
@@ -174,6 +178,38 @@ def test_checkerboard_difference_and_flicker_in_the_slice_composite_nodes(viewed
     assert composite(scene).GetBackgroundVolumeID() == params.fixedVolume.GetID()
 
 
+def test_before_after_shows_the_pre_alignment_and_the_step_in_turn(viewed):
+    """ "beforeafter": over the fixed volume, the pre-alignment's warped image (step 0: the session's own,
+    in the warped volume's window) and the displayed step's, switched by the flicker phase."""
+    import slicer
+
+    from RLRegistrationMRML.compare_views import COMPARISON_ATTRIBUTE
+
+    logic, params, view = viewed
+    scene = slicer.mrmlScene
+    overlays = {name: False for name in ("showWeightMap", "showUncertainty", "showMagnitude", "showJacobian")}
+    show(logic, params, view, compareMode="beforeafter", overlayOpacity=1.0, **overlays)
+    logic.setFlickerPhase(params, True)
+    after = save(view.render(), "slicer-after.png")
+    assert composite(scene).GetForegroundVolumeID() == params.warpedVolume.GetID()
+    logic.setFlickerPhase(params, False)
+    before = save(view.render(), "slicer-before.png")
+    node = scene.GetNodeByID(composite(scene).GetForegroundVolumeID())
+    assert node.GetAttribute(COMPARISON_ATTRIBUTE) == "before"
+    assert composite(scene).GetBackgroundVolumeID() == params.fixedVolume.GetID()
+    low, high = logic.worker.moving_window
+    expected = low + logic.session.warped_at(0) * (high - low)
+    np.testing.assert_allclose(
+        slicer.util.arrayFromVolume(node), expected, rtol=1e-5, atol=1e-3 * (high - low)
+    )
+    warpedDisplay, beforeDisplay = params.warpedVolume.GetDisplayNode(), node.GetDisplayNode()
+    assert beforeDisplay.GetWindowLevelMax() == pytest.approx(warpedDisplay.GetWindowLevelMax())
+    print(f"\nbefore/after: changed pixels {changed(after, before):.3f}")
+    assert changed(after, before) > 0.01  # the deformable steps moved the image
+    logic.setFlickerPhase(params, True)
+    show(logic, params, view, compareMode="fade", overlayOpacity=0.5)
+
+
 def test_readout_at_a_voxel_gives_that_voxels_values(viewed):
     import slicer
 
@@ -254,3 +290,26 @@ def test_slice_annotation_names_the_view_its_directions_and_position(viewed):
     coronal = sliceAnnotation(node)
     assert (coronal["left"], coronal["right"], coronal["up"], coronal["position"][0]) == ("R", "L", "S", "A")
     node.SetOrientation("Axial")
+
+
+def test_views_get_slicers_orientation_marker_and_ruler_once(viewed):
+    """The first display of a run turns on each slice view's orientation marker (patient axes) and mm ruler
+    (Slicer's own displayable managers draw them); a view the user turned them off in stays off."""
+    import slicer
+
+    from RLRegistrationMRML.slice_annotations import showViewMarkers
+
+    logic, params, view = viewed
+    views = slicer.vtkMRMLAbstractViewNode
+    node = view.sliceNode
+    assert node.GetOrientationMarkerType() == views.OrientationMarkerTypeAxes
+    assert node.GetRulerType() == views.RulerTypeThin
+    marked = show(logic, params, view, compareMode="fade", overlayOpacity=0.0)
+    assert showViewMarkers(slicer.mrmlScene, show=False) >= 1
+    plain = view.render()
+    # the ruler and the axes are drawn over the image: a part of the view changes, not the whole
+    assert 0.002 < changed(marked, plain) < 0.2
+    show(logic, params, view)  # a later display does not turn them on again
+    assert node.GetOrientationMarkerType() == views.OrientationMarkerTypeNone
+    assert node.GetRulerType() == views.RulerTypeNone
+    showViewMarkers(slicer.mrmlScene)

@@ -402,13 +402,14 @@ def test_judge_the_alignment_overlays_comparison_and_read_out(page, tmp_path):
         changes[mode] = _changed_fraction(fade, _axial_png(page))
         _screenshot(page, f"web-{mode}.png")
     page.evaluate("() => window.trame.state.set('flicker_period', 0.5)")
-    page.click("#compare-flicker")
-    _wait_state_value(page, "compare_mode", "flicker")
-    frames = []
-    for _ in range(8):
-        time.sleep(0.3)
-        frames.append(_axial_png(page))
-    changes["flicker"] = max(_changed_fraction(a, b) for a in frames for b in frames)
+    for mode in ("flicker", "beforeafter"):  # the view changes between frames 0.3 s apart
+        page.click(f"#compare-{mode}")
+        _wait_state_value(page, "compare_mode", mode)
+        frames = []
+        for _ in range(8):
+            time.sleep(0.3)
+            frames.append(_axial_png(page))
+        changes[mode] = max(_changed_fraction(a, b) for a in frames for b in frames)
     print(f"changed fraction of the axial view against fade: {changes}")
     assert all(change > 0.01 for change in changes.values()), changes
     page.click("#compare-fade")
@@ -473,18 +474,20 @@ def _wait_frame(page, condition, timeout_s: float = 20.0) -> np.ndarray:
     return image
 
 
-def test_layout_at_1366x768_shows_register_overlays_and_colour_bar(page):
-    """At 1366x768 (Options folded, as the page opens) Register, the overlay buttons and the colour bar lie
-    inside the viewport with the panel column unscrolled; unfolding Options shows the policy."""
+@pytest.mark.parametrize("width,height", [(1366, 768), (1920, 1080)])
+def test_layout_shows_register_overlays_and_colour_bar_without_scrolling(page, width, height):
+    """At 1366x768 and 1920x1080 (Options folded, as the page opens) Register, the overlay buttons and the
+    colour bar lie inside the viewport with the panel column unscrolled; unfolding Options shows the policy,
+    and every select and folded title carries its full text as a tooltip (a long choice is cut)."""
     if page.evaluate("() => window.trame.state.get('panel_state')") != "done":  # this test alone: a run first
         page.click("#register-button")
         _wait_state(page, "done", "failed")
-    page.set_viewport_size({"width": 1366, "height": 768})
+    page.set_viewport_size({"width": width, "height": height})
     try:
         page.evaluate("() => window.trame.state.set('overlay', 'magnitude')")
         page.wait_for_selector("#colorbar", timeout=30_000)
         time.sleep(0.5)
-        _screenshot(page, "web-1366x768.png")
+        _screenshot(page, f"web-{width}x{height}.png")
         drawer = ".v-navigation-drawer__content"
         assert page.evaluate(f"() => document.querySelector('{drawer}').scrollTop") == 0
         boxes = {}
@@ -492,19 +495,64 @@ def test_layout_at_1366x768_shows_register_overlays_and_colour_bar(page):
             box = page.locator(selector).bounding_box()
             boxes[selector] = box
             assert box is not None and box["width"] > 0 and box["height"] > 0, (selector, box)
-            assert box["x"] >= 0 and box["x"] + box["width"] <= 1366, (selector, box)
-            assert box["y"] >= 0 and box["y"] + box["height"] <= 768, (selector, box)
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width, (selector, box)
+            assert box["y"] >= 0 and box["y"] + box["height"] <= height, (selector, box)
+        panel = page.locator(".v-navigation-drawer").bounding_box()
+        for button in page.locator("#compare-toggle button, #overlay-toggle button").all():
+            box = button.bounding_box()  # every choice whole inside the panel (none cut at its edge)
+            assert box["x"] + box["width"] <= panel["x"] + panel["width"] + 0.5, (button.inner_text(), box)
         print(
-            "\n1366x768: " + ", ".join(f"{k} bottom {v['y'] + v['height']:.0f}px" for k, v in boxes.items())
+            f"\n{width}x{height}: "
+            + ", ".join(f"{k} bottom {v['y'] + v['height']:.0f}px" for k, v in boxes.items())
         )
         assert not page.locator("#policy").is_visible()
         page.click("#section-options-title")
         page.wait_for_selector("#policy", state="visible", timeout=10_000)
+        titles = page.evaluate("() => [...document.querySelectorAll('[title]')].map(e => e.title)")
+        state = page.evaluate(
+            "() => ({i: window.trame.state.get('initialization'), items: window.trame.state.get('initialization_items'),"
+            " policy: window.trame.state.get('policy'), fixed: window.trame.state.get('fixed_name')})"
+        )
+        chosen = next(item["title"] for item in state["items"] if item["value"] == state["i"])
+        assert chosen in titles, (chosen, titles)  # the initialization's full text, however narrow the field
+        assert any(t.startswith("Options · ") and state["policy"] in t for t in titles), titles
+        assert any(t.startswith("Inputs · ") and state["fixed"] in t for t in titles), titles
         page.click("#section-options-title")
         page.wait_for_selector("#policy", state="hidden", timeout=10_000)
     finally:
         page.evaluate("() => window.trame.state.set('overlay', 'none')")
         page.set_viewport_size({"width": 1500, "height": 1180})
+
+
+def test_dragging_in_a_slice_view_adjusts_the_window_level(page):
+    """Left-dragging in a slice view changes the background volume's window/level (Slicer's window/level
+    mouse mode, on when the page opens): the same view, hovered at the same point (crosshair there) before
+    and after the drag, shows other grey values; with the page's switch off the same drag changes nothing."""
+    box = page.locator("#views img.image-display-area").nth(3).bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
+
+    def dragged() -> float:
+        page.mouse.move(x0, y0)
+        time.sleep(1.5)
+        before = _axial_png(page)
+        page.mouse.down()
+        for n in range(1, 13):
+            page.mouse.move(x0 + 10 * n, y0 + 6 * n)
+            time.sleep(0.05)
+        page.mouse.up()
+        page.mouse.move(x0, y0)
+        time.sleep(1.5)
+        return _changed_fraction(before, _axial_png(page))
+
+    assert page.evaluate("() => window.trame.state.get('drag_window_level')") is True
+    on = dragged()
+    page.click("#drag-window-level")
+    _wait_state_value(page, "drag_window_level", False)
+    off = dragged()
+    page.click("#drag-window-level")
+    _wait_state_value(page, "drag_window_level", True)
+    print(f"\nwindow/level drag: changed fraction of the axial view {on:.3f} (switch off: {off:.3f})")
+    assert on > 0.1 and off < 0.01
 
 
 def _frame_delays(page) -> list[int]:

@@ -12,7 +12,9 @@ logic both panels drive):
   it); the default is the data's 1st..99th percentile at every step (``scene_outputs.updateOverlay``);
 * **comparison** (``params.compareMode``): "fade" (warped over fixed at the overlay opacity), "checkerboard"
   and "difference" (one volume on the fixed grid, made from the displayed warped image, in the slice views'
-  background), "flicker" (the front-end's timer calls :meth:`CompareViews.setFlickerPhase`).
+  background), "flicker" (the front-end's timer calls :meth:`CompareViews.setFlickerPhase`), "beforeafter"
+  (the same timer shows, over the fixed volume, the pre-alignment's warped image, step 0, and the
+  displayed step's in turn: what the deformable refinement changed).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import slicer
 import slicer.util
 import vtk
 
-from .parameters import JACOBIAN_COLOR_TAG, JACOBIAN_COLORS, OVERLAY_VOLUMES
+from .parameters import FLICKER_MODES, JACOBIAN_COLOR_TAG, JACOBIAN_COLORS, OVERLAY_VOLUMES
 
 GREY_COLORS = "vtkMRMLColorTableNodeGrey"
 COMPARISON_ATTRIBUTE = "RLRegistration.Comparison"
@@ -69,6 +71,8 @@ class CompareViews:
     flickerShowsWarped = True  # the flicker's phase: warped shown (True) or the fixed volume alone
     jacobianRangeText = "—"
     _comparisonNodeID = None
+    _beforeNodeID = None
+    _beforeSession = None  # the session whose step 0 the "before" volume holds
     _displayedField = None  # (SlicerGridArrays, ijk_to_ras 4x4, parent node) of the step shown
     _jacobianField = None  # the SlicerGridArrays the det J node was computed from
 
@@ -142,17 +146,23 @@ class CompareViews:
         return display.GetWindowLevelMin(), display.GetWindowLevelMax()
 
     # ------------------------------------------------------------------ comparison
+    def _ownVolume(self, slot: str, name: str, tag: str, create: bool):
+        """The scene's volume node whose ID this object keeps in ``slot`` (made, named ``name`` and tagged
+        ``tag``, when absent and ``create``), or None."""
+        scene = self.scene
+        nodeID = getattr(self, slot)
+        node = scene.GetNodeByID(nodeID) if nodeID else None
+        if node is None and create:
+            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GetUniqueNameByString(name))
+            node.SetAttribute(COMPARISON_ATTRIBUTE, tag)
+            node.CreateDefaultDisplayNodes()
+            setattr(self, slot, node.GetID())
+        return node
+
     def comparisonNode(self, params, create: bool = True):
         """The volume of the checkerboard / difference comparison (made when needed), or None."""
-        scene = self.scene
-        node = scene.GetNodeByID(self._comparisonNodeID) if self._comparisonNodeID else None
-        if node is None and create:
-            name = f"{params.movingVolume.GetName()} to {params.fixedVolume.GetName()} comparison"
-            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GetUniqueNameByString(name))
-            node.SetAttribute(COMPARISON_ATTRIBUTE, "1")
-            node.CreateDefaultDisplayNodes()
-            self._comparisonNodeID = node.GetID()
-        return node
+        name = f"{params.movingVolume.GetName()} to {params.fixedVolume.GetName()} comparison"
+        return self._ownVolume("_comparisonNodeID", name, "1", create)
 
     def warpedOnFixedGrid(self, params) -> np.ndarray:
         """The displayed warped volume's voxels on the fixed volume's grid (linear interpolation where the
@@ -213,11 +223,36 @@ class CompareViews:
             return fixed, None, 0.0
         if mode == "flicker":
             return fixed, warped, 1.0 if self.flickerShowsWarped else 0.0
+        if mode == "beforeafter" and self.updateBefore(params):
+            return fixed, warped if self.flickerShowsWarped else self.beforeNode(params), opacity
         return fixed, warped, opacity
+
+    def beforeNode(self, params, create: bool = True):
+        """The volume of the "before" image (the pre-alignment's warped moving volume), or None."""
+        name = f"{params.movingVolume.GetName()} after the pre-alignment"
+        return self._ownVolume("_beforeNodeID", name, "before", create)
+
+    def updateBefore(self, params) -> bool:
+        """The "before" volume: step 0 (the pre-alignment) of the run, made once per run, in the warped
+        volume's window; False without a run or a warped volume."""
+        from RLRegistrationLib.registration import worker
+
+        warped = params.warpedVolume
+        if self.session is None or not self._hasVoxels(warped):
+            return False
+        node = self.beforeNode(params)
+        if self._beforeSession is not self.session or not self._hasVoxels(node):
+            frame = worker.step_frame(self.session, 0, self.worker.moving_window if self.worker else None)
+            self.updateVolume(node, frame.warped, frame.ijk_to_ras, self.resultParentTransform(params))
+            self._beforeSession = self.session
+        display = warped.GetDisplayNode()
+        if display is not None:
+            self.setColors(node, GREY_COLORS, (display.GetWindowLevelMin(), display.GetWindowLevelMax()))
+        return True
 
     def setFlickerPhase(self, params, showWarped: bool) -> None:
         """Flicker: show the warped volume (True) or the fixed one alone; the front-end's timer calls this
         every ``params.flickerPeriod`` seconds."""
         self.flickerShowsWarped = bool(showWarped)
-        if params.compareMode == "flicker" and params.fixedVolume is not None:
+        if params.compareMode in FLICKER_MODES and params.fixedVolume is not None:
             self.updateDisplay(params)

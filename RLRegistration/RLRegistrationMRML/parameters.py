@@ -100,13 +100,17 @@ OVERLAY_VOLUMES = {
 }
 # how the slice views compare the fixed volume and the warped one (RLRegistrationMRML.compare_views):
 # fade = warped over fixed at the overlay opacity; checkerboard and difference = one volume on the fixed
-# grid in the background; flicker = warped shown and hidden every flickerPeriod seconds
+# grid in the background; flicker = warped shown and hidden every flickerPeriod seconds; beforeafter =
+# the pre-alignment's warped image (step 0) and the displayed step's over the fixed one, in turn
 COMPARE_MODES = [
     ("fade", "Fade (fixed ↔ warped)"),
     ("checkerboard", "Checkerboard"),
     ("difference", "Difference |fixed − warped|"),
     ("flicker", "Flicker"),
+    ("beforeafter", "Before ↔ after (flicker)"),
 ]
+# the modes a front-end's timer switches every flickerPeriod seconds (CompareViews.setFlickerPhase)
+FLICKER_MODES = ("flicker", "beforeafter")
 # the moving volume's parent before "apply to moving" put it under the result (restored on re-runs)
 PREVIOUS_PARENT_ATTRIBUTE = "RLRegistration.PreviousParentTransformID"
 

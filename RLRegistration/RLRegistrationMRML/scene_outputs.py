@@ -19,6 +19,7 @@ from .colors import ensure_color_table
 from .compare_views import CompareViews
 from .parameters import OVERLAY_VOLUMES
 from .readout import ReadOut
+from .slice_annotations import showViewMarkers
 
 
 class SceneOutputs(CompareViews, ReadOut):
@@ -292,8 +293,13 @@ class SceneOutputs(CompareViews, ReadOut):
         return volumeNode is not None and volumeNode.GetImageData() is not None
 
     def setSliceLayers(self, background, foreground, foregroundOpacity: float) -> None:
-        """Background and foreground volume of every slice view of the scene (its slice composite nodes)."""
+        """Background and foreground volume of every slice view of the scene (its slice composite nodes);
+        the first time, the views' orientation markers and rulers on (``slice_annotations``; the user's
+        later choice is left alone)."""
         scene = self.scene
+        if getattr(self, "_markersShownIn", None) is not scene:
+            if showViewMarkers(scene):
+                self._markersShownIn = scene
         for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
             composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
             composite.SetBackgroundVolumeID(background.GetID() if background is not None else None)

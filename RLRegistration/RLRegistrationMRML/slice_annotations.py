@@ -5,7 +5,11 @@ its intensity percentiles.
 * :func:`sliceAnnotation`: e.g. "Axial (R ← → L) · S 12.0 mm" from the slice node's slice-to-RAS matrix
   (screen left/right ends, as Slicer's orientation markers) and its slice offset;
 * :func:`presetWindow` / :func:`applyWindowPreset`: the background volume display node's window/level
-  from the volume's percentiles (:data:`WINDOW_PRESETS`).
+  from the volume's percentiles (:data:`WINDOW_PRESETS`);
+* :func:`setDragAdjustsWindowLevel`: left-dragging in a slice view sets the window/level of the volume under
+  the mouse (Slicer's "Window/level" mouse mode of the interaction node);
+* :func:`showViewMarkers`: Slicer's own orientation marker (patient axes) and mm ruler in every slice view
+  (its view nodes; drawn by Slicer's displayable managers, in the desktop application and the browser).
 """
 
 from __future__ import annotations
@@ -95,3 +99,43 @@ def applyWindowPreset(volumeNode, preset: str) -> tuple[float, float] | None:
     display.SetWindowLevelMinMax(window[0], window[1])
     display.EndModify(wasModifying)
     return window
+
+
+def showViewMarkers(scene, show: bool = True) -> int:
+    """Turn the orientation marker (labelled patient axes, small) and the thin mm ruler of every slice view
+    node of ``scene`` on (or off); the number of views changed. A marker the user chose already (another
+    type or size) is kept."""
+    import slicer
+
+    views = slicer.vtkMRMLAbstractViewNode
+    count = 0
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+        wasModifying = node.StartModify()
+        if not show:
+            node.SetOrientationMarkerType(views.OrientationMarkerTypeNone)
+            node.SetRulerType(views.RulerTypeNone)
+        else:
+            if node.GetOrientationMarkerType() == views.OrientationMarkerTypeNone:
+                node.SetOrientationMarkerType(views.OrientationMarkerTypeAxes)
+                node.SetOrientationMarkerSize(views.OrientationMarkerSizeSmall)
+            if node.GetRulerType() == views.RulerTypeNone:
+                node.SetRulerType(views.RulerTypeThin)
+        node.EndModify(wasModifying)
+        count += 1
+    return count
+
+
+def setDragAdjustsWindowLevel(scene, adjust: bool = True) -> bool:
+    """Left-dragging in the slice views sets the window/level of the volume under the mouse (``adjust``:
+    Slicer's "Window/level" mouse mode, its window/level widget; a double click restores the automatic
+    window) or does what Slicer's "View transform" mode does; False when the scene has no interaction
+    node."""
+    import slicer
+
+    node = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    if node is None:
+        return False
+    interaction = slicer.vtkMRMLInteractionNode
+    node.SetCurrentInteractionMode(interaction.AdjustWindowLevel if adjust else interaction.ViewTransform)
+    return True

@@ -21,6 +21,8 @@ SLICE_DISPLAYABLE_MANAGERS = (
     "vtkMRMLTransformsDisplayableManager2D",
     "vtkMRMLModelSliceDisplayableManager",
     "vtkMRMLCrosshairDisplayableManager",
+    "vtkMRMLOrientationMarkerDisplayableManager",
+    "vtkMRMLRulerDisplayableManager",
 )
 
 

@@ -19,6 +19,7 @@ import socket
 import sys
 
 from RLRegistrationMRML.parameters import RUN_SETTINGS
+from RLRegistrationMRML.slice_annotations import setDragAdjustsWindowLevel
 
 from .controller import WebPanel
 from .files import DataFolder, PathRefused
@@ -125,6 +126,7 @@ class RegistrationWebApp:
             "download_warped_name": "warped.nii.gz",
             "readout_ras": None,
             "slice_annotations": self.panel.slice_annotations(),
+            "drag_window_level": True,
         }
 
     def _panel_state(self) -> dict:
@@ -208,6 +210,11 @@ class RegistrationWebApp:
                 self.push()
 
         state.change("window_preset")(on_window_preset)
+
+        def on_drag_window_level(drag_window_level, **_):
+            setDragAdjustsWindowLevel(self.slicer.scene, bool(drag_window_level))
+
+        state.change("drag_window_level")(on_drag_window_level)
 
         def on_range(overlay_range_ui, **_):
             window = self.panel.overlay_window()

@@ -27,7 +27,7 @@ from pathlib import Path
 from RLRegistrationLib.errors import RLRegistrationError
 from RLRegistrationLib.frontends.panel_state import PanelState
 from RLRegistrationMRML.panel_controller import PanelController
-from RLRegistrationMRML.parameters import RUN_SETTINGS
+from RLRegistrationMRML.parameters import FLICKER_MODES, RUN_SETTINGS
 from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS, applyWindowPreset, sliceAnnotation
 
 from . import mrml_layer
@@ -290,7 +290,7 @@ class WebPanel:
         return True
 
     def _flicker(self) -> bool:
-        if self.params.compareMode != "flicker" or self.logic.session is None:
+        if self.params.compareMode not in FLICKER_MODES or self.logic.session is None:
             return False
         now = time.monotonic()
         if now < self._next_flicker:

@@ -10,6 +10,7 @@ keys of :meth:`RLRegistrationWeb.controller.WebPanel.view` and call the app's tr
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 from trame.ui.vuetify3 import VAppLayout
@@ -37,10 +38,15 @@ COMPARE = [
     ("checkerboard", "Checker", "squares of 16 mm alternating the fixed and the warped image"),
     (
         "difference",
-        "Difference",
+        "Diff",
         "|fixed − warped| of the two images normalized to their 1st..99th percentile",
     ),
     ("flicker", "Flicker", "the warped image shown and hidden every period"),
+    (
+        "beforeafter",
+        "Before/after",
+        "over the fixed image, the pre-alignment's result and the displayed step's, in turn every period",
+    ),
 ]
 
 
@@ -119,6 +125,18 @@ COMPACT_CSS = """
 """
 
 
+def _bound(text: str) -> tuple[str]:
+    """A Vue binding of ``text`` (with ``{{ expression }}`` parts) as a JS template literal, for attributes
+    such as ``title``."""
+    return ("`" + re.sub(r"\{\{\s*(.*?)\s*\}\}", r"${\1}", text) + "`",)
+
+
+def _chosen_title(key: str, items: str) -> tuple[str]:
+    """A Vue binding of the full title of the item chosen in a select (its tooltip: a long choice is cut
+    in the field)."""
+    return (f"(({items} || []).find(i => (i.value ?? i) === {key}) || {{}}).title ?? {key} ?? ''",)
+
+
 @contextmanager
 def _collapsible(title: str, name: str, opened: bool):
     """A section that folds (a Vuetify expansion panel, its content kept in the page); ``title`` may bind
@@ -133,7 +151,7 @@ def _collapsible(title: str, name: str, opened: bool):
     ):
         with v3.VExpansionPanel(value=name, id=f"section-{name}", bg_color="transparent"):
             with v3.VExpansionPanelTitle(classes="text-subtitle-2", id=f"section-{name}-title"):
-                html.Span(title, classes="text-truncate")
+                html.Span(title, classes="text-truncate", title=_bound(title))
             with v3.VExpansionPanelText(eager=True):
                 yield
 
@@ -159,6 +177,7 @@ def _input_widgets() -> None:
         v3.VSelect(
             v_model=(key,),
             items=("file_names",),
+            title=_chosen_title(key, "file_names"),
             label=label,
             id=key.replace("_", "-"),
             density="compact",
@@ -178,13 +197,19 @@ def _option_widgets() -> None:
     v3.VSelect(
         v_model=("policy",),
         items=("policy_items",),
+        title=_chosen_title("policy", "policy_items"),
         label="Policy",
         id="policy",
         density="compact",
         hide_details=True,
         disabled=("!inputs_enabled",),
     )
-    html.Div("{{ policy_description }}", id="policy-description", classes="text-caption text-grey mt-1")
+    html.Div(
+        "{{ policy_description }}",
+        id="policy-description",
+        classes="text-caption text-grey mt-1",
+        title=("policy_description",),
+    )
     html.Div("Trained for: {{ policy_modality }}", classes="text-caption text-grey mb-1")
     with v3.VRow(dense=True):
         for key, label, step in (
@@ -222,6 +247,7 @@ def _option_widgets() -> None:
             v3.VSelect(
                 v_model=("device",),
                 items=("device_items",),
+                title=_chosen_title("device", "device_items"),
                 label="Device",
                 id="device",
                 density="compact",
@@ -236,6 +262,7 @@ def _option_widgets() -> None:
         v3.VSelect(
             v_model=(key,),
             items=(f"{key}_items", [{"value": v, "title": t} for v, t in choices]),
+            title=_chosen_title(key, f"{key}_items"),
             label=label,
             id=key,
             density="compact",
@@ -363,7 +390,7 @@ def _display() -> None:
             v3.VBtn(label, value=value, id=f"compare-{value}", size="small", classes="text-none", title=tip)
     v3.VSlider(
         v_model_number=("flicker_period",),
-        v_show=("compare_mode === 'flicker'",),
+        v_show=("['flicker', 'beforeafter'].includes(compare_mode)",),
         min=SETTINGS_BY_NAME["flickerPeriod"].limits[0],
         max=SETTINGS_BY_NAME["flickerPeriod"].limits[1],
         step=0.1,
@@ -428,6 +455,17 @@ def _display() -> None:
         " · det J {{ ranges.jacobian }}",
         classes="text-caption text-grey",
         id="overlay-ranges",
+    )
+    v3.VSwitch(
+        v_model=("drag_window_level", True),
+        label="Drag in a view sets window/level",
+        id="drag-window-level",
+        title="Left-drag: right/left widens/narrows the window, up/down moves the level (Slicer's mouse "
+        "mode); double-click restores the automatic window",
+        density="compact",
+        hide_details=True,
+        color="primary",
+        classes="mt-1",
     )
 
 

@@ -20,7 +20,6 @@ JACOBIAN_COLORMAP = "RdBu_r"
 FOLDING_RGBA = (0.0, 1.0, 0.0, 1.0)
 #: smallest half-width of det J's default range around 1 (a near-identity field still shows colours)
 JACOBIAN_MIN_HALF_WIDTH = 0.05
-COMPARE_MODES = ("fade", "checkerboard", "difference", "flicker")
 CHECKER_SQUARE_MM = 16.0
 
 
