@@ -402,6 +402,39 @@ def test_scene_closed_during_a_run_stops_it(module, scene):
     assert not update.reports and not update.error
 
 
+def test_a_dropped_logic_leaves_its_scene_nothing_to_call_back():
+    """The scene watches its logic through a weak reference: a logic the front-end dropped is freed at once
+    (no logic -> scene -> observer -> logic cycle for the garbage collector), and closing the scene later
+    calls nothing. (The cycle made a scene finalized inside the collector call back into a half-collected
+    logic: a segmentation fault in a test run.)"""
+    import gc
+    import weakref
+
+    from RLRegistrationMRML.core_scene import create_core_scene
+    from RLRegistrationMRML.scene_logic import RegistrationSceneLogic
+
+    closes = []
+
+    class Recording(RegistrationSceneLogic):
+        def _onSceneStartClose(self, caller=None, event=None) -> None:
+            closes.append(event)
+            super()._onSceneStartClose(caller, event)
+
+    core = create_core_scene()
+    logic = Recording(core.scene)
+    logic._observeSceneClose()
+    core.scene.Clear(0)
+    assert len(closes) == 1  # alive: the scene's close reaches it
+    dropped = Recording(core.scene)
+    dropped._observeSceneClose()
+    gone = weakref.ref(dropped)
+    del dropped
+    assert gone() is None  # freed by its reference count alone, not kept by the scene
+    gc.collect()
+    core.scene.Clear(0)  # the dropped logic's observer finds nothing to call
+    assert len(closes) == 2
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 

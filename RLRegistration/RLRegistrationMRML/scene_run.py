@@ -10,6 +10,7 @@ run, and a blocking run for scripts and tests.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 
 import slicer
@@ -111,10 +112,21 @@ class SceneRun:
         self.worker.start()
 
     def _observeSceneClose(self) -> None:
-        """A scene closed mid-run stops the worker and forgets the session (its nodes are gone)."""
+        """A scene closed mid-run stops the worker and forgets the session (its nodes are gone).
+
+        The scene holds only a weak reference to this logic: a bound method would make a cycle (logic ->
+        scene -> observer -> logic) that only the garbage collector breaks, and a scene finalized there
+        closes itself and called back into a half-collected logic (a segmentation fault in a test run)."""
         if not self._closeObservers:
             scene = self.scene
-            tag = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneStartClose)
+            method = weakref.WeakMethod(self._onSceneStartClose)
+
+            def onStartClose(caller, event) -> None:
+                alive = method()
+                if alive is not None:
+                    alive(caller, event)
+
+            tag = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, onStartClose)
             self._closeObservers.append((scene, tag))
 
     def _onSceneStartClose(self, caller=None, event=None) -> None:

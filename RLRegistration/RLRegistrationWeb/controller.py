@@ -546,8 +546,9 @@ class WebPanel:
         self.controller.fail(message)
 
     def close(self) -> None:
-        """Stop a run and remove the session's temporary outputs."""
+        """Stop a run, stop watching the scene and remove the session's temporary outputs."""
         self.logic.cancel(wait=True, timeout=30)
+        self.logic.stopObservingScene()
         shutil.rmtree(self.output_dir, ignore_errors=True)
 
 
