@@ -67,6 +67,7 @@ def viewed():
     from RLRegistrationMRML.core_scene import create_core_scene
     from RLRegistrationMRML.parameters import RegistrationParameters
     from RLRegistrationMRML.scene_logic import RegistrationSceneLogic
+    from RLRegistrationMRML.slice_annotations import showViewMarkers
     from RLRegistrationMRML.slice_rendering import OffscreenSliceView
 
     core = create_core_scene(color_files=SHARED_COLORS if SHARED_COLORS.is_dir() else None)
@@ -83,6 +84,8 @@ def viewed():
     params.warpedVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
     logic = RegistrationSceneLogic(scene)
     logic.runBlocking(params, 2)
+    # these tests read the image's own colours: no orientation marker (coloured axes) or ruler over it
+    showViewMarkers(scene, show=False)
     yield logic, params, view
     view.close()
     logic.forgetSession()
