@@ -25,6 +25,8 @@ from .slice_annotations import showViewMarkers
 class SceneOutputs(CompareViews, ReadOut):
     """Output nodes, overlays and display (a part of ``RegistrationSceneLogic``)."""
 
+    _markersShownIn = None  # the scene whose views got their markers (once: the user's choice then wins)
+
     def _newNode(self, params, className, name, attribute):
         scene = self.scene
         node = scene.AddNewNodeByClass(className, scene.GetUniqueNameByString(name))
@@ -297,7 +299,7 @@ class SceneOutputs(CompareViews, ReadOut):
         the first time, the views' orientation markers and rulers on (``slice_annotations``; the user's
         later choice is left alone)."""
         scene = self.scene
-        if getattr(self, "_markersShownIn", None) is not scene:
+        if self._markersShownIn is not scene:
             if showViewMarkers(scene):
                 self._markersShownIn = scene
         for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):

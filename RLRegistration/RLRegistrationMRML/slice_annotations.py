@@ -103,8 +103,8 @@ def applyWindowPreset(volumeNode, preset: str) -> tuple[float, float] | None:
 
 def showViewMarkers(scene, show: bool = True) -> int:
     """Turn the orientation marker (labelled patient axes, small) and the thin mm ruler of every slice view
-    node of ``scene`` on (or off); the number of views changed. A marker the user chose already (another
-    type or size) is kept."""
+    node of ``scene`` on (or off); the number of slice views. Turning on keeps a marker or ruler the user
+    chose already (another type or size)."""
     import slicer
 
     views = slicer.vtkMRMLAbstractViewNode

@@ -18,7 +18,7 @@ from trame.widgets import client, html
 from trame.widgets import vuetify3 as v3
 
 # the Slicer panel's choices and ranges (its settings table)
-from RLRegistrationMRML.parameters import INITIALIZATIONS, PAIRS, QUALITIES, SETTINGS_BY_NAME
+from RLRegistrationMRML.parameters import FLICKER_MODES, INITIALIZATIONS, PAIRS, QUALITIES, SETTINGS_BY_NAME
 from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS
 
 FIELD_DISPLAYS = ["Glyph", "Grid", "Contour", "Hidden"]
@@ -390,7 +390,7 @@ def _display() -> None:
             v3.VBtn(label, value=value, id=f"compare-{value}", size="small", classes="text-none", title=tip)
     v3.VSlider(
         v_model_number=("flicker_period",),
-        v_show=("['flicker', 'beforeafter'].includes(compare_mode)",),
+        v_show=(f"{list(FLICKER_MODES)}.includes(compare_mode)",),
         min=SETTINGS_BY_NAME["flickerPeriod"].limits[0],
         max=SETTINGS_BY_NAME["flickerPeriod"].limits[1],
         step=0.1,
@@ -457,7 +457,7 @@ def _display() -> None:
         id="overlay-ranges",
     )
     v3.VSwitch(
-        v_model=("drag_window_level", True),
+        v_model=("drag_window_level",),  # the app's state starts it on, as its scene starts in that mode
         label="Drag in a view sets window/level",
         id="drag-window-level",
         title="Left-drag: right/left widens/narrows the window, up/down moves the level (Slicer's mouse "
