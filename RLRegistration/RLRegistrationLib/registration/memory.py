@@ -40,7 +40,9 @@ FIELD_BYTES_PER_VOXEL = 3 * (4 + 8 + 8 + 8)
 # label points (mapped through the affine, then per step through the field) on the fixed image's grid
 LABEL_BYTES_PER_VOXEL = 3 * 4 * 4
 # the QC picture (``frontends.qc``: matplotlib and its figure; the volumes are only resampled on three
-# slices): rlreg register --qc peaked 0.18 GiB above the same run without it on the 2 mm sample pair
+# slices): rlreg register --qc peaked 0.14 GiB above the same run without it on the 2 mm sample pair
+# (``benchmarks/qc_memory.py``); on a 1 mm pair 0.52 GiB (det J of the field), which the output-grid field
+# part covers there (run + picture estimated 2.96 GiB, measured 2.67)
 QC_PICTURE_BYTES = 160 << 20
 
 
