@@ -190,10 +190,11 @@ def scene(module):
 
 
 @pytest.fixture
-def recipe_models(fresh_registry):
-    """The registry with ``tto`` and the retired models of ``recipes/`` (as ``RLREG_MODELS_DIR=recipes``
-    gives them to a user): the learned policies' real cards and weights, none of them shipped."""
-    fresh_registry.discover_models(Path(__file__).resolve().parents[1] / "recipes")
+def learned_models(fresh_registry):
+    """The registry with ``tto``, the shipped models of ``models/`` and the retired ones of ``recipes/`` (as
+    ``RLREG_MODELS_DIR=recipes`` gives them to a user): the learned policies' real cards and weights."""
+    for folder in ("models", "recipes"):
+        fresh_registry.discover_models(Path(__file__).resolve().parents[1] / folder)
     return fresh_registry
 
 

@@ -173,6 +173,17 @@ def test_discovery_registers_models_and_their_tto_chain(model_dir):
     assert policy_default_steps("spac-unit") == 5 and policy_default_steps("spac-unit+tto") == 8
 
 
+def test_a_model_offered_only_as_a_chain_registers_the_chain_alone(model_dir, edit_card):
+    edit_card(model_dir, inference={"steps": 5, "offered_alone": False})
+    assert discover_models(model_dir.parent) == {"spac-unit": model_dir}
+    assert "spac-unit+tto" in available_policies() and "spac-unit" not in available_policies()
+    with pytest.raises(PolicyError, match="unknown policy 'spac-unit'"):
+        make_policy("spac-unit")
+    edit_card(model_dir, inference={"steps": 5, "offered_alone": "no"})
+    with pytest.warns(UserWarning, match=r"card\.json': inference\.offered_alone must be true or false"):
+        assert discover_models(model_dir.parent) == {}
+
+
 def test_a_registered_folder_wins_over_others_of_the_same_id(model_dir, edit_card):
     other = model_dir.parent / "z-copy"
     write_small_spac_model(other)
@@ -257,6 +268,8 @@ def test_cli_runs_the_chain_for_its_default_steps(model_dir, edit_card, small_pa
         tmp_path / "t.h5",
         "--policy",
         "spac-unit+tto",
+        "--quality",  # the card's chain (auto runs the fine schedule: the next test)
+        "standard",
         "--initialization",
         "none",
         "--pair",  # a one-voxel shift of one image reads as one session: its linear result, no step
@@ -269,7 +282,30 @@ def test_cli_runs_the_chain_for_its_default_steps(model_dir, edit_card, small_pa
     lines = [
         line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("spac-unit+tto")
     ]
-    assert lines and "(3 steps by default)" in lines[0]
+    assert lines and "(3 steps at --quality standard, " in lines[0]
+
+
+def test_cli_runs_the_chain_at_fine_as_its_card_says(model_dir, edit_card, small_pair, tmp_path):
+    """``--quality fine`` with a chain: the card's ``inference.chain.fine`` learned steps, then the fine
+    levels it does not skip (on the 2 mm pair: 4, 4, 2, 2 mm less the first two), as many steps in all."""
+    chain = {
+        "learned_steps": 1,
+        "then_steps": 2,
+        "tto": {"iterations": 1},
+        "fine": {"learned_steps": 2, "skip_levels": 2, "tto": {"iterations": 1}},
+    }
+    edit_card(model_dir, inference={"steps": 5, "max_step": 2.0, "chain": chain})
+    discover_models(model_dir.parent)
+    fixed, moving = small_pair
+    report = tmp_path / "report.json"
+    argv = [fixed, moving, "-o", tmp_path / "t.h5", "--policy", "spac-unit+tto", "--quality", "fine"]
+    argv += ["--initialization", "none", "--pair", "different-subjects", "--no-harm-check"]
+    assert (
+        cli_main([str(a) for a in ["register", *argv, "--device", "cpu", "--report", report, "--quiet"]]) == 0
+    )
+    steps = json.loads(report.read_text())["steps"]
+    assert len(steps) == 1 + 2 + 2  # the initial state, 2 learned steps, the two 2 mm TTO levels
+    assert (tmp_path / "t.h5").is_file()
 
 
 def test_learned_policy_in_a_session(model_dir, blob_array, make_grid, image_on_grid):

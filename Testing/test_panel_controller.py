@@ -154,6 +154,14 @@ def test_policy_and_quality_bring_their_measured_settings_and_bad_values_change_
 
 
 @slicer_only
+def test_a_chain_at_fine_shows_its_learned_steps_and_the_fine_levels_it_keeps(learned_models, panel):
+    params = panel.params
+    assert panel.updateSettings(policy="spac-brain-synth+tto", quality="standard") and params.steps == 6
+    assert panel.updateSettings(quality="fine") and params.steps == 1 + 3  # learned, then 4, 2, 1 mm
+    assert panel.updateSettings(quality="auto") and not panel.error
+
+
+@slicer_only
 def test_options_are_locked_while_running_and_cancel_before_the_first_step_leaves_nothing(panel, scene):
     before = node_ids(scene)
     assert panel.apply()

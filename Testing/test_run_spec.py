@@ -4,6 +4,7 @@ policy and session options ``plan_run`` makes of it (presets, working grid, memo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
@@ -62,9 +63,62 @@ def test_explicit_spacing_and_memory_cap_win_over_the_preset():
     assert (options.working_spacing_mm, options.max_memory_gib) == (1.5, 12.0)
 
 
-def test_fine_is_refused_for_other_policies(recipe_models):
-    with pytest.raises(OptionError, match="'fine' sets the tto schedule: use it with the policy tto"):
-        plan("--quality", "fine", "--policy", "spac-brain-synth+tto")
+def test_fine_is_refused_for_a_learned_policy_alone(learned_models):
+    with pytest.raises(
+        OptionError, match="'fine' sets the tto schedule: use it with the policy tto or a chain"
+    ):
+        plan("--quality", "fine", "--policy", "morphseek-brain-synth-warmup")
+    run = plan("--policy", "morphseek-brain-synth-warmup")  # auto: the learned policy's own grid and steps
+    assert run.quality == "standard" and "fine schedules are for tto and the chains" in run.notes[-1]
+
+
+def test_a_chain_at_fine_runs_its_learned_steps_then_the_fine_levels_they_do_not_replace(learned_models):
+    # a card without inference.chain.fine: its learned steps, then the levels finer than its 3 mm grid
+    run = plan("--quality", "fine", "--policy", "morphseek-brain-synth-warmup+tto")
+    chain = run.policy
+    assert (chain.first_steps, chain.then.config.pyramid) == (2, (2, 1))  # TTO at 2 and 1 mm
+    assert chain.then.config.mapped_iterations == (12, 12) and chain.then.config.ncc_window == 5
+    assert chain.then.config.regularization == 2.0  # the fine schedule's, not the standard chain's 4
+    assert run.steps == 4 and run.options.working_spacing_mm == 1.0
+    # the shipped chain's card: 1 learned step, then the fine levels less the first (4, 2, 1 mm)
+    run = plan("--quality", "fine", "--policy", "spac-brain-synth+tto")
+    assert (run.policy.first_steps, run.policy.then.config.pyramid, run.steps) == (1, (4, 2, 1), 4)
+    assert run.policy.then.config.mapped_iterations == (5, 12, 12)
+    followup = plan("--quality", "followup", "--policy", "spac-brain-synth+tto").policy
+    assert followup.then.config.regularization == 6.0
+    auto = plan("--policy", "spac-brain-synth+tto", "--pair", "different-subjects")
+    assert auto.quality == "fine" and auto.policy.then.config.pyramid == (4, 2, 1)
+
+
+def test_a_cards_fine_block_sets_the_handover(learned_models, tmp_path):
+    from RLRegistrationLib.errors import PolicyError
+    from RLRegistrationLib.policies.cards import chain_settings
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth"
+    card = json.loads((folder / "card.json").read_text())
+    card["inference"]["chain"]["fine"] = {
+        "learned_steps": 3,
+        "skip_levels": 3,
+        "tto": {"regularization": 1.5},
+    }
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    (tmp_path / card["weights"]).symlink_to(folder / card["weights"])
+    learned_models.register_model(tmp_path)
+    run = plan("--quality", "fine", "--policy", "spac-brain-synth+tto")
+    assert (run.policy.first_steps, run.policy.then.config.pyramid, run.steps) == (3, (1,), 4)
+    assert run.policy.then.config.regularization == 1.5
+    assert (
+        plan(
+            "--quality", "fine", "--policy", "spac-brain-synth+tto", "--regularization", "3"
+        ).policy.then.config.regularization
+        == 3.0
+    )
+    card["inference"]["chain"]["fine"] = {"learned_steps": 2, "skip_levels": 1, "tto": {"pyramid": [1]}}
+    with pytest.raises(PolicyError, match="fine.tto must not set the pyramid"):
+        chain_settings(card, tmp_path / "card.json")
+    card["inference"]["chain"]["fine"] = {"learned_steps": -1, "skip_levels": 1}
+    with pytest.raises(PolicyError, match="learned_steps -1 and skip_levels 1 must be integers"):
+        chain_settings(card, tmp_path / "card.json")
 
 
 def test_fine_is_never_finer_than_the_fixed_image():
@@ -144,7 +198,7 @@ def test_sampling_options_only_for_policies_that_sample():
         plan("--policy", "nope")
 
 
-def test_auto_quality_runs_the_finest_fine_schedule_that_fits_the_memory_cap(recipe_models):
+def test_auto_quality_runs_the_finest_fine_schedule_that_fits_the_memory_cap(learned_models):
     image = fixed_image()  # 16^3 voxels at 1 mm: fine at 1 mm fits any cap
     run = plan(fixed=image)
     assert (
@@ -174,8 +228,8 @@ def test_auto_quality_runs_the_finest_fine_schedule_that_fits_the_memory_cap(rec
         run = plan("--max-memory", f"{cap:.2f}", fixed=big)
         assert (run.quality, run.options.working_spacing_mm) == (expected, spacing), run.notes
     assert "more than 0.3 GiB" in run.notes[0]
-    learned = plan("--policy", "spac-brain-synth", fixed=image)
-    assert learned.quality == "standard" and "tto policy's" in learned.notes[0]
+    learned = plan("--policy", "morphseek-brain-synth-warmup", fixed=image)
+    assert learned.quality == "standard" and "fine schedules are for tto" in learned.notes[0]
 
 
 def test_a_known_pair_kind_picks_its_schedule():

@@ -369,11 +369,12 @@ def test_worker_reports_errors_and_out_of_memory(blob_array, make_grid):
 
 
 def _card(folder: Path, **changes) -> Path:
-    """A model folder holding a copy of the shipped SPAC card with ``changes`` (no weights: a card is
-    read when registered, the weights only when a policy is made)."""
+    """A model folder holding a copy of the shipped SPAC card with ``changes``, offered alone too (no
+    weights: a card is read when registered, the weights only when a policy is made)."""
     card = json.loads(
-        (Path(__file__).resolve().parents[1] / "recipes" / "spac-brain-synth" / "card.json").read_text()
+        (Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth" / "card.json").read_text()
     )
+    card["inference"] = {**card["inference"], "offered_alone": True}
     card.update(changes)
     folder.mkdir()
     (folder / "card.json").write_text(json.dumps(card))
@@ -416,9 +417,7 @@ def test_policy_choices_carry_the_default_steps():
     for name, choice in choices.items():
         assert choice.default_steps == policy_default_steps(name)
     if "spac-brain-synth+tto" in choices:  # the shipped model's card sets its chain
-        chain = chain_settings(
-            read_card(Path(__file__).resolve().parents[1] / "recipes" / "spac-brain-synth")
-        )
+        chain = chain_settings(read_card(Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth"))
         assert choices["spac-brain-synth+tto"].default_steps == chain.total_steps
         regularization = chain.tto.get("regularization", 2.0)
         assert choices["spac-brain-synth+tto"].option_defaults["regularization"] == regularization

@@ -611,10 +611,10 @@ def test_quality_fine_sets_the_presets_grid_and_schedule(module, scene):
     assert reports[-1].dice > reports[0].dice
 
 
-def test_quality_fine_with_a_learned_policy_is_refused(module, scene, recipe_models):
+def test_quality_fine_with_a_learned_policy_alone_is_refused(module, scene, learned_models):
     nodes = load_pair(labels=False)
     logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, quality="fine", policy="spac-brain-synth")
+    params = fast_parameters(logic, nodes, quality="fine", policy="morphseek-brain-synth-warmup")
     run_rejected(logic, params, scene, "Quality 'fine' sets the tto schedule")
 
 

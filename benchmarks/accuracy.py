@@ -112,13 +112,18 @@ def run_rlreg(fixed, moving, workdir, args):
     return result.transform, result.displacement
 
 
-def run_rlreg_fine(fixed, moving, workdir, args):
-    """``rlreg register --quality fine``."""
+def run_rlreg_fine(fixed, moving, workdir, args, policy: str = "tto"):
+    """``rlreg register --quality fine`` (``policy``: tto or a chain ``<id>+tto``)."""
     from RLRegistrationLib.registration.run_spec import RunSpec, register
 
-    spec = RunSpec(quality="fine", similarity=args.similarity, device="cpu")
+    spec = RunSpec(policy=policy, quality="fine", similarity=args.similarity, device="cpu")
     result = register(fixed, moving, spec, keep_steps=False)
     return result.transform, result.displacement
+
+
+def run_chain_fine(fixed, moving, workdir, args):
+    """``rlreg register --policy <--chain> --quality fine``: a learned chain at the fine schedule."""
+    return run_rlreg_fine(fixed, moving, workdir, args, args.chain)
 
 
 def run_rlreg_standard(fixed, moving, workdir, args, tto: str = ""):
@@ -319,6 +324,7 @@ METHODS = {
     "rlreg-standard": run_rlreg_standard,
     "rlreg-tuned": run_rlreg_tuned,
     "rlreg-fine": run_rlreg_fine,
+    "rlreg-chain-fine": run_chain_fine,
     "syn": run_syn,
     "greedy": run_greedy,
     "greedy-nmi": run_greedy_nmi,
@@ -427,6 +433,10 @@ def main(argv=None) -> int:
         default="",
         help="schedule of the rlreg-tuned method, e.g. 'spacing:1.0;max_voxels:0;pyramid:4/4/4/2/2/1' (see tto_schedule.py)",
     )
+    parser.add_argument(
+        "--chain", default="", help="policy of the rlreg-chain-fine method, e.g. spac-brain-synth+tto"
+    )
+    parser.add_argument("--models", default="", help="models folder of the learned policies (e.g. recipes)")
     parser.add_argument("--contrast-moving", default="t1", help="t1 (same contrast) or t2 (cross-contrast)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
@@ -434,6 +444,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the result files (accuracy_t1_ncc_<tag>.json)")
     args = parser.parse_args(argv)
+    if args.models:  # read by the registry of each worker process
+        os.environ["RLREG_MODELS_DIR"] = str(Path(args.models).resolve())
     shared = Path(args.shared_dir)
     if not (shared / "synthseg").is_dir():
         print(

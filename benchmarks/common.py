@@ -45,15 +45,16 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_card(model_dir: str | Path, threads: int) -> dict:
-    """Set torch's thread count, register the model folder's policies (``<id>`` and ``<id>+tto`` with the
-    card's settings; this folder's, whatever else holds a model of that id) and return its checked card."""
+    """Set torch's thread count, register the model folder's policies (``<id>``, also for a model offered
+    only as a chain, and ``<id>+tto`` with the card's settings; this folder's, whatever else holds a model
+    of that id) and return its checked card."""
     import torch
 
     from RLRegistrationLib.policies.cards import read_card
     from RLRegistrationLib.policies.registry import register_model
 
     torch.set_num_threads(threads)
-    register_model(model_dir)
+    register_model(model_dir, alone=True)
     return read_card(model_dir)
 
 

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     models = REPO / "recipes"
     parser.add_argument("--model", default=str(models / "morphseek-brain-synth"))
     parser.add_argument("--warmup-model", default=str(models / "morphseek-brain-synth-warmup"))
-    parser.add_argument("--spac-model", default=str(models / "spac-brain-synth"))
+    parser.add_argument("--spac-model", default=str(REPO / "models" / "spac-brain-synth"))
     parser.add_argument("--learned-steps", type=int, default=5)
     parser.add_argument("--samples", type=int, default=4, help="K for the multi-trajectory run")
     add_session_arguments(parser)

@@ -1,6 +1,6 @@
 """Learned policies vs test-time optimization on the SynthSeg validation pairs (1 mm, 160x192x224).
 
-    python benchmarks/policies.py --model recipes/spac-brain-synth [--pairs 11:12,12:13,13:14,14:11]
+    python benchmarks/policies.py --model models/spac-brain-synth [--pairs 11:12,12:13,13:14,14:11]
 
 Runs, side by side in one process and on the same pairs (fixed T1-like; moving T1-like, and T2-like for
 the cross-contrast rows):
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=str(REPO / "recipes" / "spac-brain-synth"))
+    parser.add_argument("--model", default=str(REPO / "models" / "spac-brain-synth"))
     parser.add_argument("--spac-steps", type=int, help="learned steps alone (default: the card's)")
     parser.add_argument(
         "--lambda-scales", default="0.125,0.25,0.5,2,4", help="extra scales of learned and uniform lambda"

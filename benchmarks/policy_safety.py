@@ -2,7 +2,7 @@
 diffeomorphic learned steps, on the SynthSeg validation pairs (1 mm, 160x192x224, fixed and moving
 T1-like; the pairs of ``policies.py`` and ``morphseek.py``).
 
-    python benchmarks/policy_safety.py [--models recipes/spac-brain-synth,...] [--pairs 11:12,...]
+    python benchmarks/policy_safety.py [--models models/spac-brain-synth,...] [--pairs 11:12,...]
                                        [--chain-regularization 8] [--threads 1]
 
 For each model folder (default: every folder of ``models/`` and ``recipes/``) and each pair, runs the policies as a user

@@ -7,7 +7,7 @@
    not mis-measured).
 2. With ``--checkpoint``: the policy's deterministic steps on a few training-distribution pairs (true-label
    Dice per step, step size, mean lambda), to tell a domain gap from a policy that does not converge.
-3. With ``--model recipes/spac-brain-synth``: the shipped model's steps on the validation pairs with its
+3. With ``--model models/spac-brain-synth``: the shipped model's steps on the validation pairs with its
    inputs as trained and with both inputs box-blurred (3^3), e.g. ``--model ... --steps 6``.
 
 Needs ``../shared/data`` (the config's ``shared_dir``); exits 2 with a message when absent.

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=str(REPO / "recipes" / "spac-brain-synth"))
+    parser.add_argument("--model", default=str(REPO / "models" / "spac-brain-synth"))
     parser.add_argument("--base", type=float, help="uniform λ of run (1) (default: the stage (c) base)")
     parser.add_argument(
         "--background-weight", type=float, help="λ of the oracle's background (default: the stage (c) one)"

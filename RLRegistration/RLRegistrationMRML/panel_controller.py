@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from RLRegistrationLib.errors import RLRegistrationError
 from RLRegistrationLib.frontends.panel_state import PanelState, PanelStateMachine, UiFlags, progress_text
 from RLRegistrationLib.registration.quality import QUALITY_PRESETS
+from RLRegistrationLib.registration.run_spec import schedule_steps
 
 from .parameters import RUN_SETTINGS, SETTINGS_BY_NAME, checkSetting
 
@@ -161,7 +162,8 @@ class PanelController:
             regularization = SETTINGS_BY_NAME["regularization"].default
         if quality not in QUALITY_PRESETS:
             return measured, regularization
-        return QUALITY_PRESETS[quality].panel_settings(measured, regularization)
+        steps, regularization = QUALITY_PRESETS[quality].panel_settings(measured, regularization)
+        return schedule_steps(policy, quality) or steps, regularization
 
     def _write(self, name: str, value) -> None:
         """Set ``name`` (steps, regularization) as the panel's default, not the user's choice."""

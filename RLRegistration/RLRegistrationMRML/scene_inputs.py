@@ -15,6 +15,7 @@ import slicer.util
 import vtk
 
 from RLRegistrationLib.registration.quality import QUALITY_PRESETS
+from RLRegistrationLib.registration.run_spec import runs_tto_schedules
 
 from .parameters import PREVIOUS_PARENT_ATTRIBUTE
 
@@ -256,9 +257,14 @@ class SceneInputs:
         if quality != "auto" and quality not in QUALITY_PRESETS:
             choices = ", ".join(("auto", *QUALITY_PRESETS))
             raise ValueError(f"Unknown quality '{quality}' (choose from {choices}).")
-        if quality != "auto" and QUALITY_PRESETS[quality].tto_levels_mm and params.policy != "tto":
+        if (
+            quality != "auto"
+            and QUALITY_PRESETS[quality].tto_levels_mm
+            and not runs_tto_schedules(params.policy)
+        ):
             raise ValueError(
-                f"Quality '{quality}' sets the tto schedule: choose the policy 'tto' or quality 'standard'."
+                f"Quality '{quality}' sets the tto schedule: choose the policy 'tto', a chain '<id>+tto' or "
+                "quality 'standard'."
             )
         self.resultParentTransform(params)
 

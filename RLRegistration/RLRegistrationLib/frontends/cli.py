@@ -217,6 +217,7 @@ def cmd_info(args) -> int:
     from .. import __version__
     from ..devices import describe_device, resolve_device
     from ..policies.registry import registered_policies
+    from ..registration.run_spec import schedule_steps
 
     print(f"rlreg {__version__}")
     print(f"torch {torch.__version__}, SimpleITK {sitk.Version.VersionString()}")
@@ -225,7 +226,11 @@ def cmd_info(args) -> int:
     print("policies:")
     for name, entry in registered_policies().items():
         sampling = " [--samples K: sampled trajectories, uncertainty map]" if entry.supports_sampling else ""
-        print(f"  {name:12s} {entry.description} ({entry.default_steps} steps by default){sampling}")
+        fine = schedule_steps(name, "fine")
+        steps = f"{entry.default_steps} steps by default"
+        if fine is not None:  # quality auto runs the fine schedule where memory allows
+            steps = f"{entry.default_steps} steps at --quality standard, {fine} at fine"
+        print(f"  {name:12s} {entry.description} ({steps}){sampling}")
     return 0
 
 

@@ -58,6 +58,7 @@ def read_card(folder: str | Path) -> dict:
             f"{', '.join(repr(f) for f in FAMILY_NAMES)})"
         )
     inference_step_options(card, path)
+    offered_alone(card, path)
     return card
 
 
@@ -81,6 +82,31 @@ def inference_step_options(card: dict, path: Path | str = CARD_NAME) -> tuple[bo
     return diffeomorphic, squarings
 
 
+def offered_alone(card: dict, path: Path | str = CARD_NAME) -> bool:
+    """The card's ``inference.offered_alone`` (default true): whether the learned policy is offered on its
+    own, or only as the chain ``<id>+tto`` (a model that meets the bar of ``models/README.md`` as a chain
+    only). ``PolicyError`` naming the card when it is not a boolean."""
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    value = inference.get("offered_alone", True)
+    if not isinstance(value, bool):
+        raise PolicyError(
+            f"model card '{path}': inference.offered_alone must be true or false, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ScheduleChain:
+    """How ``<id>+tto`` runs a quality preset's TTO schedule (``--quality fine|followup|auto``; card
+    ``inference.chain.fine``): ``learned_steps`` learned steps, then the preset's levels less the first
+    ``skip_levels`` (the coarse TTO steps the learned steps replace), with ``tto`` options on top of the
+    preset's (e.g. a regularization weight for the learned lambda map)."""
+
+    learned_steps: int
+    skip_levels: int
+    tto: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ChainSettings:
     """How ``<id>+tto`` hands over from the learned steps to test-time optimization (card
@@ -94,10 +120,22 @@ class ChainSettings:
     then_steps: int = 3
     tto: dict = field(default_factory=lambda: {"pyramid": (1,)})
     tto_by_similarity: dict = field(default_factory=dict)
+    fine: ScheduleChain | None = None
+    network_spacing_mm: float = 3.0  # the card's working grid
 
     @property
     def total_steps(self) -> int:
         return self.learned_steps + self.then_steps
+
+    def schedule_chain(self, levels_mm: tuple[float, ...]) -> ScheduleChain:
+        """How the chain runs a preset's TTO levels (mm): the card's ``fine`` block, else the chain's learned
+        steps followed by the levels finer than the network's grid (the coarser ones are what the learned
+        steps replace), at the preset's own TTO options. At least one TTO level is kept."""
+        if self.fine is not None:
+            skip = min(self.fine.skip_levels, len(levels_mm) - 1)
+            return ScheduleChain(self.fine.learned_steps, skip, dict(self.fine.tto))
+        coarse = sum(1 for level in levels_mm if level >= self.network_spacing_mm)
+        return ScheduleChain(self.learned_steps, min(coarse, len(levels_mm) - 1))
 
     def tto_options(self, similarity: str | None = None) -> dict:
         """The TTO options of a run with ``similarity`` (None: the TTO default's)."""
@@ -116,11 +154,12 @@ def _tto_options(options: object, where: str) -> tuple[dict | None, str | None]:
 
 def chain_settings(card: dict, path: Path | str = CARD_NAME) -> ChainSettings:
     """The card's ``inference.chain`` (``PolicyError`` naming the card when malformed); without one, the
-    card's ``inference.steps`` learned steps then 3 fine TTO steps."""
+    card's ``inference.steps`` learned steps then 3 fine TTO steps. ``inference.chain.fine`` (optional):
+    how the chain runs a quality preset's schedule (``ScheduleChain``)."""
     inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
     chain = inference.get("chain")
     if chain is None:
-        return ChainSettings(int(inference.get("steps", 5)))
+        return ChainSettings(int(inference.get("steps", 5)), network_spacing_mm=_network_spacing(card))
     if not isinstance(chain, dict):
         raise PolicyError(
             f"model card '{path}': inference.chain must be an object with learned_steps, then_steps and tto "
@@ -140,9 +179,31 @@ def chain_settings(card: dict, path: Path | str = CARD_NAME) -> ChainSettings:
         by_similarity[name], problem = _tto_options(options, f"tto_by_similarity.{name}")
         if problem:
             break
+    fine = None
+    if problem is None and "fine" in chain:
+        fine, problem = _schedule_chain(chain["fine"])
     if problem:
         raise PolicyError(f"model card '{path}': inference.chain {problem}")
-    return ChainSettings(steps[0], steps[1], tto, by_similarity)
+    return ChainSettings(steps[0], steps[1], tto, by_similarity, fine, _network_spacing(card))
+
+
+def _schedule_chain(block: object) -> tuple[ScheduleChain | None, str | None]:
+    """(the ``inference.chain.fine`` block, None) or (None, the problem)."""
+    if not isinstance(block, dict):
+        return None, "fine must be an object with learned_steps, skip_levels and tto options"
+    counts = (block.get("learned_steps"), block.get("skip_levels"))
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
+        return None, f"fine: learned_steps {counts[0]} and skip_levels {counts[1]} must be integers >= 0"
+    tto, problem = _tto_options(block.get("tto", {}), "fine.tto")
+    if problem is None and "pyramid" in tto:
+        problem = "fine.tto must not set the pyramid (the quality preset's levels less skip_levels)"
+    return (None, problem) if problem else (ScheduleChain(counts[0], counts[1], tto), None)
+
+
+def _network_spacing(card: dict) -> float:
+    grid = card.get("working_grid") if isinstance(card.get("working_grid"), dict) else {}
+    spacing = grid.get("spacing_mm", 3.0)
+    return float(spacing) if isinstance(spacing, (int, float)) and spacing > 0 else 3.0
 
 
 def models_dir() -> Path | None:

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 
 from ..errors import PolicyError
 from .base import Policy
-from .cards import CARD_NAME, ChainSettings, chain_settings, models_dir, read_card
+from .cards import CARD_NAME, ChainSettings, chain_settings, models_dir, offered_alone, read_card
 from .chained import ChainedPolicy, chained_tto_policy
 from .morphseek_policy import MorphSeekPolicy
 from .network_policy import NetworkPolicy, SPACPolicy
@@ -33,6 +33,7 @@ class RegisteredPolicy(NamedTuple):
     option_defaults: tuple[tuple[str, object], ...] = ()
     modality: str = ""
     card: Path | None = None
+    chain: ChainSettings | None = None  # for ``<id>+tto``: how it hands over to TTO
 
 
 _REGISTRY: dict[str, RegisteredPolicy] = {}
@@ -59,6 +60,7 @@ def register_policy(
     option_defaults: dict | None = None,
     modality: str = "",
     card: Path | None = None,
+    chain: ChainSettings | None = None,
 ) -> None:
     """Make a policy available by name to the session, the CLI and the Slicer panel.
 
@@ -68,7 +70,7 @@ def register_policy(
     options (e.g. ``iterations``, ``regularization``) when not given, for user interfaces to show."""
     defaults = tuple(sorted((option_defaults or {}).items()))
     _REGISTRY[name] = RegisteredPolicy(
-        factory, description, bool(supports_sampling), int(default_steps), defaults, modality, card
+        factory, description, bool(supports_sampling), int(default_steps), defaults, modality, card, chain
     )
 
 
@@ -98,6 +100,12 @@ def policy_default_steps(name: str) -> int:
     """Steps of a run of policy ``name`` when the user gives none (``DEFAULT_STEPS`` for unknown names)."""
     entry = _entries().get(name)
     return entry.default_steps if entry is not None else DEFAULT_STEPS
+
+
+def policy_chain_settings(name: str) -> ChainSettings | None:
+    """How the chain ``name`` (``<id>+tto``) hands over to test-time optimization; None for other names."""
+    entry = _entries().get(name)
+    return entry.chain if entry is not None else None
 
 
 def make_policy(name: str, **kwargs) -> Policy:
@@ -157,21 +165,23 @@ def _learned_factory(folder: Path, name: str, family: str):
 def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str = "spac"):
     cls, allowed = _FAMILY_POLICIES[family]
 
-    def make(first_steps: int | None = None, **options) -> ChainedPolicy:
+    def make(first_steps: int | None = None, base_tto: dict | None = None, **options) -> ChainedPolicy:
+        """``base_tto``: TTO options that replace the card's chain options (a quality preset's schedule,
+        ``ChainSettings.schedule_chain``); ``options`` override both."""
         learned = {k: options.pop(k) for k in allowed if k in options and options[k] is not None}
-        tto = {
-            **chain.tto_options(options.get("similarity")),
-            **{k: v for k, v in options.items() if v is not None},
-        }
+        base = chain.tto_options(options.get("similarity")) if base_tto is None else base_tto
+        tto = {**base, **{k: v for k, v in options.items() if v is not None}}
         steps = chain.learned_steps if first_steps is None else first_steps
         return chained_tto_policy(cls(folder, **learned), steps, tto, name)
 
     return make
 
 
-def register_model(folder: str | Path) -> str:
+def register_model(folder: str | Path, alone: bool | None = None) -> str:
     """Register the model in ``folder`` (its ``card.json``; families 'spac' and 'morphseek') as the
-    policies ``<id>`` and ``<id>+tto``, replacing any registered under that id; returns the id.
+    policies ``<id>`` (unless the card's ``inference.offered_alone`` is false: a model that earns its place
+    only as a chain; ``alone`` True registers it anyway, e.g. for a benchmark of the learned steps) and
+    ``<id>+tto``, replacing any registered under that id; returns the id.
     MorphSeek policies are registered as sampling policies (``samples``, ``temperature``). Weights are only
     read when a policy is made. ``PolicyError`` naming the card when it is unreadable or malformed."""
     folder = Path(folder)
@@ -186,18 +196,29 @@ def register_model(folder: str | Path) -> str:
     if isinstance(modality, (list, tuple)):
         modality = ", ".join(str(m) for m in modality)
     path = folder / CARD_NAME
-    register_policy(
-        name, _learned_factory(folder, name, family), description, sampling, steps, None, str(modality), path
-    )
+    if offered_alone(card, path) if alone is None else alone:
+        register_policy(
+            name,
+            _learned_factory(folder, name, family),
+            description,
+            sampling,
+            steps,
+            None,
+            str(modality),
+            path,
+        )
+    else:
+        _REGISTRY.pop(name, None)
     register_policy(
         f"{name}+tto",
         _chained_factory(folder, f"{name}+tto", chain, family),
-        f"{description}; {chain.learned_steps} learned steps, then test-time optimization",
+        f"{description}; learned steps, then test-time optimization",
         sampling,
         chain.total_steps,
         tto_option_defaults(chain.tto),
         str(modality),
         path,
+        chain,
     )
     return name
 

@@ -41,13 +41,19 @@ class QualityPreset:
         """Steps of a run with this preset when the user gives none (None: the policy's default)."""
         return None if self.tto_levels_mm is None else len(self.tto_levels_mm)
 
-    def tto_overrides(self, spacing_mm: float) -> dict:
+    def tto_overrides(self, spacing_mm: float, skip_levels: int = 0) -> dict:
         """The TTO options of this preset on a working grid of ``spacing_mm`` (empty for ``standard``), less
-        the regularization (``regularization``: front-ends show it and let the user change it)."""
+        the regularization (``regularization``: front-ends show it and let the user change it).
+        ``skip_levels``: leave out the first levels (and their entries of per-step schedules), for a
+        chain whose learned steps replace them."""
         if self.tto_levels_mm is None:
             return {}
-        options = {k: v for k, v in self.tto_options if k != "regularization"}
-        return {"pyramid": pyramid_for(self.tto_levels_mm, spacing_mm), **options}
+        options = {
+            k: (v[skip_levels:] or v[-1:]) if isinstance(v, tuple) else v
+            for k, v in self.tto_options
+            if k != "regularization"
+        }
+        return {"pyramid": pyramid_for(self.tto_levels_mm[skip_levels:], spacing_mm), **options}
 
     def working_spacing(self, fixed: sitk.Image) -> float:
         """The preset's working spacing; a preset with its own schedule never goes finer than the fixed

@@ -203,9 +203,12 @@ def check_policy(spec: RunSpec) -> None:
     if (
         spec.quality in QUALITY_PRESETS
         and QUALITY_PRESETS[spec.quality].tto_levels_mm
-        and spec.policy != "tto"
+        and not runs_tto_schedules(spec.policy)
     ):
-        raise OptionError("quality", f"'{spec.quality}' sets the tto schedule: use it with the policy tto")
+        raise OptionError(
+            "quality",
+            f"'{spec.quality}' sets the tto schedule: use it with the policy tto or a chain '<id>+tto'",
+        )
     if (spec.samples != 1 or spec.temperature is not None) and not policy_supports_sampling(spec.policy):
         option = "samples" if spec.samples != 1 else "temperature"
         raise OptionError(
@@ -243,23 +246,58 @@ def _options(
     )
 
 
-def _policy(spec: RunSpec, preset_name: str, spacing: float) -> Policy:
-    from ..policies.registry import make_policy
+def runs_tto_schedules(policy: str) -> bool:
+    """True for the policies that run a quality preset's TTO schedule (``fine``, ``followup``): ``tto`` and
+    the chains ``<id>+tto`` (their learned steps replace the coarse levels)."""
+    from ..policies.registry import policy_chain_settings
+
+    return policy == "tto" or policy_chain_settings(policy) is not None
+
+
+def _policy(spec: RunSpec, preset_name: str, spacing: float) -> tuple[Policy, int | None]:
+    """(the policy of ``spec`` under the preset, the steps of its schedule; None: the policy's default)."""
+    from ..policies.registry import make_policy, policy_chain_settings
 
     preset = QUALITY_PRESETS[preset_name]
     sampling = {}
     if spec.samples != 1 or spec.temperature is not None:
         sampling = {"samples": spec.samples, "temperature": spec.temperature, "seed": spec.seed}
     regularization = spec.regularization if spec.regularization is not None else preset.regularization
-    return make_policy(
-        spec.policy,
+    options = dict(
         iterations=spec.iterations,
         similarity=spec.similarity,
         intensity_mapping=spec.intensity_mapping,
         regularization=regularization,
         **sampling,
-        **preset.tto_overrides(spacing),
     )
+    chain = policy_chain_settings(spec.policy)
+    if chain is None or preset.tto_levels_mm is None:
+        return make_policy(spec.policy, **options, **preset.tto_overrides(spacing)), preset.steps
+    handover = chain.schedule_chain(preset.tto_levels_mm)
+    policy = make_policy(
+        spec.policy,
+        first_steps=handover.learned_steps,
+        base_tto=handover.tto,
+        **options,
+        **preset.tto_overrides(spacing, handover.skip_levels),
+    )
+    return policy, schedule_steps(spec.policy, preset_name)
+
+
+def schedule_steps(policy: str, quality: str) -> int | None:
+    """Steps of ``policy`` under the TTO schedule of the preset ``quality``: its levels for ``tto``, the
+    learned steps plus the levels they do not replace for a chain ``<id>+tto``; None when the preset has no
+    schedule (the policy's own steps)."""
+    from ..policies.registry import policy_chain_settings
+
+    preset = QUALITY_PRESETS.get(quality)
+    if preset is None or preset.tto_levels_mm is None:
+        return None
+    chain = policy_chain_settings(policy)
+    if chain is None:
+        return preset.steps
+    handover = chain.schedule_chain(preset.tto_levels_mm)
+    return handover.learned_steps + len(preset.tto_levels_mm) - handover.skip_levels
 
 
 def _auto_quality(
@@ -271,11 +309,11 @@ def _auto_quality(
     from .memory import GIB, estimate_peak_memory
 
     cap = spec.max_memory_gib if spec.max_memory_gib is not None else AUTO_MEMORY_GIB
-    if spec.policy != "tto":
+    if not runs_tto_schedules(spec.policy):
         return (
             "standard",
             QUALITY_PRESETS["standard"].spacing_mm,
-            "quality auto -> standard (the fine schedules are the tto policy's)",
+            "quality auto -> standard (the fine schedules are for tto and the chains '<id>+tto')",
         )
     name = "followup" if kind == "same-patient" else "fine"
     preset = QUALITY_PRESETS[name]
@@ -335,15 +373,12 @@ def plan_run(
         )
     policies = {}
     if kind == "auto" and spec.quality == "auto" and quality == "fine":  # the kind is still to be found
-        policies["same-patient"] = _policy(spec, "followup", spacing)
-    preset = QUALITY_PRESETS[quality]
-    steps = spec.steps if spec.steps is not None else preset.steps or policy_default_steps(spec.policy)
+        policies["same-patient"] = _policy(spec, "followup", spacing)[0]
+    policy, schedule_steps = _policy(spec, quality, spacing)
+    steps = spec.steps if spec.steps is not None else schedule_steps or policy_default_steps(spec.policy)
     options = _options(spec, quality, spacing, device, kind, reason, keep_steps)
     options.planned_steps = int(steps)
-    return RunPlan(
-        spec, _policy(spec, quality, spacing), options, int(steps),
-        quality, policies, notes,
-    )  # fmt: skip
+    return RunPlan(spec, policy, options, int(steps), quality, policies, notes)
 
 
 def build_session(
