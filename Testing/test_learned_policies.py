@@ -400,3 +400,15 @@ def test_bad_diffeomorphic_option_names_the_card(model_dir, edit_card, change, m
         load_model(model_dir)
     with pytest.warns(UserWarning, match="skipping model"):
         assert discover_models(model_dir.parent) == {}
+
+
+def test_an_explicit_registration_wins_over_the_lazy_discovery_of_the_models_folder(monkeypatch):
+    """A benchmark registers a shipped chain-only model with its steps alone (``alone=True``) before anything
+    has looked a policy up: the models folder's discovery, which runs first, must not undo that."""
+    from RLRegistrationLib.policies import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", {"tto": registry._REGISTRY["tto"]})
+    monkeypatch.setattr(registry, "_DISCOVERED", [])
+    folder = Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth"
+    registry.register_model(folder, alone=True)
+    assert {"spac-brain-synth", "spac-brain-synth+tto"} <= set(available_policies())

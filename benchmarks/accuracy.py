@@ -121,6 +121,20 @@ def run_rlreg_fine(fixed, moving, workdir, args, policy: str = "tto"):
     return result.transform, result.displacement
 
 
+def run_learned_alone(fixed, moving, workdir, args):
+    """``rlreg register --policy <id>`` for the learned steps of ``--chain``'s model alone (registered here
+    also when its card offers it only as a chain): quality auto, i.e. the network's own steps on the
+    standard grid."""
+    from RLRegistrationLib.policies.cards import models_dir
+    from RLRegistrationLib.policies.registry import register_model
+    from RLRegistrationLib.registration.run_spec import RunSpec, register
+
+    model_id = args.chain.removesuffix("+tto")
+    register_model(models_dir() / model_id, alone=True)
+    result = register(fixed, moving, RunSpec(policy=model_id, device="cpu"), keep_steps=False)
+    return result.transform, result.displacement
+
+
 def run_chain_fine(fixed, moving, workdir, args):
     """``rlreg register --policy <--chain> --quality fine``: a learned chain at the fine schedule."""
     return run_rlreg_fine(fixed, moving, workdir, args, args.chain)
@@ -325,6 +339,7 @@ METHODS = {
     "rlreg-tuned": run_rlreg_tuned,
     "rlreg-fine": run_rlreg_fine,
     "rlreg-chain-fine": run_chain_fine,
+    "rlreg-learned-alone": run_learned_alone,
     "syn": run_syn,
     "greedy": run_greedy,
     "greedy-nmi": run_greedy_nmi,
@@ -434,7 +449,10 @@ def main(argv=None) -> int:
         help="schedule of the rlreg-tuned method, e.g. 'spacing:1.0;max_voxels:0;pyramid:4/4/4/2/2/1' (see tto_schedule.py)",
     )
     parser.add_argument(
-        "--chain", default="", help="policy of the rlreg-chain-fine method, e.g. spac-brain-synth+tto"
+        "--chain",
+        default="",
+        help="policy of the rlreg-chain-fine method (rlreg-learned-alone: its learned steps alone), e.g. "
+        "spac-brain-synth+tto",
     )
     parser.add_argument("--models", default="", help="models folder of the learned policies (e.g. recipes)")
     parser.add_argument("--contrast-moving", default="t1", help="t1 (same contrast) or t2 (cross-contrast)")

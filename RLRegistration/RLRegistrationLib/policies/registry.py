@@ -184,6 +184,7 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
     ``<id>+tto``, replacing any registered under that id; returns the id.
     MorphSeek policies are registered as sampling policies (``samples``, ``temperature``). Weights are only
     read when a policy is made. ``PolicyError`` naming the card when it is unreadable or malformed."""
+    _entries()  # the models folder first: a folder registered explicitly then wins over its lazy discovery
     folder = Path(folder)
     card = read_card(folder)
     chain = chain_settings(card, folder / CARD_NAME)
