@@ -3,8 +3,10 @@
 Methods: identity, affine only (this project's SimpleITK affine), this project's default (rlreg tto), and,
 when installed (``pip install .[bench]``), Greedy (picsl-greedy: affine then deformable NCC, the anchor the
 time ratios refer to), ANTs SyN (antspyx), elastix (itk-elastix, default affine + B-spline maps) and
-SimpleITK diffeomorphic demons. Each (method, pair) runs in a fresh process so that
-peak RSS is its own; wall time covers the registration only (images in memory -> transform).
+SimpleITK diffeomorphic demons; with ``--chain <id>+tto``, that learned chain at the fine schedule
+(``rlreg-chain-fine``) and its learned steps alone (``rlreg-learned-alone``). Each (method, pair) runs in a
+fresh process so that peak RSS is its own; wall time covers the registration only (images in memory ->
+transform).
 
     python benchmarks/accuracy.py                      # all methods, 4 pairs, table to stdout + results/
     python benchmarks/accuracy.py --methods rlreg,syn --pairs 11:12
@@ -462,6 +464,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the result files (accuracy_t1_ncc_<tag>.json)")
     args = parser.parse_args(argv)
+    if not args.chain and {"rlreg-chain-fine", "rlreg-learned-alone"} & set(args.methods.split(",")):
+        parser.error("the methods rlreg-chain-fine and rlreg-learned-alone need --chain <id>+tto")
     if args.models:  # read by the registry of each worker process
         os.environ["RLREG_MODELS_DIR"] = str(Path(args.models).resolve())
     shared = Path(args.shared_dir)

@@ -374,8 +374,8 @@ def plan_run(
     policies = {}
     if kind == "auto" and spec.quality == "auto" and quality == "fine":  # the kind is still to be found
         policies["same-patient"] = _policy(spec, "followup", spacing)[0]
-    policy, schedule_steps = _policy(spec, quality, spacing)
-    steps = spec.steps if spec.steps is not None else schedule_steps or policy_default_steps(spec.policy)
+    policy, preset_steps = _policy(spec, quality, spacing)
+    steps = spec.steps if spec.steps is not None else preset_steps or policy_default_steps(spec.policy)
     options = _options(spec, quality, spacing, device, kind, reason, keep_steps)
     options.planned_steps = int(steps)
     return RunPlan(spec, policy, options, int(steps), quality, policies, notes)
