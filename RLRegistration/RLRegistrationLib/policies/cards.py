@@ -106,6 +106,10 @@ class ScheduleChain:
     skip_levels: int
     tto: dict = field(default_factory=dict)
 
+    def steps(self, levels_mm: tuple[float, ...]) -> int:
+        """Steps of a run of the chain on these preset levels: the learned ones, then the levels kept."""
+        return self.learned_steps + len(levels_mm) - self.skip_levels
+
 
 @dataclass(frozen=True)
 class ChainSettings:

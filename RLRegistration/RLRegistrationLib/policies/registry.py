@@ -197,7 +197,9 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
     if isinstance(modality, (list, tuple)):
         modality = ", ".join(str(m) for m in modality)
     path = folder / CARD_NAME
-    if offered_alone(card, path) if alone is None else alone:
+    if alone is None:
+        alone = offered_alone(card, path)
+    if alone:
         register_policy(
             name,
             _learned_factory(folder, name, family),

@@ -281,7 +281,7 @@ def _policy(spec: RunSpec, preset_name: str, spacing: float) -> tuple[Policy, in
         **options,
         **preset.tto_overrides(spacing, handover.skip_levels),
     )
-    return policy, schedule_steps(spec.policy, preset_name)
+    return policy, handover.steps(preset.tto_levels_mm)
 
 
 def schedule_steps(policy: str, quality: str) -> int | None:
@@ -296,8 +296,7 @@ def schedule_steps(policy: str, quality: str) -> int | None:
     chain = policy_chain_settings(policy)
     if chain is None:
         return preset.steps
-    handover = chain.schedule_chain(preset.tto_levels_mm)
-    return handover.learned_steps + len(preset.tto_levels_mm) - handover.skip_levels
+    return chain.schedule_chain(preset.tto_levels_mm).steps(preset.tto_levels_mm)
 
 
 def _auto_quality(
