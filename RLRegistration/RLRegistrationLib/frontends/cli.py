@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading  # here, not in the signal handler: see _raise_interrupted
 import time
 import warnings
 
@@ -38,11 +39,11 @@ def _raise_interrupted(signum, frame) -> None:
     """SIGINT raises ``KeyboardInterrupt``, SIGTERM and SIGHUP ``Interrupted``; a repeat within
     ``REPEAT_GRACE_S`` seconds is ignored. Not inside an import: a module being imported may swallow the
     exception and be left half made (numpy turns it into an ImportError that SimpleITK takes for "no
-    numpy", and the next import of numpy fails), so the signal is sent again until the import is over."""
+    numpy", and the next import of numpy fails), so the signal is sent again until the import is over.
+    The handler itself imports nothing: an import run inside an interrupted one (same thread) deletes the
+    outer import's lock entry, which then fails with a KeyError traceback when it finishes."""
     global _first_signal_at
     if _importing(frame):
-        import threading
-
         retry = threading.Timer(IMPORT_RETRY_S, os.kill, (os.getpid(), signum))
         retry.daemon = True
         retry.start()
