@@ -162,3 +162,22 @@ def test_a_level_that_ends_worse_than_it_began_keeps_its_start(blob_array, monke
     assert transform is start
     assert value >= careful[1]  # the start is not better than where the careful optimizer ended
     np.testing.assert_allclose(careful[0].GetTranslation(), start.GetTranslation(), atol=0.3)
+
+
+def test_the_pyramid_smooths_each_image_once_per_spacing_and_shares_the_copies(blob_array):
+    """The smoothed images of the pyramid are kept in ``copies``, where the session's working grid and
+    do-no-harm check find them: one Gaussian per image and spacing, equal to smoothing on demand."""
+    from RLRegistrationLib.io.imaging import AntialiasedCopies, antialiased
+
+    image = sitk.GetImageFromArray(blob_array((48,) * 3, seed=3, blobs=30, sigma=(2.0, 4.0)))
+    image.SetSpacing((1.0, 1.0, 1.0))
+    copies = AntialiasedCopies()
+    pyramid = prealign_module._Pyramid(image, image, [None, None], copies)
+    for spacing in (8.0, 4.0, 2.0):
+        pyramid.level(spacing)
+    assert len(copies._copies) == 3  # one image (fixed and moving are the same object), three spacings
+    shared = copies.get(image, 2.0)
+    assert shared is copies.get(image, 2.0)
+    np.testing.assert_array_equal(
+        sitk.GetArrayViewFromImage(shared), sitk.GetArrayViewFromImage(antialiased(image, 2.0))
+    )

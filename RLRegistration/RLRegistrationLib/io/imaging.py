@@ -334,6 +334,43 @@ def normalize_intensity(array: np.ndarray, window: tuple[float, float]) -> np.nd
     return np.clip((np.asarray(array, dtype=np.float32) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 
 
+def antialiased(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``image`` (float32) Gaussian-smoothed for resampling on a grid of ``spacing_mm`` (mm): per axis a
+    sigma of ``sqrt(r² - 1) / 2`` of its own voxel, ``r`` the ratio of the spacings; unchanged where the
+    grid is not coarser. Smooth once and resample with ``antialias=False`` to sample one image many times."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    ratio = spacing_mm / np.asarray(image.GetSpacing())
+    sigma = np.sqrt(np.maximum(ratio**2 - 1.0, 0.0)) * 0.5 * np.asarray(image.GetSpacing())
+    if not np.any(sigma > 0):
+        return image
+    return sitk.SmoothingRecursiveGaussian(image, [float(s) for s in np.maximum(sigma, 1e-3)])
+
+
+class AntialiasedCopies:
+    """Anti-aliased copies of images (``antialiased``) for grids of given spacings, each made once: the
+    pre-alignment's pyramid, the working grid and the do-no-harm check ask for the same copies of the same
+    two images. Keyed by the image object, which it holds (so that its id stays its own): one per
+    registration, dropped when the copies are no longer needed."""
+
+    def __init__(self):
+        self._copies: dict[tuple[int, float], tuple[sitk.Image, sitk.Image]] = {}
+
+    def get(self, image: sitk.Image, spacing_mm: float) -> sitk.Image:
+        """``antialiased(image, spacing_mm)``, made on the first call for this image and spacing."""
+        key = (id(image), round(float(spacing_mm), 6))
+        if key not in self._copies:
+            self._copies[key] = (image, antialiased(image, spacing_mm))
+        return self._copies[key][1]
+
+
+def block_mean(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``image`` (float32) averaged over blocks of about ``spacing_mm`` (mm) per axis (``BinShrink``): a
+    cheap anti-aliasing before sampling it on a grid that coarse, e.g. to find where it has content."""
+    factors = [max(1, int(spacing_mm // s)) for s in image.GetSpacing()]
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    return image if factors == [1, 1, 1] else sitk.BinShrink(image, factors)
+
+
 def resample_to_grid(
     image: sitk.Image,
     grid: Grid,
@@ -341,19 +378,22 @@ def resample_to_grid(
     interpolator: int = sitk.sitkLinear,
     default_value: float = 0.0,
     antialias: bool = True,
+    copies: AntialiasedCopies | None = None,
 ) -> sitk.Image:
     """Resample ``image`` onto ``grid`` through ``transform`` (grid point -> image point), float32.
 
-    With ``antialias`` the image is Gaussian-smoothed first when the grid is coarser than the image.
+    With ``antialias`` the image is Gaussian-smoothed first when the grid is coarser than the image (taken
+    from ``copies`` when given: smoothed once for every grid of that spacing).
     """
     source = image
     if interpolator != sitk.sitkNearestNeighbor:
-        source = sitk.Cast(image, sitk.sitkFloat32)
-        if antialias:
-            ratio = np.asarray(grid.spacing).min() / np.asarray(image.GetSpacing())
-            sigma = np.sqrt(np.maximum(ratio**2 - 1.0, 0.0)) * 0.5 * np.asarray(image.GetSpacing())
-            if np.any(sigma > 0):
-                source = sitk.SmoothingRecursiveGaussian(source, [float(s) for s in np.maximum(sigma, 1e-3)])
+        spacing = float(np.asarray(grid.spacing).min())
+        if antialias and copies is not None:
+            source = copies.get(image, spacing)
+        else:
+            source = sitk.Cast(image, sitk.sitkFloat32)
+            if antialias:
+                source = antialiased(source, spacing)
     reference = grid.reference_image(source.GetPixelID())
     return sitk.Resample(
         source,

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..fields.geometry import Grid, working_grid
-from ..io.imaging import resample_to_grid
+from ..io.imaging import AntialiasedCopies, resample_to_grid
 
 #: spacing of the check grid (mm)
 CHECK_SPACING_MM = 2.0
@@ -64,10 +64,13 @@ class HarmCheck:
         moving: sitk.Image,
         fixed_mask: sitk.Image | None = None,
         spacing_mm: float = CHECK_SPACING_MM,
+        copies: AntialiasedCopies | None = None,
     ):
-        self.moving = sitk.Cast(moving, sitk.sitkFloat32)
         self.grid = working_grid(Grid.from_image(fixed), spacing_mm, multiple=1)
-        self.fixed = sitk.GetArrayFromImage(resample_to_grid(sitk.Cast(fixed, sitk.sitkFloat32), self.grid))
+        # smoothed once for the check grid: each candidate transform only resamples it
+        copies = copies or AntialiasedCopies()
+        self.moving = copies.get(moving, float(min(self.grid.spacing)))
+        self.fixed = sitk.GetArrayFromImage(resample_to_grid(fixed, self.grid, copies=copies))
         self.fixed_gradient = _gradient(self.fixed)
         region = _foreground(self.fixed)
         if fixed_mask is not None:
@@ -78,7 +81,7 @@ class HarmCheck:
 
     def _warped(self, transform: sitk.Transform | None) -> tuple[np.ndarray, np.ndarray]:
         """The moving image on the check grid through ``transform``, and where it has data."""
-        warped = sitk.GetArrayFromImage(resample_to_grid(self.moving, self.grid, transform))
+        warped = sitk.GetArrayFromImage(resample_to_grid(self.moving, self.grid, transform, antialias=False))
         ones = sitk.Image(self.moving.GetSize(), sitk.sitkFloat32) + 1.0
         ones.CopyInformation(self.moving)
         inside = sitk.Resample(

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..fields.geometry import Grid, affine_to_matrix, flatten_linear, working_grid
-from ..io.imaging import resample_to_grid
+from ..io.imaging import AntialiasedCopies, resample_to_grid
 from ..options import INITIALIZATIONS
 
 
@@ -51,11 +51,13 @@ def prealign(
     moving_mask: sitk.Image | None = None,
     seed: int = 0,
     schedule: PrealignSchedule | None = None,
+    copies: AntialiasedCopies | None = None,
 ) -> sitk.AffineTransform:
     """Linear transform (fixed point -> moving point) of ``mode`` "affine", "rigid" or "none".
 
     ``initial`` (any linear transform, fixed -> moving) replaces the automatic centring; "none" returns it
-    (identity without it). Masks are label images on any grid (nonzero = inside).
+    (identity without it). Masks are label images on any grid (nonzero = inside). ``copies``: where the
+    smoothed images of the pyramid are kept (and found, when a caller made them already).
     """
     if mode not in INITIALIZATIONS:
         raise ValueError(f"unknown initialization '{mode}' (choose from {', '.join(INITIALIZATIONS)})")
@@ -65,7 +67,7 @@ def prealign(
     finest = max(schedule.finest_mm, _min_spacing(fixed), _min_spacing(moving))
     masks = [None if m is None else sitk.Cast(m != 0, sitk.sitkUInt8) for m in (fixed_mask, moving_mask)]
     levels = _levels(schedule.rigid_levels_mm, finest)
-    pyramid = _Pyramid(fixed, moving, masks)
+    pyramid = _Pyramid(fixed, moving, masks, copies)
     candidates = _initial_candidates(pyramid.level(levels[0]), initial)
     runs = [_register(pyramid.level(levels[0]), _rigid_from(c), schedule, seed) for c in candidates]
     transform = min(runs, key=lambda run: run[1])[0]
@@ -97,16 +99,26 @@ class _Level:
 
 
 class _Pyramid:
-    """Isotropic anti-aliased copies of the pair at each spacing, made once (float32)."""
+    """Isotropic anti-aliased copies of the pair at each spacing, made once (float32), each smoothed from
+    the images themselves (``copies`` keeps the smoothed images, shared with the session's working grid and
+    do-no-harm check). Smoothing each level from the next finer copy instead saved 0.2 s per level but
+    moved a clinical T1/FLAIR pre-alignment by up to 0.1 mm (``benchmarks/RESULTS.md``, issue 25)."""
 
-    def __init__(self, fixed: sitk.Image, moving: sitk.Image, masks: list[sitk.Image | None]):
+    def __init__(
+        self,
+        fixed: sitk.Image,
+        moving: sitk.Image,
+        masks: list[sitk.Image | None],
+        copies: AntialiasedCopies | None = None,
+    ):
         self.fixed, self.moving, self.masks = fixed, moving, masks
+        self.copies = copies
         self._levels: dict[float, _Level] = {}
 
     def level(self, spacing_mm: float) -> _Level:
         if spacing_mm not in self._levels:
-            fixed = _isotropic(self.fixed, spacing_mm)
-            moving = _isotropic(self.moving, spacing_mm)
+            fixed = _isotropic(self.fixed, spacing_mm, self.copies)
+            moving = _isotropic(self.moving, spacing_mm, self.copies)
             fixed_mask, moving_mask = self.masks
             inside = int(np.prod(fixed.GetSize()))
             if fixed_mask is not None:
@@ -116,9 +128,11 @@ class _Pyramid:
         return self._levels[spacing_mm]
 
 
-def _isotropic(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """``image`` resampled (anti-aliased, float32) on an isotropic grid of ``spacing_mm`` covering it."""
-    return resample_to_grid(image, working_grid(Grid.from_image(image), spacing_mm, multiple=1))
+def _isotropic(image: sitk.Image, spacing_mm: float, copies: AntialiasedCopies | None = None) -> sitk.Image:
+    """``image`` resampled (anti-aliased, float32) on an isotropic grid of ``spacing_mm`` covering it (the
+    smoothed image from ``copies`` when given)."""
+    grid = working_grid(Grid.from_image(image), spacing_mm, multiple=1)
+    return resample_to_grid(image, grid, copies=copies)
 
 
 def _initial_candidates(level: _Level, initial: sitk.Transform | None) -> list[sitk.Transform]:

@@ -1,6 +1,7 @@
 """A registration as a sequence of steps that can be watched, cancelled, continued and stepped back.
 
-Flow: linear pre-alignment (fixed -> moving; rigid, affine or none: ``prealign``) -> working grid
+Flow: linear pre-alignment (fixed -> moving; rigid, affine or none: ``prealign``, its finest level the
+working grid's spacing) -> working grid
 (isotropic, dims divisible by 16) -> the policy proposes step fields that are composed into the total field
 ``phi_t`` (working-grid voxels) -> the result is ``T(x) = A(x + u(x))`` with ``u`` = ``phi_T`` resampled to
 the output grid in LPS mm (docs/ARCHITECTURE.md §3).
@@ -39,6 +40,7 @@ from ..fields.metrics import common_labels, dice_per_label
 from ..fields.similarity import LocalNCC
 from ..fields.spatial import compose_displacements, resample_field_to_grid, sample_image_at_points, warp
 from ..io.imaging import (
+    AntialiasedCopies,
     check_overlap,
     check_pyramid_size,
     check_same_geometry,
@@ -51,7 +53,7 @@ from ..io.transform_files import QUANTUM_MM
 from ..policies.base import Policy, PolicyState, similarity_weight
 from .harm_check import HarmCheck, Verdict
 from .memory import check_memory, estimate_peak_memory
-from .prealign import INITIALIZATIONS, prealign
+from .prealign import INITIALIZATIONS, PrealignSchedule, prealign
 from .region import cropped_working_grid, registration_region
 from .result import RegistrationResult
 from .stages import StageDecisions, decide_linear, decide_pair
@@ -201,6 +203,9 @@ class RegistrationSession:
         # do no harm and the pair's kind, decided in ``prepare`` (``stages``)
         self.decisions = StageDecisions()
         self._harm_checker: HarmCheck | None = None
+        self._copies: AntialiasedCopies | None = None  # during ``prepare`` only
+        # (total field, moving image warped by it) of the last report: the next step's input
+        self._last_warped: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
     # ----------------------------------------------------------------- preparation
     @property
@@ -215,6 +220,7 @@ class RegistrationSession:
         start = time.perf_counter()
         torch.manual_seed(self.options.seed)
         opts = self.options
+        self._copies = AntialiasedCopies()  # smoothed images shared by the stages of the preparation
         try:
             linear = prealign(
                 self.fixed,
@@ -224,6 +230,8 @@ class RegistrationSession:
                 self.fixed_mask,
                 self.moving_mask,
                 seed=opts.seed,
+                schedule=PrealignSchedule(finest_mm=max(PrealignSchedule.finest_mm, opts.working_spacing_mm)),
+                copies=self._copies,
             )
         except RuntimeError as error:  # ITK's registration gives up (e.g. no sample inside the moving)
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
@@ -266,8 +274,9 @@ class RegistrationSession:
         # on the whole lattice, the field outside the cropped grid repeats its border (as sampling clamps)
         self.output_grid = field_grid(self.fixed_grid, lattice, opts.output_grid)
         self.image_grid = self.grid if opts.output_grid == "working" else self.fixed_grid
-        fixed_w = resample_to_grid(self.fixed, self.grid)
-        moving_w = resample_to_grid(self.moving, self.grid, self.affine)
+        fixed_w = resample_to_grid(self.fixed, self.grid, copies=self._copies)
+        moving_w = resample_to_grid(self.moving, self.grid, self.affine, copies=self._copies)
+        self._copies = None  # the full-resolution smoothed copies are not needed after this
         self.fixed_tensor = self._normalized_tensor(fixed_w, intensity_window(self.fixed))
         self.moving_tensor = self._normalized_tensor(moving_w, intensity_window(self.moving))
         self.fixed_mask_tensor = self._mask_tensor(self.fixed_mask, None)
@@ -288,7 +297,7 @@ class RegistrationSession:
     def harm_checker(self) -> HarmCheck:
         """The do-no-harm measure of this pair (``harm_check``), made on first use."""
         if getattr(self, "_harm_checker", None) is None:
-            self._harm_checker = HarmCheck(self.fixed, self.moving, self.fixed_mask)
+            self._harm_checker = HarmCheck(self.fixed, self.moving, self.fixed_mask, copies=self._copies)
         return self._harm_checker
 
     def harm_verdict(self, step: int | None = None) -> Verdict | None:
@@ -386,10 +395,16 @@ class RegistrationSession:
     def _take_step(self) -> StepReport:
         start = time.perf_counter()
         previous = self.fields[-1].to(self.device)
+        warped = None
+        if self.policy.uses_warped:
+            # the last report warped the moving image by this very field (not after a step back)
+            last_field, warped = self._last_warped
+            if last_field is not self.fields[-1]:
+                warped = warp(self.moving_tensor, previous)
         state = PolicyState(
             fixed=self.fixed_tensor,
             moving=self.moving_tensor,
-            warped=warp(self.moving_tensor, previous) if self.policy.uses_warped else None,
+            warped=warped,
             field=previous,
             step_index=self.step_count,
             fixed_mask=self.fixed_mask_tensor,
@@ -437,8 +452,10 @@ class RegistrationSession:
         diagnostics: dict,
         uncertainty: torch.Tensor | None = None,
     ) -> StepReport:
+        field = total
         total = total.to(self.device)
         warped = warp(self.moving_tensor, total)
+        self._last_warped = (field, warped)
         weight = similarity_weight(self.fixed_mask_tensor, self.moving_mask_tensor, total)
         similarity = -float(self._report_similarity()(self.fixed_tensor, warped, weight))
         dice = self._dice(total) if self._label_points is not None else None
