@@ -50,7 +50,8 @@ def test_save_load_gives_identical_outputs(tmp_path, policy_state):
         b = loaded(state.fixed, state.warped, deterministic=True)
     torch.testing.assert_close(a.step, b.step, rtol=0, atol=0)
     torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
-    policy = SPACPolicy(tmp_path / "m", device="cpu", input_spacing_mm=card["working_grid"]["spacing_mm"])
+    spacing = card["working_grid"]["spacing_mm"]
+    policy = SPACPolicy(tmp_path / "m", device="cpu", input_spacing_mm=spacing, precision="float32")
     policy.reset(state.fixed, state.moving)
     proposal = policy.propose(state)
     torch.testing.assert_close(proposal.step_field, a.step, rtol=0, atol=0)
@@ -412,3 +413,54 @@ def test_an_explicit_registration_wins_over_the_lazy_discovery_of_the_models_fol
     folder = Path(__file__).resolve().parents[1] / "models" / "spac-brain-synth"
     registry.register_model(folder, alone=True)
     assert {"spac-brain-synth", "spac-brain-synth+tto"} <= set(available_policies())
+
+
+# ------------------------------------------------------------------------- network grid per learned step
+
+
+def test_step_spacings_move_the_network_grid_per_step_of_the_policy_alone(model_dir, edit_card, policy_state):
+    """The card's ``inference.step_spacings_mm`` sets the network grid of each step of the policy alone
+    (past the list: its last entry); the chain's learned steps stay on the card's working grid."""
+    inference = read_card(model_dir).get("inference", {})
+    edit_card(model_dir, inference={**inference, "steps": 3, "step_spacings_mm": [4, 2]})
+    register_model(model_dir)
+    policy = make_policy("spac-unit", device="cpu")
+    state = policy_state((64, 64, 64))
+    policy.reset(state.fixed, state.moving, spacing_mm=1.0)
+    seen = []
+    for index in range(3):
+        state.step_index = index
+        proposal = policy.propose(state)
+        assert proposal.step_field.shape == (1, 3, 64, 64, 64)
+        seen.append((policy.shape, proposal.diagnostics["network_spacing_mm"]))
+    assert seen == [((16, 16, 16), 4.0), ((32, 32, 32), 2.0), ((32, 32, 32), 2.0)]
+    chain = make_policy("spac-unit+tto", device="cpu")
+    assert chain.first.step_spacings_mm is None
+    chain.first.reset(state.fixed, state.moving, spacing_mm=1.0)
+    assert chain.first.network_spacing_mm == 2.0 and chain.first.shape == (32, 32, 32)
+
+
+@pytest.mark.parametrize("value", ["3", [], [0.1], [True], [3, "2"]])
+def test_bad_step_spacings_name_the_card(model_dir, edit_card, value):
+    edit_card(model_dir, inference={"steps": 5, "step_spacings_mm": value})
+    with pytest.raises(PolicyError, match=r"card\.json.*inference\.step_spacings_mm must be a list"):
+        read_card(model_dir)
+
+
+def test_bfloat16_steps_match_float32_steps(model_dir, policy_state):
+    """bfloat16 convolutions (``precision``; "auto" picks them on CPUs with AMX) give the float32 step
+    to a small fraction of a voxel; the similarity features stay float32 under the autocast."""
+    state = policy_state((32, 32, 32))
+    steps = {}
+    for precision in ("float32", "bfloat16"):
+        policy = SPACPolicy(model_dir, device="cpu", precision=precision)
+        assert policy.bfloat16 == (precision == "bfloat16")
+        policy.reset(state.fixed, state.moving)
+        proposal = policy.propose(state)
+        assert proposal.step_field.dtype == torch.float32 and proposal.weight_map.dtype == torch.float32
+        steps[precision] = proposal.step_field
+    difference = (steps["float32"] - steps["bfloat16"]).abs()
+    assert float(steps["float32"].abs().max()) > 0.05  # a step worth comparing
+    assert float(difference.max()) < 0.05 * float(steps["float32"].abs().max())
+    with pytest.raises(DeviceError, match="unknown precision 'half'"):
+        SPACPolicy(model_dir, device="cpu", precision="half")

@@ -59,6 +59,7 @@ def read_card(folder: str | Path) -> dict:
         )
     inference_step_options(card, path)
     offered_alone(card, path)
+    step_spacings(card, path)
     return card
 
 
@@ -80,6 +81,28 @@ def inference_step_options(card: dict, path: Path | str = CARD_NAME) -> tuple[bo
             f"{squarings!r}"
         )
     return diffeomorphic, squarings
+
+
+def step_spacings(card: dict, path: Path | str = CARD_NAME) -> tuple[float, ...] | None:
+    """The card's ``inference.step_spacings_mm``: the spacing (mm) of the network grid at each learned step
+    when the policy runs alone (steps past the list keep its last entry), e.g. coarse steps first, then
+    finer ones; None (absent): every step on the card's working grid spacing. A chain's learned steps
+    always run on the working grid spacing (its settings were chosen there). ``PolicyError`` naming the
+    card when it is not a list of positive numbers."""
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    value = inference.get("step_spacings_mm")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.5 <= v <= 16 for v in value)
+    ):
+        raise PolicyError(
+            f"model card '{path}': inference.step_spacings_mm must be a list of spacings from 0.5 to 16 mm, "
+            f"got {value!r}"
+        )
+    return tuple(float(v) for v in value)
 
 
 def offered_alone(card: dict, path: Path | str = CARD_NAME) -> bool:
@@ -126,6 +149,7 @@ class ChainSettings:
     tto_by_similarity: dict = field(default_factory=dict)
     fine: ScheduleChain | None = None
     network_spacing_mm: float = 3.0  # the card's working grid
+    description: str = ""  # what the chain is good for, one line (the panel's); "": the card's, extended
 
     @property
     def total_steps(self) -> int:
@@ -186,9 +210,14 @@ def chain_settings(card: dict, path: Path | str = CARD_NAME) -> ChainSettings:
     fine = None
     if problem is None and "fine" in chain:
         fine, problem = _schedule_chain(chain["fine"])
+    description = chain.get("description", "")
+    if problem is None and not isinstance(description, str):
+        problem = "description must be a string"
     if problem:
         raise PolicyError(f"model card '{path}': inference.chain {problem}")
-    return ChainSettings(steps[0], steps[1], tto, by_similarity, fine, _network_spacing(card))
+    return ChainSettings(
+        steps[0], steps[1], tto, by_similarity, fine, _network_spacing(card), description.strip()
+    )
 
 
 def _schedule_chain(block: object) -> tuple[ScheduleChain | None, str | None]:

@@ -65,7 +65,10 @@ class MorphSeekPolicy(NetworkPolicy):
             raise PolicyError(f"policy '{model_dir}': samples must be >= 1, got {samples}")
         if temperature is not None and not (math.isfinite(float(temperature)) and float(temperature) >= 0):
             raise PolicyError(f"policy '{model_dir}': temperature must be >= 0, got {temperature}")
-        super().__init__(model_dir, device, max_step, input_spacing_mm, diffeomorphic_steps)
+        # float32: its sampled trajectories were only measured so (bfloat16 is for SPAC's steps)
+        super().__init__(
+            model_dir, device, max_step, input_spacing_mm, diffeomorphic_steps, precision="float32"
+        )
         self.samples = samples
         self.temperature = float(temperature) if temperature is not None else (1.0 if samples > 1 else 0.0)
         self.seed = seed

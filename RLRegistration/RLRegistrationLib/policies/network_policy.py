@@ -6,6 +6,10 @@ and ``MorphSeekPolicy``) resamples the session's working-grid images to the card
 rounded to multiples of 16), runs there, and resizes the step field back (``spatial.resize_displacement``,
 vectors rescaled). The session passes its working spacing to ``reset``.
 
+Per step: with ``step_spacings_mm`` (the card's ``inference.step_spacings_mm``, for the policy alone) the
+network grid's spacing follows the step index, e.g. two steps at the 3 mm the network was trained on,
+then steps at 2 mm, where the same network refines finer detail (``benchmarks/learned_alone.py``).
+
 Steps: with the card's ``inference.diffeomorphic_steps`` the network's step output is read as a stationary
 velocity field and the policy returns exp(output) (scaling and squaring on the network grid), as TTO does
 with its own steps, so a learned step cannot fold the field (``benchmarks/policy_safety.py``).
@@ -18,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..devices import resolve_device
+from ..devices import network_bfloat16, resolve_device
 from ..errors import PolicyError
 from ..fields.spatial import (
     integrate_velocity,
@@ -168,8 +172,12 @@ class NetworkPolicy(Policy):
         max_step: float | None = None,
         input_spacing_mm: float | None = None,
         diffeomorphic_steps: bool | None = None,
+        step_spacings_mm: tuple[float, ...] | None = None,
+        precision: str = "auto",
     ):
         self.network, self.card = load_model(model_dir, resolve_device(device))
+        self.precision = precision
+        self.bfloat16 = network_bfloat16(next(self.network.parameters()).device, precision)
         self.model_dir = Path(model_dir)
         if self.family and self.card["family"] != self.family:
             raise PolicyError(
@@ -189,9 +197,12 @@ class NetworkPolicy(Policy):
             card_diffeomorphic if diffeomorphic_steps is None else bool(diffeomorphic_steps)
         )
         self.working_spacing_mm = float(self.card["working_grid"]["spacing_mm"])
+        self.step_spacings_mm = tuple(float(v) for v in step_spacings_mm) if step_spacings_mm else None
+        self.network_spacing_mm = self.working_spacing_mm  # of the current network grid
         self.input_spacing_mm = float(input_spacing_mm or DEFAULT_SESSION_SPACING_MM)
         self.shape: tuple[int, int, int] | None = None
         self._fixed: torch.Tensor | None = None
+        self._working_fixed: torch.Tensor | None = None
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
         """Follow the session's device; resample the fixed image to the network grid once.
@@ -201,9 +212,32 @@ class NetworkPolicy(Policy):
             self.input_spacing_mm = float(spacing_mm)
         if next(self.network.parameters()).device != fixed.device:
             self.network.to(fixed.device)
-        factor = self.input_spacing_mm / self.working_spacing_mm
-        self.shape = network_shape(tuple(fixed.shape[2:]), factor, self.network.architecture.divisor)
-        self._fixed = resize_image(fixed, self.shape)
+        self._working_fixed = fixed
+        self._set_network_grid(self.step_spacing(0))
+
+    def step_spacing(self, step_index: int) -> float:
+        """Spacing (mm) of the network grid at step ``step_index`` (0 = the first step)."""
+        if not self.step_spacings_mm:
+            return self.working_spacing_mm
+        return self.step_spacings_mm[min(step_index, len(self.step_spacings_mm) - 1)]
+
+    def select_grid(self, step_index: int) -> None:
+        """Put the network grid at the spacing of step ``step_index`` (a no-op when it is there)."""
+        spacing = self.step_spacing(step_index)
+        if spacing != self.network_spacing_mm:
+            self._set_network_grid(spacing)
+
+    def _set_network_grid(self, spacing_mm: float) -> None:
+        factor = self.input_spacing_mm / spacing_mm
+        shape = tuple(self._working_fixed.shape[2:])
+        self.network_spacing_mm = spacing_mm
+        self.shape = network_shape(shape, factor, self.network.architecture.divisor)
+        self._fixed = resize_image(self._working_fixed, self.shape)
+
+    def autocast(self) -> torch.autocast:
+        """The precision of a network call: bfloat16 convolutions where ``devices.network_bfloat16`` says
+        so (outputs are cast back to float32 by the caller), else float32."""
+        return torch.autocast(self._working_fixed.device.type, torch.bfloat16, enabled=self.bfloat16)
 
     def to_network(self, image: torch.Tensor) -> torch.Tensor:
         """An image of the working grid on the network grid."""
@@ -261,8 +295,12 @@ class SPACPolicy(NetworkPolicy):
         max_step: float | None = None,
         input_spacing_mm: float | None = None,
         diffeomorphic_steps: bool | None = None,
+        step_spacings_mm: tuple[float, ...] | None = None,
+        precision: str = "auto",
     ):
-        super().__init__(model_dir, device, max_step, input_spacing_mm, diffeomorphic_steps)
+        super().__init__(
+            model_dir, device, max_step, input_spacing_mm, diffeomorphic_steps, step_spacings_mm, precision
+        )
         self.stochastic = bool(stochastic)
         self.seed = seed
         self._generator: torch.Generator | None = None
@@ -275,14 +313,18 @@ class SPACPolicy(NetworkPolicy):
     def propose(self, state: PolicyState) -> PolicyStep:
         if self._fixed is None:
             self.reset(state.fixed, state.moving)
-        out = self.network(
-            self._fixed,
-            self.to_network(state.warped),
-            deterministic=not self.stochastic,
-            generator=self._generator,
-            max_step=self.max_step,
+        self.select_grid(state.step_index)
+        with self.autocast():
+            out = self.network(
+                self._fixed,
+                self.to_network(state.warped),
+                deterministic=not self.stochastic,
+                generator=self._generator,
+                max_step=self.max_step,
+            )
+        step, weight = self.to_working(
+            self.learned_step(out.step.float()), out.weight.float(), tuple(state.fixed.shape[2:])
         )
-        step, weight = self.to_working(self.learned_step(out.step), out.weight, tuple(state.fixed.shape[2:]))
         return PolicyStep(
             step_field=step,
             weight_map=weight,
@@ -291,5 +333,6 @@ class SPACPolicy(NetworkPolicy):
                 "plan_sigma": float(out.log_std.exp().mean()),
                 "max_step_vox": float(step.abs().max()),
                 "lambda_mean": float(weight.mean()),
+                "network_spacing_mm": self.network_spacing_mm,
             },
         )

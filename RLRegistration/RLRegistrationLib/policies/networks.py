@@ -103,7 +103,10 @@ def network_input(
     (``similarity.ncc_descent_direction``) when the architecture asks for it. (B, in_channels, D, H, W)."""
     parts = [fixed, warped]
     if architecture.similarity_gradient:
-        parts.append(ncc_descent_direction(fixed, warped))
+        # local means and variances in float32 even under a bfloat16 autocast: 3 significant digits
+        # would cancel out in E[x^2] - E[x]^2
+        with torch.autocast(fixed.device.type, enabled=False):
+            parts.append(ncc_descent_direction(fixed.float(), warped.float()))
     return torch.cat(parts, dim=1)
 
 

@@ -12,7 +12,15 @@ from typing import Callable, NamedTuple
 
 from ..errors import PolicyError
 from .base import Policy
-from .cards import CARD_NAME, ChainSettings, chain_settings, models_dir, offered_alone, read_card
+from .cards import (
+    CARD_NAME,
+    ChainSettings,
+    chain_settings,
+    models_dir,
+    offered_alone,
+    read_card,
+    step_spacings,
+)
 from .chained import ChainedPolicy, chained_tto_policy
 from .morphseek_policy import MorphSeekPolicy
 from .network_policy import NetworkPolicy, SPACPolicy
@@ -125,7 +133,15 @@ register_policy(
 )
 
 
-_SPAC_OPTIONS = ("device", "stochastic", "seed", "max_step", "input_spacing_mm", "diffeomorphic_steps")
+_SPAC_OPTIONS = (
+    "device",
+    "stochastic",
+    "seed",
+    "max_step",
+    "input_spacing_mm",
+    "diffeomorphic_steps",
+    "precision",
+)
 _MORPHSEEK_OPTIONS = (
     "device",
     "temperature",
@@ -153,11 +169,13 @@ def _split_options(name: str, options: dict, allowed: tuple[str, ...]) -> dict:
     return {k: v for k, v in options.items() if k in allowed and v is not None}
 
 
-def _learned_factory(folder: Path, name: str, family: str):
+def _learned_factory(folder: Path, name: str, family: str, spacings: tuple[float, ...] | None = None):
+    """Factory of the learned policy alone; ``spacings``: the card's ``inference.step_spacings_mm``."""
     cls, allowed = _FAMILY_POLICIES[family]
+    card_options = {"step_spacings_mm": spacings} if spacings else {}
 
     def make(**options) -> NetworkPolicy:
-        return cls(folder, **_split_options(name, options, allowed))
+        return cls(folder, **card_options, **_split_options(name, options, allowed))
 
     return make
 
@@ -197,12 +215,15 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
     if isinstance(modality, (list, tuple)):
         modality = ", ".join(str(m) for m in modality)
     path = folder / CARD_NAME
+    spacings = step_spacings(card, path)
+    if spacings and family != "spac":
+        raise PolicyError(f"model card '{path}': inference.step_spacings_mm is for 'spac' models only")
     if alone is None:
         alone = offered_alone(card, path)
     if alone:
         register_policy(
             name,
-            _learned_factory(folder, name, family),
+            _learned_factory(folder, name, family, spacings),
             description,
             sampling,
             steps,
@@ -215,7 +236,7 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
     register_policy(
         f"{name}+tto",
         _chained_factory(folder, f"{name}+tto", chain, family),
-        f"{description}; learned steps, then test-time optimization",
+        chain.description or f"{description}; learned steps, then test-time optimization",
         sampling,
         chain.total_steps,
         tto_option_defaults(chain.tto),
