@@ -26,6 +26,7 @@ from RLRegistrationLib.policies.registry import (
     register_model,
 )
 from RLRegistrationLib.policies.tto import TestTimeOptimizationConfig, TestTimeOptimizationPolicy
+from RLRegistrationLib.registration.run_spec import schedule_steps
 from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
 pytestmark = pytest.mark.usefixtures("restore_policy_registry")
@@ -434,6 +435,7 @@ def test_step_spacings_move_the_network_grid_per_step_of_the_policy_alone(model_
         assert proposal.step_field.shape == (1, 3, 64, 64, 64)
         seen.append((policy.shape, proposal.diagnostics["network_spacing_mm"]))
     assert seen == [((16, 16, 16), 4.0), ((32, 32, 32), 2.0), ((32, 32, 32), 2.0)]
+    assert schedule_steps("spac-unit", "fine") is None  # alone it has no fine schedule: its own steps
     chain = make_policy("spac-unit+tto", device="cpu")
     assert chain.first.step_spacings_mm is None
     chain.first.reset(state.fixed, state.moving, spacing_mm=1.0)
@@ -464,3 +466,19 @@ def test_bfloat16_steps_match_float32_steps(model_dir, policy_state):
     assert float(difference.max()) < 0.05 * float(steps["float32"].abs().max())
     with pytest.raises(DeviceError, match="unknown precision 'half'"):
         SPACPolicy(model_dir, device="cpu", precision="half")
+
+
+def test_a_chain_says_what_it_is_good_for_apart_from_the_policy_alone(model_dir, edit_card):
+    """The panel lists the policy alone with the card's description and the chain with
+    ``inference.chain.description`` (else the card's, extended); a description that is not text is refused."""
+    card = read_card(model_dir)
+    chain = {"learned_steps": 1, "then_steps": 2, "description": "Most accurate for unit tests"}
+    inference = card.get("inference", {})
+    edit_card(model_dir, description="Fastest for unit tests", inference={**inference, "chain": chain})
+    register_model(model_dir)
+    policies = available_policies()
+    assert policies["spac-unit"] == "Fastest for unit tests"
+    assert policies["spac-unit+tto"] == "Most accurate for unit tests"
+    edit_card(model_dir, inference={**inference, "chain": {**chain, "description": 3}})
+    with pytest.raises(PolicyError, match=r"card\.json.*inference\.chain description must be a string"):
+        register_model(model_dir)

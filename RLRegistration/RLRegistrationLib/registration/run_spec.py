@@ -287,11 +287,11 @@ def _policy(spec: RunSpec, preset_name: str, spacing: float) -> tuple[Policy, in
 def schedule_steps(policy: str, quality: str) -> int | None:
     """Steps of ``policy`` under the TTO schedule of the preset ``quality``: its levels for ``tto``, the
     learned steps plus the levels they do not replace for a chain ``<id>+tto``; None when the preset has no
-    schedule (the policy's own steps)."""
+    schedule or the policy does not run one (a learned policy alone: its own steps)."""
     from ..policies.registry import policy_chain_settings
 
     preset = QUALITY_PRESETS.get(quality)
-    if preset is None or preset.tto_levels_mm is None:
+    if preset is None or preset.tto_levels_mm is None or not runs_tto_schedules(policy):
         return None
     chain = policy_chain_settings(policy)
     if chain is None:
