@@ -4,7 +4,8 @@ Methods: identity, affine only (this project's SimpleITK affine), this project's
 when installed (``pip install .[bench]``), Greedy (picsl-greedy: affine then deformable NCC, the anchor the
 time ratios refer to), ANTs SyN (antspyx), elastix (itk-elastix, default affine + B-spline maps) and
 SimpleITK diffeomorphic demons; with ``--chain <id>+tto``, that learned chain at the fine schedule
-(``rlreg-chain-fine``) and its learned steps alone (``rlreg-learned-alone``). Each (method, pair) runs in a
+(``rlreg-chain-fine``) and its learned steps alone (``rlreg-learned-alone``; ``rlreg-learned-alone-command``:
+the same as the ``rlreg register`` command in a subprocess, timed whole). Each (method, pair) runs in a
 fresh process so that peak RSS is its own; wall time covers the registration only (images in memory ->
 transform).
 
@@ -135,6 +136,37 @@ def run_learned_alone(fixed, moving, workdir, args):
     register_model(models_dir() / model_id, alone=True)
     result = register(fixed, moving, RunSpec(policy=model_id, device="cpu"), keep_steps=False)
     return result.transform, result.displacement
+
+
+def run_learned_alone_command(fixed, moving, workdir, args):
+    """``rlreg register <fixed> <moving> -o out.h5 --policy <id>`` as a subprocess, timed whole: the
+    interpreter's start and imports, reading the NIfTI files, the registration and writing the transform
+    (the images in memory are not used). The model must be offered alone (its card) in the models folder
+    the command finds (``$RLREG_MODELS_DIR`` or ``models/``)."""
+    import subprocess
+
+    import SimpleITK as sitk
+
+    out = Path(workdir) / "out.h5"
+    command = [sys.executable, "-m", "RLRegistrationLib", "register", args.pair_files["fixed"]]
+    command += [args.pair_files["moving"], "-o", str(out), "--quiet", "--device", "cpu"]
+    command += ["--policy", args.chain.removesuffix("+tto")]
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "RLRegistration")}
+    subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
+    transform = sitk.ReadTransform(str(out))
+    return transform, _displacement_of(transform)
+
+
+def _displacement_of(transform):
+    """The displacement field of the deformable part of a transform read from an ``.h5`` (None without)."""
+    import SimpleITK as sitk
+
+    composite = sitk.CompositeTransform(transform)
+    for index in range(composite.GetNumberOfTransforms()):
+        part = composite.GetNthTransform(index)
+        if part.GetTransformEnum() == sitk.sitkDisplacementField:
+            return sitk.DisplacementFieldTransform(part).GetDisplacementField()
+    return None
 
 
 def run_chain_fine(fixed, moving, workdir, args):
@@ -342,6 +374,7 @@ METHODS = {
     "rlreg-fine": run_rlreg_fine,
     "rlreg-chain-fine": run_chain_fine,
     "rlreg-learned-alone": run_learned_alone,
+    "rlreg-learned-alone-command": run_learned_alone_command,
     "syn": run_syn,
     "greedy": run_greedy,
     "greedy-nmi": run_greedy_nmi,
@@ -380,7 +413,7 @@ def _worker(method: str, pair: dict, args_dict: dict, queue) -> None:
 
     from RLRegistrationLib.fields.metrics import evaluate_transform, evaluation_labels
 
-    args = argparse.Namespace(**args_dict)
+    args = argparse.Namespace(**args_dict, pair_files=pair)
     allocate_like_the_cli(method)
     fixed, moving, fixed_labels, moving_labels = read_pair(pair)
     with tempfile.TemporaryDirectory() as workdir:
@@ -464,8 +497,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the result files (accuracy_t1_ncc_<tag>.json)")
     args = parser.parse_args(argv)
-    if not args.chain and {"rlreg-chain-fine", "rlreg-learned-alone"} & set(args.methods.split(",")):
-        parser.error("the methods rlreg-chain-fine and rlreg-learned-alone need --chain <id>+tto")
+    chained = {"rlreg-chain-fine", "rlreg-learned-alone", "rlreg-learned-alone-command"}
+    if not args.chain and chained & set(args.methods.split(",")):
+        parser.error(f"the methods {', '.join(sorted(chained))} need --chain <id>+tto")
     if args.models:  # read by the registry of each worker process
         os.environ["RLREG_MODELS_DIR"] = str(Path(args.models).resolve())
     shared = Path(args.shared_dir)

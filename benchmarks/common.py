@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -138,4 +139,6 @@ def write_results(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
-    (out / f"{stem}.md").write_text(f"`python benchmarks/{script or stem}.py {' '.join(argv)}`\n\n{table}\n")
+    (out / f"{stem}.md").write_text(
+        f"`python benchmarks/{script or stem}.py {shlex.join(argv)}`\n\n{table}\n"
+    )
