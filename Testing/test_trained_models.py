@@ -100,8 +100,8 @@ def test_chain_runs_as_its_card_says(model_id, sample_pair, learned_models):
 
 def test_only_models_that_meet_the_bar_ship():
     """``models/`` lists what ships: each shipped card carries the validation run that shows its bar met
-    (the numbers equal the benchmark's result file), a model that meets it only as a chain is offered only
-    as one, and no retired recipe is there (each would be offered in the panel)."""
+    (the numbers equal the benchmark's result file), a model is offered alone only when its learned steps
+    alone meet that bar too, and no retired recipe is there (each would be offered in the panel)."""
     from RLRegistrationLib.policies.cards import models_dir
 
     shipped = {p.parent.name for p in (REPO / "models").glob("*/card.json")}
@@ -111,20 +111,35 @@ def test_only_models_that_meet_the_bar_ship():
     for model_id in SHIPPED:
         card = read_card(REPO / "models" / model_id)
         bar = card["validation"]["fine_chain"]
-        rows = json.loads((REPO / bar["results"]).read_text())["rows"]
-        for method, measured in (("rlreg-fine", bar["tto_fine"]), ("rlreg-chain-fine", bar["chain"])):
-            group = [r for r in rows if r["method"] == method]
-            assert len(group) == bar["pairs"] == 4
-            assert measured["mean_dice"] == pytest.approx(sum(r["dice"] for r in group) / 4, abs=5e-5)
-            assert measured["mean_seconds"] == pytest.approx(sum(r["seconds"] for r in group) / 4, abs=0.05)
-            assert measured["max_folding_percent"] == pytest.approx(
-                max(r["folding_percent"] for r in group), abs=5e-5
-            )
+        _check_against_results(bar, {"rlreg-fine": bar["tto_fine"], "rlreg-chain-fine": bar["chain"]})
         chain, tto = bar["chain"], bar["tto_fine"]
         assert chain["mean_dice"] >= tto["mean_dice"] + 0.005 and chain["mean_seconds"] <= tto["mean_seconds"]
         assert chain["max_folding_percent"] < SAFE_FOLDING_PERCENT
-        assert not offered_alone(card) and model_id not in available_policies()
         assert f"{model_id}+tto" in available_policies()
+        if not offered_alone(card):
+            assert model_id not in available_policies()
+            continue
+        # offered alone: Dice >= ANTs SyN's in the same run, in <= 10 s for the whole command
+        alone = card["validation"]["alone"]
+        measured = {"rlreg-learned-alone-command": alone["rlreg_register"], "syn": alone["syn"]}
+        _check_against_results(alone, measured)
+        command, syn = alone["rlreg_register"], alone["syn"]
+        assert command["mean_dice"] >= syn["mean_dice"] and command["mean_seconds"] <= 10.0
+        assert command["max_folding_percent"] < SAFE_FOLDING_PERCENT
+        assert model_id in available_policies()
+
+
+def _check_against_results(block: dict, measured_by_method: dict) -> None:
+    """A card's validation numbers equal the means of the rows of its result file, method by method."""
+    rows = json.loads((REPO / block["results"]).read_text())["rows"]
+    for method, measured in measured_by_method.items():
+        group = [r for r in rows if r["method"] == method]
+        assert len(group) == block["pairs"] == 4
+        assert measured["mean_dice"] == pytest.approx(sum(r["dice"] for r in group) / 4, abs=5e-5)
+        assert measured["mean_seconds"] == pytest.approx(sum(r["seconds"] for r in group) / 4, abs=0.05)
+        assert measured["max_folding_percent"] == pytest.approx(
+            max(r["folding_percent"] for r in group), abs=5e-5
+        )
 
 
 def test_the_wheel_carries_the_shipped_models(tmp_path):
