@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
     add_session_arguments,
+    card_variants,
     folding_percent,
     load_model_card,
     read_pair,
@@ -178,9 +179,6 @@ def summarize(rows: list[dict], max_time_ratio: float | None = None) -> tuple[li
 
 def choose_fine(args, argv) -> int:
     """``--quality fine``: the card's ``inference.chain.fine`` from runs of the whole command."""
-    import os
-    import tempfile
-
     from accuracy import prepare_pairs, run_one
 
     model = Path(args.model).resolve()
@@ -205,18 +203,13 @@ def choose_fine(args, argv) -> int:
         if rows
         else prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), args.contrast)
     )
-    with tempfile.TemporaryDirectory() as models:
-        folder = Path(models) / card["id"]
-        folder.mkdir()
-        (folder / card["weights"]).symlink_to(model / card["weights"])
-        os.environ["RLREG_MODELS_DIR"] = models  # read by each run's process
+    with card_variants(model, card) as write_card:
         for pair in pairs:
             runs = [("tto", "tto", None)] + [(json.dumps(s), f"{card['id']}+tto", s) for s in settings]
             for name, policy, setting in runs:
                 if setting is not None:
                     chain = {**card["inference"].get("chain", {}), "fine": setting}
-                    written = {**card, "inference": {**card["inference"], "chain": chain}}
-                    (folder / "card.json").write_text(json.dumps(written))
+                    write_card({**card, "inference": {**card["inference"], "chain": chain}})
                 method = "rlreg-fine" if policy == "tto" else "rlreg-chain-fine"
                 report = run_one(method, pair, argparse.Namespace(chain=policy, **options))
                 if "error" in report:

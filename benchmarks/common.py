@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +133,26 @@ def method_table(rows: list[dict]) -> str:
             f"{np.mean([r['seconds'] for r in group]):.1f} |"
         )
     return "\n".join(lines)
+
+
+@contextmanager
+def card_variants(model: Path, card: dict) -> Iterator[Callable[[dict], None]]:
+    """A temporary models folder, ``$RLREG_MODELS_DIR`` for the runs' processes while it lasts, holding
+    ``model``'s weights (a link) under ``card``'s id; yields ``write(card)``, which puts a variant of the
+    card there before a run (the setting a benchmark compares)."""
+    previous = os.environ.get("RLREG_MODELS_DIR")
+    with tempfile.TemporaryDirectory() as models:
+        folder = Path(models) / card["id"]
+        folder.mkdir()
+        (folder / card["weights"]).symlink_to(Path(model) / card["weights"])
+        os.environ["RLREG_MODELS_DIR"] = models
+        try:
+            yield lambda variant: (folder / "card.json").write_text(json.dumps(variant))
+        finally:
+            if previous is None:
+                os.environ.pop("RLREG_MODELS_DIR", None)
+            else:
+                os.environ["RLREG_MODELS_DIR"] = previous
 
 
 def write_results(
