@@ -36,8 +36,8 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 def network_bfloat16(device: torch.device, precision: str = "auto") -> bool:
     """Whether a policy network runs its convolutions in bfloat16 (``torch.autocast``) on ``device``:
     ``precision`` "bfloat16" or "float32" as asked; "auto": on a CPU with bfloat16 matrix units (Intel AMX),
-    where it halves the time of a step at equal results (``benchmarks/learned_alone.py``), else float32
-    (elsewhere bfloat16 is emulated, and slower)."""
+    where a network pass takes about half the time at the same Dice (``benchmarks/network_precision.py``),
+    else float32 (elsewhere bfloat16 is emulated, and slower)."""
     if precision not in PRECISIONS:
         raise DeviceError(f"unknown precision '{precision}' (use {', '.join(PRECISIONS)})")
     if precision != "auto":

@@ -388,12 +388,10 @@ def resample_to_grid(
     source = image
     if interpolator != sitk.sitkNearestNeighbor:
         spacing = float(np.asarray(grid.spacing).min())
-        if antialias and copies is not None:
-            source = copies.get(image, spacing)
-        else:
+        if not antialias:
             source = sitk.Cast(image, sitk.sitkFloat32)
-            if antialias:
-                source = antialiased(source, spacing)
+        else:
+            source = copies.get(image, spacing) if copies is not None else antialiased(image, spacing)
     reference = grid.reference_image(source.GetPixelID())
     return sitk.Resample(
         source,

@@ -88,7 +88,7 @@ def step_spacings(card: dict, path: Path | str = CARD_NAME) -> tuple[float, ...]
     when the policy runs alone (steps past the list keep its last entry), e.g. coarse steps first, then
     finer ones; None (absent): every step on the card's working grid spacing. A chain's learned steps
     always run on the working grid spacing (its settings were chosen there). ``PolicyError`` naming the
-    card when it is not a list of positive numbers."""
+    card when it is not a list of spacings from 0.5 to 16 mm."""
     inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
     value = inference.get("step_spacings_mm")
     if value is None:
