@@ -315,11 +315,18 @@ def test_grpo_config_continues_the_warmup_only_model():
     root = Path(__file__).resolve().parents[1] / "configs"
     full = TrainConfig.load(root / "morphseek_cpu_small.json").to_dict()
     warmup = TrainConfig.load(root / "morphseek_warmup_cpu_small.json").to_dict()
-    assert (
-        full["init"]["weights"] == f"models/{warmup['id']}/weights.pt" and warmup["init"]["weights"] is None
-    )
+    start = f"recipes/{warmup['id']}/weights.pt"  # retired to recipes/, where the command finds it
+    assert full["init"]["weights"] == start and warmup["init"]["weights"] is None
+    assert (root.parent / start).is_file()
     assert warmup["schedule"]["grpo_steps"] == 0 and full["schedule"]["warmup_steps"] == 0
     assert full["schedule"]["grpo_steps"] > 0 and warmup["schedule"]["warmup_steps"] > 0
+    # the ablation of issue 25 changes the rewards (true labels only) and the temperature, nothing else
+    ablation = TrainConfig.load(root / "morphseek_grpo_labels_cpu.json").to_dict()
+    assert ablation["grpo"] == {**full["grpo"], "label_subjects": None, "labelled_pair_fraction": None,
+                                "temperature": 0.5}  # fmt: skip
+    assert {k: v for k, v in ablation.items() if k not in ("id", "description", "comment", "grpo")} == {
+        k: v for k, v in full.items() if k not in ("id", "description", "comment", "grpo")
+    }
     for key in ("id", "description", "comment", "init", "schedule"):
         warmup.pop(key, None), full.pop(key, None)
     assert warmup == full
@@ -354,7 +361,8 @@ def test_train_morphseek_writes_model_card_and_resumes(tmp_path):
     network = MorphSeekNetwork(SMALL)
     network.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
 
-    rows = _log_rows(run / "log.csv")
+    start, *rows = _log_rows(run / "log.csv")
+    assert start["step"] == "0" and start["stage"] == "init" and start["val_dice"]  # the warm start's score
     assert [r["stage"] for r in rows] == ["warmup", "warmup", "grpo", "grpo"]
     assert rows[0]["pg_loss"] == "" and rows[0]["kl_prior"] != ""
     assert all(
@@ -367,7 +375,7 @@ def test_train_morphseek_writes_model_card_and_resumes(tmp_path):
     )
 
     train(cfg, out_dir=out, run_dir=run, steps=5, resume=True, progress=False, banks=banks)
-    assert [int(r["step"]) for r in _log_rows(run / "log.csv")] == [1, 2, 3, 4, 5]
+    assert [int(r["step"]) for r in _log_rows(run / "log.csv")] == [0, 1, 2, 3, 4, 5]
     card = json.loads((out / "card.json").read_text())
     assert card["training"]["steps"] == 5 and card["grpo"]["label_reward_updates"] == 3
 

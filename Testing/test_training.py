@@ -253,3 +253,60 @@ def test_bf16_mixed_precision_trains_both_families_with_finite_losses(tmp_path, 
     values["optim"]["precision"] = "fp8"
     with pytest.raises(InputError, match="optim.precision"):
         TrainConfig.from_dict(values)
+
+
+def test_the_registration_loss_is_float32_under_bf16_autocast():
+    """The loss of a step reads the same under bfloat16 autocast as without it: the NCC's local sums in
+    bfloat16 gave values of -2000 for a quantity in [-1, 0] (a 2 mm CPU training run; -70000 on these
+    images)."""
+    torch.manual_seed(0)
+    base = torch.rand(1, 1, 24, 24, 24)  # bright tissue: local sums much larger than local variances
+    fixed, moving = 0.8 + 0.2 * base, 0.8 + 0.2 * (base + 0.1 * torch.rand(1, 1, 24, 24, 24))
+    field = torch.zeros(1, 3, 24, 24, 24)
+    step = (0.5 * torch.randn(1, 3, 24, 24, 24)).bfloat16().float()  # what a bfloat16 network gives
+    weight = torch.full((1, 1, 24, 24, 24), 0.25)  # exact in bfloat16
+    loss = RegistrationLoss(ncc_window=7)
+    exact, parts = loss(fixed, moving, field, step, weight)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):  # a fresh loss: no cached fixed sums
+        mixed, mixed_parts = RegistrationLoss(ncc_window=7)(
+            fixed, moving, field, step.bfloat16(), weight.bfloat16()
+        )
+    assert mixed.dtype == torch.float32 and -1.0 <= float(mixed_parts["similarity"]) <= 0.0
+    assert float(mixed) == pytest.approx(float(exact), rel=1e-4)
+    assert float(mixed_parts["similarity"]) == pytest.approx(float(parts["similarity"]), abs=1e-4)
+
+
+def test_a_spac_warm_start_is_validated_first_and_named_on_the_card(tmp_path):
+    """``init.weights`` for SPAC (a fine-tune, e.g. configs/spac_2mm_finetune_cpu.json): the run starts from
+    those weights, validates them at step 0 (logged as stage "init", so keep_best keeps the warm start
+    when training never beats it), and the card names the file and its sha256. Weights of another
+    architecture are refused by name."""
+    from RLRegistrationLib.training.train import train
+
+    banks = (label_bank(), label_bank((4, 5)))
+    values = small_config(sac_steps=0)
+    values["data"] = {**values["data"], "val_pairs": 4}  # 2 validation subjects: 2 distinct pairs
+    first = train(TrainConfig.from_dict(values), out_dir=tmp_path / "a", run_dir=tmp_path / "ra",
+                  progress=False, banks=banks)  # fmt: skip
+    weights = first / "weights.pt"
+    values = {**values, "schedule": {**values["schedule"], "warmup_steps": 1, "validate_every": 1}}
+    values["init"] = {"weights": str(weights)}
+    out = train(TrainConfig.from_dict(values), out_dir=tmp_path / "b", run_dir=tmp_path / "rb",
+                progress=False, banks=banks)  # fmt: skip
+    with open(tmp_path / "rb" / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["step"], row["stage"]) for row in rows] == [("0", "init"), ("1", "warmup")]
+    start_dice = float(rows[0]["val_dice"])
+    first_card = json.loads((first / "card.json").read_text())
+    assert start_dice == pytest.approx(first_card["validation"]["val_dice"], abs=1e-4)  # the same network
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["init"] == {
+        "weights": str(weights), "sha256": sha256_of(weights), "tensors_copied": len(torch.load(weights))
+    }  # fmt: skip
+    assert card["validation"]["pairs"] == first_card["validation"]["pairs"] == 2  # not the 4 asked for
+    if float(rows[1]["val_dice"]) <= start_dice:
+        assert card["training"]["selected_step"] == 0
+    other = {**values, "model": {**values["model"], "channels": [4, 8, 8, 16]}}
+    with pytest.raises(InputError, match=r"init.weights '.*weights.pt': cannot load into this architecture"):
+        train(TrainConfig.from_dict(other), out_dir=tmp_path / "c", run_dir=tmp_path / "rc", progress=False,
+              banks=banks)  # fmt: skip

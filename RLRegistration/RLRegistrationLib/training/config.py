@@ -22,7 +22,7 @@ ARCHITECTURES: dict[str, type[BackboneArchitecture]] = {
     "morphseek": MorphSeekArchitecture,
 }
 #: config sections used by one family only
-FAMILY_SECTIONS = {"sac": "spac", "grpo": "morphseek", "init": "morphseek"}
+FAMILY_SECTIONS = {"sac": "spac", "grpo": "morphseek"}
 
 
 #: ``optim.precision``: the forward passes of training in float32, or under bfloat16 autocast (mixed
@@ -33,11 +33,12 @@ PRECISIONS = ("fp32", "bf16")
 @dataclass
 class TrainConfig:
     """A training run, as read from a config JSON (sections ``data``, ``model``, ``env``, ``loss``,
-    ``sac``, ``optim``, ``schedule``; see ``configs/spac_cpu_small.json``).
+        ``sac``, ``optim``, ``schedule``; see ``configs/spac_cpu_small.json``).
 
-    ``model.family`` "morphseek" (``configs/morphseek_cpu_small.json``) replaces ``sac`` by ``grpo``
-    (``training.grpo.GRPOConfig``) and ``schedule.sac_steps`` by ``grpo_steps``, has the optimizer keys
-    ``lr_encoder`` / ``lr_decoder`` and the optional ``init.weights`` (a SPAC or MorphSeek ``weights.pt``)."""
+        ``model.family`` "morphseek" (``configs/morphseek_cpu_small.json``) replaces ``sac`` by ``grpo``
+        (``training.grpo.GRPOConfig``) and ``schedule.sac_steps`` by ``grpo_steps``, has the optimizer keys
+        ``lr_encoder`` / ``lr_decoder``. Both families take the optional ``init.weights``: a warm start from a
+    ``weights.pt`` (SPAC: a SPAC model of the same architecture; MorphSeek: a SPAC or MorphSeek model)."""
 
     id: str = "spac-brain-synth"
     description: str = "SPAC planner-actor-critic with a spatially varying regularization head"

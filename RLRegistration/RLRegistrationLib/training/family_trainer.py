@@ -5,11 +5,14 @@ one optimizer update per step, and the family's checkpoint and card entries. The
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import InputError
+from ..policies.cards import sha256_of
 from ..policies.networks import count_parameters
 from .config import TrainConfig
 from .data import LabelBank, pair_loader
@@ -61,6 +64,7 @@ class FamilyTrainer:
         self.autocast = torch.bfloat16 if cfg.optim.get("precision", "fp32") == "bf16" else None
         self.state: EnvState | None = None
         self.done, self.labels = True, None
+        self.init_info: dict[str, Any] = {}
 
     @property
     def network(self) -> nn.Module:
@@ -79,15 +83,39 @@ class FamilyTrainer:
         return f"network {count_parameters(self.network)} parameters"
 
     def initialize(self) -> None:
-        """Set-up of a fresh (not resumed) run, after the weights were initialized."""
+        """Set-up of a fresh (not resumed) run: the warm start from the config's ``init.weights`` (a
+        ``weights.pt``), when given, recorded for the card (path, sha256, tensors copied)."""
+        path = self.cfg.init.get("weights")
+        if path:
+            copied = self.copy_initial_weights(Path(path))
+            self.init_info = {
+                "weights": str(path),
+                "sha256": sha256_of(Path(path)),
+                "tensors_copied": len(copied),
+            }
+
+    def copy_initial_weights(self, path: Path) -> list[str]:
+        """Load ``path`` into the shipped network (every tensor, same architecture); returns the names of
+        the copied tensors. InputError when the file is missing, unreadable or of another architecture."""
+        if not path.is_file():
+            raise InputError(
+                f"init.weights '{path}': file not found (train that model first, or remove init.weights)"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.network.load_state_dict(state)
+        except Exception as error:  # noqa: BLE001 - any unreadable or mismatched file is an input error
+            raise InputError(f"init.weights '{path}': cannot load into this architecture ({error})") from None
+        return list(state)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Family entries of the checkpoint (besides the agent and optimizer states)."""
-        return {}
+        return {"init": self.init_info}
 
     def load_checkpoint(self, ckpt: dict) -> None:
         self.agent.load_state_dict(ckpt["agent"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.init_info = ckpt.get("init", {})
 
     def start(self, dist_info: Distributed, train_bank: LabelBank, step: int) -> None:
         """Loss, (DDP-wrapped) training module, data stream and environment, from training step ``step``."""
@@ -169,4 +197,4 @@ class FamilyTrainer:
 
     def card_training(self) -> dict[str, Any]:
         """Family entries of the card's ``training`` block (called on every rank: may communicate)."""
-        return {}
+        return {"init": self.init_info} if self.init_info else {}

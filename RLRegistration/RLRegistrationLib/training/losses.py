@@ -17,6 +17,8 @@ class RegistrationLoss(nn.Module):
     supervision, as in SynthMorph; 0 = unsupervised).
 
     The previous field is a constant; the gradient flows through the step and lambda into the network.
+    Computed in float32 even under a bfloat16 autocast: the local sums of NCC lose all precision in
+    bfloat16 (a probe run logged NCC values of -2000 for a quantity in [-1, 0]).
     """
 
     def __init__(
@@ -37,6 +39,14 @@ class RegistrationLoss(nn.Module):
     def forward(
         self, fixed, moving, previous, step, weight, labels: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast(device_type=step.device.type, enabled=False):
+            fixed, moving, previous, step, weight = (
+                t.float() for t in (fixed, moving, previous, step, weight)
+            )
+            labels = None if labels is None else tuple(t.float() for t in labels)
+            return self._loss(fixed, moving, previous, step, weight, labels)
+
+    def _loss(self, fixed, moving, previous, step, weight, labels):
         total = compose_displacements(step, previous.detach())
         similarity = self.similarity(fixed, warp(moving, total))
         diffusion = weighted_diffusion(total, weight)

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..policies.cards import sha256_of
 from ..policies.morphseek_network import head_parameter_fraction
 from ..policies.networks import count_parameters
 from .config import TrainConfig
@@ -48,7 +47,6 @@ class MorphSeekTrainer(FamilyTrainer):
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         super().__init__(cfg, device)
-        self.init_info: dict[str, Any] = {}
         self.label_usage: dict[str, Any] = {
             "subjects": [],
             "label_reward_updates": 0,
@@ -71,22 +69,14 @@ class MorphSeekTrainer(FamilyTrainer):
         fraction = head_parameter_fraction(self.network)
         return f"network {count_parameters(self.network)} parameters (latent Gaussian head {100 * fraction:.1f} %)"
 
-    def initialize(self) -> None:
-        path = self.cfg.init.get("weights")
-        if path:
-            copied = load_initial_weights(self.agent.network, path)
-            self.init_info = {
-                "weights": str(path),
-                "sha256": sha256_of(Path(path)),
-                "tensors_copied": len(copied),
-            }
+    def copy_initial_weights(self, path: Path) -> list[str]:
+        return load_initial_weights(self.agent.network, path)  # a SPAC backbone or a MorphSeek model
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"init": self.init_info, "label_usage": self.label_usage}
+        return {**super().checkpoint_extra(), "label_usage": self.label_usage}
 
     def load_checkpoint(self, ckpt: dict) -> None:
         super().load_checkpoint(ckpt)
-        self.init_info = ckpt.get("init", {})
         self.label_usage = ckpt.get("label_usage", self.label_usage)
 
     def start(self, dist_info: Distributed, train_bank: LabelBank, step: int) -> None:

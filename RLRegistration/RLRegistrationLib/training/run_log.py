@@ -120,8 +120,8 @@ def save_model(
         "inference": {"steps": int(cfg.env["episode_length"]), "max_step": cfg.model.max_step},
         "training": training,
         "validation": {
-            **validation,
             "pairs": cfg.data.val_pairs,
+            **validation,  # "pairs": how many there were (fewer than asked with few validation subjects)
             "subjects": list(cfg.data.val_subjects),
             "contrast": "synthetic T1-like",
             "labels": "the 30 FreeSurfer evaluation labels present, on the training grid",

@@ -128,6 +128,11 @@ def train(
         file=sys.stdout,
     )
     last_val = {}
+    if dist_info.is_main and val_set and trainer.init_info and step == 0:
+        # the warm start's own score: keep_best keeps it when the training never beats it
+        last_val = validate(trainer.network, val_set, int(cfg.env["episode_length"]), dev)
+        best = track_best(best, last_val, 0, trainer.network)
+        log.write(0, "init", last_val)
     run_start = time.perf_counter()
     while step < total_steps:
         step += 1
@@ -173,7 +178,7 @@ def train(
             "log": "training_log.csv",
             **family_training,
         }
-        save_model(out_dir, network_state, cfg, training, selected["metrics"])
+        save_model(out_dir, network_state, cfg, training, {**selected["metrics"], "pairs": len(val_set)})
         if log is not None and log.path.is_file():
             (out_dir / "training_log.csv").write_bytes(log.path.read_bytes())
     if dist_info.enabled:
