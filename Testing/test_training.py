@@ -217,7 +217,7 @@ def test_config_rejects_unknown_keys(section):
 
 def test_shipped_configs_parse():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("spac_cpu_small.json", "spac_gpu.json"):
+    for name in ("spac_cpu_small.json", "spac_gpu.json", "spac_2mm_finetune_cpu.json"):
         cfg = TrainConfig.load(root / name)
         assert all(n % cfg.model.divisor == 0 for n in cfg.data.shape)
 
