@@ -33,10 +33,11 @@ SHIPPED = ["spac-brain-synth"]  # meets the bar as a chain at fine quality
 RETIRED = [
     "morphseek-brain-synth",
     "morphseek-brain-synth-warmup",
+    "morphseek-brain-synth-grpo-labels",
     "spac-brain-synth-2mm",
 ]  # training recipes
 FOLDERS = {**{m: REPO / "models" / m for m in SHIPPED}, **{m: REPO / "recipes" / m for m in RETIRED}}
-#: the models whose card chooses how their chain runs (a fine-tune measured alone only has none)
+#: the models whose card sets how their chain runs (not the two measured alone only)
 CHAINED = [m for m in SHIPPED + RETIRED if "chain" in read_card(FOLDERS[m])["inference"]]
 SAFE_FOLDING_PERCENT = 0.05  # issue 13: every shipped policy folds less than this
 
