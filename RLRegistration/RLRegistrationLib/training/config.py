@@ -33,11 +33,11 @@ PRECISIONS = ("fp32", "bf16")
 @dataclass
 class TrainConfig:
     """A training run, as read from a config JSON (sections ``data``, ``model``, ``env``, ``loss``,
-        ``sac``, ``optim``, ``schedule``; see ``configs/spac_cpu_small.json``).
+    ``sac``, ``optim``, ``schedule``; see ``configs/spac_cpu_small.json``).
 
-        ``model.family`` "morphseek" (``configs/morphseek_cpu_small.json``) replaces ``sac`` by ``grpo``
-        (``training.grpo.GRPOConfig``) and ``schedule.sac_steps`` by ``grpo_steps``, has the optimizer keys
-        ``lr_encoder`` / ``lr_decoder``. Both families take the optional ``init.weights``: a warm start from a
+    ``model.family`` "morphseek" (``configs/morphseek_cpu_small.json``) replaces ``sac`` by ``grpo``
+    (``training.grpo.GRPOConfig``) and ``schedule.sac_steps`` by ``grpo_steps``, and has the optimizer keys
+    ``lr_encoder`` / ``lr_decoder``. Both families take the optional ``init.weights``: a warm start from a
     ``weights.pt`` (SPAC: a SPAC model of the same architecture; MorphSeek: a SPAC or MorphSeek model)."""
 
     id: str = "spac-brain-synth"
