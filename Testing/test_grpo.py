@@ -327,6 +327,10 @@ def test_grpo_config_continues_the_warmup_only_model():
     assert {k: v for k, v in ablation.items() if k not in ("id", "description", "comment", "grpo")} == {
         k: v for k, v in full.items() if k not in ("id", "description", "comment", "grpo")
     }
+    # the second ablation: groups of 24 for a quarter of the updates (the same number of trajectories)
+    group24 = TrainConfig.load(root / "morphseek_grpo_group24_cpu.json").to_dict()
+    assert group24["grpo"] == {**ablation["grpo"], "group_size": 24}
+    assert group24["schedule"]["grpo_steps"] * 24 == ablation["schedule"]["grpo_steps"] * 6
     for key in ("id", "description", "comment", "init", "schedule"):
         warmup.pop(key, None), full.pop(key, None)
     assert warmup == full
