@@ -31,6 +31,7 @@ MRML_LAYER = ROOT / "RLRegistration" / "RLRegistrationMRML"
 MRML_IN_SLICER = (  # the MRML layer's modules that run inside Slicer (with RLRegistration.py)
     "parameters.py",
     "panel_controller.py",
+    "panel_messages.py",
     "scene_logic.py",
     "scene_inputs.py",
     "scene_run.py",

@@ -19,6 +19,7 @@ from RLRegistrationLib.policies.network_policy import load_model
 from RLRegistrationLib.policies.networks import SPACAgent, SPACArchitecture
 from RLRegistrationLib.training.config import TrainConfig
 from RLRegistrationLib.training.data import DataConfig, LabelBank, random_pair
+from RLRegistrationLib.training.initial_weights import read_initial_weights
 from RLRegistrationLib.training.losses import RegistrationLoss
 from RLRegistrationLib.training.sac import ReplayBuffer, SACConfig, sac_losses
 from RLRegistrationLib.training.spac_trainer import TrainingStep, make_optimizer
@@ -310,3 +311,22 @@ def test_a_spac_warm_start_is_validated_first_and_named_on_the_card(tmp_path):
     with pytest.raises(InputError, match=r"init.weights '.*weights.pt': cannot load into this architecture"):
         train(TrainConfig.from_dict(other), out_dir=tmp_path / "c", run_dir=tmp_path / "rc", progress=False,
               banks=banks)  # fmt: skip
+
+
+def test_read_initial_weights_refuses_bad_files(tmp_path):
+    """The warm start of either family: one InputError naming the file for a missing, unreadable or
+    non-weights file; a state dict comes back as saved."""
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(InputError, match=r"init.weights '.*missing.pt': file not found \(train it first\)"):
+        read_initial_weights(missing, "train it first")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match=r"init.weights '.*garbage.pt': cannot read the weights"):
+        read_initial_weights(garbage, "")
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(InputError, match=r"init.weights '.*tensor.pt': not a weights file"):
+        read_initial_weights(tensor, "")
+    good = tmp_path / "good.pt"
+    torch.save({"a": torch.arange(3.0)}, good)
+    assert torch.equal(read_initial_weights(good, "")["a"], torch.arange(3.0))

@@ -27,18 +27,16 @@ from RLRegistrationLib.frontends.panel_state import PanelState, PanelStateMachin
 from RLRegistrationLib.registration.quality import QUALITY_PRESETS
 from RLRegistrationLib.registration.run_spec import schedule_steps
 
+from .panel_messages import (
+    CONTINUING,
+    CPU_RETRY_QUESTION,
+    PREPARING,
+    REPLACE_QUESTION,
+    finishedStatus,
+    oneLine,
+)
 from .parameters import RUN_SETTINGS, SETTINGS_BY_NAME, checkSetting
 
-CPU_RETRY_QUESTION = (
-    "The GPU ran out of memory ({error}).\n\nRun the registration on the CPU instead? It is slower but not "
-    "limited by GPU memory."
-)
-PREPARING = "Preparing (pre-alignment, working grid)..."
-CONTINUING = "Continuing from step {step}..."
-REPLACE_QUESTION = (
-    "Register again? The current result ({steps} steps) will be replaced.\n\n"
-    "Save or export it first to keep it."
-)
 # a second click on the one Apply/Cancel button within this time of the first is not a Cancel
 CANCEL_DEBOUNCE_S = 1.0
 FALLBACK_DEVICES = [("auto", "Auto", True), ("cuda", "GPU", True), ("cpu", "CPU", True)]
@@ -71,14 +69,6 @@ class PollResult:
     received: float = 0.0
     shown: float = 0.0
     posted: float | None = None
-
-
-def oneLine(error: BaseException | str) -> str:
-    """The first line of an error's message (its class name when it has none)."""
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__ if isinstance(error, BaseException) else ""
-    return text.splitlines()[0]
 
 
 class PanelController:
@@ -414,26 +404,9 @@ class PanelController:
         blocked = self.logic.deformableBlocked()
         if verdict is not None:
             self._addNotes([verdict.summary()])
-        summary = self.logic.summary(cancelled=cancelled)
-        if blocked and self.state.steps_done == 0:
-            self.status = (
-                f"No deformable refinement: {blocked}. The result is the pre-alignment (step 0): Save, "
-                "Apply and Harden export it; Continue runs deformable steps anyway."
-            )
-        elif verdict is not None and not verdict.accepted:
-            self.status = (
-                f"{summary}. Deformable refinement dropped: it did not improve the alignment (gradient "
-                f"alignment {verdict.previous_score:.3f} -> {verdict.score:.3f}). The result is the "
-                f"pre-alignment (step 0): shown, and what Save, Apply and Harden export; the slider shows "
-                f"the {self.state.steps_done} steps run."
-            )
-        elif verdict is not None:
-            self.status = (
-                f"{summary}; deformable refinement kept (gradient alignment {verdict.previous_score:.3f} "
-                f"-> {verdict.score:.3f})"
-            )
-        else:
-            self.status = summary
+        self.status = finishedStatus(
+            self.logic.summary(cancelled=cancelled), blocked, verdict, self.state.steps_done
+        )
 
     def _runFailed(self, message: str, details: str, outOfMemory: bool = False) -> None:
         """The run (or the display of a step) failed: its new nodes and its session are forgotten."""

@@ -62,7 +62,7 @@ class SceneInputs:
         """``build_session``'s images and names for the panel's nodes (``fixed``, ``moving``, labels,
         masks, ``initial_transform``, ``names``), every one checked; keeps the fixed and moving images."""
         from RLRegistrationLib.io import imaging
-        from RLRegistrationLib.registration.session import InputNames
+        from RLRegistrationLib.registration.session_options import InputNames
 
         names = InputNames(
             fixed=nodeName("fixed volume", params.fixedVolume),

@@ -27,7 +27,7 @@ from pathlib import Path
 from RLRegistrationLib.errors import RLRegistrationError
 from RLRegistrationLib.frontends.panel_state import PanelState
 from RLRegistrationMRML.panel_controller import PanelController
-from RLRegistrationMRML.parameters import FLICKER_MODES, RUN_SETTINGS
+from RLRegistrationMRML.parameters import FLICKER_MODES, OVERLAY_VOLUMES, RUN_SETTINGS
 from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS, applyWindowPreset, sliceAnnotation
 
 from . import mrml_layer
@@ -42,20 +42,14 @@ INPUT_ROLES = {
     "fixed_labels": ("fixedLabels", "fixed labels", True),
     "moving_labels": ("movingLabels", "moving labels", True),
 }
-OVERLAY_CHOICES = ("none", "weight_map", "magnitude", "uncertainty", "jacobian")
-OVERLAY_ATTRIBUTES = {
-    "weight_map": "weightMapVolume",
-    "magnitude": "magnitudeVolume",
-    "uncertainty": "uncertaintyVolume",
-    "jacobian": "jacobianVolume",
-}
+OVERLAY_CHOICES = ("none", *OVERLAY_VOLUMES)
+# the colour bar's name on the page (the MRML colour tables are OVERLAY_VOLUMES' "colors")
 OVERLAY_COLORMAPS = {
     "weight_map": "viridis",
     "magnitude": "inferno",
     "uncertainty": "plasma",
     "jacobian": "RdBu_r",
 }
-OVERLAY_UNITS = {"weight_map": "", "magnitude": " mm", "uncertainty": " mm", "jacobian": ""}
 COLORBAR_STOPS = 32
 PLAY_INTERVAL_S = 0.4
 
@@ -365,8 +359,8 @@ class WebPanel:
         return True
 
     def overlay_node(self):
-        attribute = OVERLAY_ATTRIBUTES.get(self.overlay)
-        node = getattr(self.params, attribute) if attribute else None
+        spec = OVERLAY_VOLUMES.get(self.overlay)
+        node = getattr(self.params, spec["attribute"]) if spec else None
         return node if node is not None and node.GetImageData() is not None else None
 
     def overlay_data_range(self) -> tuple[float, float] | None:
@@ -523,7 +517,7 @@ class WebPanel:
             "overlay_opacity": self.params.overlayOpacity,
             "overlay_available": self.overlay_node() is not None,
             "overlay_colormap": OVERLAY_COLORMAPS.get(self.overlay, ""),
-            "overlay_unit": OVERLAY_UNITS.get(self.overlay, ""),
+            "overlay_unit": OVERLAY_VOLUMES[self.overlay]["unit"] if self.overlay in OVERLAY_VOLUMES else "",
             "overlay_data_range": list(data_range) if data_range else None,
             "overlay_window": [round(w, 6) for w in window] if window else None,
             "overlay_colorbar_css": self.overlay_colorbar_css(),

@@ -73,7 +73,7 @@ class PairFiles:
         or None), every file read and checked."""
         from ..io.dicom_tags import pair_kind_from_tags, series_tags
         from ..io.imaging import read_image, read_label_map
-        from ..registration.session import InputNames
+        from ..registration.session_options import InputNames
 
         names = {}
         images = {}

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from ..fields.geometry import Grid
 from ..fields.metrics import jacobian_of_arrays
 from ..io.imaging import intensity_window, normalize_intensity, resample_to_grid
-from ..registration.session import RegistrationResult
+from ..registration.result import RegistrationResult
 from .overlay_display import jacobian_colors, jacobian_window
 
 

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from ..policies.base import Policy
-    from .session import InputNames, RegistrationResult, RegistrationSession, SessionOptions
+    from .result import RegistrationResult
+    from .session import RegistrationSession
+    from .session_options import InputNames, SessionOptions
 
 #: on a GPU the standard preset's working grid may hold this many voxels (CPU: the preset's own cap)
 CUDA_MAX_WORKING_VOXELS = 160 * 192 * 224
@@ -220,7 +222,7 @@ def check_policy(spec: RunSpec) -> None:
 def _options(
     spec: RunSpec, preset_name: str, spacing: float, device, kind: str, reason: str, keep_steps: bool = True
 ) -> SessionOptions:
-    from .session import SessionOptions
+    from .session_options import SessionOptions
 
     preset = QUALITY_PRESETS[preset_name]
     max_voxels = preset.max_working_voxels

@@ -15,7 +15,6 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,79 +55,12 @@ from .memory import check_memory, estimate_peak_memory
 from .prealign import INITIALIZATIONS, PrealignSchedule, prealign
 from .region import cropped_working_grid, registration_region
 from .result import RegistrationResult
+from .session_options import InputNames, SessionOptions
 from .stages import StageDecisions, decide_linear, decide_pair
-
-
-@dataclass
-class SessionOptions:
-    """How a registration runs. Spacing in mm; ``max_working_voxels`` caps the working grid (CPU memory).
-
-    ``initialization``: the linear pre-alignment, "affine" (rigid then affine, the default), "rigid" or
-    "none" (the ``initial_transform`` as given, identity without one). Front-ends do not fill this in
-    themselves: ``run_spec.plan_run`` makes it from a ``RunSpec``.
-    """
-
-    working_spacing_mm: float = 2.0
-    max_working_voxels: int | None = 112 * 112 * 112
-    initialization: str = "affine"
-    device: str = "auto"
-    seed: int = 0
-    # grid of the result's displacement field (``geometry.field_grid``): "auto" (the working grid when it is
-    # the smaller, else the fixed image's), "fixed" or "working" (then also the warped image's and Dice's)
-    output_grid: str = "auto"
-    dice_labels: list[int] | None = None  # labels to score (default: all shared non-zero labels)
-    # refuse, before any work, a registration whose estimated peak memory exceeds this (GiB); None: no cap
-    max_memory_gib: float | None = None
-    # do no harm (``harm_check``): a pre-alignment that does not improve on the initial alignment is dropped
-    # in ``prepare``; ``final_result`` drops deformable steps that do not improve on the pre-alignment
-    harm_check: bool = True
-    # the working grid covers the part of the fixed field of view where either image has something
-    # (``region``), not the air around it
-    crop_to_region: bool = True
-    # the pair's kind (``pair_kind.KINDS``, with ``pair_reason``) or "auto": found from the images after
-    # the pre-alignment (what ``RunSpec`` asks by default); it may keep the deformable refinement from
-    # running unless ``steps_asked``
-    pair: str = "different-subjects"
-    pair_reason: str = ""
-    steps_asked: bool = False
-    # False: keep only the pre-alignment's field and the latest (the command line and batch runs need no
-    # step back or replay; each kept field costs 12 bytes per working voxel)
-    keep_steps: bool = True
-    planned_steps: int = 6  # for the memory estimate (``run_spec.plan_run`` sets the plan's)
-
-
-@dataclass(frozen=True)
-class InputNames:
-    """How messages name each input, e.g. ``fixed image 'f.nii.gz'`` or ``moving volume 'MRHead'``."""
-
-    fixed: str = "fixed image"
-    moving: str = "moving image"
-    fixed_labels: str = "fixed labels"
-    moving_labels: str = "moving labels"
-    fixed_mask: str = "fixed mask"
-    moving_mask: str = "moving mask"
-
+from .step_report import StepReport
 
 # the step reports' similarity is averaged over at most this many voxels (a 1 mm grid: every 2nd per axis)
 REPORT_MAX_VOXELS = 112 * 112 * 112
-
-
-@dataclass
-class StepReport:
-    """What one step produced. Arrays are on the working grid; ``index`` 0 is the state after the affine."""
-
-    index: int
-    # local NCC (window 9) of fixed and warped on the working grid (inside the masks), higher is better;
-    # on a working grid of more than REPORT_MAX_VOXELS, averaged over a regular subset of at most that many
-    similarity: float
-    dice: float | None  # mean Dice of the label maps on the output grid (if labels were given)
-    step_seconds: float
-    elapsed_seconds: float
-    diagnostics: dict[str, float] = field(default_factory=dict)
-    max_displacement_mm: float = 0.0
-    # spread of the total displacement over sampled trajectories (mm); None when the policy does not sample
-    uncertainty_mean_mm: float | None = None
-    uncertainty_max_mm: float | None = None
 
 
 class RegistrationSession:
@@ -152,13 +84,13 @@ class RegistrationSession:
         initial_transform: sitk.Transform | None = None,
         fixed_mask: sitk.Image | None = None,
         moving_mask: sitk.Image | None = None,
-        names: InputNames = InputNames(),
+        names: InputNames | None = None,
         policies: dict[str, Policy] | None = None,
     ):
         self.options = options or SessionOptions()
         # the policy for a pair kind found after the pre-alignment (``policy`` for any other)
         self.policies = dict(policies or {})
-        self.names = names
+        self.names = names = names or InputNames()
         check_pyramid_size(fixed, names.fixed)
         check_pyramid_size(moving, names.moving)
         if self.options.initialization not in INITIALIZATIONS:

@@ -23,7 +23,9 @@ from ..fields.geometry import (
 from ..fields.spatial import resample_field_to_grid
 from ..io.imaging import intensity_window
 from ..io.slicer_arrays import SlicerGridArrays, affine_ras_matrix, ras_arrays
-from .session import RegistrationResult, RegistrationSession, StepReport
+from .result import RegistrationResult
+from .session import RegistrationSession
+from .step_report import StepReport
 
 # ---------------------------------------------------------------------------------------------- display data
 

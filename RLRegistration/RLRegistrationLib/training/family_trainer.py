@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .data import LabelBank, pair_loader
 from .distributed import Distributed
 from .environment import EnvState, RegistrationEnv, paired_one_hot
+from .initial_weights import read_initial_weights
 from .losses import RegistrationLoss
 
 
@@ -97,14 +98,10 @@ class FamilyTrainer:
     def copy_initial_weights(self, path: Path) -> list[str]:
         """Load ``path`` into the shipped network (every tensor, same architecture); returns the names of
         the copied tensors. InputError when the file is missing, unreadable or of another architecture."""
-        if not path.is_file():
-            raise InputError(
-                f"init.weights '{path}': file not found (train that model first, or remove init.weights)"
-            )
+        state = read_initial_weights(path, "train that model first, or remove init.weights")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
             self.network.load_state_dict(state)
-        except Exception as error:  # noqa: BLE001 - any unreadable or mismatched file is an input error
+        except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
             raise InputError(f"init.weights '{path}': cannot load into this architecture ({error})") from None
         return list(state)
 

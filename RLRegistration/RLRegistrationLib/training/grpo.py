@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import InputError
 from ..policies.morphseek_network import MorphSeekArchitecture, MorphSeekNetwork, MorphSeekOutput, gaussian_kl
 from .environment import RegistrationEnv, kmeans_pseudo_labels, paired_one_hot
+from .initial_weights import read_initial_weights
 from .losses import RegistrationLoss
 
 #: ``env`` config keys that also shape the GRPO rollout environment
@@ -336,16 +337,11 @@ def load_initial_weights(network: MorphSeekNetwork, path: str | Path) -> list[st
     """Warm start ``network`` from a ``weights.pt`` of a SPAC model (backbone, decoder, weight-map head) or
     of a MorphSeek model (everything, e.g. GRPO from a warm-up-only model); ``MorphSeekNetwork.load_spac_backbone``. Returns the names of the copied tensors; InputError when the
     file is missing or unreadable, or when no tensor matches (another architecture)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(
-            f"init.weights '{path}': file not found (train that model first, e.g. rlreg train --config "
-            "configs/morphseek_warmup_cpu_small.json, or remove init.weights)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is an input error
-        raise InputError(f"init.weights '{path}': cannot read the weights ({error})") from None
+    state = read_initial_weights(
+        path,
+        "train that model first, e.g. rlreg train --config configs/morphseek_warmup_cpu_small.json, or "
+        "remove init.weights",
+    )
     copied = network.load_spac_backbone(state)
     if not copied:
         raise InputError(f"init.weights '{path}': no tensor matches the MorphSeek architecture")
