@@ -331,6 +331,18 @@ def test_grpo_config_continues_the_warmup_only_model():
     group24 = TrainConfig.load(root / "morphseek_grpo_group24_cpu.json").to_dict()
     assert group24["grpo"] == {**ablation["grpo"], "group_size": 24}
     assert group24["schedule"]["grpo_steps"] * 24 == ablation["schedule"]["grpo_steps"] * 6
+    # the third: ten times smaller updates held ten times closer to the start, nothing else
+    conservative = TrainConfig.load(root / "morphseek_grpo_conservative_cpu.json").to_dict()
+    assert conservative["grpo"] == {
+        **ablation["grpo"],
+        "kl_ref_weight": 10 * ablation["grpo"]["kl_ref_weight"],
+    }
+    assert conservative["optim"] == {**ablation["optim"], "lr_encoder": 3e-5, "lr_decoder": 3e-5}
+    assert ablation["optim"]["lr_encoder"] == ablation["optim"]["lr_decoder"] == 3e-4
+    same = ("id", "description", "comment", "grpo", "optim")
+    assert {k: v for k, v in conservative.items() if k not in same} == {
+        k: v for k, v in ablation.items() if k not in same
+    }
     for key in ("id", "description", "comment", "init", "schedule"):
         warmup.pop(key, None), full.pop(key, None)
     assert warmup == full

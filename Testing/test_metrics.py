@@ -171,3 +171,26 @@ def test_resample_labels_keeps_integer_type(oblique_grid, image_on_grid):
     out = metrics.resample_labels(labels, labels, sitk.Transform(3, sitk.sitkIdentity))
     assert out.GetPixelID() == sitk.sitkInt16
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), _label_volume(oblique_grid.shape))
+
+
+def test_auroc_known_rankings():
+    positive = np.array([True, True, False, False, False])
+    assert metrics.auroc(np.array([5.0, 4.0, 3.0, 2.0, 1.0]), positive) == 1.0
+    assert metrics.auroc(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), positive) == 0.0
+    assert metrics.auroc(np.ones(5), positive) == 0.5  # all tied: chance
+    # one positive (3.0) above 2 of the 3 negatives, the other (1.0) tied with one: (3 + 0.5) / 6
+    assert metrics.auroc(np.array([3.0, 1.0, 4.0, 1.0, 0.0]), positive) == pytest.approx(3.5 / 6)
+    assert np.isnan(metrics.auroc(np.ones(3), np.zeros(3, dtype=bool)))
+
+
+def test_auroc_matches_pairwise_count_and_ignores_scale():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, size=200).astype(float)  # many ties
+    positive = rng.random(200) < 0.1 + 0.15 * scores  # 0.1 at score 0 to 0.85 at score 5
+    pos, neg = scores[positive], scores[~positive]
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        pos.size * neg.size
+    )
+    assert metrics.auroc(scores, positive) == pytest.approx(pairwise)
+    assert metrics.auroc(3.0 * scores + 7.0, positive) == pytest.approx(pairwise)
+    assert metrics.auroc(scores, positive) > 0.5  # the positives lean to high scores

@@ -35,6 +35,7 @@ RETIRED = [
     "morphseek-brain-synth-warmup",
     "morphseek-brain-synth-grpo-labels",
     "morphseek-brain-synth-grpo-group24",
+    "morphseek-brain-synth-grpo-conservative",
     "spac-brain-synth-2mm",
 ]  # training recipes
 FOLDERS = {**{m: REPO / "models" / m for m in SHIPPED}, **{m: REPO / "recipes" / m for m in RETIRED}}

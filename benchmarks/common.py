@@ -96,6 +96,26 @@ def run_session(policy, pair_images, steps: int):
     return [session.reports[0].dice] + [r.dice for r in reports], seconds, session
 
 
+def disagreement_and_uncertainty(
+    session, fixed_labels, moving_labels
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(voxelwise label disagreement after registration (bool), the session's uncertainty map (mm), both
+    inside ``inside``; ``inside``) on the fixed grid (array order k, j, i): ``inside`` is the union of the
+    fixed labels' and the registered moving labels' foregrounds (the moving labels through the session's
+    transform, nearest neighbour; the uncertainty map linearly resampled)."""
+    import SimpleITK as sitk
+
+    result = session.result()
+    warped = sitk.Resample(moving_labels, fixed_labels, result.transform, sitk.sitkNearestNeighbor, 0)
+    fixed = sitk.GetArrayFromImage(fixed_labels)
+    moved = sitk.GetArrayFromImage(warped)
+    uncertainty = sitk.GetArrayFromImage(
+        sitk.Resample(result.uncertainty_map, fixed_labels, sitk.Transform(), sitk.sitkLinear, 0.0)
+    )
+    inside = (fixed > 0) | (moved > 0)
+    return (fixed != moved)[inside], uncertainty[inside].astype(np.float64), inside
+
+
 def folding_percent(session) -> float:
     """% of voxels of the session's total field (fixed grid) with det J <= 0."""
     return folding_inside_and_out(session)["folding_percent"]

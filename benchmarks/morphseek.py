@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
     add_session_arguments,
+    disagreement_and_uncertainty,
     folding_percent,
     load_model_card,
     method_table,
@@ -47,22 +48,11 @@ def disagreement_correlation(session, fixed_labels, moving_labels) -> dict[str, 
     """Pearson correlation (point-biserial) between the session's uncertainty map and the voxelwise label
     disagreement after registration, on the fixed grid inside the union foreground; and the mean
     uncertainty (mm) where the labels disagree and where they agree."""
-    import SimpleITK as sitk
-
-    result = session.result()
-    warped = sitk.Resample(moving_labels, fixed_labels, result.transform, sitk.sitkNearestNeighbor, 0)
-    fixed = sitk.GetArrayViewFromImage(fixed_labels)
-    moved = sitk.GetArrayViewFromImage(warped)
-    uncertainty = sitk.GetArrayFromImage(
-        sitk.Resample(result.uncertainty_map, fixed_labels, sitk.Transform(), sitk.sitkLinear, 0.0)
-    )
-    inside = (fixed > 0) | (moved > 0)
-    disagree = (fixed != moved)[inside].astype(np.float64)
-    values = uncertainty[inside].astype(np.float64)
+    disagree, values, _ = disagreement_and_uncertainty(session, fixed_labels, moving_labels)
     return {
-        "correlation": float(np.corrcoef(values, disagree)[0, 1]),
-        "uncertainty_where_disagree_mm": float(values[disagree > 0].mean()),
-        "uncertainty_where_agree_mm": float(values[disagree == 0].mean()),
+        "correlation": float(np.corrcoef(values, disagree.astype(np.float64))[0, 1]),
+        "uncertainty_where_disagree_mm": float(values[disagree].mean()),
+        "uncertainty_where_agree_mm": float(values[~disagree].mean()),
         "disagreement_fraction": float(disagree.mean()),
     }
 

@@ -1,4 +1,5 @@
-"""Accuracy and regularity measures: Dice, HD95 (mm), folding (% det J <= 0) and SDlogJ."""
+"""Accuracy and regularity measures: Dice, HD95 (mm), folding (% det J <= 0) and SDlogJ; and how well a
+map (e.g. the spread of sampled trajectories) ranks where an error remains (AUROC)."""
 
 from __future__ import annotations
 
@@ -158,6 +159,24 @@ def jacobian_stats(det: np.ndarray, mask: np.ndarray | None = None) -> dict[str,
     folding = 100.0 * float((values <= 0).mean())
     sdlogj = float(np.log(np.clip(values, 1e-9, 1e9)).std())
     return {"folding_percent": folding, "sdlogj": sdlogj, "jacobian_min": float(values.min())}
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` as a ranking of the ``positive`` entries (bool) above the
+    others: the probability that a random positive scores higher than a random negative, ties counting
+    half (the Mann-Whitney U statistic over n_pos * n_neg). 1: a perfect ranking, 0.5: no better than
+    chance, whatever the scale of the scores. NaN when either class is empty."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positive = np.asarray(positive, dtype=bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    values, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # rank of each distinct value (1-based), the mean of the ranks its ties occupy
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    rank_sum = float(mean_rank[inverse][positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def resample_labels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Transform) -> sitk.Image:
