@@ -19,6 +19,7 @@ import slicer_runtime  # noqa: E402
 from RLRegistrationLib.io.sample_pair import SAMPLE_FILES  # noqa: E402
 from RLRegistrationLib.options import RANGES  # noqa: E402
 from RLRegistrationMRML.panel_controller import CANCEL_DEBOUNCE_S  # noqa: E402
+from RLRegistrationMRML.panel_messages import finishedStatus  # noqa: E402
 from RLRegistrationMRML.parameters import SETTINGS, RegistrationParameters, checkSetting  # noqa: E402
 
 REASON = slicer_runtime.unavailable_reason()
@@ -304,3 +305,21 @@ def test_a_bad_volume_is_refused_naming_its_node_and_nothing_is_created(panel, s
     assert panel.error.startswith("Failed to start the registration: ") and "\n" not in panel.error
     assert __import__("re").search(message, panel.error), panel.error
     assert node_ids(scene) == before and panel.logic.worker is None
+
+
+def test_finished_status_says_what_was_kept_and_why():
+    """The status line of a run that ended with a result, for each outcome of the do-no-harm check."""
+    from RLRegistrationLib.registration.harm_check import Verdict
+
+    def make(accepted: bool) -> Verdict:
+        return Verdict("deformable refinement", "affine pre-alignment", 0.5, 0.4, accepted)
+
+    blocked = finishedStatus("3 steps", "two scans of one session", None, 0)
+    assert blocked.startswith("No deformable refinement: two scans of one session. The result is the pre")
+    dropped = finishedStatus("3 steps", "", make(False), 3)
+    assert dropped.startswith("3 steps. Deformable refinement dropped") and "0.400 -> 0.500" in dropped
+    assert "the slider shows the 3 steps run" in dropped
+    assert finishedStatus("3 steps", "", make(True), 3) == (
+        "3 steps; deformable refinement kept (gradient alignment 0.400 -> 0.500)"
+    )
+    assert finishedStatus("3 steps", "", None, 3) == "3 steps"  # the check could not run
