@@ -305,8 +305,9 @@ def test_a_spac_warm_start_is_validated_first_and_named_on_the_card(tmp_path):
         "weights": str(weights), "sha256": sha256_of(weights), "tensors_copied": len(torch.load(weights))
     }  # fmt: skip
     assert card["validation"]["pairs"] == first_card["validation"]["pairs"] == 2  # not the 4 asked for
-    if float(rows[1]["val_dice"]) <= start_dice:
-        assert card["training"]["selected_step"] == 0
+    # keep_best: the warm start (step 0) unless step 1 beats it
+    expected_step = 1 if float(rows[1]["val_dice"]) > start_dice else 0
+    assert card["training"]["selected_step"] == expected_step
     other = {**values, "model": {**values["model"], "channels": [4, 8, 8, 16]}}
     with pytest.raises(InputError, match=r"init.weights '.*weights.pt': cannot load into this architecture"):
         train(TrainConfig.from_dict(other), out_dir=tmp_path / "c", run_dir=tmp_path / "rc", progress=False,

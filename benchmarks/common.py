@@ -97,18 +97,18 @@ def run_session(policy, pair_images, steps: int):
 
 
 def disagreement_and_uncertainty(
-    session, fixed_labels, moving_labels
+    result, fixed_labels, moving_labels
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(voxelwise label disagreement after registration (bool), the session's uncertainty map (mm), both
-    inside ``inside``; ``inside``) on the fixed grid (array order k, j, i): ``inside`` is the union of the
-    fixed labels' and the registered moving labels' foregrounds (the moving labels through the session's
-    transform, nearest neighbour; the uncertainty map linearly resampled)."""
+    """(voxelwise label disagreement after registration (bool), the result's uncertainty map (mm), both
+    inside ``inside``; ``inside``) on the fixed grid (array order k, j, i), for a session's ``result()``:
+    ``inside`` is the union of the fixed labels' and the registered moving labels' foregrounds (the moving
+    labels through the result's transform, nearest neighbour; the uncertainty map linearly resampled)."""
     import SimpleITK as sitk
 
-    result = session.result()
-    warped = sitk.Resample(moving_labels, fixed_labels, result.transform, sitk.sitkNearestNeighbor, 0)
+    from RLRegistrationLib.fields.metrics import resample_labels
+
     fixed = sitk.GetArrayFromImage(fixed_labels)
-    moved = sitk.GetArrayFromImage(warped)
+    moved = sitk.GetArrayFromImage(resample_labels(moving_labels, fixed_labels, result.transform))
     uncertainty = sitk.GetArrayFromImage(
         sitk.Resample(result.uncertainty_map, fixed_labels, sitk.Transform(), sitk.sitkLinear, 0.0)
     )

@@ -48,7 +48,7 @@ def disagreement_correlation(session, fixed_labels, moving_labels) -> dict[str, 
     """Pearson correlation (point-biserial) between the session's uncertainty map and the voxelwise label
     disagreement after registration, on the fixed grid inside the union foreground; and the mean
     uncertainty (mm) where the labels disagree and where they agree."""
-    disagree, values, _ = disagreement_and_uncertainty(session, fixed_labels, moving_labels)
+    disagree, values, _ = disagreement_and_uncertainty(session.result(), fixed_labels, moving_labels)
     return {
         "correlation": float(np.corrcoef(values, disagree.astype(np.float64))[0, 1]),
         "uncertainty_where_disagree_mm": float(values[disagree].mean()),

@@ -36,7 +36,6 @@ from common import (  # noqa: E402
     REPO,
     add_session_arguments,
     disagreement_and_uncertainty,
-    folding_percent,
     load_model_card,
     read_pair,
     run_session,
@@ -64,14 +63,16 @@ def edge_map(fixed) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(image, 1.0))
 
 
-def score_pair(session, fixed, fixed_labels, moving_labels) -> dict[str, float]:
-    """AUROC and correlation of the spread, and the AUROC of the edge map, against label disagreement."""
-    from RLRegistrationLib.fields.metrics import auroc
+def score_pair(result, edges: np.ndarray, fixed_labels, moving_labels) -> dict[str, float]:
+    """Folding of ``result`` (a session's ``result()``), the AUROC and correlation of its spread, and the
+    AUROC of the fixed image's ``edges`` (``edge_map``), against label disagreement."""
+    from RLRegistrationLib.fields.metrics import auroc, jacobian_of_field, jacobian_stats
 
-    disagree, spread, inside = disagreement_and_uncertainty(session, fixed_labels, moving_labels)
+    disagree, spread, inside = disagreement_and_uncertainty(result, fixed_labels, moving_labels)
     return {
+        "folding_percent": jacobian_stats(jacobian_of_field(result.displacement))["folding_percent"],
         "auroc_spread": auroc(spread, disagree),
-        "auroc_edges": auroc(edge_map(fixed)[inside], disagree),
+        "auroc_edges": auroc(edges[inside], disagree),
         "correlation_spread": float(np.corrcoef(spread, disagree.astype(np.float64))[0, 1]),
         "spread_mean_mm": float(spread.mean()),
         "disagreement_fraction": float(disagree.mean()),
@@ -126,6 +127,7 @@ def main(argv=None) -> int:
     rows = []
     for pair in prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), "t1"):
         images = read_pair(pair)
+        edges = edge_map(images[0])
         for model in ids:
             policy = make_policy(
                 model, device="cpu", samples=args.samples, temperature=args.temperature, seed=0
@@ -135,9 +137,8 @@ def main(argv=None) -> int:
                 "model": model,
                 "pair": pair["pair"],
                 "dice": dice[-1],
-                "folding_percent": folding_percent(session),
                 "seconds": seconds,
-                **score_pair(session, images[0], images[2], images[3]),
+                **score_pair(session.result(), edges, images[2], images[3]),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

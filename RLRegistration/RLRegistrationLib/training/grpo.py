@@ -335,8 +335,10 @@ class MorphSeekTrainingStep(nn.Module):
 
 def load_initial_weights(network: MorphSeekNetwork, path: str | Path) -> list[str]:
     """Warm start ``network`` from a ``weights.pt`` of a SPAC model (backbone, decoder, weight-map head) or
-    of a MorphSeek model (everything, e.g. GRPO from a warm-up-only model); ``MorphSeekNetwork.load_spac_backbone``. Returns the names of the copied tensors; InputError when the
-    file is missing or unreadable, or when no tensor matches (another architecture)."""
+    of a MorphSeek model (everything, e.g. GRPO from a warm-up-only model);
+    ``MorphSeekNetwork.load_spac_backbone``. Returns the names of the copied tensors; InputError when the
+    file is missing, unreadable or not a state dict (``read_initial_weights``), or when no tensor matches
+    (another architecture)."""
     state = read_initial_weights(
         path,
         "train that model first, e.g. rlreg train --config configs/morphseek_warmup_cpu_small.json, or "
