@@ -195,3 +195,34 @@ def test_two_quick_signals_during_the_writes_still_leave_one_line_and_nothing(tm
     before = _tree(tmp_path)
     code, stderr = _slow_run(f, [signal.SIGINT, signal.SIGINT, signal.SIGTERM], "WRITING", 3.0, renames=False)
     assert _check_all_or_nothing(f, before, code, stderr, signal.SIGINT) == "nothing"
+
+
+# the command ends, then an atexit callback (as torch registers its own) takes a while: the signal comes there
+SLOW_SHUTDOWN = """
+import atexit, sys, time
+from RLRegistrationLib.frontends.cli import entry_point
+atexit.register(time.sleep, 30)
+atexit.register(print, "SHUTDOWN", flush=True)  # atexit runs last-registered first: before the sleep
+sys.argv = ["rlreg", "info"]
+sys.exit(entry_point())
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_in_the_shutdown_after_the_command_meets_the_default(signum):
+    """After the command has ended, a signal in Python's shutdown ends the process by the system's default
+    (README): no traceback from an exception raised inside an atexit callback, at once."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SHUTDOWN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=ENV,
+    )  # fmt: skip
+    for line in process.stdout:
+        if "SHUTDOWN" in line:
+            break
+    sent = time.perf_counter()
+    process.send_signal(signum)
+    code = process.wait(timeout=60)
+    stderr = process.stderr.read()
+    assert time.perf_counter() - sent < 5.0
+    assert code == -signum, (code, stderr)
+    assert "Traceback" not in stderr, stderr

@@ -83,14 +83,22 @@ def entry_point() -> int:
     """The ``rlreg`` command: ``main`` in a process of its own, whose allocator may keep freed memory
     (``allocator.reuse_freed_memory``: a 1 mm ``--quality fine`` run 25.3 -> 19.6 s on 2 CPU threads,
     ``benchmarks/fine_profile.py``), with SIGTERM and SIGHUP handled like Ctrl-C."""
-    for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
-        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # nohup: stays ignored
-            signal.signal(signum, _raise_interrupted)
+    handled = [
+        signum
+        for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN  # nohup: stays ignored
+    ]
+    for signum in handled:
+        signal.signal(signum, _raise_interrupted)
     try:
         from .allocator import reuse_freed_memory
 
         reuse_freed_memory()
         code = main()
+        # the command has ended: a signal in the interpreter's shutdown meets the system's default (an
+        # exception raised there, inside an atexit callback, would print a traceback)
+        for signum in handled:
+            signal.signal(signum, signal.SIG_DFL)
     except KeyboardInterrupt as interrupt:  # during the imports, before main's own handler
         code = _cancelled(interrupt)
     if code > 128:
