@@ -29,6 +29,9 @@ FAMILY_SECTIONS = {"sac": "spac", "grpo": "morphseek"}
 #: precision: convolutions in bfloat16, reductions and losses in float32; no loss scaling needed)
 PRECISIONS = ("fp32", "bf16")
 
+#: card ``inference`` entries a training config may set (read by ``policies.cards``)
+INFERENCE_KEYS = ("diffeomorphic_steps", "step_spacings_mm", "offered_alone")
+
 
 @dataclass
 class TrainConfig:
@@ -38,7 +41,9 @@ class TrainConfig:
     ``model.family`` "morphseek" (``configs/morphseek_cpu_small.json``) replaces ``sac`` by ``grpo``
     (``training.grpo.GRPOConfig``) and ``schedule.sac_steps`` by ``grpo_steps``, and has the optimizer keys
     ``lr_encoder`` / ``lr_decoder``. Both families take the optional ``init.weights``: a warm start from a
-    ``weights.pt`` (SPAC: a SPAC model of the same architecture; MorphSeek: a SPAC or MorphSeek model)."""
+    ``weights.pt`` (SPAC: a SPAC model of the same architecture; MorphSeek: a SPAC or MorphSeek model), and
+    the optional ``inference`` entries (``INFERENCE_KEYS``) the model card's ``inference`` block takes as
+    they are, so that a model runs as its config says straight from ``rlreg train``."""
 
     id: str = "spac-brain-synth"
     description: str = "SPAC planner-actor-critic with a spatially varying regularization head"
@@ -83,6 +88,7 @@ class TrainConfig:
     )
     grpo: GRPOConfig | None = None
     init: dict = field(default_factory=lambda: {"weights": None})
+    inference: dict = field(default_factory=dict)
 
     @property
     def family(self) -> str:
@@ -134,12 +140,13 @@ class TrainConfig:
             "schedule": set(out.schedule),
             "model": set(ARCHITECTURES[family].__dataclass_fields__),
             "init": set(out.init),
+            "inference": set(INFERENCE_KEYS),
         }
         for key, names in allowed.items():
             unknown = set(values.get(key, {})) - names
             if unknown:
                 raise InputError(f"config '{key}': unknown keys {sorted(unknown)} (known: {sorted(names)})")
-        for key in ("env", "loss", "optim", "schedule", "init"):
+        for key in ("env", "loss", "optim", "schedule", "init", "inference"):
             setattr(out, key, {**getattr(out, key), **values.get(key, {})})
         if out.optim["precision"] not in PRECISIONS:
             raise InputError(

@@ -66,6 +66,7 @@ class FamilyTrainer:
         self.state: EnvState | None = None
         self.done, self.labels = True, None
         self.init_info: dict[str, Any] = {}
+        self.warmup_steps = int(cfg.schedule["warmup_steps"])  # train() sets it when --steps rescales
 
     @property
     def network(self) -> nn.Module:

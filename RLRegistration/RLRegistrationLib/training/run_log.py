@@ -117,7 +117,7 @@ def save_model(
         "architecture": cfg.model.to_dict(),
         "parameters": sum(v.numel() for v in network_state.values()),
         "working_grid": {"shape": list(cfg.data.shape), "spacing_mm": cfg.data.spacing_mm},
-        "inference": {"steps": int(cfg.env["episode_length"]), "max_step": cfg.model.max_step},
+        "inference": inference_block(cfg),
         "training": training,
         "validation": {
             "pairs": cfg.data.val_pairs,
@@ -134,6 +134,14 @@ def save_model(
         card["grpo"] = grpo_card(cfg.grpo, training.get("label_usage", {}))
     (out_dir / CARD_NAME).write_text(json.dumps(card, indent=2))
     return out_dir
+
+
+def inference_block(cfg: TrainConfig) -> dict:
+    """The card's ``inference``: steps (one per ``step_spacings_mm`` entry when the config gives them, else
+    the episode length), the step bound, and the config's ``inference`` entries."""
+    spacings = cfg.inference.get("step_spacings_mm")
+    steps = len(spacings) if spacings else int(cfg.env["episode_length"])
+    return {"steps": steps, "max_step": cfg.model.max_step, **cfg.inference}
 
 
 def grpo_card(grpo: GRPOConfig, usage: dict) -> dict:

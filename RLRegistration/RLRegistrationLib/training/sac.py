@@ -36,6 +36,8 @@ class SACConfig:
     target_entropy: float | None = None
     actor_weight: float = 1.0  # weight of the SAC planner loss next to the registration loss
     plan_l2: float = 1e-3  # keeps the unsquashed plan mean from drifting
+    critic_warmup_steps: int = 0  # first updates of the SAC stage without the planner loss: a fresh
+    # critic (a warm start copies only the network) would otherwise push the plans with noise
 
     @classmethod
     def from_dict(cls, values: dict) -> SACConfig:
@@ -101,8 +103,11 @@ class ReplayBuffer:
         }
 
 
-def sac_losses(agent: SPACAgent, batch: dict[str, torch.Tensor], cfg: SACConfig) -> dict[str, torch.Tensor]:
-    """Critic, planner and temperature losses on a replay batch (see the module docstring).
+def sac_losses(
+    agent: SPACAgent, batch: dict[str, torch.Tensor], cfg: SACConfig, planner_on: bool = True
+) -> dict[str, torch.Tensor]:
+    """Critic, planner and temperature losses on a replay batch (see the module docstring); with
+    ``planner_on`` False the planner loss is zero (the critic warm-up, ``cfg.critic_warmup_steps``).
 
     Returns a dict of scalar tensors: ``critic_loss``, ``actor_loss``, ``alpha_loss`` (with gradients)
     and ``q``, ``entropy``, ``alpha`` (detached, for logging).
@@ -131,6 +136,8 @@ def sac_losses(agent: SPACAgent, batch: dict[str, torch.Tensor], cfg: SACConfig)
     q1_pi, q2_pi = functional_call(agent.critic, critic_params, (embedding, plan))
     actor_loss = (alpha.detach() * log_prob - torch.min(q1_pi, q2_pi)).mean()
     actor_loss = actor_loss + cfg.plan_l2 * mean.pow(2).mean()
+    if not planner_on:
+        actor_loss = actor_loss * 0.0  # keeps the graph (DistributedDataParallel) with no effect
 
     alpha_loss = -(agent.log_alpha * (log_prob.detach() + target_entropy)).mean()
     return {

@@ -27,22 +27,24 @@ from .sac import ReplayBuffer, SACConfig, sac_losses
 class TrainingStep(nn.Module):
     """One forward computing the summed loss of a step (the module DistributedDataParallel wraps).
 
-    ``forward(fixed, moving, warped, field, replay_batch=None, labels=None)`` -> (loss, logs, plan, step).
-    The plan and step field (detached) are what the environment executes; ``labels`` = one-hot (fixed,
-    moving) for the weak-supervision term.
+    ``forward(fixed, moving, warped, field, replay_batch=None, labels=None, planner_on=True)`` -> (loss,
+    logs, plan, step). The plan and step field (detached) are what the environment executes; ``labels`` =
+    one-hot (fixed, moving) for the weak-supervision term; ``planner_on`` False during the critic warm-up.
     """
 
     def __init__(self, agent: SPACAgent, registration: RegistrationLoss, sac: SACConfig):
         super().__init__()
         self.agent, self.registration, self.sac = agent, registration, sac
 
-    def forward(self, fixed, moving, warped, field, replay_batch: dict | None = None, labels=None):
+    def forward(
+        self, fixed, moving, warped, field, replay_batch: dict | None = None, labels=None, planner_on=True
+    ):
         out = self.agent.network(fixed, warped)
         loss, logs = self.registration(fixed, moving, field, out.step, out.weight, labels)
         logs = {"loss_reg": loss.detach(), **logs, "sigma": out.log_std.exp().mean().detach()}
         loss = loss + self.sac.plan_l2 * out.mean.pow(2).mean()  # in both stages: the plan must not drift
         if replay_batch is not None:
-            parts = sac_losses(self.agent, replay_batch, self.sac)
+            parts = sac_losses(self.agent, replay_batch, self.sac, planner_on)
             loss = loss + parts["critic_loss"] + parts["actor_loss"] + parts["alpha_loss"]
             logs.update({k: v.detach() for k, v in parts.items()})
         return loss, logs, out.plan.detach(), out.step.detach()
@@ -94,8 +96,9 @@ class SPACTrainer(FamilyTrainer):
         replay_batch = None
         if stage == "sac" and len(self.replay) > 0:
             replay_batch = self.replay.sample(self.cfg.sac.batch_size, self.generator, self.device)
+        planner_on = step - self.warmup_steps > self.cfg.sac.critic_warmup_steps
         loss, logs, plan, step_field = self.forward(
-            state.fixed, state.moving, state.warped, state.field, replay_batch, self.labels
+            state.fixed, state.moving, state.warped, state.field, replay_batch, self.labels, planner_on
         )
         grad_norm = self.optimize(loss)
         if replay_batch is not None:

@@ -93,6 +93,7 @@ def train(
 
     seed_everything(cfg.seed)  # identical initial weights on every rank
     trainer = TRAINERS[cfg.family](cfg, dev)
+    trainer.warmup_steps = warmup_steps
     step, best, elapsed_before = 0, None, 0.0
     if resume:
         ckpt = torch.load(checkpoint_path, map_location=dev, weights_only=False)
@@ -102,7 +103,7 @@ def train(
         trainer.initialize()
     seed_everything(cfg.seed + 1000 * dist_info.rank + step)  # per-rank exploration and data
 
-    train_bank, val_bank = banks or load_banks(cfg.data, dist_info.is_main)
+    train_bank, val_bank = banks or load_banks(cfg.data, dist_info.is_main, cfg.model.divisor)
     val_set = validation_pairs(val_bank, cfg.data, cfg.data.val_pairs, cfg.seed) if val_bank else []
     trainer.start(dist_info, train_bank, step)
 
