@@ -18,9 +18,10 @@ from RLRegistrationLib.policies.cards import sha256_of
 from RLRegistrationLib.policies.network_policy import load_model
 from RLRegistrationLib.policies.networks import SPACAgent, SPACArchitecture
 from RLRegistrationLib.training.config import TrainConfig
-from RLRegistrationLib.training.data import DataConfig, LabelBank, random_pair
+from RLRegistrationLib.training.data import DataConfig, LabelBank, random_pair, validation_pairs
 from RLRegistrationLib.training.initial_weights import read_initial_weights
 from RLRegistrationLib.training.losses import RegistrationLoss
+from RLRegistrationLib.training.run_log import inference_block
 from RLRegistrationLib.training.sac import ReplayBuffer, SACConfig, sac_losses
 from RLRegistrationLib.training.spac_trainer import TrainingStep, make_optimizer
 
@@ -77,6 +78,26 @@ def test_random_pairs_from_label_maps():
     assert int(pair["fixed_labels"].max()) < 500  # skull-stripped
 
 
+def test_rendered_pairs_are_made_finer_and_averaged_to_the_training_grid():
+    cfg = DataConfig(shape=(8, 8, 8), margin=1, render_factor=2, blur_sigma_vox=(0.0, 0.5))
+    fine = cfg.rendering()
+    assert (fine.shape, fine.margin, fine.spacing_mm) == (SHAPE, 2, cfg.spacing_mm / 2)
+    assert (fine.deform_max_vox, fine.blur_sigma_vox) == (2 * cfg.deform_max_vox, (0.0, 1.0))
+    bank = label_bank()  # 20^3 phantoms: the fine grid's 16^3 plus its margin
+    made = random_pair(bank, fine, np.random.default_rng(4))
+    pair = random_pair(bank, cfg, np.random.default_rng(4))
+    assert pair["fixed"].shape == (1, 8, 8, 8) and pair["fixed_labels"].shape == (1, 8, 8, 8)
+    block = made["fixed"][0, 2:4, 4:6, 0:2].mean()  # the block of training voxel (1, 2, 0)
+    assert torch.isclose(pair["fixed"][0, 1, 2, 0], block)
+    assert int(pair["moving_labels"][0, 3, 1, 2]) == int(made["moving_labels"][0, 7, 3, 5])  # block centre
+    # partial-volume values: more distinct grey levels than labels, as when a 1 mm scan is resampled
+    assert len(torch.unique(pair["fixed"])) > len(torch.unique(pair["fixed_labels"]))
+    validation = validation_pairs(bank, cfg, 1)[0]
+    assert validation["fixed"].shape == (1, 1, 8, 8, 8)
+    with pytest.raises(InputError, match="render_factor"):
+        DataConfig.from_dict({"render_factor": 0})
+
+
 def test_missing_shared_data_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match=r"training_seg_01\.nii\.gz.*\.\./shared/data"):
         LabelBank.from_shared(tmp_path / "nowhere", [1], 2.0, SHAPE)
@@ -126,6 +147,21 @@ def test_sac_losses_route_gradients():
     agent.zero_grad(set_to_none=True)
     parts["alpha_loss"].backward()
     assert agent.log_alpha.grad is not None and all(p.grad is None for p in agent.network.parameters())
+
+
+def test_the_critic_warm_up_keeps_the_sac_planner_loss_off():
+    agent = SPACAgent(SMALL)
+    batch = _replay_batch(seed=3)
+    torch.manual_seed(0)  # the same sampled plans in both calls
+    on = sac_losses(agent, batch, SACConfig(), planner_on=True)
+    torch.manual_seed(0)
+    off = sac_losses(agent, batch, SACConfig(), planner_on=False)
+    assert float(on["actor_loss"]) != 0.0 and float(off["actor_loss"]) == 0.0
+    assert torch.allclose(on["critic_loss"], off["critic_loss"])  # the critics learn either way
+    (off["critic_loss"] + off["actor_loss"]).backward()
+    planner_grad = agent.network.planner.fc.weight.grad
+    assert planner_grad is None or float(planner_grad.abs().sum()) == 0.0
+    assert all(p.grad is not None for p in agent.critic.parameters())
 
 
 def test_sac_updates_change_actor_critic_and_alpha():
@@ -210,7 +246,7 @@ def test_ddp_two_processes_gloo(torchrun_train, config_file):
     assert card["training"]["steps"] == 2
 
 
-@pytest.mark.parametrize("section", ["env", "loss", "optim", "schedule", "model", "data", "sac"])
+@pytest.mark.parametrize("section", ["env", "loss", "optim", "schedule", "model", "data", "sac", "inference"])
 def test_config_rejects_unknown_keys(section):
     with pytest.raises((InputError, ValueError), match="unknown keys"):
         TrainConfig.from_dict({section: {"bogus": 1}})
@@ -218,9 +254,44 @@ def test_config_rejects_unknown_keys(section):
 
 def test_shipped_configs_parse():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("spac_cpu_small.json", "spac_gpu.json", "spac_2mm_finetune_cpu.json"):
+    names = ["spac_cpu_small.json", "spac_gpu.json", "spac_2mm_finetune_cpu.json"]
+    names += [f"spac_{kind}_{data}_cpu.json" for kind in ("sac", "reg") for data in ("finetune", "command")]
+    names += ["spac_reg_rendered_cpu.json"]
+    for name in names:
         cfg = TrainConfig.load(root / name)
         assert all(n % cfg.model.divisor == 0 for n in cfg.data.shape)
+
+
+def test_the_sac_fine_tune_and_its_control_differ_only_in_the_sac_stage():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    sac = TrainConfig.load(root / "spac_sac_finetune_cpu.json").to_dict()
+    control = TrainConfig.load(root / "spac_reg_finetune_cpu.json").to_dict()
+    differ = {k for k in sac if sac[k] != control[k]}
+    assert differ == {"id", "description", "sac", "schedule"}
+    assert {k for k in sac["sac"] if sac["sac"][k] != control["sac"][k]} == {"critic_warmup_steps"}
+    steps = {k: (sac["schedule"][k], control["schedule"][k]) for k in ("warmup_steps", "sac_steps")}
+    assert steps == {"warmup_steps": (0, 600), "sac_steps": (600, 0)}  # the same number of updates
+    variants = {  # the same runs on other pairs: made at 1.5 mm; captured from the command (3 mm, 64x80x64)
+        ("reg", "rendered"): {"render_factor"},
+        ("reg", "command"): {"source", "shape"},
+        ("sac", "command"): {"source", "shape"},
+    }
+    for (kind, data), keys in variants.items():
+        first = TrainConfig.load(root / f"spac_{kind}_finetune_cpu.json").to_dict()
+        other = TrainConfig.load(root / f"spac_{kind}_{data}_cpu.json").to_dict()
+        assert {k for k in first if first[k] != other[k]} == {"id", "data"}
+        assert {k for k in first["data"] if first["data"][k] != other["data"][k]} == keys
+
+
+def test_a_configs_inference_entries_go_onto_the_card():
+    cfg = TrainConfig.from_dict({"inference": {"diffeomorphic_steps": True, "step_spacings_mm": [3, 2]}})
+    assert inference_block(cfg) == {
+        "steps": 2,
+        "max_step": cfg.model.max_step,
+        "diffeomorphic_steps": True,
+        "step_spacings_mm": [3, 2],
+    }
+    assert inference_block(TrainConfig())["steps"] == TrainConfig().env["episode_length"]
 
 
 # ------------------------------------------------------------------------------------ mixed precision

@@ -48,7 +48,10 @@ def main(argv=None) -> int:
     d = cfg.data
     subjects = [int(s) for s in args.subjects.split(",")]
     reference = d.train_subjects[0] if d.prealign else None
-    bank = LabelBank.from_shared(args.shared_dir, subjects, d.spacing_mm, d.shape, d.margin, reference)
+    grid = d.rendering()
+    bank = LabelBank.from_shared(
+        args.shared_dir, subjects, grid.spacing_mm, grid.shape, grid.margin, reference
+    )
     pairs = validation_pairs(bank, d, args.pairs, cfg.seed)
     steps = int(cfg.env["episode_length"])
     rows = []

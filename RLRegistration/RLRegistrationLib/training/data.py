@@ -13,12 +13,21 @@ grid plus a margin; they stay in memory as ``LabelBank`` arrays (k, j, i). Each 
 
 Validation pairs (other subjects) use the fixed T1-like contrast and no augmentation. Arrays are (D, H, W)
 = (k, j, i); tensors (1, D, H, W) float32 images in [0, 1] and int64 label maps.
+
+With ``render_factor`` f > 1 every pair is made on a grid f times finer (label maps read at
+``spacing_mm / f``, augmentation and synthesis there) and brought to the training grid as a registration
+session brings a 1 mm scan to the network grid: images averaged over f³ blocks, labels sampled (nearest).
+Without it the images are synthesized on the training grid from label maps sampled at 3 mm, blockier than
+what the networks see at inference.
+
+With ``source`` "command" the pairs are not synthesized here: ``training.command_pairs`` captures fixed
+pairs of 1 mm syntheses as the ``rlreg register`` command prepares them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -38,6 +47,11 @@ from ..synthesis.contrast import (
     synthesize_volume,
 )
 from ..synthesis.pairs import downsample_labels, random_smooth_deformation
+from .command_pairs import CapturedBank, capture_subject_pairs, load_captured
+
+#: where training pairs come from: synthesized on the training grid, or captured from the command's
+#: preparation of 1 mm pairs (``training.command_pairs``)
+SOURCES = ("synthetic", "command")
 
 # labels that run down the spinal canal: ignored when centring a crop (as synthesis.validation_pair does)
 _CENTRE_EXCLUDE = (16, 24)
@@ -68,6 +82,9 @@ class DataConfig:
     # session's affine pre-alignment does at inference), so pairs differ by residual shape only
     val_pairs: int = 4
     num_workers: int = 0
+    render_factor: int = 1  # pairs made on a grid this many times finer, then brought to the training grid
+    source: str = "synthetic"  # or "command": pairs as rlreg register prepares them (training.command_pairs)
+    capture_cache: str = "runs/captured_pairs"  # folder of the captured pairs (source "command")
 
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
@@ -76,7 +93,47 @@ class DataConfig:
             raise InputError(f"config 'data': unknown keys {sorted(unknown)}")
         out = cls(**values)
         out.shape = tuple(int(s) for s in out.shape)
+        if int(out.render_factor) < 1:
+            raise InputError(f"config 'data': render_factor must be at least 1, got {out.render_factor}")
+        if out.source not in SOURCES:
+            raise InputError(f"config 'data': source must be one of {', '.join(SOURCES)}, got '{out.source}'")
+        if out.source == "command" and int(out.render_factor) > 1:
+            raise InputError(
+                "config 'data': render_factor applies to synthetic pairs, not to source 'command'"
+            )
         return out
+
+    def rendering(self) -> DataConfig:
+        """The configuration of the grid pairs are made on: ``render_factor`` times finer, with spacing,
+        shape, margin and every length in voxels scaled to it (itself when the factor is 1)."""
+        f = int(self.render_factor)
+        if f == 1:
+            return self
+        return replace(
+            self,
+            spacing_mm=self.spacing_mm / f,
+            shape=tuple(int(n) * f for n in self.shape),
+            margin=self.margin * f,
+            shift_vox=self.shift_vox * f,
+            deform_max_vox=self.deform_max_vox * f,
+            deform_spacing_vox=self.deform_spacing_vox * f,
+            blur_sigma_vox=tuple(v * f for v in self.blur_sigma_vox),
+            render_factor=1,
+        )
+
+
+def to_training_grid(pair: dict, factor: int) -> dict:
+    """A pair made on a grid ``factor`` times finer, on the training grid: images (..., D, H, W) averaged
+    over factor³ blocks, label maps sampled at each block's centre voxel."""
+    if factor == 1:
+        return pair
+    out = dict(pair)
+    pick = slice(factor // 2, None, factor)
+    for key in ("fixed", "moving"):
+        out[key] = F.avg_pool3d(pair[key], factor)  # (C, D, H, W) or (N, C, D, H, W)
+    for key in ("fixed_labels", "moving_labels"):
+        out[key] = pair[key][..., pick, pick, pick].contiguous()
+    return out
 
 
 def load_config(cls, path: str | Path):
@@ -170,8 +227,8 @@ class LabelBank:
         return bank
 
 
-def read_subject(shared_dir: str | Path, subject: int, spacing_mm: float) -> sitk.Image:
-    """Label map of a SynthSeg subject, skull-stripped, at ``spacing_mm`` (nearest)."""
+def required_subject(shared_dir: str | Path, subject: int) -> Path:
+    """``subject_path``, or InputError naming it and the shared data folder when it is absent."""
     path = subject_path(shared_dir, subject)
     if not path.is_file():
         raise InputError(
@@ -179,7 +236,12 @@ def read_subject(shared_dir: str | Path, subject: int, spacing_mm: float) -> sit
             "folder (../shared/data/synthseg/training_seg_XX.nii.gz); pass --shared-dir pointing at "
             "../shared/data"
         )
-    image = downsample_labels(load_label_map(path), spacing_mm)
+    return path
+
+
+def read_subject(shared_dir: str | Path, subject: int, spacing_mm: float) -> sitk.Image:
+    """Label map of a SynthSeg subject, skull-stripped, at ``spacing_mm`` (nearest)."""
+    image = downsample_labels(load_label_map(required_subject(shared_dir, subject)), spacing_mm)
     stripped = sitk.GetImageFromArray(skull_strip_labels(sitk.GetArrayFromImage(image)))
     stripped.CopyInformation(image)
     return stripped
@@ -252,6 +314,8 @@ def random_pair(
     itself), drawn from the bank indices ``subjects`` (default: all). Returns ``fixed``, ``moving``
     (1, D, H, W) float32, ``fixed_labels``, ``moving_labels`` (1, D, H, W) int64 and ``subjects`` (2,)
     int64: the bank indices of the fixed and moving subjects."""
+    if cfg.render_factor > 1:
+        return to_training_grid(random_pair(bank, cfg.rendering(), rng, subjects), int(cfg.render_factor))
     candidates = list(range(len(bank))) if subjects is None else [int(s) for s in subjects]
     n = len(candidates)
     index = rng.choice(n, size=2, replace=False) if n > 1 else (0, 0)
@@ -311,6 +375,8 @@ def pair_loader(
     """Infinite iterator of batches (dict of (B, 1, D, H, W) tensors, ``subjects`` (B, 2)) of pairs of
     the bank indices ``subjects`` (default all). ``restart`` changes the stream (used when resuming so a
     resumed run does not replay the same pairs)."""
+    if isinstance(bank, CapturedBank):
+        return bank.stream(batch_size, seed, rank, restart)
     dataset = SyntheticPairs(bank, cfg, seed, rank, subjects)
     dataset.epoch = restart
     loader = torch.utils.data.DataLoader(
@@ -349,6 +415,11 @@ def phantom_label_map(shape: Sequence[int] = (32, 32, 32), seed: int = 0) -> np.
 def validation_pairs(bank: LabelBank, cfg: DataConfig, count: int, seed: int = 0) -> list[dict]:
     """Fixed validation pairs (i -> i+1 cyclically, then i -> i+2 ...) with the T1-like contrast, no
     augmentation; tensors (1, 1, D, H, W)."""
+    if isinstance(bank, CapturedBank):
+        return [bank.network_pair(i) for i in range(min(count, len(bank)))]
+    if cfg.render_factor > 1:
+        pairs = validation_pairs(bank, cfg.rendering(), count, seed)
+        return [to_training_grid(pair, int(cfg.render_factor)) for pair in pairs]
     n = len(bank)
     order = [(i, (i + d) % n) for d in range(1, max(n, 2)) for i in range(n) if (i + d) % n != i]
     pairs = []
@@ -372,16 +443,37 @@ def validation_pairs(bank: LabelBank, cfg: DataConfig, count: int, seed: int = 0
     return pairs
 
 
-def load_banks(d: DataConfig, with_validation: bool = True) -> tuple[LabelBank, LabelBank | None]:
+def load_banks(
+    d: DataConfig, with_validation: bool = True, divisor: int = 16
+) -> tuple[LabelBank | CapturedBank, LabelBank | CapturedBank | None]:
     """Training and (on the main rank) validation label maps, aligned to the first training subject when
-    ``prealign``."""
+    ``prealign``; with ``source`` "command", the captured pairs of the training subjects (random contrast)
+    and of the validation subjects (T1-like), on the network grid of ``spacing_mm`` (``divisor``: the
+    network's)."""
+    if d.source == "command":
+        return captured_bank(d, d.train_subjects, "random", divisor), (
+            captured_bank(d, d.val_subjects, "t1", divisor) if with_validation and d.val_pairs > 0 else None
+        )
     reference = d.train_subjects[0] if d.prealign else None
+    grid = d.rendering()  # the banks hold the label maps on the grid pairs are made on
     train_bank = LabelBank.from_shared(
-        d.shared_dir, d.train_subjects, d.spacing_mm, d.shape, d.margin, reference
+        d.shared_dir, d.train_subjects, grid.spacing_mm, grid.shape, grid.margin, reference
     )
     val_bank = None
     if with_validation and d.val_pairs > 0:
         val_bank = LabelBank.from_shared(
-            d.shared_dir, d.val_subjects, d.spacing_mm, d.shape, d.margin, reference
+            d.shared_dir, d.val_subjects, grid.spacing_mm, grid.shape, grid.margin, reference
         )
     return train_bank, val_bank
+
+
+def captured_bank(d: DataConfig, subjects: Sequence[int], contrast: str, divisor: int) -> CapturedBank:
+    """The captured pairs of ``subjects`` (cached in ``d.capture_cache``); InputError when the label maps are
+    absent."""
+    for subject in subjects:
+        required_subject(d.shared_dir, subject)  # the clear error before minutes of work
+    name = f"{contrast}_{'-'.join(str(int(s)) for s in subjects)}.pt"
+    pairs = load_captured(
+        Path(d.capture_cache) / name, lambda: capture_subject_pairs(d.shared_dir, subjects, contrast)
+    )
+    return CapturedBank(pairs, d.spacing_mm, divisor, d.shape)

@@ -89,6 +89,8 @@ class WeightMapConfig:
             )
         if cfg.pairs < 2 or not 0.0 < cfg.validation_fraction < 1.0:
             raise InputError("weight-map config: needs pairs >= 2 and 0 < validation_fraction < 1")
+        if cfg.data.source != "synthetic":
+            raise InputError("weight-map config: data.source must be 'synthetic' (it draws augmented pairs)")
         return cfg
 
     @classmethod

@@ -1,0 +1,87 @@
+"""Training pairs captured from the command's own preparation (``training.command_pairs``): the session's
+working-grid tensors with the label maps carried through the pre-alignment, brought to the network grid as
+the policy does, fitted to the training shape, cached once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import blob_array, image_on_grid, make_grid
+
+from RLRegistrationLib.errors import InputError
+from RLRegistrationLib.policies.network_policy import network_shape
+from RLRegistrationLib.training.command_pairs import (
+    CapturedBank,
+    capture_pair,
+    fit_shape,
+    load_captured,
+    on_network_grid,
+)
+from RLRegistrationLib.training.data import DataConfig, pair_loader, validation_pairs
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a > 0, b > 0).sum() / max((a > 0).sum() + (b > 0).sum(), 1)
+
+
+def test_fit_shape_pads_and_crops_centred():
+    tensor = torch.arange(4 * 6 * 3, dtype=torch.float32).reshape(1, 1, 4, 6, 3)
+    out = fit_shape(tensor, (6, 4, 3))
+    assert out.shape == (1, 1, 6, 4, 3)
+    assert torch.equal(out[0, 0, 1:5], tensor[0, 0, :, 1:5])  # padded 1 + 1 on D, cropped 1 + 1 on H
+    assert float(out[0, 0, 0].abs().sum()) == 0.0 and float(out[0, 0, 5].abs().sum()) == 0.0
+
+
+def test_a_captured_pair_goes_to_the_network_grid_as_the_policy_resizes():
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 4, (1, 1, 30, 36, 24)))
+    pair = {"fixed": torch.rand(1, 1, 30, 36, 24), "moving": torch.rand(1, 1, 30, 36, 24)}
+    pair.update(fixed_labels=labels, moving_labels=labels.clone(), spacing_mm=2.0)
+    out = on_network_grid(pair, 3.0, 16, (16, 32, 32))
+    assert network_shape((30, 36, 24), 2.0 / 3.0, 16) == (16, 32, 16)  # then fitted to (16, 32, 32)
+    assert all(out[k].shape == (1, 1, 16, 32, 32) for k in ("fixed", "moving", "fixed_labels"))
+    assert out["fixed_labels"].dtype == torch.int64 and set(out["fixed_labels"].unique().tolist()) <= {
+        0,
+        1,
+        2,
+        3,
+    }
+    bank = CapturedBank([pair, pair], 3.0, 16, (16, 32, 32))
+    batch = next(pair_loader(bank, DataConfig(), batch_size=2, seed=0))
+    assert batch["moving"].shape == (2, 1, 16, 32, 32) and batch["moving_labels"].dtype == torch.int64
+    assert len(validation_pairs(bank, DataConfig(), 5)) == 2
+
+
+def test_capture_carries_the_moving_labels_through_the_prealignment():
+    grid = make_grid((28, 26, 24), (2.0, 2.0, 2.0), (-20.0, 10.0, 5.0))
+    array = blob_array(grid.shape, seed=5)
+    shifted = np.roll(array, 2, axis=1)  # 4 mm along j
+    fixed, moving = image_on_grid(array, grid), image_on_grid(shifted, grid)
+    threshold = float(np.percentile(array, 85))
+    fixed_labels = image_on_grid((array > threshold).astype(np.uint16), grid)
+    moving_labels = image_on_grid((shifted > threshold).astype(np.uint16), grid)
+    captured = capture_pair(fixed, moving, sitk.Cast(fixed_labels, sitk.sitkUInt16), moving_labels)
+    assert captured["spacing_mm"] == 2.0 and captured["fixed"].shape == captured["moving_labels"].shape
+    assert 0.0 <= float(captured["moving"].min()) and float(captured["moving"].max()) <= 1.0
+    before = _dice(sitk.GetArrayFromImage(fixed_labels), sitk.GetArrayFromImage(moving_labels))
+    after = _dice(captured["fixed_labels"].numpy(), captured["moving_labels"].numpy())
+    assert after > 0.95 and after > before + 0.1, (before, after)
+
+
+def test_captured_pairs_are_made_once_and_cached(tmp_path):
+    calls = []
+
+    def make():
+        calls.append(1)
+        return [{"fixed": torch.ones(1, 1, 2, 2, 2)}]
+
+    path = tmp_path / "cache" / "t1_1-2.pt"
+    first, second = load_captured(path, make), load_captured(path, make)
+    assert len(calls) == 1 and torch.equal(first[0]["fixed"], second[0]["fixed"])
+    assert not path.with_suffix(".partial").exists()
+    with pytest.raises(InputError, match="source"):
+        DataConfig.from_dict({"source": "scanner"})
+    with pytest.raises(InputError, match="render_factor"):
+        DataConfig.from_dict({"source": "command", "render_factor": 2})
