@@ -4,6 +4,9 @@ at each learned step, the card's ``inference.step_spacings_mm``.
     python benchmarks/learned_alone.py [--model models/spac-brain-synth] [--pairs 1:2,3:4,5:6,7:8]
         [--schedules '3,3,3,3,3;2,2,2,2,2;3,3,2,2,2'] [--max-seconds 9.5]
 
+``--model`` takes several model folders, comma separated, to compare models side by side in one run (each
+pair runs every model before the next pair); the choice is then made per model.
+
 The networks are fully convolutional and were trained on a 3 mm grid; on a finer grid the same network sees
 the anatomy larger and refines finer detail, at more cost per step. Each schedule (one spacing per learned
 step, mm; the number of entries is the number of steps) runs as the ``rlreg register`` command itself, timed
@@ -36,18 +39,22 @@ def _schedules(text: str) -> list[list[float]]:
 
 
 def summarize(rows: list[dict], max_seconds: float) -> tuple[list[dict], dict]:
-    """(mean Dice, % det J <= 0 and seconds per schedule, the chosen one: the highest mean Dice of those at
-    most ``max_seconds``, or the fastest when none is)."""
+    """(mean Dice, % det J <= 0 and seconds per model and schedule, the chosen schedule per model: the
+    highest mean Dice of those at most ``max_seconds``, or the fastest when none is)."""
     summary = []
-    for name in dict.fromkeys(r["setting"] for r in rows):
-        group = [r for r in rows if r["setting"] == name]
+    for model, name in dict.fromkeys((r.get("model", ""), r["setting"]) for r in rows):
+        group = [r for r in rows if r.get("model", "") == model and r["setting"] == name]
         means = {k: float(np.mean([r[k] for r in group])) for k in ("dice", "seconds")}
-        summary.append(
-            {"setting": name, **means, "folding_percent": max(r["folding_percent"] for r in group)}
+        row = {"setting": name, **means, "folding_percent": max(r["folding_percent"] for r in group)}
+        summary.append({"model": model, **row} if model else row)
+    chosen = {}
+    for model in dict.fromkeys(s.get("model", "") for s in summary):
+        mine = [s for s in summary if s.get("model", "") == model]
+        within = [s for s in mine if s["seconds"] <= max_seconds]
+        chosen[model] = (
+            max(within, key=lambda s: s["dice"]) if within else min(mine, key=lambda s: s["seconds"])
         )
-    within = [s for s in summary if s["seconds"] <= max_seconds]
-    best = max(within, key=lambda s: s["dice"]) if within else min(summary, key=lambda s: s["seconds"])
-    return summary, best
+    return summary, chosen
 
 
 def main(argv=None) -> int:
@@ -72,53 +79,73 @@ def main(argv=None) -> int:
         return 2
     from accuracy import prepare_pairs, run_one
 
-    model = Path(args.model).resolve()
-    card = load_model_card(model, args.threads)
+    models = [Path(m).resolve() for m in args.model.split(",")]
+    cards = [load_model_card(model, args.threads) for model in models]
+    several = len(models) > 1
     schedules = _schedules(args.schedules)
     pairs = prepare_pairs(args.pairs.split(","), Path(args.shared_dir), Path(args.cache), "t1")
-    options = {"threads": args.threads, "profile": False, "similarity": "ncc", "chain": f"{card['id']}+tto"}
     rows = []
-    with card_variants(model, card) as write_card:
-        for pair in pairs:
-            for schedule in schedules:
-                inference = {
-                    **card["inference"],
-                    "steps": len(schedule),
-                    "step_spacings_mm": schedule,
-                    "offered_alone": True,
-                }
-                write_card({**card, "inference": inference})
-                report = run_one("rlreg-learned-alone-command", pair, argparse.Namespace(**options))
-                if "error" in report:
-                    raise SystemExit(f"learned_alone: {schedule} on {pair['pair']}: {report['error']}")
-                name = ",".join(f"{v:g}" for v in schedule)
-                rows.append({"setting": name, **{k: report[k] for k in ("pair", "dice", "seconds")}})
-                rows[-1]["folding_percent"] = report["folding_percent"]
-                print(json.dumps(rows[-1]), flush=True)
-    summary, best = summarize(rows, args.max_seconds)
+    for pair in pairs:
+        for model, card in zip(models, cards):
+            options = {
+                "threads": args.threads,
+                "profile": False,
+                "similarity": "ncc",
+                "chain": f"{card['id']}+tto",
+            }
+            with card_variants(model, card) as write_card:
+                for schedule in schedules:
+                    inference = {
+                        **card["inference"],
+                        "steps": len(schedule),
+                        "step_spacings_mm": schedule,
+                        "offered_alone": True,
+                    }
+                    write_card({**card, "inference": inference})
+                    report = run_one("rlreg-learned-alone-command", pair, argparse.Namespace(**options))
+                    if "error" in report:
+                        raise SystemExit(f"learned_alone: {schedule} on {pair['pair']}: {report['error']}")
+                    name = ",".join(f"{v:g}" for v in schedule)
+                    row = {"setting": name, **{k: report[k] for k in ("pair", "dice", "seconds")}}
+                    row["folding_percent"] = report["folding_percent"]
+                    rows.append({"model": model.name, **row} if several else row)
+                    print(json.dumps(rows[-1]), flush=True)
+    summary, chosen = summarize(rows, args.max_seconds)
+    ids = ", ".join(card["id"] for card in cards)
     lines = [
-        f"model {model.name}; pairs {args.pairs} (training subjects, 1 mm, T1-like); each row "
-        f"`rlreg register --policy {card['id']}` with that inference.step_spacings_mm (network grid mm per "
+        f"model {ids}; pairs {args.pairs} (training subjects, 1 mm, T1-like); each row "
+        f"`rlreg register --policy <id>` with that inference.step_spacings_mm (network grid mm per "
         f"learned step), wall s of the whole command (a subprocess: start, reading, pre-alignment, "
         f"registration, writing), {args.threads} threads",
         "",
-        "| step spacings mm | mean Dice | max % det J ≤ 0 | wall s |",
-        "|---|---|---|---|",
+        ("| model " if several else "") + "| step spacings mm | mean Dice | max % det J ≤ 0 | wall s |",
+        ("|---" if several else "") + "|---|---|---|---|",
     ]
     lines += [
-        f"| {s['setting']} | {s['dice']:.4f} | {s['folding_percent']:.4f} | {s['seconds']:.1f} |"
+        (f"| {s['model']} " if several else "")
+        + f"| {s['setting']} | {s['dice']:.4f} | {s['folding_percent']:.4f} | {s['seconds']:.1f} |"
         for s in summary
     ]
-    rule = (
-        f"the highest mean Dice at most {args.max_seconds:g} s"
-        if best["seconds"] <= args.max_seconds
-        else f"none took at most {args.max_seconds:g} s: the fastest"
-    )
-    lines += ["", f"chosen ({rule}): step_spacings_mm [{best['setting']}]"]
+    lines.append("")
+    for model, best in chosen.items():
+        rule = (
+            f"the highest mean Dice at most {args.max_seconds:g} s"
+            if best["seconds"] <= args.max_seconds
+            else f"none took at most {args.max_seconds:g} s: the fastest"
+        )
+        lines.append(
+            f"chosen{f' for {model}' if several else ''} ({rule}): step_spacings_mm [{best['setting']}]"
+        )
     table = "\n".join(lines)
     print(table)
-    payload = {"rows": rows, "summary": summary, "chosen": best["setting"], "args": vars(args)}
-    stem = f"learned_alone_{card['id']}" + (f"_{args.tag}" if args.tag else "")
+    picks = {model: best["setting"] for model, best in chosen.items()}
+    payload = {
+        "rows": rows,
+        "summary": summary,
+        "chosen": picks if several else picks[""],
+        "args": vars(args),
+    }
+    stem = "learned_alone_" + ("models" if several else cards[0]["id"]) + (f"_{args.tag}" if args.tag else "")
     write_results(args.out, stem, payload, table, argv or sys.argv[1:], "learned_alone")
     return 0
 
