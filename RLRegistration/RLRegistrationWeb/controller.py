@@ -6,7 +6,7 @@ their checks, runs, polling, errors, the CPU retry, replay), which drives the sh
 registration runs on the worker thread whose messages :meth:`WebPanel.poll` drains on the thread that
 owns the scene (the web server's event loop). What only the browser has is here: inputs picked from the
 data folder (read by the library's reader, voxel for voxel, as ``rlreg register`` reads them), one overlay
-at a time with its value range, the downloads, and :meth:`WebPanel.view`, everything the page shows as
+at a time with its value range (``overlay_display``), the downloads, and :meth:`WebPanel.view`, everything the page shows as
 plain values (the trame layer copies it into the shared state, so every browser tab sees the same panel).
 
 Every user mistake (a file that is not an image, a path outside the data folder, a click that is not
@@ -32,6 +32,7 @@ from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS, applyWindowPres
 
 from . import mrml_layer
 from .files import DataFolder, PathRefused
+from .overlay_display import OverlayDisplay
 from .public import PublicText
 
 log = logging.getLogger("rlreg.web")
@@ -50,7 +51,6 @@ OVERLAY_COLORMAPS = {
     "uncertainty": "plasma",
     "jacobian": "RdBu_r",
 }
-COLORBAR_STOPS = 32
 PLAY_INTERVAL_S = 0.4
 
 
@@ -66,7 +66,7 @@ class FrameTiming:
     posted: float | None = None  # when the worker finished the step and posted it
 
 
-class WebPanel:
+class WebPanel(OverlayDisplay):
     """One registration panel on one scene (shared by every browser tab of the server)."""
 
     def __init__(self, slicer_app, data: DataFolder, show_volume=None):
@@ -345,59 +345,6 @@ class WebPanel:
         count = self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")
         nodes = [self.scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(count)]
         return {node.GetName(): sliceAnnotation(node)["text"] for node in nodes}
-
-    def set_overlay_range(self, low: float, high: float) -> bool:
-        """Window of the overlay shown (its colour bar's range)."""
-        try:
-            low, high = float(low), float(high)
-        except (TypeError, ValueError):
-            return self._fail("the value range needs two numbers")
-        if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
-            return self._fail(f"the value range needs low < high, got {low} – {high}")
-        self.overlay_range = (low, high)
-        self._apply_overlay_range()
-        return True
-
-    def overlay_node(self):
-        spec = OVERLAY_VOLUMES.get(self.overlay)
-        node = getattr(self.params, spec["attribute"]) if spec else None
-        return node if node is not None and node.GetImageData() is not None else None
-
-    def overlay_data_range(self) -> tuple[float, float] | None:
-        node = self.overlay_node()
-        if node is None:
-            return None
-        lo, hi = node.GetImageData().GetScalarRange()
-        return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1e-3)
-
-    def _apply_overlay_range(self) -> None:
-        """The user's range of the overlay shown, again after a step replaced its default (the data's
-        1st..99th percentile, set by the MRML layer at every step)."""
-        if self.overlay_node() is None or self.overlay_range is None:
-            return
-        self.logic.setOverlayWindow(self.params, self.overlay, self.overlay_range)
-
-    def overlay_window(self) -> tuple[float, float] | None:
-        """The display range (low, high) of the overlay shown, in its unit."""
-        if self.overlay_node() is None:
-            return None
-        return self.logic.overlayWindow(self.params, self.overlay)
-
-    def overlay_colorbar_css(self) -> str:
-        """A CSS gradient of the overlay's colour node over its range (det J's colours follow the range)."""
-        node = self.overlay_node()
-        display = node.GetDisplayNode() if node is not None else None
-        color_node = display.GetColorNode() if display is not None else None
-        if color_node is None or color_node.GetNumberOfColors() < 2:
-            return ""
-        count = color_node.GetNumberOfColors()
-        stops = []
-        for n in range(COLORBAR_STOPS):
-            rgba = [0.0, 0.0, 0.0, 0.0]
-            color_node.GetColor(round(n * (count - 1) / (COLORBAR_STOPS - 1)), rgba)
-            r, g, b = (round(255 * c) for c in rgba[:3])
-            stops.append(f"rgb({r},{g},{b}) {100 * n / (COLORBAR_STOPS - 1):.1f}%")
-        return "linear-gradient(to right, " + ", ".join(stops) + ")"
 
     # ------------------------------------------------------------------ read-out
     def set_readout_point(self, ras, view: str = "") -> bool:
