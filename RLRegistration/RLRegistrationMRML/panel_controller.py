@@ -27,6 +27,7 @@ from RLRegistrationLib.frontends.panel_state import PanelState, PanelStateMachin
 from RLRegistrationLib.registration.quality import QUALITY_PRESETS
 from RLRegistrationLib.registration.run_spec import schedule_steps
 
+from .panel_choices import panelChoices
 from .panel_messages import (
     CONTINUING,
     CPU_RETRY_QUESTION,
@@ -39,21 +40,6 @@ from .parameters import RUN_SETTINGS, SETTINGS_BY_NAME, checkSetting
 
 # a second click on the one Apply/Cancel button within this time of the first is not a Cancel
 CANCEL_DEBOUNCE_S = 1.0
-FALLBACK_DEVICES = [("auto", "Auto", True), ("cuda", "GPU", True), ("cpu", "CPU", True)]
-
-
-@dataclass(frozen=True)
-class PolicyOffer:
-    """A policy offered while the real choices cannot be listed (PyTorch missing or broken); the fields
-    of ``RLRegistrationLib.policies.choices.PolicyChoice`` that a panel reads."""
-
-    name: str
-    label: str
-    description: str
-    modality: str = ""
-    supports_sampling: bool = False
-    default_steps: int = SETTINGS_BY_NAME["steps"].default
-    option_defaults: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -111,27 +97,8 @@ class PanelController:
 
     # ------------------------------------------------------------------ choices and settings
     def loadChoices(self) -> None:
-        """The policies (model cards) and devices the panel offers. They need PyTorch: without it only
-        ``tto`` and the three device names (``choicesNeedTorch``), with a broken install the same and the
-        reason in the policy's description."""
-        import importlib.util
-
-        self.choicesNeedTorch = importlib.util.find_spec("torch") is None
-        if not self.choicesNeedTorch:
-            try:
-                from RLRegistrationLib.devices import device_choices
-                from RLRegistrationLib.policies.choices import policy_choices
-
-                self.policies = {choice.name: choice for choice in policy_choices()}
-                self.devices = device_choices()
-                return
-            except Exception as error:  # noqa: BLE001 - a broken torch install: the panel must still open
-                self.log.error("RLRegistration: could not list policies and devices: %s", error)
-                reason = f"PyTorch could not be imported: {oneLine(error)}"
-        else:
-            reason = "PyTorch is not installed yet: it is installed on first Apply."
-        self.policies = {"tto": PolicyOffer("tto", "tto — test-time optimization", reason)}
-        self.devices = list(FALLBACK_DEVICES)
+        """The policies (model cards) and devices the panel offers (``panel_choices.panelChoices``)."""
+        self.policies, self.devices, self.choicesNeedTorch = panelChoices(self.log)
 
     def policyChoice(self, name: str | None = None):
         """The offered policy ``name`` (default: the chosen one), or None."""
