@@ -34,9 +34,9 @@ def capture_pair(
     fixed: sitk.Image, moving: sitk.Image, fixed_labels: sitk.Image, moving_labels: sitk.Image
 ) -> dict[str, torch.Tensor | float]:
     """The working-grid tensors of a session of this pair at standard quality (the 2 mm working grid the
-    learned policies run on): ``fixed``,
-    ``moving`` (1, 1, D, H, W) float32 in [0, 1], ``fixed_labels``, ``moving_labels`` (1, 1, D, H, W) int16
-    (a quarter of the cache int64 takes) and ``spacing_mm`` (the working grid's)."""
+    learned policies run on): ``fixed``, ``moving`` (1, 1, D, H, W) float32 in [0, 1], ``fixed_labels``,
+    ``moving_labels`` (1, 1, D, H, W) int16 (FreeSurfer labels fit; a quarter of int64's cache) and
+    ``spacing_mm`` (the working grid's)."""
     from ..registration.run_spec import RunSpec, build_session
 
     session, _ = build_session(
@@ -46,9 +46,7 @@ def capture_pair(
 
     def labels_on_grid(labels: sitk.Image, transform) -> torch.Tensor:
         image = resample_to_grid(labels, session.grid, transform, sitk.sitkNearestNeighbor, antialias=False)
-        return torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.int16))[
-            None, None
-        ]  # FreeSurfer < 2^15
+        return torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.int16))[None, None]
 
     return {
         "fixed": session.fixed_tensor.cpu(),
@@ -132,7 +130,7 @@ class CapturedBank:
 def load_captured(path: Path, make) -> list[dict]:
     """The captured pairs cached at ``path``, made by ``make()`` and written there on first use."""
     if path.is_file():
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)  # tensors, numbers and names only
     pairs = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
