@@ -11,6 +11,7 @@ import torch
 from conftest import blob_array, image_on_grid, make_grid
 
 from RLRegistrationLib.errors import InputError
+from RLRegistrationLib.fields.metrics import mean_dice
 from RLRegistrationLib.policies.network_policy import network_shape
 from RLRegistrationLib.training.command_pairs import (
     CapturedBank,
@@ -20,10 +21,6 @@ from RLRegistrationLib.training.command_pairs import (
     on_network_grid,
 )
 from RLRegistrationLib.training.data import DataConfig, pair_loader, validation_pairs
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a > 0, b > 0).sum() / max((a > 0).sum() + (b > 0).sum(), 1)
 
 
 def test_fit_shape_pads_and_crops_centred():
@@ -65,8 +62,8 @@ def test_capture_carries_the_moving_labels_through_the_prealignment():
     captured = capture_pair(fixed, moving, sitk.Cast(fixed_labels, sitk.sitkUInt16), moving_labels)
     assert captured["spacing_mm"] == 2.0 and captured["fixed"].shape == captured["moving_labels"].shape
     assert 0.0 <= float(captured["moving"].min()) and float(captured["moving"].max()) <= 1.0
-    before = _dice(sitk.GetArrayFromImage(fixed_labels), sitk.GetArrayFromImage(moving_labels))
-    after = _dice(captured["fixed_labels"].numpy(), captured["moving_labels"].numpy())
+    before = mean_dice(sitk.GetArrayFromImage(fixed_labels), sitk.GetArrayFromImage(moving_labels), [1])
+    after = mean_dice(captured["fixed_labels"].numpy(), captured["moving_labels"].numpy(), [1])
     assert after > 0.95 and after > before + 0.1, (before, after)
 
 

@@ -40,18 +40,15 @@ def main(argv=None) -> int:
 
     from RLRegistrationLib.policies.network_policy import load_model
     from RLRegistrationLib.training.config import TrainConfig
-    from RLRegistrationLib.training.data import LabelBank, validation_pairs
+    from RLRegistrationLib.training.data import subject_bank, validation_pairs
     from RLRegistrationLib.training.validation import validate
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig.load(args.config)
     d = cfg.data
+    d.shared_dir = args.shared_dir
     subjects = [int(s) for s in args.subjects.split(",")]
-    reference = d.train_subjects[0] if d.prealign else None
-    grid = d.rendering()
-    bank = LabelBank.from_shared(
-        args.shared_dir, subjects, grid.spacing_mm, grid.shape, grid.margin, reference
-    )
+    bank = subject_bank(d, subjects, "t1", cfg.model.divisor)
     pairs = validation_pairs(bank, d, args.pairs, cfg.seed)
     steps = int(cfg.env["episode_length"])
     rows = []

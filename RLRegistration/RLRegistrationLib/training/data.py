@@ -446,25 +446,26 @@ def validation_pairs(bank: LabelBank, cfg: DataConfig, count: int, seed: int = 0
 def load_banks(
     d: DataConfig, with_validation: bool = True, divisor: int = 16
 ) -> tuple[LabelBank | CapturedBank, LabelBank | CapturedBank | None]:
-    """Training and (on the main rank) validation label maps, aligned to the first training subject when
-    ``prealign``; with ``source`` "command", the captured pairs of the training subjects (random contrast)
-    and of the validation subjects (T1-like), on the network grid of ``spacing_mm`` (``divisor``: the
-    network's)."""
-    if d.source == "command":
-        return captured_bank(d, d.train_subjects, "random", divisor), (
-            captured_bank(d, d.val_subjects, "t1", divisor) if with_validation and d.val_pairs > 0 else None
-        )
-    reference = d.train_subjects[0] if d.prealign else None
-    grid = d.rendering()  # the banks hold the label maps on the grid pairs are made on
-    train_bank = LabelBank.from_shared(
-        d.shared_dir, d.train_subjects, grid.spacing_mm, grid.shape, grid.margin, reference
-    )
+    """Training and (on the main rank) validation banks of ``d`` (``subject_bank``)."""
+    train_bank = subject_bank(d, d.train_subjects, "random", divisor)
     val_bank = None
     if with_validation and d.val_pairs > 0:
-        val_bank = LabelBank.from_shared(
-            d.shared_dir, d.val_subjects, grid.spacing_mm, grid.shape, grid.margin, reference
-        )
+        val_bank = subject_bank(d, d.val_subjects, "t1", divisor)
     return train_bank, val_bank
+
+
+def subject_bank(
+    d: DataConfig, subjects: Sequence[int], contrast: str = "t1", divisor: int = 16
+) -> LabelBank | CapturedBank:
+    """The pairs of ``subjects`` as ``d`` makes them: their label maps on the grid pairs are made on
+    (``rendering``), aligned to the first training subject when ``prealign``; with ``source`` "command",
+    their captured pairs (``contrast``: "random" for training, "t1" for validation) for the network grid of
+    ``spacing_mm`` (``divisor``: the network's)."""
+    if d.source == "command":
+        return captured_bank(d, subjects, contrast, divisor)
+    reference = d.train_subjects[0] if d.prealign else None
+    grid = d.rendering()
+    return LabelBank.from_shared(d.shared_dir, subjects, grid.spacing_mm, grid.shape, grid.margin, reference)
 
 
 def captured_bank(d: DataConfig, subjects: Sequence[int], contrast: str, divisor: int) -> CapturedBank:
