@@ -153,6 +153,11 @@ class TrainConfig:
                 f"config 'optim.precision': unknown '{out.optim['precision']}' (known: {', '.join(PRECISIONS)})"
             )
         out.data = DataConfig.from_dict(values.get("data", {}))
+        if float(out.loss.get("target_weight", 0.0)) > 0 and (family != "spac" or not out.data.targets):
+            raise InputError(
+                "config 'loss.target_weight': the distillation term needs a SPAC model and data.targets "
+                f"(model.family is '{family}', data.targets is '{out.data.targets}')"
+            )
         out.model = ARCHITECTURES[family].from_dict(values.get("model", {}))
         out.sac = SACConfig.from_dict(values.get("sac", {}))
         if family == "morphseek":

@@ -21,7 +21,9 @@ Without it the images are synthesized on the training grid from label maps sampl
 what the networks see at inference.
 
 With ``source`` "command" the pairs are not synthesized here: ``training.command_pairs`` captures fixed
-pairs of 1 mm syntheses as the ``rlreg register`` command prepares them.
+pairs of 1 mm syntheses as the ``rlreg register`` command prepares them; with ``targets``
+"tto-standard" the training pairs also keep the command's optimized field (the distillation target), and
+``flips`` mirror them left-right.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ from .command_pairs import CapturedBank, capture_subject_pairs, load_captured
 #: where training pairs come from: synthesized on the training grid, or captured from the command's
 #: preparation of 1 mm pairs (``training.command_pairs``)
 SOURCES = ("synthetic", "command")
+#: target fields a captured training pair may keep: none, or the field of ``tto --quality standard``
+TARGETS = ("", "tto-standard")
 
 # labels that run down the spinal canal: ignored when centring a crop (as synthesis.validation_pair does)
 _CENTRE_EXCLUDE = (16, 24)
@@ -85,6 +89,7 @@ class DataConfig:
     render_factor: int = 1  # pairs made on a grid this many times finer, then brought to the training grid
     source: str = "synthetic"  # or "command": pairs as rlreg register prepares them (training.command_pairs)
     capture_cache: str = "runs/captured_pairs"  # folder of the captured pairs (source "command")
+    targets: str = ""  # "tto-standard": captured training pairs keep the optimizer's field (source "command")
 
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
@@ -97,6 +102,10 @@ class DataConfig:
             raise InputError(f"config 'data': render_factor must be at least 1, got {out.render_factor}")
         if out.source not in SOURCES:
             raise InputError(f"config 'data': source must be one of {', '.join(SOURCES)}, got '{out.source}'")
+        if out.targets not in TARGETS:
+            raise InputError(f"config 'data': targets must be '' or 'tto-standard', got '{out.targets}'")
+        if out.targets and out.source != "command":
+            raise InputError("config 'data': targets need source 'command' (the fields of captured pairs)")
         if out.source == "command" and int(out.render_factor) > 1:
             raise InputError(
                 "config 'data': render_factor applies to synthetic pairs, not to source 'command'"
@@ -446,8 +455,9 @@ def validation_pairs(bank: LabelBank, cfg: DataConfig, count: int, seed: int = 0
 def load_banks(
     d: DataConfig, with_validation: bool = True, divisor: int = 16
 ) -> tuple[LabelBank | CapturedBank, LabelBank | CapturedBank | None]:
-    """Training and (on the main rank) validation banks of ``d`` (``subject_bank``)."""
-    train_bank = subject_bank(d, d.train_subjects, "random", divisor)
+    """Training and (on the main rank) validation banks of ``d`` (``subject_bank``); only the training
+    pairs keep target fields (``d.targets``) and are flipped (``d.flips``)."""
+    train_bank = subject_bank(d, d.train_subjects, "random", divisor, training=True)
     val_bank = None
     if with_validation and d.val_pairs > 0:
         val_bank = subject_bank(d, d.val_subjects, "t1", divisor)
@@ -455,26 +465,37 @@ def load_banks(
 
 
 def subject_bank(
-    d: DataConfig, subjects: Sequence[int], contrast: str = "t1", divisor: int = 16
+    d: DataConfig, subjects: Sequence[int], contrast: str = "t1", divisor: int = 16, training: bool = False
 ) -> LabelBank | CapturedBank:
     """The pairs of ``subjects`` as ``d`` makes them: their label maps on the grid pairs are made on
     (``rendering``), aligned to the first training subject when ``prealign``; with ``source`` "command",
     their captured pairs (``contrast``: "random" for training, "t1" for validation) for the network grid of
-    ``spacing_mm`` (``divisor``: the network's)."""
+    ``spacing_mm`` (``divisor``: the network's), with target fields and flips when ``training``."""
     if d.source == "command":
-        return captured_bank(d, subjects, contrast, divisor)
+        return captured_bank(d, subjects, contrast, divisor, training)
     reference = d.train_subjects[0] if d.prealign else None
     grid = d.rendering()
     return LabelBank.from_shared(d.shared_dir, subjects, grid.spacing_mm, grid.shape, grid.margin, reference)
 
 
-def captured_bank(d: DataConfig, subjects: Sequence[int], contrast: str, divisor: int) -> CapturedBank:
-    """The captured pairs of ``subjects`` (cached in ``d.capture_cache``); InputError when the label maps are
-    absent."""
+def captured_bank(
+    d: DataConfig, subjects: Sequence[int], contrast: str, divisor: int, training: bool = False
+) -> CapturedBank:
+    """The captured pairs of ``subjects`` (cached in ``d.capture_cache``; with ``d.targets`` for a training
+    bank, a cache of their own that keeps the fields); InputError when the label maps are absent."""
     for subject in subjects:
         required_subject(d.shared_dir, subject)  # the clear error before minutes of work
-    name = f"{contrast}_{'-'.join(str(int(s)) for s in subjects)}.pt"
+    targets = bool(d.targets) and training
     pairs = load_captured(
-        Path(d.capture_cache) / name, lambda: capture_subject_pairs(d.shared_dir, subjects, contrast)
+        captured_cache_path(d, subjects, contrast, training),
+        lambda: capture_subject_pairs(d.shared_dir, subjects, contrast, targets=targets),
     )
-    return CapturedBank(pairs, d.spacing_mm, divisor, d.shape)
+    return CapturedBank(pairs, d.spacing_mm, divisor, d.shape, flips=d.flips and training)
+
+
+def captured_cache_path(
+    d: DataConfig, subjects: Sequence[int], contrast: str, training: bool = False
+) -> Path:
+    """The cache file of the captured pairs of ``subjects`` (a training bank with ``d.targets``: its own)."""
+    suffix = f"_{d.targets}" if d.targets and training else ""
+    return Path(d.capture_cache) / f"{contrast}_{'-'.join(str(int(s)) for s in subjects)}{suffix}.pt"

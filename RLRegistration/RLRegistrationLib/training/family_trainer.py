@@ -64,7 +64,7 @@ class FamilyTrainer:
         self.model: nn.Module | None = None
         self.autocast = torch.bfloat16 if cfg.optim.get("precision", "fp32") == "bf16" else None
         self.state: EnvState | None = None
-        self.done, self.labels = True, None
+        self.done, self.labels, self.targets = True, None, None
         self.init_info: dict[str, Any] = {}
         self.warmup_steps = int(cfg.schedule["warmup_steps"])  # train() sets it when --steps rescales
 
@@ -146,6 +146,7 @@ class FamilyTrainer:
                 batch["fixed"], batch["moving"], batch["fixed_labels"], batch["moving_labels"]
             )
             self.labels = self.episode_labels(batch)
+            self.targets = batch.get("target_field")  # the optimizer's fields (data.targets), or None
             self.done = False
         return self.state
 

@@ -25,7 +25,7 @@ WEIGHTS_NAME = "weights.pt"
 
 
 LOG_COLUMNS = [
-    "step", "stage", "loss", "loss_reg", "similarity", "label_loss", "diffusion", "prior", "lambda", "sigma",
+    "step", "stage", "loss", "loss_reg", "similarity", "label_loss", "target_loss", "diffusion", "prior", "lambda", "sigma",
     "reward",
     "pseudo_dice", "critic_loss", "actor_loss", "alpha_loss", "q", "entropy", "alpha",
     "kl_prior", "reward_std", "pg_loss", "kl_ref", "dice_gain", "label_reward", "grad_norm",

@@ -4,7 +4,8 @@ update of one summed loss:
 
 * stage ``warmup`` (a): registration loss of the on-policy step, reaching planner, actor and lambda head:
   ``NCC(F, M o (id + phi_t)) + w_g * weighted_diffusion(phi_t, lambda) + w_b * beta_hyperprior(lambda)``
-  with ``phi_t = a_t + phi_{t-1} o (id + a_t)`` (the plan is sampled with the reparameterization trick);
+  with ``phi_t = a_t + phi_{t-1} o (id + a_t)`` (the plan is sampled with the reparameterization trick),
+  plus the label and target terms when the config asks for them (``losses.RegistrationLoss``);
 * stage ``sac`` (b): the same registration loss plus the SAC losses on a replay batch (``training.sac``):
   twin critics with target copies (soft updates), planner loss with learned entropy temperature.
 
@@ -27,9 +28,10 @@ from .sac import ReplayBuffer, SACConfig, sac_losses
 class TrainingStep(nn.Module):
     """One forward computing the summed loss of a step (the module DistributedDataParallel wraps).
 
-    ``forward(fixed, moving, warped, field, replay_batch=None, labels=None, planner_on=True)`` -> (loss,
-    logs, plan, step). The plan and step field (detached) are what the environment executes; ``labels`` =
-    one-hot (fixed, moving) for the weak-supervision term; ``planner_on`` False during the critic warm-up.
+    ``forward(fixed, moving, warped, field, replay_batch=None, labels=None, planner_on=True, target=None)``
+    -> (loss, logs, plan, step). The plan and step field (detached) are what the environment executes;
+    ``labels`` = one-hot (fixed, moving) for the weak-supervision term; ``planner_on`` False during the
+    critic warm-up; ``target`` the optimizer's field of the pair (B, 3, D, H, W) for the distillation term.
     """
 
     def __init__(self, agent: SPACAgent, registration: RegistrationLoss, sac: SACConfig):
@@ -37,10 +39,18 @@ class TrainingStep(nn.Module):
         self.agent, self.registration, self.sac = agent, registration, sac
 
     def forward(
-        self, fixed, moving, warped, field, replay_batch: dict | None = None, labels=None, planner_on=True
+        self,
+        fixed,
+        moving,
+        warped,
+        field,
+        replay_batch: dict | None = None,
+        labels=None,
+        planner_on=True,
+        target=None,
     ):
         out = self.agent.network(fixed, warped)
-        loss, logs = self.registration(fixed, moving, field, out.step, out.weight, labels)
+        loss, logs = self.registration(fixed, moving, field, out.step, out.weight, labels, target)
         logs = {"loss_reg": loss.detach(), **logs, "sigma": out.log_std.exp().mean().detach()}
         loss = loss + self.sac.plan_l2 * out.mean.pow(2).mean()  # in both stages: the plan must not drift
         if replay_batch is not None:
@@ -98,7 +108,14 @@ class SPACTrainer(FamilyTrainer):
             replay_batch = self.replay.sample(self.cfg.sac.batch_size, self.generator, self.device)
         planner_on = step - self.warmup_steps > self.cfg.sac.critic_warmup_steps
         loss, logs, plan, step_field = self.forward(
-            state.fixed, state.moving, state.warped, state.field, replay_batch, self.labels, planner_on
+            state.fixed,
+            state.moving,
+            state.warped,
+            state.field,
+            replay_batch,
+            self.labels,
+            planner_on,
+            self.targets,
         )
         grad_norm = self.optimize(loss)
         if replay_batch is not None:
