@@ -25,7 +25,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def bump_field(shape, amplitude: float, width: float) -> torch.Tensor:
-    """A smooth non-affine field (1, 3, D, H, W) in voxels: a Gaussian bump along i and j, centred."""
+    """A smooth non-affine field (1, 3, D, H, W) in voxels: a centred Gaussian bump displacing along i and j."""
     axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in shape]
     k, j, i = torch.meshgrid(*axes, indexing="ij")
     bump = amplitude * torch.exp(-(i**2 + j**2 + k**2) / (2 * width**2))
@@ -140,7 +140,7 @@ def captured_pairs(count: int, targets: bool) -> list[dict]:
     return pairs
 
 
-def test_a_spac_run_trains_toward_the_target_fields(tmp_path):
+def test_a_spac_run_on_captured_pairs_with_targets_logs_the_target_term(tmp_path):
     from RLRegistrationLib.training.train import train
 
     values = small_config()

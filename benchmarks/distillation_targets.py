@@ -71,7 +71,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     d.shared_dir = args.shared_dir
     bank = subject_bank(d, d.train_subjects, "random", cfg.model.divisor, training=True)
-    bank.flips = False
     pairs = [bank.network_pair(i) for i in range(0, len(bank), args.every)]
     steps = int(cfg.env["episode_length"])
     env = RegistrationEnv(steps, reward="labels", fold_weight=1.0, label_classes=evaluation_labels())

@@ -81,7 +81,7 @@ class DataConfig:
     bias_strength: tuple[float, float] = (0.0, 0.3)
     blur_sigma_vox: tuple[float, float] = (0.0, 0.8)
     same_contrast: bool = True
-    flips: bool = False
+    flips: bool = False  # synthetic pairs: random axis flips; captured training pairs: left-right
     prealign: bool = True  # affinely align every subject to the first training subject once (as the
     # session's affine pre-alignment does at inference), so pairs differ by residual shape only
     val_pairs: int = 4
