@@ -114,6 +114,17 @@ def test_the_distillation_configs_differ_from_their_control_only_where_intended(
         return values
 
     run, control, without_labels = load("distill"), load("reg_flips"), load("distill_nolabels")
+    more_brains = load("distill10")
+    assert (
+        more_brains["data"].pop("train_subjects") == list(range(1, 11))
+        and more_brains["data"].pop("val_pairs") == 0
+    )
+    assert more_brains["data"] == {
+        k: v for k, v in run["data"].items() if k not in ("train_subjects", "val_pairs")
+    }
+    assert {k: v for k, v in more_brains.items() if k != "data"} == {
+        k: v for k, v in run.items() if k != "data"
+    }
     assert run["loss"]["label_weight"] > 0 and without_labels["loss"].pop("label_weight") == 0.0
     run["loss"].pop("label_weight")
     assert run == without_labels  # the label-free run: the label term off, nothing else
@@ -121,7 +132,7 @@ def test_the_distillation_configs_differ_from_their_control_only_where_intended(
     control["loss"].pop("label_weight")
     assert run == control
     assert run["data"]["targets"] == "tto-standard" and run["data"]["flips"] is True
-    for name in ("distill", "distill_nolabels", "reg_flips"):
+    for name in ("distill", "distill_nolabels", "distill10", "reg_flips"):
         TrainConfig.load(CONFIGS / f"spac_{name}_command_cpu.json")
 
 
