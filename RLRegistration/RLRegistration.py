@@ -12,7 +12,6 @@ parent transform initializes the registration and is part of the result, never d
 """
 
 import importlib.util
-import os
 
 import qt
 import slicer
@@ -31,9 +30,11 @@ from slicer.util import VTKObservationMixin
 from RLRegistrationLib.frontends.panel_state import PanelState
 from RLRegistrationMRML.panel_controller import PanelController
 from RLRegistrationMRML.parameter_node import parameterNodeClass
-from RLRegistrationMRML.parameters import FLICKER_MODES, INITIALIZATIONS, PAIRS, QUALITIES
+from RLRegistrationMRML.parameters import INITIALIZATIONS, PAIRS, QUALITIES
 from RLRegistrationMRML.scene_logic import RegistrationSceneLogic
 from RLRegistrationMRML.self_test import SceneWorkflowTests
+from RLRegistrationQt.replay_controls import ReplayControlsMixin
+from RLRegistrationQt.result_actions import ResultActionsMixin
 
 POLL_INTERVAL_MS = 100
 PLAY_INTERVAL_MS = 400
@@ -77,8 +78,11 @@ RLRegistrationParameterNode = parameterNodeClass(__name__)
 #
 
 
-class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Binds the panel's widgets to the shared ``PanelController`` (see the module docstring)."""
+class RLRegistrationWidget(
+    ScriptedLoadableModuleWidget, VTKObservationMixin, ReplayControlsMixin, ResultActionsMixin
+):
+    """Binds the panel's widgets to the shared ``PanelController`` (see the module docstring); the replay
+    and display controls and the result buttons are in the ``RLRegistrationQt`` mixins."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -370,126 +374,6 @@ class RLRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._showError()
             elif slicer.util.confirmYesNoDisplay(self.controller.cpuRetryQuestion()):
                 self._run(self.controller.retryOnCpu)
-
-    def onStepBackButton(self) -> None:
-        self._playTimer.stop()
-        if not self.controller.stepBack():
-            self._showError()
-        self._showStatus()
-
-    def onStepSliderChanged(self, value) -> None:
-        if self.controller.state.state != PanelState.DONE or value == self.controller.state.displayed_step:
-            return
-        if not self.controller.showStep(value):
-            self._showError()
-        self.updateButtons()
-
-    def onPlayToggled(self, checked) -> None:
-        if checked and self.controller.play():
-            self._playTimer.start()
-        else:
-            if checked:
-                self._showError()
-            self.controller.pause()
-            self._playTimer.stop()
-        self.updateButtons()
-
-    def onPlayTimer(self) -> None:
-        self.controller.clearError()
-        if not self.controller.tick() and self.controller.error:
-            self._showError()
-        if not self.controller.state.playing:
-            self._playTimer.stop()
-        self.updateButtons()
-
-    def onDisplayOptionChanged(self, *args) -> None:
-        # runs after the parameter node connectors have stored the new value
-        qt.QTimer.singleShot(0, self._applyDisplayOptions)
-
-    def _overlayCheckBoxes(self):
-        ui = self.ui
-        return [
-            ui.showWeightMapCheckBox,
-            ui.showUncertaintyCheckBox,
-            ui.showMagnitudeCheckBox,
-            ui.showJacobianCheckBox,
-        ]
-
-    def _onOverlayToggled(self, checkBox, checked) -> None:
-        """One overlay at a time in the foreground: checking one unchecks the others."""
-        if checked:
-            for other in self._overlayCheckBoxes():
-                if other is not checkBox and other.checked:
-                    other.checked = False
-        self.onDisplayOptionChanged()
-
-    def _applyDisplayOptions(self) -> None:
-        params = self._parameterNode
-        if params and not self.controller.updateDisplay():
-            self._showError()
-        self._flickerTimer.stop()
-        if params and params.compareMode in FLICKER_MODES:  # switched every period
-            self._flickerTimer.start(int(1000 * params.flickerPeriod))
-        self.updateButtons()
-
-    def onFlickerTimer(self) -> None:
-        """Flicker: the warped volume shown and hidden every period (the MRML layer sets the layers)."""
-        if self._parameterNode and self._parameterNode.compareMode in FLICKER_MODES and self.logic.session:
-            self.logic.setFlickerPhase(self._parameterNode, not self.logic.flickerShowsWarped)
-
-    def onCursorMoved(self, crosshair, event) -> None:
-        """The read-out line: the MRML layer's values at the mouse (position, intensities, |u|, λ, det J)."""
-        params, ras = self._parameterNode, [0.0, 0.0, 0.0]
-        if params and params.fixedVolume and crosshair.GetCursorPositionRAS(ras):
-            self.ui.readoutLabel.text = self.logic.readout(params, ras).text()
-
-    def _confirmReplacingUnusedParent(self) -> bool:
-        params = self._parameterNode
-        if not self.logic.unusedParentWouldBeReplaced(params):
-            return True
-        return slicer.util.confirmOkCancelDisplay(
-            _(
-                "The moving volume's parent transform '{name}' was not used (initialization: None) and will be "
-                "replaced by the result. Continue?"
-            ).format(name=params.movingVolume.GetParentTransformNode().GetName())
-        )
-
-    def onApplyToMovingButton(self) -> None:
-        if not self._confirmReplacingUnusedParent():
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to apply the transform."), waitCursor=True):
-            self.logic.applyToMoving(self._parameterNode)
-            self.ui.statusLabel.text = _("The moving volume is now under the result transform.")
-
-    def onHardenButton(self) -> None:
-        params = self._parameterNode
-        if (
-            not slicer.util.confirmOkCancelDisplay(
-                _(
-                    "Harden the result into the moving volume '{name}'? Its voxels are resampled onto the fixed "
-                    "geometry; this cannot be undone."
-                ).format(name=params.movingVolume.GetName())
-            )
-            or not self._confirmReplacingUnusedParent()
-        ):
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to harden the transform."), waitCursor=True):
-            self.logic.harden(params)
-            self.ui.statusLabel.text = _("The transform was hardened into the moving volume.")
-
-    def onSaveButton(self) -> None:
-        params = self._parameterNode
-        default = os.path.join(
-            qt.QDir.homePath(), f"{params.movingVolume.GetName()}-to-{params.fixedVolume.GetName()}.h5"
-        )
-        path = qt.QFileDialog.getSaveFileName(None, _("Save transform"), default, _("ITK transform (*.h5)"))
-        if not path:
-            return
-        if not path.lower().endswith((".h5", ".hdf5")):
-            path += ".h5"
-        with slicer.util.tryWithErrorDisplay(_("Failed to save the transform."), waitCursor=True):
-            self.logic.saveTransform(params, path)
-            self.ui.statusLabel.text = _("Saved {path}").format(path=path)
 
 
 #

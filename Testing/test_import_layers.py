@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "RLRegistration"
-PACKAGES = ("RLRegistrationLib", "RLRegistrationMRML", "RLRegistrationWeb")
+PACKAGES = ("RLRegistrationLib", "RLRegistrationMRML", "RLRegistrationQt", "RLRegistrationWeb")
 
 
 def _module_name(path: Path) -> str:
@@ -164,4 +164,11 @@ def test_mrml_layer_imports_no_qt():
 def test_the_web_app_never_imports_the_slicer_panel():
     for path in (MODULE_DIR / "RLRegistrationWeb").rglob("*.py"):
         for name in _all_imports(ast.parse(path.read_text(encoding="utf-8"))):
-            assert name.split(".")[0] not in ("RLRegistration", "qt", "ctk"), (path, name)
+            assert name.split(".")[0] not in ("RLRegistration", "RLRegistrationQt", "qt", "ctk"), (path, name)
+
+
+def test_the_core_and_mrml_layers_never_import_the_qt_layer():
+    for package in ("RLRegistrationLib", "RLRegistrationMRML"):
+        for path in (MODULE_DIR / package).rglob("*.py"):
+            for name in _all_imports(ast.parse(path.read_text(encoding="utf-8"))):
+                assert name.split(".")[0] != "RLRegistrationQt", (path, name)

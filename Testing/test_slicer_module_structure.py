@@ -8,14 +8,15 @@
   Slicer names in ``Testing/slicer_api_subset.json`` (trimmed from the Slicer sources' listing by
   ``scripts/trim_slicer_api.py``), VTK names in the real ``vtk`` package, Qt names in PySide6.
 
-Names the listing cannot hold (PythonQt dynamic attributes such as ``slicer.app``) are in small allowlists
-below, each with the reason.
+"The module" is ``RLRegistration.py`` with its widget's mixins (``RLRegistrationQt``) and the MRML layer's
+modules that run inside Slicer. Names the listing cannot hold (PythonQt dynamic attributes such as
+``slicer.app``) are in small allowlists below, each with the reason; the walk itself is
+``slicer_api_walk``, the layout and packaging checks are ``test_slicer_module_packaging``.
 """
 
 from __future__ import annotations
 
 import ast
-import builtins
 import inspect
 import json
 import os
@@ -24,10 +25,23 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from slicer_api_walk import (
+    MODULE_LOGICS,
+    PARAMETER_NODE,
+    Names,
+    TypeWalker,
+    annotation_class,
+    dotted,
+    module_functions,
+    qt_class,
+    qt_has_property,
+    vtk_class,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "RLRegistration" / "RLRegistration.py"
 MRML_LAYER = ROOT / "RLRegistration" / "RLRegistrationMRML"
+QT_LAYER = ROOT / "RLRegistration" / "RLRegistrationQt"  # the widget's mixins: Qt, run only in Slicer
 MRML_IN_SLICER = (  # the MRML layer's modules that run inside Slicer (with RLRegistration.py)
     "parameters.py",
     "panel_controller.py",
@@ -54,11 +68,6 @@ SLICER_RUNTIME = {
     "parameterNodeWrapper",
     "ScriptedLoadableModule",
 }
-# ``slicer.modules.<name>.logic()`` -> logic class (names of core loadable modules)
-MODULE_LOGICS = {
-    "segmentations": "vtkSlicerSegmentationsModuleLogic",
-    "transforms": "vtkSlicerTransformLogic",
-}
 # PyTorchUtilsLogic methods: the listing has the class but no methods (the module is outside Slicer's
 # sources). Verified against fepegar/SlicerPyTorch PyTorchUtils/PyTorchUtils.py: staticmethod
 # torchInstalled(), installTorch(askConfirmation=False, forceComputationBackend=None, ...) -> torch or None.
@@ -73,35 +82,6 @@ WRAPPER_METHODS = {
     "getValue",
     "parameterNode",
 }
-# return types of calls the walk follows (receiver class -> method -> class); "*" = any receiver
-RETURN_TYPES = {
-    "*": {
-        "GetParentTransformNode": "vtkMRMLTransformNode",
-        "GetSegmentation": "vtkSegmentation",
-        "GetNthSegment": "vtkSegment",
-        "GetImageData": "vtkImageData",
-        "GetDisplacementGrid": "vtkImageData",
-        "GetGridDirectionMatrix": "vtkMatrix4x4",
-        "GetNodeByID": "vtkMRMLNode",
-        "GetFirstNodeByClass": "vtkMRMLNode",
-    },
-    "vtkMRMLScalarVolumeNode": {"GetDisplayNode": "vtkMRMLScalarVolumeDisplayNode"},
-    "vtkMRMLGridTransformNode": {
-        "GetDisplayNode": "vtkMRMLTransformDisplayNode",
-        "GetTransformFromParent": "vtkOrientedGridTransform",
-    },
-    "vtkMRMLTransformNode": {
-        "GetDisplayNode": "vtkMRMLTransformDisplayNode",
-        "GetTransformFromParent": "vtkAbstractTransform",
-    },
-}
-UTIL_RETURNS = {
-    "loadVolume": "vtkMRMLScalarVolumeNode",
-    "loadLabelVolume": "vtkMRMLLabelMapVolumeNode",
-    "loadTransform": "vtkMRMLTransformNode",
-    "loadSegmentation": "vtkMRMLSegmentationNode",
-}
-PARAMETER_NODE = "<parameter node>"
 _KEEP_ALIVE: list = []  # stand-in classes and loaded widgets (PySide6 does not own them)
 
 
@@ -116,11 +96,12 @@ def api() -> dict:
 
 @pytest.fixture(scope="module")
 def tree() -> ast.Module:
-    """The module and the parts of its Qt-free MRML layer that run inside Slicer, as one tree: every Slicer
-    name they call is checked against Slicer's sources (``core_scene`` and ``slice_rendering`` stand in for
-    Slicer's application outside it and run for real against ``slicer-core`` in the tests)."""
+    """The module, its Qt mixins and the parts of its Qt-free MRML layer that run inside Slicer, as one
+    tree: every Slicer name they call is checked against Slicer's sources (``core_scene`` and
+    ``slice_rendering`` stand in for Slicer's application outside it and run for real against
+    ``slicer-core`` in the tests)."""
     module = ast.parse(MODULE.read_text(encoding="utf-8"))
-    for path in (MRML_LAYER / name for name in MRML_IN_SLICER):
+    for path in [*sorted(QT_LAYER.glob("*.py")), *(MRML_LAYER / name for name in MRML_IN_SLICER)]:
         module.body.extend(ast.parse(path.read_text(encoding="utf-8")).body)
     return module
 
@@ -185,188 +166,6 @@ def qt_app():
         except Exception as error:  # pragma: no cover
             pytest.skip(f"PySide6 cannot create an offscreen QApplication: {error}")
     return app
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def qt_class(name: str):
-    """The PySide6 class of a Qt class name (QtWidgets, QtCore or QtGui), or None."""
-    from PySide6 import QtCore, QtGui, QtWidgets
-
-    for module in (QtWidgets, QtCore, QtGui):
-        if hasattr(module, name):
-            return getattr(module, name)
-    return None
-
-
-def qt_has_property(cls, name: str) -> bool:
-    return cls is not None and cls.staticMetaObject.indexOfProperty(name) >= 0
-
-
-def vtk_class(name: str):
-    import vtk
-
-    return getattr(vtk, name, None)
-
-
-class Names:
-    """Looks names up in the listing, the real vtk package and PySide6."""
-
-    def __init__(self, api: dict):
-        self.api = api
-        self.classes = api["classes"]
-
-    def exists(self, cls: str) -> bool:
-        return cls in self.classes or vtk_class(cls) is not None or qt_class(cls) is not None
-
-    def has_method(self, cls: str, name: str) -> bool:
-        entry = self.classes.get(cls)
-        if entry is not None:
-            if name in entry["methods"] or name in entry.get("signals", []) or name in entry.get("slots", []):
-                return True
-            outside = entry.get("outside_base")
-            return bool(outside) and self.has_method(outside, name)
-        if vtk_class(cls) is not None:
-            return hasattr(vtk_class(cls), name)
-        if qt_class(cls) is not None:
-            return hasattr(qt_class(cls), name)
-        return False
-
-    def has_property(self, cls: str, name: str) -> bool:
-        entry = self.classes.get(cls)
-        if entry is not None:
-            return name in entry.get("properties", []) or qt_has_property(
-                qt_class(entry["outside_base"]), name
-            )
-        return qt_has_property(qt_class(cls), name)
-
-    def has_signal(self, cls: str, name: str) -> bool:
-        entry = self.classes.get(cls)
-        if entry is not None:
-            return name in entry.get("signals", []) or self.has_signal(entry["outside_base"], name)
-        q = qt_class(cls)
-        if q is None:
-            return False
-        mo = q.staticMetaObject
-        return any(
-            mo.method(i).name().data().decode() == name and mo.method(i).methodType().name == "Signal"
-            for i in range(mo.methodCount())
-        )
-
-
-def dotted(node: ast.AST) -> str | None:
-    """'a.b.c' of a Name/Attribute chain, else None."""
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return None
-
-
-def annotation_class(annotation: ast.expr | None) -> str | list[str] | None:
-    """Class name(s) of an annotation: 'vtkMRMLX', vtkMRMLX, Union[A, B], Annotated[T, ...]."""
-    if annotation is None:
-        return None
-    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
-        return annotation.value
-    if isinstance(annotation, ast.Name):  # builtins (str, int, ...) are not Slicer classes
-        return None if annotation.id in dir(__builtins__) or annotation.id in dir(builtins) else annotation.id
-    if isinstance(annotation, ast.Subscript):
-        base = dotted(annotation.value)
-        inner = annotation.slice
-        if base == "Union" and isinstance(inner, ast.Tuple):  # Union[A, B, None]: the classes A and B
-            return [c for c in (annotation_class(e) for e in inner.elts) if c is not None]
-        if base == "Annotated" and isinstance(inner, ast.Tuple):
-            return annotation_class(inner.elts[0])
-    return None
-
-
-class TypeWalker:
-    """Infers the Slicer/VTK class of expressions inside one function (flow-insensitive, small on purpose)."""
-
-    def __init__(self, parameter_fields: dict[str, ast.expr], function: ast.FunctionDef | None = None):
-        self.fields = parameter_fields
-        self.scope: dict[str, object] = {}
-        if function is not None:
-            for arg in function.args.args + function.args.kwonlyargs:
-                cls = annotation_class(arg.annotation)
-                if arg.arg == "params":
-                    cls = PARAMETER_NODE
-                if cls is not None:
-                    self.scope[arg.arg] = cls
-            for _ in range(3):  # a few passes so that assignments from assigned names resolve
-                for node in ast.walk(function):
-                    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                        cls = annotation_class(node.annotation)
-                        if cls is not None:
-                            self.scope[node.target.id] = cls
-                    elif isinstance(node, ast.Assign) and len(node.targets) == 1:
-                        target = node.targets[0]
-                        if isinstance(target, ast.Name):
-                            cls = self.type_of(node.value)
-                            if cls is not None:
-                                self.scope[target.id] = cls
-
-    def type_of(self, node: ast.AST):
-        if isinstance(node, ast.Name):
-            return self.scope.get(node.id)
-        name = dotted(node)
-        if name in ("slicer.mrmlScene", "self.scene"):  # the MRML layer's scene is Slicer's by default
-            return "vtkMRMLScene"
-        if name == "slicer.app":
-            return "qSlicerApplication"
-        if name in ("self._parameterNode",):
-            return PARAMETER_NODE
-        if isinstance(node, ast.Attribute):
-            owner = self.type_of(node.value)
-            if owner == PARAMETER_NODE and node.attr in self.fields:
-                return annotation_class(self.fields[node.attr])
-            return None
-        if isinstance(node, ast.Call):
-            func = node.func
-            fname = dotted(func)
-            if (
-                fname
-                in (
-                    "slicer.mrmlScene.AddNewNodeByClass",
-                    "self.scene.AddNewNodeByClass",
-                    "scene.AddNewNodeByClass",
-                )
-                and node.args
-            ):
-                arg = node.args[0]
-                return arg.value if isinstance(arg, ast.Constant) else None
-            if fname and fname.startswith("slicer.util.") and fname.split(".")[-1] in UTIL_RETURNS:
-                return UTIL_RETURNS[fname.split(".")[-1]]
-            if fname and fname.startswith("slicer.modules.") and fname.endswith(".logic"):
-                return MODULE_LOGICS.get(fname.split(".")[2])
-            if fname and fname.count(".") == 1 and fname.split(".")[0] in ("slicer", "vtk"):
-                return fname.split(".")[1]  # slicer.vtkX() / vtk.vtkX()
-            if fname == "PyTorchUtils.PyTorchUtilsLogic":
-                return "PyTorchUtilsLogic"
-            if isinstance(func, ast.Attribute):
-                if func.attr == "getParameterNode":
-                    return PARAMETER_NODE
-                owner = self.type_of(func.value)
-                for key in ([owner] if isinstance(owner, str) else owner or []) + ["*"]:
-                    if func.attr in RETURN_TYPES.get(key, {}):
-                        return RETURN_TYPES[key][func.attr]
-        return None
-
-
-def module_functions(tree: ast.Module):
-    """(class name or None, function) for every function of the module."""
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
-            yield None, node
-        elif isinstance(node, ast.ClassDef):
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef):
-                    yield node.name, item
 
 
 # ---------------------------------------------------------------------------------------------- .ui
@@ -658,115 +457,6 @@ def test_vtk_and_qt_names_exist(tree, qt_app):
             for part in parts[2:]:
                 assert hasattr(obj, part), f"Qt has no {name}"
                 obj = getattr(obj, part)
-
-
-def test_module_layout_follows_the_template(module_tree):
-    tree = module_tree
-    classes = {
-        node.name: [dotted(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)
-    }
-    assert classes["RLRegistration"] == ["ScriptedLoadableModule"]
-    assert classes["RLRegistrationWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    # the Logic is a facade: the scene work is the Qt-free MRML layer's (shared with the browser app)
-    assert classes["RLRegistrationLogic"] == ["ScriptedLoadableModuleLogic", "RegistrationSceneLogic"]
-    # the workflow checks are the MRML layer's (self_test.SceneWorkflowTests), run on the module's Logic
-    assert classes["RLRegistrationTest"] == ["ScriptedLoadableModuleTest", "SceneWorkflowTests"]
-    source = MODULE.read_text(encoding="utf-8")
-    # torch is never pip-installed directly; RLRegistrationLib (torch) is imported lazily
-    assert 'pip_install("torch' not in source and "pip_install('torch" not in source
-    assert "installTorch" in source
-    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    own_imports = sorted(
-        n.module
-        for n in top_level
-        if isinstance(n, ast.ImportFrom)
-        and (n.module or "").startswith(("RLRegistrationLib", "RLRegistrationMRML"))
-    )
-    assert own_imports == [
-        "RLRegistrationLib.frontends.panel_state",
-        "RLRegistrationMRML.panel_controller",
-        "RLRegistrationMRML.parameter_node",
-        "RLRegistrationMRML.parameters",
-        "RLRegistrationMRML.scene_logic",
-        "RLRegistrationMRML.self_test",
-    ], "only torch-free modules at import time (the panel opens before PyTorch is installed)"
-    reached = module_level_imports(own_imports)
-    assert "RLRegistrationMRML.scene_inputs" in reached and "RLRegistrationLib.options" in reached
-    torch_users = sorted(name for name, imports in reached.items() if "torch" in imports)
-    assert not torch_users, f"imported when the module loads, and import torch: {torch_users}"
-    assert not any(isinstance(n, ast.Import) and any(a.name == "torch" for a in n.names) for n in top_level)
-
-
-def _module_path(name: str) -> Path | None:
-    base = MODULE.parent / name.replace(".", "/")
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
-    return None
-
-
-def module_level_imports(names: list[str]) -> dict[str, set[str]]:
-    """Our modules imported when ``names`` are (module-level statements, packages' ``__init__`` included,
-    followed transitively): module name -> the top-level names of everything it imports at module level."""
-    reached: dict[str, set[str]] = {}
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) not in reached]
-        path = _module_path(name)
-        if name in reached or path is None:
-            continue
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        imports: set[str] = set()
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Import):
-                modules = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = package.split(".")
-                if node.level:
-                    base = base[: len(base) - node.level + 1]
-                    module = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    module = node.module or ""
-                modules = [module] + [f"{module}.{a.name}" for a in node.names]
-            else:
-                continue
-            for module in modules:
-                imports.add(module.split(".")[0])
-                if module.startswith(("RLRegistrationLib", "RLRegistrationMRML")) and _module_path(module):
-                    todo.append(module)
-        reached[name] = imports
-    return reached
-
-
-def test_cmake_lists_every_library_file_and_resource():
-    cmake = (ROOT / "RLRegistration" / "CMakeLists.txt").read_text(encoding="utf-8")
-    lib = ROOT / "RLRegistration" / "RLRegistrationLib"
-    for path in sorted([*lib.rglob("*.py"), *MRML_LAYER.rglob("*.py")]):
-        if "__pycache__" in path.parts:
-            continue
-        rel = path.relative_to(ROOT / "RLRegistration").as_posix()
-        assert rel in cmake, f"{rel} is not in RLRegistration/CMakeLists.txt (it would not be packaged)"
-    for path in sorted((lib / "sample_data").iterdir()):
-        assert path.relative_to(ROOT / "RLRegistration").as_posix() in cmake
-    for resource in ("Resources/Icons/RLRegistration.png", "Resources/UI/RLRegistration.ui"):
-        assert resource in cmake and (ROOT / "RLRegistration" / resource).is_file()
-    assert "models" in cmake
-    extension = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    for key in (
-        "EXTENSION_HOMEPAGE",
-        "EXTENSION_CATEGORY",
-        "EXTENSION_CONTRIBUTORS",
-        "EXTENSION_DESCRIPTION",
-        "EXTENSION_ICONURL",
-        "EXTENSION_SCREENSHOTURLS",
-        "EXTENSION_DEPENDS",
-    ):
-        assert key in extension
-    assert "PyTorch" in extension and "add_subdirectory(RLRegistration)" in extension
-    testing = (ROOT / "RLRegistration" / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "slicer_add_python_unittest" in testing
 
 
 def test_subset_matches_the_full_listing(api):

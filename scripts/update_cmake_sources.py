@@ -1,5 +1,5 @@
 """Rewrite the MODULE_PYTHON_SCRIPTS list of RLRegistration/CMakeLists.txt from the source tree (every .py
-file of RLRegistrationLib and RLRegistrationMRML; Slicer packages only what is listed there).
+file of RLRegistrationLib, RLRegistrationMRML and RLRegistrationQt; Slicer packages only what is listed there).
 ``Testing/test_slicer_module_structure.py`` checks the list; run this after adding or removing a module."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ def main() -> None:
     text = cmake.read_text(encoding="utf-8")
     files = sorted(
         path.relative_to(MODULE).as_posix()
-        for package in ("RLRegistrationLib", "RLRegistrationMRML")
+        for package in ("RLRegistrationLib", "RLRegistrationMRML", "RLRegistrationQt")
         for path in (MODULE / package).rglob("*.py")
         if "__pycache__" not in path.parts
     )
