@@ -4,6 +4,8 @@ the policy does, fitted to the training shape, cached once."""
 
 from __future__ import annotations
 
+from itertools import islice
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -16,6 +18,7 @@ from RLRegistrationLib.policies.network_policy import network_shape
 from RLRegistrationLib.training.command_pairs import (
     CapturedBank,
     capture_pair,
+    deform_pair,
     fit_shape,
     load_captured,
     on_network_grid,
@@ -82,3 +85,64 @@ def test_captured_pairs_are_made_once_and_cached(tmp_path):
         DataConfig.from_dict({"source": "scanner"})
     with pytest.raises(InputError, match="render_factor"):
         DataConfig.from_dict({"source": "command", "render_factor": 2})
+
+
+def blob_pair(shape=(24, 32, 32)) -> dict:
+    """A captured-style pair on the network grid: two identical ellipsoid label maps, images 0.8 × label."""
+    d, h, w = shape
+    k, j, i = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in shape), indexing="ij")
+    inside = ((k - d / 2) / (d / 3)) ** 2 + ((j - h / 2) / (h / 3)) ** 2 + ((i - w / 2) / (w / 3)) ** 2 < 1
+    labels = inside.long()[None, None]
+    return {
+        "fixed": 0.8 * labels.float(),
+        "moving": 0.8 * labels.float(),
+        "fixed_labels": labels,
+        "moving_labels": labels.clone(),
+    }
+
+
+def test_deform_pair_moves_each_image_with_its_labels():
+    pair = blob_pair()
+    out = deform_pair(pair, np.random.default_rng(5), 3.0, 8.0)  # draws 2.4 and 2.5 voxels at most
+    for image, labels in (("fixed", "fixed_labels"), ("moving", "moving_labels")):
+        assert out[labels].dtype == torch.int64 and set(out[labels].unique().tolist()) == {0, 1}
+        changed = float((out[labels] != pair[labels]).float().mean())
+        assert changed > 0.002, changed  # the shape moved ...
+        volume = float(out[labels].sum()) / float(pair[labels].sum())
+        assert 0.8 < volume < 1.25, volume  # ... smoothly, not scrambled
+        # the image moved with its labels: where the warped image is clearly inside or outside, so are they
+        # (nearest and trilinear sampling may disagree next to the edge)
+        sure = (out[image] - 0.4).abs() > 0.2
+        disagree = ((out[image] > 0.4) != (out[labels] == 1))[sure].float().mean()
+        assert float(disagree) < 0.002, float(disagree)
+    # fixed and moving get their own deformations, so an identical pair no longer is one
+    assert float((out["fixed_labels"] != out["moving_labels"]).float().mean()) > 0.002
+    with pytest.raises(ValueError, match="target field"):
+        deform_pair(
+            {**pair, "target_field": torch.zeros(1, 3, 24, 32, 32)}, np.random.default_rng(0), 2.0, 8.0
+        )
+
+
+def test_a_deforming_bank_draws_new_shapes_of_the_same_pair():
+    pair = {k: v for k, v in blob_pair((16, 32, 32)).items()}
+    pair.update(spacing_mm=3.0)
+    plain = CapturedBank([pair], 3.0, 16, (16, 32, 32))
+    deforming = CapturedBank([pair], 3.0, 16, (16, 32, 32), deform=(4.0, 6.0))
+    still = [batch["fixed_labels"] for batch in islice(plain.stream(1, seed=0), 8)]
+    drawn = [
+        torch.cat([b["fixed_labels"], b["moving_labels"]]) for b in islice(deforming.stream(1, seed=0), 8)
+    ]
+    assert all(torch.equal(still[0], s) for s in still[1:])
+    # new shapes on most draws (a draw's largest displacement is uniform in [0, 4] voxels: a small one
+    # leaves this blob's labels as they were)
+    assert len({d.numpy().tobytes() for d in drawn}) >= 6
+
+
+def test_captured_deformation_needs_captured_pairs_without_targets():
+    assert DataConfig.from_dict({"source": "command", "captured_deform_vox": 2.0}).captured_deform_vox == 2.0
+    for bad in (
+        {"captured_deform_vox": 2.0},
+        {"source": "command", "targets": "tto-standard", "captured_deform_vox": 1.0},
+    ):
+        with pytest.raises(InputError, match="captured_deform_vox"):
+            DataConfig.from_dict(bad)

@@ -18,8 +18,9 @@ from RLRegistrationLib.policies.cards import sha256_of
 from RLRegistrationLib.policies.network_policy import load_model
 from RLRegistrationLib.policies.networks import SPACAgent, SPACArchitecture
 from RLRegistrationLib.training.config import TrainConfig
-from RLRegistrationLib.training.data import DataConfig, LabelBank, random_pair, validation_pairs
+from RLRegistrationLib.training.data import DataConfig, random_pair, validation_pairs
 from RLRegistrationLib.training.initial_weights import read_initial_weights
+from RLRegistrationLib.training.label_bank import LabelBank
 from RLRegistrationLib.training.losses import RegistrationLoss
 from RLRegistrationLib.training.run_log import inference_block
 from RLRegistrationLib.training.sac import ReplayBuffer, SACConfig, sac_losses

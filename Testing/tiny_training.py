@@ -13,7 +13,8 @@ import torch
 
 from RLRegistrationLib.policies.networks import SPACArchitecture, SPACNetwork
 from RLRegistrationLib.training.config import TrainConfig
-from RLRegistrationLib.training.data import LabelBank, phantom_label_map
+from RLRegistrationLib.training.data import phantom_label_map
+from RLRegistrationLib.training.label_bank import LabelBank
 from RLRegistrationLib.training.run_log import save_model
 
 SHAPE = (16, 16, 16)

@@ -98,7 +98,8 @@ def main(argv=None) -> int:
 
     from RLRegistrationLib.policies.network_policy import load_model
     from RLRegistrationLib.training.config import TrainConfig
-    from RLRegistrationLib.training.data import DataConfig, LabelBank, random_pair
+    from RLRegistrationLib.training.data import DataConfig, random_pair
+    from RLRegistrationLib.training.label_bank import LabelBank
 
     torch.set_num_threads(args.threads)
     temperatures = [float(t) for t in args.temperatures.split(",")]

@@ -18,7 +18,10 @@ With ``targets`` each captured pair also keeps the field the command's own optim
 (``tto --quality standard`` run to the end in the same session, so on the same working grid and after the
 same pre-alignment): the target of the optimizer-distillation loss (``losses.RegistrationLoss``'s
 ``target_weight``, issue 25 item 2). ``flips`` mirror a pair left-right (images, labels and target field,
-its left-right component negated): an exact augmentation of a fixed set of captured pairs.
+its left-right component negated): an exact augmentation of a fixed set of captured pairs. ``deform``
+moves each image of a drawn pair (with its labels) by its own random smooth deformation on the network
+grid, so that a fixed set of brains yields new shapes on every draw (not with target fields: the
+optimizer's field of the undeformed pair would no longer be the answer).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ..fields.spatial import resize_displacement
+from ..fields.spatial import resize_displacement, warp
 from ..io.imaging import resample_to_grid
 from ..policies.network_policy import network_shape, resize_image
+from ..synthesis.pairs import random_smooth_deformation
 
 
 def capture_pair(
@@ -101,6 +105,23 @@ def flip_pair(pair: dict, axis: int) -> dict:
     return out
 
 
+def deform_pair(pair: dict, rng: np.random.Generator, max_vox: float, spacing_vox: float) -> dict:
+    """``pair`` (tensors (1, C, D, H, W)) with the fixed and the moving image each warped, with its label
+    map, by its own ``random_smooth_deformation`` (largest displacement drawn uniformly up to ``max_vox``,
+    control points every ``spacing_vox`` voxels): images trilinear, labels nearest. A pair with a target
+    field cannot be deformed (ValueError)."""
+    if "target_field" in pair:
+        raise ValueError("a pair with a target field cannot be deformed (the field would no longer fit)")
+    out = dict(pair)
+    shape = tuple(pair["fixed"].shape[2:])
+    for image, labels in (("fixed", "fixed_labels"), ("moving", "moving_labels")):
+        field = random_smooth_deformation(shape, rng, rng.uniform(0.0, max_vox), spacing_vox)
+        u = torch.from_numpy(field)[None].to(pair[image].dtype)
+        out[image] = warp(pair[image], u)
+        out[labels] = warp(pair[labels].float(), u, mode="nearest").round().long()
+    return out
+
+
 def capture_subject_pairs(
     shared_dir: str | Path, subjects: Sequence[int], contrast: str, seed: int = 0, targets: bool = False
 ) -> list[dict]:
@@ -157,13 +178,21 @@ def on_network_grid(pair: dict, spacing_mm: float, divisor: int, shape: Sequence
 class CapturedBank:
     """Captured pairs (``capture_subject_pairs``) on the working grid, and the network grid they are
     trained on (spacing, the network's divisor, the training shape); ``flips``: the training stream mirrors
-    each drawn pair left-right with probability 1/2 (``flip_pair``)."""
+    each drawn pair left-right with probability 1/2 (``flip_pair``); ``deform``: (largest displacement,
+    control-point spacing), network-grid voxels, of the random smooth deformation ``deform_pair`` gives
+    each drawn image ((0, _): none)."""
 
     def __init__(
-        self, pairs: list[dict], spacing_mm: float, divisor: int, shape: Sequence[int], flips: bool = False
+        self,
+        pairs: list[dict],
+        spacing_mm: float,
+        divisor: int,
+        shape: Sequence[int],
+        flips: bool = False,
+        deform: tuple[float, float] = (0.0, 8.0),
     ):
         self.pairs, self.spacing_mm, self.divisor, self.shape = pairs, spacing_mm, divisor, tuple(shape)
-        self.flips = bool(flips)
+        self.flips, self.deform = bool(flips), (float(deform[0]), float(deform[1]))
         self.keys = ("fixed", "moving", "fixed_labels", "moving_labels") + (
             ("target_field",) if pairs and all("target_field" in p for p in pairs) else ()
         )
@@ -184,6 +213,8 @@ class CapturedBank:
                 pair = self.network_pair(int(index))
                 if self.flips and rng.random() < 0.5:
                     pair = flip_pair(pair, pair["left_right_axis"])
+                if self.deform[0] > 0:
+                    pair = deform_pair(pair, rng, *self.deform)
                 chosen.append(pair)
             yield {k: torch.cat([pair[k] for pair in chosen]) for k in self.keys}
 

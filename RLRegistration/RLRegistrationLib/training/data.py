@@ -1,8 +1,8 @@
 """Training and validation pairs synthesized on the fly from brain label maps (SynthMorph recipe).
 
-Label maps (``../shared/data/synthseg/training_seg_XX.nii.gz``, FreeSurfer values) are read once,
-skull-stripped, downsampled (nearest) to the training spacing and cropped around the brain to the training
-grid plus a margin; they stay in memory as ``LabelBank`` arrays (k, j, i). Each training pair:
+Label maps (``../shared/data/synthseg/training_seg_XX.nii.gz``) are read once into a ``LabelBank``
+(``training.label_bank``: skull-stripped, at the training spacing, cropped around the brain to the training
+grid plus a margin; arrays (k, j, i)). Each training pair:
 
 1. two *different* subjects;
 2. each label map moved by a random small affine (rotation, scaling, shift; in voxels of the isotropic
@@ -23,7 +23,7 @@ what the networks see at inference.
 With ``source`` "command" the pairs are not synthesized here: ``training.command_pairs`` captures fixed
 pairs of 1 mm syntheses as the ``rlreg register`` command prepares them; with ``targets``
 "tto-standard" the training pairs also keep the command's optimized field (the distillation target), and
-``flips`` mirror them left-right.
+``flips`` mirror them left-right and ``captured_deform_vox`` deforms each drawn image anew.
 """
 
 from __future__ import annotations
@@ -34,31 +34,20 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..io.imaging import affine_prealign
-from ..synthesis.contrast import (
-    brain_mask,
-    contrast_table,
-    load_label_map,
-    skull_strip_labels,
-    synthesize_image,
-    synthesize_volume,
-)
-from ..synthesis.pairs import downsample_labels, random_smooth_deformation
+from ..synthesis.contrast import contrast_table, synthesize_image
+from ..synthesis.pairs import random_smooth_deformation
 from .command_pairs import CapturedBank, capture_subject_pairs, load_captured
+from .label_bank import LabelBank, crop_around, required_subject
 
 #: where training pairs come from: synthesized on the training grid, or captured from the command's
 #: preparation of 1 mm pairs (``training.command_pairs``)
 SOURCES = ("synthetic", "command")
 #: target fields a captured training pair may keep: none, or the field of ``tto --quality standard``
 TARGETS = ("", "tto-standard")
-
-# labels that run down the spinal canal: ignored when centring a crop (as synthesis.validation_pair does)
-_CENTRE_EXCLUDE = (16, 24)
 
 
 @dataclass
@@ -90,6 +79,8 @@ class DataConfig:
     source: str = "synthetic"  # or "command": pairs as rlreg register prepares them (training.command_pairs)
     capture_cache: str = "runs/captured_pairs"  # folder of the captured pairs (source "command")
     targets: str = ""  # "tto-standard": captured training pairs keep the optimizer's field (source "command")
+    captured_deform_vox: float = 0.0  # source "command": each drawn training image moved by a random smooth
+    # deformation of at most this many network-grid voxels (control points every deform_spacing_vox)
 
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
@@ -106,6 +97,11 @@ class DataConfig:
             raise InputError(f"config 'data': targets must be '' or 'tto-standard', got '{out.targets}'")
         if out.targets and out.source != "command":
             raise InputError("config 'data': targets need source 'command' (the fields of captured pairs)")
+        if float(out.captured_deform_vox) > 0 and (out.source != "command" or out.targets):
+            raise InputError(
+                "config 'data': captured_deform_vox deforms captured pairs (source 'command') without "
+                "target fields (targets '')"
+            )
         if out.source == "command" and int(out.render_factor) > 1:
             raise InputError(
                 "config 'data': render_factor applies to synthetic pairs, not to source 'command'"
@@ -158,113 +154,6 @@ def load_config(cls, path: str | Path):
         return cls.from_dict(values)
     except (ValueError, TypeError) as error:
         raise InputError(f"config '{path}': {error}") from None
-
-
-# ------------------------------------------------------------------------------------------- label bank
-
-
-def subject_path(shared_dir: str | Path, subject: int) -> Path:
-    """``<shared_dir>/synthseg/training_seg_XX.nii.gz`` (or ``<shared_dir>/training_seg_XX.nii.gz``)."""
-    shared_dir = Path(shared_dir)
-    folder = shared_dir / "synthseg" if (shared_dir / "synthseg").is_dir() else shared_dir
-    return folder / f"training_seg_{int(subject):02d}.nii.gz"
-
-
-def crop_around(array: np.ndarray, centre: Sequence[float], shape: Sequence[int]) -> np.ndarray:
-    """Crop (zero-pad where needed) ``array`` to ``shape`` centred on the index ``centre`` (same axes)."""
-    out = np.zeros(tuple(int(s) for s in shape), dtype=array.dtype)
-    src, dst = [], []
-    for c, n, size in zip(centre, array.shape, shape):
-        start = int(round(c - (size - 1) / 2.0))
-        lo, hi = max(start, 0), min(start + size, n)
-        src.append(slice(lo, max(lo, hi)))
-        dst.append(slice(lo - start, lo - start + max(0, hi - lo)))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
-
-
-def brain_centre(labels: np.ndarray) -> np.ndarray:
-    """Centre (k, j, i) of the brain's bounding box, ignoring brainstem and CSF (spinal canal)."""
-    core = brain_mask(labels) & ~np.isin(labels, _CENTRE_EXCLUDE)
-    idx = np.argwhere(core if core.any() else brain_mask(labels))
-    if idx.size == 0:
-        return (np.asarray(labels.shape) - 1) / 2.0
-    return (idx.min(axis=0) + idx.max(axis=0)) / 2.0
-
-
-class LabelBank:
-    """Skull-stripped label maps (uint16 arrays (k, j, i)) on the training grid plus ``margin`` voxels."""
-
-    def __init__(self, arrays: list[np.ndarray], names: list[str] | None = None):
-        self.arrays = arrays
-        self.names = names or [f"subject{i}" for i in range(len(arrays))]
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    @classmethod
-    def from_arrays(cls, label_maps: list[np.ndarray], shape: Sequence[int], margin: int = 0) -> LabelBank:
-        """Label maps already at the training spacing: skull-strip, crop around the brain."""
-        padded = [int(s) + 2 * margin for s in shape]
-        arrays = []
-        for labels in label_maps:
-            labels = skull_strip_labels(np.asarray(labels)).astype(np.uint16)
-            arrays.append(crop_around(labels, brain_centre(labels), padded))
-        return cls(arrays)
-
-    @classmethod
-    def from_shared(
-        cls,
-        shared_dir: str | Path,
-        subjects: Sequence[int],
-        spacing_mm: float,
-        shape,
-        margin: int = 0,
-        reference: int | None = None,
-    ) -> LabelBank:
-        """Read SynthSeg subjects, downsample (nearest) to ``spacing_mm``, optionally align each one
-        affinely to subject ``reference``, crop around the brain; clear error when the data is absent."""
-        images, names = [], []
-        for subject in subjects:
-            images.append(read_subject(shared_dir, subject, spacing_mm))
-            names.append(f"training_seg_{int(subject):02d}")
-        if reference is not None:
-            target = read_subject(shared_dir, reference, spacing_mm)
-            images = [align_labels(target, image) for image in images]
-        bank = cls.from_arrays([sitk.GetArrayFromImage(image) for image in images], shape, margin)
-        bank.names = names
-        return bank
-
-
-def required_subject(shared_dir: str | Path, subject: int) -> Path:
-    """``subject_path``, or InputError naming it and the shared data folder when it is absent."""
-    path = subject_path(shared_dir, subject)
-    if not path.is_file():
-        raise InputError(
-            f"training data not found: {path}. Training needs the SynthSeg label maps of the shared data "
-            "folder (../shared/data/synthseg/training_seg_XX.nii.gz); pass --shared-dir pointing at "
-            "../shared/data"
-        )
-    return path
-
-
-def read_subject(shared_dir: str | Path, subject: int, spacing_mm: float) -> sitk.Image:
-    """Label map of a SynthSeg subject, skull-stripped, at ``spacing_mm`` (nearest)."""
-    image = downsample_labels(load_label_map(required_subject(shared_dir, subject)), spacing_mm)
-    stripped = sitk.GetImageFromArray(skull_strip_labels(sitk.GetArrayFromImage(image)))
-    stripped.CopyInformation(image)
-    return stripped
-
-
-def align_labels(reference: sitk.Image, labels: sitk.Image) -> sitk.Image:
-    """``labels`` resampled (nearest) on ``reference``'s grid through an affine fitted between T1-like
-    syntheses of both (``imaging.affine_prealign``, Mattes MI): the pre-alignment the shipped models were
-    trained with. The session now pre-aligns with ``prealign.prealign`` (rigid then affine down to 1 mm);
-    switching the training data to it means retraining the models."""
-    fixed = synthesize_volume(reference, contrast="t1", rng=0)
-    moving = synthesize_volume(labels, contrast="t1", rng=1)
-    transform = affine_prealign(fixed, moving, seed=0)
-    return sitk.Resample(labels, reference, transform, sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
 
 
 # ------------------------------------------------------------------------------------------ augmentation
@@ -490,7 +379,8 @@ def captured_bank(
         captured_cache_path(d, subjects, contrast, training),
         lambda: capture_subject_pairs(d.shared_dir, subjects, contrast, targets=targets),
     )
-    return CapturedBank(pairs, d.spacing_mm, divisor, d.shape, flips=d.flips and training)
+    deform = (float(d.captured_deform_vox) if training else 0.0, float(d.deform_spacing_vox))
+    return CapturedBank(pairs, d.spacing_mm, divisor, d.shape, flips=d.flips and training, deform=deform)
 
 
 def captured_cache_path(

@@ -15,10 +15,11 @@ from ..errors import InputError
 from ..policies.cards import sha256_of
 from ..policies.networks import count_parameters
 from .config import TrainConfig
-from .data import LabelBank, pair_loader
+from .data import pair_loader
 from .distributed import Distributed
 from .environment import EnvState, RegistrationEnv, paired_one_hot
 from .initial_weights import read_initial_weights
+from .label_bank import LabelBank
 from .losses import RegistrationLoss
 
 

@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..policies.morphseek_network import head_parameter_fraction
 from ..policies.networks import count_parameters
 from .config import TrainConfig
-from .data import DataConfig, LabelBank, pair_loader
+from .data import DataConfig, pair_loader
 from .distributed import Distributed
 from .environment import paired_one_hot
 from .family_trainer import FamilyTrainer
@@ -26,6 +26,7 @@ from .grpo import (
     load_initial_weights,
     make_morphseek_optimizer,
 )
+from .label_bank import LabelBank
 from .losses import RegistrationLoss
 
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ..policies.networks import SPACAgent, count_parameters
-from .data import LabelBank
 from .distributed import Distributed
 from .family_trainer import FamilyTrainer
+from .label_bank import LabelBank
 from .losses import RegistrationLoss
 from .sac import ReplayBuffer, SACConfig, sac_losses
 

@@ -32,9 +32,10 @@ from ..devices import describe_device
 from ..errors import InputError, OutputError
 from ..policies.cards import CARD_NAME
 from .config import TrainConfig
-from .data import LabelBank, load_banks, validation_pairs
+from .data import load_banks, validation_pairs
 from .distributed import average_logs, gather_checksums, setup_distributed
 from .family_trainer import FamilyTrainer
+from .label_bank import LabelBank
 from .morphseek_trainer import MorphSeekTrainer
 from .run_log import RunLog, data_description, hardware_description, save_checkpoint, save_model
 from .spac_trainer import SPACTrainer

@@ -46,8 +46,9 @@ from ..policies.cards import CARD_NAME, chain_settings, sha256_of
 from ..policies.chained import WeightMapOverride, chained_tto_policy
 from ..policies.network_policy import SPACPolicy, resize_image
 from ..policies.networks import SPACNetwork, WeightMapHead, sample_plan
-from .data import DataConfig, LabelBank, load_banks, load_config, random_pair
+from .data import DataConfig, load_banks, load_config, random_pair
 from .environment import voxel_jacobian_determinant
+from .label_bank import LabelBank
 
 
 @dataclass
