@@ -9,7 +9,8 @@ unprivileged process), ``evaluate``, ``view`` (refused before it serves), and Ct
 imports, the run and the writes (all outputs or none, pre-existing files byte-identical). The images are
 18x20x24 voxels, so a refusal costs about a second and the few runs that register a few seconds.
 
-``Testing/test_bad_inputs.py`` holds the exact messages of the older catalogue (issue 12).
+``Testing/test_bad_inputs_images.py`` and ``Testing/test_bad_inputs_outputs_and_options.py`` hold the exact
+messages of the older catalogue (issue 12).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def ui_widgets(ui_xml) -> dict[str, str]:
 
 def slicer_annotation(setting) -> str:
     """The parameter node's annotation of a setting, as source: what ``parameterAnnotation`` in
-    ``RLRegistrationMRML/parameter_node.py`` builds (``test_slicer_logic`` checks the real class against the same table)."""
+    ``RLRegistrationMRML/parameter_node.py`` builds (``test_slicer_logic_inputs`` checks the real class against the same table)."""
     if setting.nodeClasses:
         classes = ", ".join(setting.nodeClasses)
         return classes if len(setting.nodeClasses) == 1 else f"Union[{classes}, None]"

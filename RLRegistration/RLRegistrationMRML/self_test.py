@@ -2,8 +2,8 @@
 
 :class:`SceneWorkflowTests` holds the checks; ``RLRegistrationTest`` in ``RLRegistration.py`` (a
 ``ScriptedLoadableModuleTest``) runs them on the module's Logic, inside Slicer and headless in the pytest
-suite (``Testing/test_slicer_logic.py``). Every check is a number: Dice, point maps at 1000 points against
-the ``.h5``, the transform hierarchy, the inputs untouched.
+suite (``Testing/test_slicer_logic_runs.py``). Every check is a number: Dice, point maps at 1000 points
+against the ``.h5``, the transform hierarchy, the inputs untouched.
 """
 
 from __future__ import annotations

@@ -1,107 +1,44 @@
-"""``rlreg view`` in a real browser (Debian's chromium driven by playwright), plus its file sandbox and CLI.
-
-The browser tests start ``rlreg view`` on the sample pair as a subprocess on a free port and click through
-the panel: Register, 3 steps (the step text, the axial slice view's image changing between steps), the λ
-overlay, Step back, the ``.h5`` download (checked with SimpleITK against the library's own result at 1000
-points), a second run cancelled mid-way, bad inputs (a non-image file, a path outside ``--data-dir``), a
-second tab, and ``--autorun``. They skip, saying why, when chromium, playwright or the web extra is missing
-locally; under CI (``CI`` set) a missing piece is a failure, since ``.ci/run`` installs them all.
+"""``rlreg view`` in a real browser (Debian's chromium driven by playwright): the tests start ``rlreg view`` on
+the sample pair as a subprocess on a free port and click through the panel: Register, 3 steps (the step
+text, the axial slice view's image changing between steps), the λ overlay, Step back, the ``.h5`` download
+(checked with SimpleITK against the library's own result at 1000 points), the overlays, comparison modes
+and read-out that judge the alignment, the slice views' labels, window/level presets and drag, the layout
+at two screen sizes, a second run cancelled mid-way, bad inputs (a non-image file, a path outside
+``--data-dir``), the quality choice, a second tab, and ``--autorun``. They skip, saying why, when chromium,
+playwright or the web extra is missing locally; under CI (``CI`` set) a missing piece is a failure, since
+``.ci/run`` installs them all.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from web_app_support import (  # Testing/ is on sys.path, as for conftest
+    CHROMIUM,
+    SAMPLE,
+    SCREENSHOT_DIR,
+    ViewServer,
+    _axial_png,
+    _changed_fraction,
+    _colours,
+    _download,
+    _frame_delays,
+    _readout_at,
+    _require_browser,
+    _screenshot,
+    _wait_frame,
+    _wait_idle,
+    _wait_state,
+    _wait_state_value,
+    _wait_text,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "RLRegistration" / "RLRegistrationLib" / "sample_data"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STEPS = 3
-STARTUP_TIMEOUT_S = 180
-# set to a folder (e.g. Resources/Screenshots) to save the page during a run, for the README
-SCREENSHOT_DIR = os.environ.get("RLREG_SCREENSHOT_DIR")
-STEP_TIMEOUT_MS = 120_000
-
-
-def _browser_missing() -> str | None:
-    from RLRegistrationWeb import INSTALL_COMMAND, missing_dependencies
-
-    missing = missing_dependencies()
-    if missing:
-        return f"the web extra is not installed (missing {', '.join(missing)}): {INSTALL_COMMAND}"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed: pip install playwright"
-    if CHROMIUM is None:
-        return "chromium is not installed: apt-get install -y chromium"
-    return None
-
-
-def _require_browser() -> None:
-    reason = _browser_missing()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the browser tests: {reason}")
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ViewServer:
-    """``rlreg view`` as a subprocess; its stderr goes to a log file the tests read."""
-
-    def __init__(self, args: list[str], log_path: Path):
-        self.port = _free_port()
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the packages this test imports
-        command = [sys.executable, "-m", "RLRegistrationLib", "view", "--port", str(self.port), *args]
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        )
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"rlreg view exited with {self.process.returncode}:\n{self.log()}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"rlreg view did not start within {STARTUP_TIMEOUT_S} s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -160,50 +97,6 @@ def page(server, browser):
     page.close()
 
 
-def _axial_png(page) -> np.ndarray:
-    """Pixels of the axial slice view (the 4th remote view of the Quad View layout: coronal, sagittal, 3D, axial)."""
-    from PIL import Image
-
-    image = page.locator("#views img.image-display-area").nth(3)
-    return np.asarray(Image.open(io.BytesIO(image.screenshot())).convert("RGB"), dtype=np.int16)
-
-
-def _wait_text(page, selector: str, text: str, timeout: int = STEP_TIMEOUT_MS) -> None:
-    page.wait_for_function(
-        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
-        arg=[selector, text],
-        timeout=timeout,
-    )
-
-
-def _wait_state(page, *states: str, timeout: int = STEP_TIMEOUT_MS) -> None:
-    page.wait_for_function(
-        "(states) => states.includes(window.trame.state.get('panel_state'))",
-        arg=list(states),
-        timeout=timeout,
-    )
-
-
-def _wait_state_value(page, key: str, value, timeout: int = 30_000) -> None:
-    page.wait_for_function("([k, v]) => window.trame.state.get(k) === v", arg=[key, value], timeout=timeout)
-
-
-def _wait_idle(page) -> None:
-    _wait_state(page, "idle", "done", "failed")
-
-
-def _screenshot(page, name: str) -> None:
-    if SCREENSHOT_DIR:
-        Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SCREENSHOT_DIR) / name))
-
-
-def _changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
-    if a.shape != b.shape:
-        return 1.0
-    return float(np.mean(np.abs(a - b).max(axis=-1) > 8))
-
-
 def _library_transform(steps: int, step_back: bool) -> tuple[sitk.Transform, sitk.Image]:
     """The library's own result on the sample pair with the panel's settings of the test (tto, standard
     quality, 5 iterations, the regularization the plan chooses, ``steps``), and the fixed image."""
@@ -226,9 +119,6 @@ def _points_inside(image: sitk.Image, n: int = 1000, seed: int = 0) -> np.ndarra
     size = np.array(image.GetSize(), dtype=np.float64)
     index = rng.uniform(0.1, 0.9, (n, 3)) * (size - 1)
     return np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(i)) for i in index])
-
-
-# ---------------------------------------------------------------------------------------------- browser
 
 
 def test_register_watch_overlay_step_back_and_download(page, server, tmp_path):
@@ -290,13 +180,6 @@ def test_register_watch_overlay_step_back_and_download(page, server, tmp_path):
     assert error <= 1e-3, f"downloaded .h5 differs from the library's result by {error:.2e} mm"
 
 
-def _download(page, button: str, path: Path) -> Path:
-    with page.expect_download(timeout=120_000) as download_info:
-        page.click(button)
-    download_info.value.save_as(path)
-    return path
-
-
 def _displacement_field(transform: sitk.Transform) -> sitk.Image:
     """The displacement field u of a downloaded .h5 (a composite A o (id + u))."""
     composite = sitk.CompositeTransform(transform)
@@ -305,23 +188,6 @@ def _displacement_field(transform: sitk.Transform) -> sitk.Image:
         if part.GetTransformEnum() == sitk.sitkDisplacementField:
             return sitk.DisplacementFieldTransform(part).GetDisplacementField()
     raise AssertionError("the .h5 holds no displacement field")
-
-
-def _colours(image: np.ndarray) -> int:
-    """Distinct colours (16 levels a channel) among the pixels whose channels differ (not grey)."""
-    colourful = (image.max(axis=-1) - image.min(axis=-1)) > 12
-    return len({tuple(c) for c in (image[colourful] // 16).tolist()})
-
-
-def _readout_at(page, ras) -> dict:
-    page.evaluate("(p) => window.trame.state.set('readout_ras', p)", [float(v) for v in ras])
-    page.wait_for_function(
-        "(p) => { const v = window.trame.state.get('readout_values');"
-        " return v && v.ras.every((x, i) => Math.abs(x - p[i]) < 1e-6); }",
-        arg=[float(v) for v in ras],
-        timeout=30_000,
-    )
-    return page.evaluate("() => window.trame.state.get('readout_values')")
 
 
 def test_judge_the_alignment_overlays_comparison_and_read_out(page, tmp_path):
@@ -463,17 +329,6 @@ def test_view_labels_and_window_presets(page):
     _wait_state_value(page, "window_preset", "auto")
 
 
-def _wait_frame(page, condition, timeout_s: float = 20.0) -> np.ndarray:
-    """The axial view's image once ``condition(image)`` holds (frames follow the state by a render), or the
-    last one after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    image = _axial_png(page)
-    while not condition(image) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        image = _axial_png(page)
-    return image
-
-
 @pytest.mark.parametrize("width,height", [(1366, 768), (1920, 1080)])
 def test_layout_shows_register_overlays_and_colour_bar_without_scrolling(page, width, height):
     """At 1366x768 and 1920x1080 (Options folded, as the page opens) Register, the overlay buttons and the
@@ -553,18 +408,6 @@ def test_dragging_in_a_slice_view_adjusts_the_window_level(page):
     _wait_state_value(page, "drag_window_level", True)
     print(f"\nwindow/level drag: changed fraction of the axial view {on:.3f} (switch off: {off:.3f})")
     assert on > 0.1 and off < 0.01
-
-
-def _frame_delays(page) -> list[int]:
-    """ms from each progress-text change (a step drained and shown in MRML) to the next image update."""
-    events = page.evaluate("() => window.__events || []")
-    delays = []
-    for i, (kind, t, text) in enumerate(events):
-        if kind == "text" and re.search(r"Step \d+/", text):
-            later = [e[1] for e in events[i + 1 :] if e[0] == "image"]
-            if later:
-                delays.append(round(later[0] - t))
-    return delays
 
 
 def test_cancel_a_second_run_mid_way(page):
@@ -647,198 +490,3 @@ def test_autorun_registers_as_soon_as_the_page_opens(browser, tmp_path):
         page.close()
     finally:
         view.stop()
-
-
-# ---------------------------------------------------------------------------------------------- no browser
-
-
-def test_data_folder_refuses_paths_outside(tmp_path):
-    from RLRegistrationWeb.files import DataFolder, PathRefused
-
-    root = tmp_path / "data"
-    (root / "sub").mkdir(parents=True)
-    (root / "sub" / "a.nii.gz").write_bytes(b"x")
-    (tmp_path / "secret.nii.gz").write_bytes(b"x")
-    (root / "link.nii.gz").symlink_to(tmp_path / "secret.nii.gz")
-    named = tmp_path / "named.nii.gz"
-    named.write_bytes(b"x")
-    folder = DataFolder(root, [named])
-    assert folder.names() == ["named.nii.gz", "sub/a.nii.gz"]  # the link pointing out is not offered
-    assert folder.resolve("sub/a.nii.gz") == (root / "sub" / "a.nii.gz").resolve()
-    assert folder.resolve("named.nii.gz") == named.resolve()
-    for bad in (
-        "../secret.nii.gz",
-        str(tmp_path / "secret.nii.gz"),
-        "link.nii.gz",
-        "/etc/passwd",
-        "",
-        "a\x00b",
-    ):
-        with pytest.raises(PathRefused, match="403"):
-            folder.resolve(bad)
-    with pytest.raises(PathRefused, match="no --data-dir"):
-        DataFolder(None, [named]).resolve("sub/a.nii.gz")
-
-
-def test_view_without_the_web_extra_says_how_to_install(monkeypatch, capsys):
-    import RLRegistrationWeb
-    from RLRegistrationLib.frontends import cli
-
-    monkeypatch.setattr(RLRegistrationWeb, "missing_dependencies", lambda: ["trame_slicer"])
-    assert cli.main(["view"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("rlreg: error:") and 'pip install -e ".[web]"' in err
-
-
-def test_view_on_a_port_in_use_names_it(capsys):
-    from RLRegistrationWeb import missing_dependencies
-
-    if missing_dependencies():
-        pytest.skip("the web extra is not installed")
-    from RLRegistrationLib.frontends import cli
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        assert cli.main(["view", "--port", str(port)]) == 2
-    assert f"rlreg: error: port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------------------------- panel, no browser
-
-
-@pytest.fixture
-def web_panel(tmp_path):
-    """The browser app's panel in this process on Slicer's core scene: a data folder with a file that is
-    not an image, and a command-line file outside it (the sample pair)."""
-    from RLRegistrationWeb import missing_dependencies
-
-    if "slicer" in missing_dependencies():
-        pytest.skip("slicer-core is not installed")
-    from types import SimpleNamespace
-
-    from RLRegistrationMRML.core_scene import create_core_scene
-    from RLRegistrationWeb.controller import WebPanel
-    from RLRegistrationWeb.files import DataFolder
-
-    data = tmp_path / "server-data"
-    data.mkdir()
-    (data / "not_an_image.nii.gz").write_bytes(b"this is not an image\n" * 10)
-    shutil.copy(SAMPLE / "fixed_labels.nii.gz", data / "labels.nii.gz")
-    extra = [SAMPLE / name for name in ("fixed.nii.gz", "moving.nii.gz")]
-    panel = WebPanel(SimpleNamespace(scene=create_core_scene().scene), DataFolder(data, extra))
-    yield panel
-    panel.close()
-
-
-def _scene_nodes(panel) -> set:
-    scene = panel.scene
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-
-
-def test_no_server_path_reaches_the_page(web_panel, tmp_path):
-    """Unreadable files, refused paths and failed downloads: the banner names what the page listed, never a
-    folder of the server."""
-    import json
-
-    panel = web_panel
-    texts = []
-    assert not panel.select_input("fixed", "not_an_image.nii.gz")
-    texts.append(panel.view()["error_text"])
-    assert texts[-1].startswith("not_an_image.nii.gz") or "'not_an_image.nii.gz'" in texts[-1]
-    for name in ("../../secret.nii.gz", "/etc/x.nii.gz", "missing.nii.gz"):  # as a browser may send them
-        assert not panel.select_input("moving", name)
-        texts.append(panel.view()["error_text"])
-    assert "403" in texts[1] and "(--data-dir)" in texts[1]
-    assert "'/etc/x.nii.gz'" in texts[2]  # the name the page sent, as it sent it
-    assert texts[3] == "moving image 'missing.nii.gz': file not found"
-    panel.show_error(f"Download failed: cannot write {panel.output_dir / 'transform.h5'}")
-    texts.append(panel.view()["error_text"])
-    assert texts[-1] == "Download failed: cannot write transform.h5"
-    page = json.dumps(texts) + json.dumps(panel.view())
-    for folder in (tmp_path, SAMPLE, panel.output_dir, Path.home()):
-        assert str(folder) not in page, (folder, texts)
-
-
-def test_fixed_equal_to_moving_is_refused_plainly_in_the_browser_panel(web_panel):
-    """The same file picked twice (with label maps): one plain line, no node made, the status says why."""
-    panel = web_panel
-    assert panel.select_input("fixed", "fixed.nii.gz") and panel.select_input("moving", "fixed.nii.gz")
-    assert panel.select_input("fixed_labels", "labels.nii.gz")
-    assert panel.select_input("moving_labels", "labels.nii.gz")
-    assert "same file" in panel.view()["status_text"]
-    before = _scene_nodes(panel)
-    assert not panel.register()
-    assert panel.view()["error_text"] == (
-        "Failed to start the registration: The fixed and the moving volume must be different volumes "
-        "('fixed' is both)."
-    )
-    assert _scene_nodes(panel) == before and panel.state.state.value == "idle"
-
-
-def test_the_browser_panel_sets_window_presets_from_percentiles(web_panel):
-    """Window/level presets set the fixed volume's display node to its percentiles; an unknown one is
-    refused in the banner."""
-    import slicer.util
-
-    from RLRegistrationMRML.slice_annotations import WINDOW_PRESETS
-
-    panel = web_panel
-    assert panel.select_input("fixed", "fixed.nii.gz") and panel.select_input("moving", "moving.nii.gz")
-    fixed = panel.params.fixedVolume
-    voxels = slicer.util.arrayFromVolume(fixed)
-    for preset, (_label, percentiles) in WINDOW_PRESETS.items():
-        assert panel.set_window_preset(preset) and panel.view()["window_preset"] == preset
-        display = fixed.GetDisplayNode()
-        low, high = np.percentile(voxels, percentiles)
-        assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx(
-            (low, high), abs=1e-3
-        )
-    assert not panel.set_window_preset("bright")
-    assert panel.view()["error_text"].startswith("unknown window preset 'bright'")
-
-
-def test_the_browser_panel_checks_options_against_the_settings_table(web_panel):
-    panel = web_panel
-    assert panel.update_settings(regularization=50, steps="7")
-    assert (panel.params.regularization, panel.params.steps) == (50.0, 7)
-    for values, message in (
-        ({"steps": 0}, "steps must be between 1 and 500, got 0"),
-        ({"regularization": 101}, "regularization must be between 0 and 100"),
-        ({"quality": "ultra"}, "unknown quality 'ultra'"),
-        ({"colour": "red"}, "unknown option 'colour'"),
-    ):
-        assert not panel.update_settings(**values)
-        assert panel.view()["error_text"].startswith(message), panel.view()["error_text"]
-    assert (panel.params.regularization, panel.params.steps) == (50.0, 7)
-
-
-def test_the_browser_panel_offers_the_cpu_after_the_gpu_ran_out_of_memory(web_panel, monkeypatch):
-    """As the Slicer panel does (the shared controller): the banner, a "Run on the CPU" button, a CPU run."""
-    from RLRegistrationLib.registration.session import RegistrationSession
-
-    panel = web_panel
-    run = RegistrationSession.run
-
-    def out_of_memory(self, steps):
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        yield
-
-    monkeypatch.setattr(RegistrationSession, "run", out_of_memory)
-    assert panel.select_input("fixed", "fixed.nii.gz") and panel.select_input("moving", "moving.nii.gz")
-    assert panel.update_settings(steps=1, iterations=1, device="auto")
-    assert panel.register()
-    deadline = time.monotonic() + 300
-    while panel.state.busy and time.monotonic() < deadline:
-        panel.poll()
-        time.sleep(0.02)
-    view = panel.view()
-    assert view["cpu_retry_offered"] and view["panel_state"] == "failed"
-    assert "out of memory" in view["error_text"] and not view["export_enabled"]
-    monkeypatch.setattr(RegistrationSession, "run", run)
-    assert panel.retry_on_cpu() and panel.params.device == "cpu"
-    while panel.state.busy and time.monotonic() < deadline:
-        panel.poll()
-        time.sleep(0.02)
-    assert panel.view()["panel_state"] == "done" and not panel.view()["cpu_retry_offered"]

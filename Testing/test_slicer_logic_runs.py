@@ -1,9 +1,10 @@
-"""The Slicer module's Logic against Slicer's real core (``slicer-core`` + Slicer's own Python layer).
-
-Volumes come in through Slicer's Volumes logic, transforms through MRML's storage nodes and the Transforms
-logic; ``RLRegistration.py`` is imported as Slicer imports it (real ``parameterNodeWrapper``,
-``ScriptedLoadableModule``). Every check is a number: point maps at 1000 points against the ``.h5``,
-voxels against ``sitk.Resample``, Dice against the label maps. Skipped, with the reason, where
+"""The Slicer module's Logic against Slicer's real core (``slicer-core`` + Slicer's own Python layer), its
+runs: one run on the sample pair (continue, step back, the node chain against the ``.h5``, saving and
+loading back, apply, harden), segmentations as labels, the output's parent, cancel, a scene closed during
+a run, a dropped Logic, the module's own self-test, a rigid pre-alignment with masks, quality "fine" and a
+T2 moving volume. Volumes come in through Slicer's Volumes logic, transforms through MRML's storage nodes
+and the Transforms logic; every check is a number: point maps at 1000 points against the ``.h5``, voxels
+against ``sitk.Resample``, Dice against the label maps. Skipped, with the reason, where
 ``../shared/slicer-python`` or ``slicer-core`` is missing (a user's clone); CI has both.
 """
 
@@ -18,39 +19,17 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slicer_runtime  # noqa: E402
+from slicer_logic_support import (  # noqa: E402
+    SAMPLE,
+    fast_parameters,
+    load_pair,
+    node_ids,
+    segmentation_from_labels,
+)
 
 REASON = slicer_runtime.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-SAMPLE = slicer_runtime.ROOT / "RLRegistration" / "RLRegistrationLib" / "sample_data"
 FLIP = np.array([-1.0, -1.0, 1.0])
-
-
-def load_pair(labels: bool = True):
-    import slicer
-
-    nodes = {
-        "fixed": slicer.util.loadVolume(str(SAMPLE / "fixed.nii.gz")),
-        "moving": slicer.util.loadVolume(str(SAMPLE / "moving.nii.gz")),
-    }
-    if labels:
-        nodes["fixedLabels"] = slicer.util.loadLabelVolume(str(SAMPLE / "fixed_labels.nii.gz"))
-        nodes["movingLabels"] = slicer.util.loadLabelVolume(str(SAMPLE / "moving_labels.nii.gz"))
-    return nodes
-
-
-def fast_parameters(logic, nodes, **changes):
-    params = logic.getParameterNode()
-    params.fixedVolume = nodes["fixed"]
-    params.movingVolume = nodes["moving"]
-    params.fixedLabels = nodes.get("fixedLabels")
-    params.movingLabels = nodes.get("movingLabels")
-    params.policy = "tto"
-    params.quality = "standard"
-    params.iterations = 2
-    params.device = "cpu"
-    for name, value in changes.items():
-        setattr(params, name, value)
-    return params
 
 
 def random_points_ras(volume_node, n: int = 1000, seed: int = 0) -> np.ndarray:
@@ -62,93 +41,6 @@ def random_points_ras(volume_node, n: int = 1000, seed: int = 0) -> np.ndarray:
 
 def through_sitk(transform: sitk.Transform, points_ras: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(tuple(p * FLIP)) for p in points_ras]) * FLIP
-
-
-def node_ids(scene) -> set:
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-def test_parameter_node_is_created_with_its_defaults(module, scene):
-    import slicer
-
-    params = module.RLRegistrationLogic().getParameterNode()
-    assert params.fixedLabels is None and params.movingLabels is None and params.outputLinearTransform is None
-    assert (params.policy, params.steps, params.iterations, params.initialization) == ("tto", 6, 5, "affine")
-    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    params.fixedLabels = segmentation
-    params.fixedLabels = None  # the union with None can be written back
-    assert params.fixedLabels is None
-
-
-def test_parameter_dataclass_has_the_parameter_node_fields(module, scene):
-    """The browser app's RegistrationParameters and Slicer's parameter node are made from one table."""
-    import dataclasses
-
-    from RLRegistrationMRML.parameters import RegistrationParameters
-
-    node_fields = set(module.RLRegistrationParameterNode.__annotations__)
-    assert {f.name for f in dataclasses.fields(RegistrationParameters)} == node_fields
-    defaults = RegistrationParameters()
-    node = module.RLRegistrationLogic().getParameterNode()
-    for name in ("policy", "steps", "iterations", "samples", "regularization", "device", "initialization"):
-        assert getattr(defaults, name) == getattr(node, name), name
-
-
-def test_the_parameter_node_takes_the_tables_classes_ranges_and_choices(module, scene):
-    """``parameterNodeWrapper`` reads the class made from ``SETTINGS``: node classes, ``WithinRange`` of the
-    numbers (the spin boxes' ranges), ``Choice`` of the choices; it refuses what the table refuses."""
-    import typing
-
-    from slicer.parameterNodeWrapper import Choice, WithinRange
-
-    from RLRegistrationMRML.parameters import SETTINGS
-
-    hints = typing.get_type_hints(module.RLRegistrationParameterNode, include_extras=True)
-    assert list(hints) == [setting.name for setting in SETTINGS]
-    node = module.RLRegistrationLogic().getParameterNode()
-    for setting in SETTINGS:
-        hint = hints[setting.name]
-        if setting.isNode:
-            classes = typing.get_args(hint) or (hint,)
-            assert {c.__name__ for c in classes if c is not type(None)} == set(setting.nodeClasses)
-            assert (type(None) in classes) == (len(setting.nodeClasses) > 1)
-            assert getattr(node, setting.name) is None
-            continue
-        assert getattr(node, setting.name) == setting.default, setting.name
-        extras = getattr(hint, "__metadata__", ())
-        ranges = [(e.minimum, e.maximum) for e in extras if isinstance(e, WithinRange)]
-        choices = [list(e.choices) for e in extras if isinstance(e, Choice)]
-        assert ranges == ([tuple(setting.limits)] if setting.limits else []), setting.name
-        assert choices == ([list(setting.choices)] if setting.choices else []), setting.name
-    for name, value in (("steps", 0), ("regularization", 100.5), ("quality", "ultra")):
-        with pytest.raises(ValueError):
-            setattr(node, name, value)
-    node.regularization = 100.0  # the command line's limit, the panel's too
-
-
-def test_volume_to_image_is_exact_on_volumes_mrml_reindexed(module, scene, tmp_path):
-    """An oblique, axis-flipped NIfTI loaded by Slicer's Volumes logic gives back the file's voxels at the
-    file's physical points (MRML re-orders the IJK axes when it loads such a file)."""
-    import slicer
-
-    rng = np.random.default_rng(3)
-    image = sitk.GetImageFromArray(rng.integers(0, 1000, (7, 9, 11)).astype(np.int16))
-    angle = np.deg2rad(20)
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    direction = rotation @ np.diag([-1.0, 1.0, -1.0])  # flipped axes: the reader re-indexes
-    image.SetDirection(tuple(direction.ravel()))
-    image.SetSpacing((1.5, 0.8, 2.5))
-    image.SetOrigin((10.0, -20.0, 5.0))
-    path = tmp_path / "oblique.nii.gz"
-    sitk.WriteImage(image, str(path))
-    reference = sitk.ReadImage(str(path))
-    node = slicer.util.loadVolume(str(path))
-    back = module.RLRegistrationLogic.volumeToImage(node)
-    resampled = sitk.Resample(back, reference, sitk.Transform(), sitk.sitkNearestNeighbor, -1)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(reference))
 
 
 # ---------------------------------------------------------------------------------------------- a full run
@@ -316,23 +208,6 @@ def test_harden_matches_sitk_resample_through_the_h5(module, registered, tmp_pat
 # ---------------------------------------------------------------------------------------------- more paths
 
 
-def segmentation_from_labels(labelNode, names: dict[int, str]):
-    """A segmentation made by Slicer's Segmentations logic from a label map, segments renamed."""
-    import slicer
-
-    segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-        "vtkMRMLSegmentationNode", labelNode.GetName() + " seg"
-    )
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-        labelNode, segmentationNode
-    )
-    segmentation = segmentationNode.GetSegmentation()
-    for i in range(segmentation.GetNumberOfSegments()):
-        segment = segmentation.GetNthSegment(i)
-        segment.SetName(names.get(int(segment.GetLabelValue()), f"label {segment.GetLabelValue()}"))
-    return segmentationNode
-
-
 def test_segmentations_give_the_label_maps_dice(module, scene):
     import slicer
 
@@ -435,76 +310,6 @@ def test_a_dropped_logic_leaves_its_scene_nothing_to_call_back():
     assert len(closes) == 2
 
 
-# ---------------------------------------------------------------------------------------------- bad input
-
-
-def run_rejected(logic, params, scene, message: str) -> None:
-    before = node_ids(scene)
-    with pytest.raises(ValueError, match=message):
-        logic.startRegistration(params, 1)
-    assert node_ids(scene) == before, "a rejected run must create nothing"
-    assert logic.worker is None
-
-
-def test_fixed_equal_to_moving_is_refused(module, scene):
-    nodes = load_pair(labels=False)
-    logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, movingVolume=nodes["fixed"])
-    run_rejected(logic, params, scene, "must be different volumes")
-
-
-def test_an_output_that_is_an_input_is_refused(module, scene):
-    nodes = load_pair(labels=False)
-    logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, warpedVolume=nodes["moving"])
-    run_rejected(logic, params, scene, "warped volume output must not be one of the inputs")
-
-
-def test_moving_under_a_non_linear_transform_with_parent_initialization_is_refused(module, scene):
-    import slicer
-
-    nodes = load_pair(labels=False)
-    bent = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "bent")
-    grid = slicer.vtkOrientedGridTransform()
-    image = slicer.vtkImageData() if hasattr(slicer, "vtkImageData") else None
-    import vtk
-
-    image = vtk.vtkImageData()
-    image.SetDimensions(2, 2, 2)
-    image.AllocateScalars(vtk.VTK_DOUBLE, 3)
-    grid.SetDisplacementGridData(image)
-    bent.SetAndObserveTransformFromParent(grid)
-    nodes["moving"].SetAndObserveTransformNodeID(bent.GetID())
-    logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, initialization="parent")
-    run_rejected(logic, params, scene, "under a non-linear transform")
-
-
-def test_segmentations_without_a_common_segment_name_are_refused(module, scene):
-    nodes = load_pair()
-    fixed = segmentation_from_labels(nodes["fixedLabels"], {})
-    moving = segmentation_from_labels(nodes["movingLabels"], {})
-    for i in range(moving.GetSegmentation().GetNumberOfSegments()):
-        moving.GetSegmentation().GetNthSegment(i).SetName(f"other {i}")
-    logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, fixedLabels=fixed, movingLabels=moving)
-    run_rejected(logic, params, scene, "no segment name in common")
-
-
-def test_a_label_map_on_another_grid_than_its_volume_is_refused(module, scene, tmp_path):
-    import slicer
-
-    nodes = load_pair()
-    labels = sitk.ReadImage(str(SAMPLE / "fixed_labels.nii.gz"))
-    shifted = sitk.Image(labels)
-    shifted.SetOrigin(tuple(np.array(labels.GetOrigin()) + [4.0, 0.0, 0.0]))
-    path = tmp_path / "shifted_labels.nii.gz"
-    sitk.WriteImage(shifted, str(path))
-    logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, fixedLabels=slicer.util.loadLabelVolume(str(path)))
-    run_rejected(logic, params, scene, "does not lie on the voxel grid of its volume .fixed. .another origin")
-
-
 # ---------------------------------------------------------------------------------------------- self-test
 
 
@@ -516,20 +321,6 @@ def test_the_modules_own_self_test_passes_headless(module, scene):
     test.test_RLRegistrationWorkflow()
     test.setUp()
     test.test_RLRegistrationMorphSeekSampling()
-
-
-def test_images_that_do_not_overlap_are_refused_with_the_cores_message(module, scene):
-    """The core's overlap check (``imaging.check_overlap``, run by the session) reaches the Logic as the
-    run's error, the message the panel's error display shows; nothing is left in the scene."""
-    nodes = load_pair(labels=False)
-    origin = list(nodes["moving"].GetOrigin())
-    nodes["moving"].SetOrigin(origin[0] + 1000.0, origin[1], origin[2])
-    logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, initialization="none")
-    before = node_ids(scene)
-    with pytest.raises(RuntimeError, match="does not overlap the fixed image"):
-        logic.runBlocking(params, 1)
-    assert node_ids(scene) == before
 
 
 # ---------------------------------------------------------------------------------------------- pre-alignment, masks
@@ -564,34 +355,6 @@ def test_rigid_pre_alignment_with_a_label_map_mask_and_a_segmentation_mask(modul
     assert reports[-1].dice > reports[0].dice
 
 
-def test_an_empty_mask_is_refused_naming_it(module, scene):
-    import slicer
-
-    from RLRegistrationLib.errors import InputError
-
-    nodes = load_pair(labels=False)
-    empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "empty mask")
-    slicer.util.updateVolumeFromArray(
-        empty, np.zeros(slicer.util.arrayFromVolume(nodes["fixed"]).shape, np.uint8)
-    )
-    matrix = vtk_matrix_of(nodes["fixed"])
-    empty.SetIJKToRASMatrix(matrix)
-    logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, fixedMask=empty)
-    before = node_ids(scene)
-    with pytest.raises(InputError, match="fixed mask 'empty mask': mask is empty"):
-        logic.startRegistration(params, 1)
-    assert node_ids(scene) == before
-
-
-def vtk_matrix_of(volume_node):
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(matrix)
-    return matrix
-
-
 def test_quality_fine_sets_the_presets_grid_and_schedule(module, scene):
     """The panel's "fine" quality reaches the session: the preset's working spacing (never finer than the
     fixed volume), no voxel cap, its step levels and NCC window; Dice still improves."""
@@ -609,13 +372,6 @@ def test_quality_fine_sets_the_presets_grid_and_schedule(module, scene):
     assert session.policy.config.pyramid == preset.tto_overrides(spacing)["pyramid"]
     assert session.policy.config.ncc_window == 5
     assert reports[-1].dice > reports[0].dice
-
-
-def test_quality_fine_with_a_learned_policy_alone_is_refused(module, scene, learned_models):
-    nodes = load_pair(labels=False)
-    logic = module.RLRegistrationLogic()
-    params = fast_parameters(logic, nodes, quality="fine", policy="morphseek-brain-synth-warmup")
-    run_rejected(logic, params, scene, "Quality 'fine' sets the tto schedule")
 
 
 def test_a_t2_moving_volume_is_registered_with_the_intensity_mapping_and_the_panel_says_so(

@@ -1,0 +1,111 @@
+"""What the bad-input catalogue's tests share: ``rlreg register`` run as a real subprocess on this checkout
+(``_rlreg``), the checksums of a test folder (``_tree``), the small fixed/moving pair with label maps every
+case starts from (``Pair``), the cases' registry (``Cases``), the error line that names the moving image
+(``_moving_error``), and a DICOM series written slice by slice (``_slices``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from catalogue_support import _blobs, _write  # Testing/ is on sys.path, as for conftest
+
+LIB = str(Path(__file__).resolve().parents[1] / "RLRegistration")
+
+
+def _rlreg(cwd: Path, *args) -> subprocess.CompletedProcess:
+    """``python -m RLRegistrationLib register ARGS --device cpu --quiet`` importing this checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [LIB, os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "RLRegistrationLib", "register", "--device", "cpu", "--quiet"]
+    return subprocess.run(
+        command + list(map(str, args)), capture_output=True, text=True, timeout=120, env=env, cwd=cwd
+    )
+
+
+def _tree(folder: Path) -> dict[str, tuple]:
+    """Every entry under ``folder``: (link target or None, sha256 of the content or None)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        target = os.readlink(path) if path.is_symlink() else None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        out[str(path.relative_to(folder))] = (target, digest)
+    return out
+
+
+def _image(array, spacing=(2.0, 2.0, 2.0), origin=(-20.0, 10.0, 5.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+class Pair:
+    """A small fixed/moving pair with label maps in a test folder."""
+
+    def __init__(self, folder: Path):
+        self.dir = folder
+        self.fixed = _write(_image(_blobs()), folder / "fixed.nii.gz")
+        self.moving_array = np.roll(_blobs(), 1, axis=1)
+        self.moving = _write(_image(self.moving_array), folder / "moving.nii.gz")
+        labels = (_blobs() > 0.5).astype(np.int16)
+        self.fixed_labels = _write(_image(labels), folder / "fixed_labels.nii.gz")
+        self.moving_labels = _write(_image(np.roll(labels, 1, axis=1)), folder / "moving_labels.nii.gz")
+        self.out = folder / "t.h5"
+
+    def register(self, moving=None, *extra, fixed=None) -> list:
+        return [fixed or self.fixed, moving or self.moving, "-o", self.out, *extra]
+
+
+class Cases(dict):
+    """A test file's cases by name; ``case`` registers one: ``function(pair) -> (argv, expected stderr lines)``."""
+
+    def case(self, function):
+        self[function.__name__] = function
+        return function
+
+
+def _moving_error(path, problem) -> list[str]:
+    return [f"rlreg: error: moving image '{path}': {problem}"]
+
+
+def _dicom_series(folder: Path, array: np.ndarray, z_positions) -> Path:
+    """One int16 DICOM file per slice of ``array`` (k, j, i) at the given z positions (mm), 2 mm pixels."""
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    study, series = "1.2.826.0.1.3680043.2.1125.1.77", "1.2.826.0.1.3680043.2.1125.1.78"
+    for number, (k, z) in enumerate(z_positions):
+        image_slice = sitk.GetImageFromArray((1000 * array[k : k + 1]).astype(np.int16))[:, :, 0]
+        tags = {
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{series}.{number + 1}",
+            "0020|000d": study,
+            "0020|000e": series,
+            "0020|0013": str(number + 1),
+            "0020|0032": f"-20.000000\\10.000000\\{z:.6f}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "2.000000\\2.000000",
+            "0018|0050": "2.500000",
+        }
+        for key, value in tags.items():
+            image_slice.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice{number:03d}.dcm"))
+        writer.Execute(image_slice)
+    return folder
+
+
+def _slices(p, skip=None, duplicate=None, shift_from=None):
+    positions = []
+    for k in range(p.moving_array.shape[0]):
+        z = 5.0 + 2.5 * k + (0.5 if shift_from is not None and k >= shift_from else 0.0)
+        if k != skip:
+            positions.append((k, z))
+        if k == duplicate:
+            positions.append((k, z))
+    return _dicom_series(p.dir / "series", p.moving_array, positions)
