@@ -14,7 +14,10 @@ from conftest import blob_array, image_on_grid, make_grid
 
 from RLRegistrationLib.errors import InputError
 from RLRegistrationLib.fields.metrics import mean_dice
+from RLRegistrationLib.fields.spatial import warp
 from RLRegistrationLib.policies.network_policy import network_shape
+from RLRegistrationLib.synthesis.contrast import smooth_random_field
+from RLRegistrationLib.synthesis.pairs import random_smooth_deformation
 from RLRegistrationLib.training.command_pairs import (
     CapturedBank,
     capture_pair,
@@ -117,10 +120,6 @@ def test_deform_pair_moves_each_image_with_its_labels():
         assert float(disagree) < 0.002, float(disagree)
     # fixed and moving get their own deformations, so an identical pair no longer is one
     assert float((out["fixed_labels"] != out["moving_labels"]).float().mean()) > 0.002
-    with pytest.raises(ValueError, match="target field"):
-        deform_pair(
-            {**pair, "target_field": torch.zeros(1, 3, 24, 32, 32)}, np.random.default_rng(0), 2.0, 8.0
-        )
 
 
 def test_a_deforming_bank_draws_new_shapes_of_the_same_pair():
@@ -138,11 +137,29 @@ def test_a_deforming_bank_draws_new_shapes_of_the_same_pair():
     assert len({d.numpy().tobytes() for d in drawn}) >= 6
 
 
-def test_captured_deformation_needs_captured_pairs_without_targets():
-    assert DataConfig.from_dict({"source": "command", "captured_deform_vox": 2.0}).captured_deform_vox == 2.0
-    for bad in (
-        {"captured_deform_vox": 2.0},
-        {"source": "command", "targets": "tto-standard", "captured_deform_vox": 1.0},
-    ):
-        with pytest.raises(InputError, match="captured_deform_vox"):
-            DataConfig.from_dict(bad)
+def test_deforming_a_pair_with_a_target_keeps_the_target_exact():
+    """Only the fixed image moves and the target follows: the moving image warped by the new target
+    matches the deformed fixed image as closely as it matched the fixed one before."""
+    rng = np.random.default_rng(2)
+    shape = (24, 32, 32)
+    moving = torch.from_numpy(smooth_random_field(shape, rng, 10.0, channels=1))[None]  # smooth: little
+    # interpolation error
+    phi = torch.from_numpy(random_smooth_deformation(shape, rng, 2.0, 8.0))[None]
+    fixed = warp(moving, phi)  # the target is exact: moving o (id + phi) = fixed
+    labels = (moving > moving.mean()).long()
+    pair = {"fixed": fixed, "moving": moving, "fixed_labels": labels, "moving_labels": labels.clone()}
+    out = deform_pair({**pair, "target_field": phi}, np.random.default_rng(5), 3.0, 8.0)
+    assert torch.equal(out["moving"], moving) and torch.equal(out["moving_labels"], labels)
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))  # away from the border
+    moved = float((out["fixed"] - fixed)[inner].abs().mean())
+    stale = float((warp(moving, phi) - out["fixed"])[inner].abs().mean())
+    kept = float((warp(moving, out["target_field"]) - out["fixed"])[inner].abs().mean())
+    assert moved > 0.02 and stale > 0.02, (moved, stale)  # the fixed image moved, the old target is stale
+    assert kept < 0.1 * stale, (kept, stale)  # the composed target is the answer again
+
+
+def test_captured_deformation_needs_captured_pairs():
+    for values in ({"source": "command"}, {"source": "command", "targets": "tto-standard"}):
+        assert DataConfig.from_dict({**values, "captured_deform_vox": 2.0}).captured_deform_vox == 2.0
+    with pytest.raises(InputError, match="captured_deform_vox"):
+        DataConfig.from_dict({"captured_deform_vox": 2.0})

@@ -132,6 +132,18 @@ def test_the_distillation_configs_differ_from_their_control_only_where_intended(
     control["loss"].pop("label_weight")
     assert run == control
     assert run["data"]["targets"] == "tto-standard" and run["data"]["flips"] is True
+    # the deforming runs: their run or control with captured_deform_vox, nothing else (the control reads the
+    # captured pairs without their targets, the same images)
+    deformed, deformed_control = load("distill_deform"), load("reg_deform")
+    assert (
+        deformed["data"].pop("captured_deform_vox") > 0
+        and deformed_control["data"].pop("captured_deform_vox") > 0
+    )
+    deformed["loss"].pop("label_weight"), deformed["loss"].pop("target_weight")
+    assert deformed == run
+    assert deformed_control["data"].pop("targets") == "" and control["data"].pop("targets") == "tto-standard"
+    deformed_control["loss"].pop("label_weight"), deformed_control["loss"].pop("target_weight")
+    assert deformed_control == control
     for name in ("distill", "distill_nolabels", "distill10", "reg_flips"):
         TrainConfig.load(CONFIGS / f"spac_{name}_command_cpu.json")
 

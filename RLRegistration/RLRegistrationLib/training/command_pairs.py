@@ -20,8 +20,8 @@ same pre-alignment): the target of the optimizer-distillation loss (``losses.Reg
 ``target_weight``, issue 25 item 2). ``flips`` mirror a pair left-right (images, labels and target field,
 its left-right component negated): an exact augmentation of a fixed set of captured pairs. ``deform``
 moves each image of a drawn pair (with its labels) by its own random smooth deformation on the network
-grid, so that a fixed set of brains yields new shapes on every draw (not with target fields: the
-optimizer's field of the undeformed pair would no longer be the answer).
+grid, so that a fixed set of brains yields new shapes on every draw (a pair with a target field: only its
+fixed image, the target composed with the deformation so that it stays the answer).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ..fields.spatial import resize_displacement, warp
+from ..fields.spatial import compose_displacements, resize_displacement, warp
 from ..io.imaging import resample_to_grid
 from ..policies.network_policy import network_shape, resize_image
 from ..synthesis.pairs import random_smooth_deformation
@@ -108,17 +108,22 @@ def flip_pair(pair: dict, axis: int) -> dict:
 def deform_pair(pair: dict, rng: np.random.Generator, max_vox: float, spacing_vox: float) -> dict:
     """``pair`` (tensors (1, C, D, H, W)) with the fixed and the moving image each warped, with its label
     map, by its own ``random_smooth_deformation`` (largest displacement drawn uniformly up to ``max_vox``,
-    control points every ``spacing_vox`` voxels): images trilinear, labels nearest. A pair with a target
-    field cannot be deformed (ValueError)."""
-    if "target_field" in pair:
-        raise ValueError("a pair with a target field cannot be deformed (the field would no longer fit)")
+    control points every ``spacing_vox`` voxels): images trilinear, labels nearest.
+
+    A pair with a target field keeps an exact target: only its fixed image is deformed, by ``u``, and the
+    target ``phi`` becomes ``u + phi o (id + u)`` (``compose_displacements``): where the moving image
+    warped by ``phi`` matched the fixed one, warped by the new target it matches the deformed fixed one.
+    """
     out = dict(pair)
     shape = tuple(pair["fixed"].shape[2:])
-    for image, labels in (("fixed", "fixed_labels"), ("moving", "moving_labels")):
+    sides = ("fixed",) if "target_field" in pair else ("fixed", "moving")
+    for image in sides:
         field = random_smooth_deformation(shape, rng, rng.uniform(0.0, max_vox), spacing_vox)
         u = torch.from_numpy(field)[None].to(pair[image].dtype)
         out[image] = warp(pair[image], u)
-        out[labels] = warp(pair[labels].float(), u, mode="nearest").round().long()
+        out[f"{image}_labels"] = warp(pair[f"{image}_labels"].float(), u, mode="nearest").round().long()
+        if image == "fixed" and "target_field" in pair:
+            out["target_field"] = compose_displacements(u, pair["target_field"].to(u.dtype))
     return out
 
 

@@ -80,7 +80,8 @@ class DataConfig:
     capture_cache: str = "runs/captured_pairs"  # folder of the captured pairs (source "command")
     targets: str = ""  # "tto-standard": captured training pairs keep the optimizer's field (source "command")
     captured_deform_vox: float = 0.0  # source "command": each drawn training image moved by a random smooth
-    # deformation of at most this many network-grid voxels (control points every deform_spacing_vox)
+    # deformation of at most this many network-grid voxels (control points every deform_spacing_vox); with
+    # targets only the fixed image, the target composed with it (command_pairs.deform_pair)
 
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
@@ -97,11 +98,8 @@ class DataConfig:
             raise InputError(f"config 'data': targets must be '' or 'tto-standard', got '{out.targets}'")
         if out.targets and out.source != "command":
             raise InputError("config 'data': targets need source 'command' (the fields of captured pairs)")
-        if float(out.captured_deform_vox) > 0 and (out.source != "command" or out.targets):
-            raise InputError(
-                "config 'data': captured_deform_vox deforms captured pairs (source 'command') without "
-                "target fields (targets '')"
-            )
+        if float(out.captured_deform_vox) > 0 and out.source != "command":
+            raise InputError("config 'data': captured_deform_vox deforms captured pairs (source 'command')")
         if out.source == "command" and int(out.render_factor) > 1:
             raise InputError(
                 "config 'data': render_factor applies to synthetic pairs, not to source 'command'"
