@@ -109,3 +109,16 @@ def _slices(p, skip=None, duplicate=None, shift_from=None):
         if k == duplicate:
             positions.append((k, z))
     return _dicom_series(p.dir / "series", p.moving_array, positions)
+
+
+def check_refused(case, tmp_path: Path) -> None:
+    """Run the command of ``case`` (a function of a ``Pair`` giving (argv, expected stderr lines)) in
+    ``tmp_path``: exactly those lines, exit 2, no traceback, the folder as it was (pytest rewrites the
+    asserts here: ``conftest`` registers this module)."""
+    argv, expected = case(Pair(tmp_path))
+    before = _tree(tmp_path)
+    done = _rlreg(tmp_path, *argv)
+    assert done.stderr.strip().splitlines() == expected, done.stderr
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert _tree(tmp_path) == before

@@ -16,6 +16,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+# helper modules whose asserts pytest should explain like a test's
+pytest.register_assert_rewrite("bad_inputs_support")
+
 try:  # the package is pip-installable (pip install -e .); fall back to the source tree
     import RLRegistrationLib  # noqa: F401
 except ImportError:
