@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from catalogue_support import _blobs, _write  # Testing/ is on sys.path, as for conftest
+from catalogue_support import _blobs, _dicom_series, _write  # Testing/ is on sys.path, as for conftest
 
 LIB = str(Path(__file__).resolve().parents[1] / "RLRegistration")
 
@@ -71,33 +71,6 @@ class Cases(dict):
 
 def _moving_error(path, problem) -> list[str]:
     return [f"rlreg: error: moving image '{path}': {problem}"]
-
-
-def _dicom_series(folder: Path, array: np.ndarray, z_positions) -> Path:
-    """One int16 DICOM file per slice of ``array`` (k, j, i) at the given z positions (mm), 2 mm pixels."""
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    study, series = "1.2.826.0.1.3680043.2.1125.1.77", "1.2.826.0.1.3680043.2.1125.1.78"
-    for number, (k, z) in enumerate(z_positions):
-        image_slice = sitk.GetImageFromArray((1000 * array[k : k + 1]).astype(np.int16))[:, :, 0]
-        tags = {
-            "0008|0060": "CT",
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0008|0018": f"{series}.{number + 1}",
-            "0020|000d": study,
-            "0020|000e": series,
-            "0020|0013": str(number + 1),
-            "0020|0032": f"-20.000000\\10.000000\\{z:.6f}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0028|0030": "2.000000\\2.000000",
-            "0018|0050": "2.500000",
-        }
-        for key, value in tags.items():
-            image_slice.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"slice{number:03d}.dcm"))
-        writer.Execute(image_slice)
-    return folder
 
 
 def _slices(p, skip=None, duplicate=None, shift_from=None):

@@ -85,28 +85,31 @@ def _edit_text_header(path: Path, old: bytes, new: bytes) -> Path:
     return path
 
 
-def _dicom_series(folder: Path, array: np.ndarray) -> Path:
-    """One int16 DICOM file per slice, 2 mm pixels, 2.5 mm apart."""
+def _dicom_series(folder: Path, array: np.ndarray, z_positions=None) -> Path:
+    """One int16 DICOM file per slice of ``array`` (k, j, i), 2 mm pixels; ``z_positions``: (k, z mm) per
+    file, in order (a slice may be left out or repeated; default every slice, 2.5 mm apart from z = 5)."""
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     series = "1.2.826.0.1.3680043.2.1125.1.78"
-    for k in range(array.shape[0]):
+    if z_positions is None:
+        z_positions = [(k, 5 + 2.5 * k) for k in range(array.shape[0])]
+    for number, (k, z) in enumerate(z_positions):
         image_slice = sitk.GetImageFromArray((1000 * array[k : k + 1]).astype(np.int16))[:, :, 0]
         tags = {
             "0008|0060": "CT",
             "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0008|0018": f"{series}.{k + 1}",
+            "0008|0018": f"{series}.{number + 1}",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1.77",
             "0020|000e": series,
-            "0020|0013": str(k + 1),
-            "0020|0032": f"-20\\10\\{5 + 2.5 * k:.3f}",
+            "0020|0013": str(number + 1),
+            "0020|0032": f"-20\\10\\{z:.3f}",
             "0020|0037": "1\\0\\0\\0\\1\\0",
             "0028|0030": "2\\2",
         }
         for key, value in tags.items():
             image_slice.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"slice{number:03d}.dcm"))
         writer.Execute(image_slice)
     return folder
 
