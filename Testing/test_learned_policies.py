@@ -11,6 +11,7 @@ import pytest
 import torch
 from tiny_training import write_small_spac_model
 
+from RLRegistrationLib.devices import network_bfloat16
 from RLRegistrationLib.errors import DeviceError, PolicyError
 from RLRegistrationLib.frontends.cli import main as cli_main
 from RLRegistrationLib.policies.base import PolicyState
@@ -450,7 +451,7 @@ def test_bad_step_spacings_name_the_card(model_dir, edit_card, value):
 
 
 def test_bfloat16_steps_match_float32_steps(model_dir, policy_state):
-    """bfloat16 convolutions (``precision``; "auto" picks them on CPUs with AMX) give the float32 step
+    """bfloat16 convolutions (``precision``; "auto" picks them on CPUs with bfloat16 units) give the float32 step
     to a small fraction of a voxel; the similarity features stay float32 under the autocast."""
     state = policy_state((32, 32, 32))
     steps = {}
@@ -466,6 +467,18 @@ def test_bfloat16_steps_match_float32_steps(model_dir, policy_state):
     assert float(difference.max()) < 0.05 * float(steps["float32"].abs().max())
     with pytest.raises(DeviceError, match="unknown precision 'half'"):
         SPACPolicy(model_dir, device="cpu", precision="half")
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16", "expected"), [(1, 0, True), (0, 1, True), (0, 0, False)])
+def test_auto_precision_takes_bfloat16_where_the_cpu_has_bfloat16_units(
+    monkeypatch, amx, avx512_bf16, expected
+):
+    """ "auto": bfloat16 on Intel AMX and on AVX512-BF16 (AMD Zen 4), float32 elsewhere and off the CPU."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: bool(amx), raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bool(avx512_bf16), raising=False)
+    assert network_bfloat16(torch.device("cpu")) is expected
+    assert network_bfloat16(torch.device("cpu"), "float32") is False
+    assert network_bfloat16(torch.device("cuda"), "auto") is False
 
 
 def test_a_chain_says_what_it_is_good_for_apart_from_the_policy_alone(model_dir, edit_card):
