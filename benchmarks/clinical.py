@@ -168,7 +168,7 @@ def run_rlreg(options: list[str], fixed: Path, moving: Path, out: Path, threads:
 
 def run_greedy(fixed: sitk.Image, moving: sitk.Image, kind: str, threads: int, out: Path) -> dict:
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from accuracy import greedy_register, greedy_transform
+    from peer_methods import greedy_register, greedy_transform
 
     multimodal = kind == "same-visit"  # two contrasts: NMI
     start = time.perf_counter()
