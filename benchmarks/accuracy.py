@@ -11,6 +11,7 @@ transform).
 
     python benchmarks/accuracy.py                      # all methods, 4 pairs, table to stdout + results/
     python benchmarks/accuracy.py --methods rlreg,syn --pairs 11:12
+    python benchmarks/accuracy.py --methods rlreg,syn --pairs vxm:11    # the real scan as the fixed image
 
 Reads ``../shared/data`` (not shipped with the repo); says so and exits 2 when it is absent.
 """
@@ -53,19 +54,27 @@ def _threads(n: int) -> None:
 
 
 def prepare_pairs(pairs: list[str], shared: Path, cache: Path, contrast_moving: str) -> list[dict]:
-    """Write each validation pair once as NIfTI into ``cache`` and return their paths."""
+    """Write each validation pair once as NIfTI into ``cache`` and return their paths. A pair is
+    ``fixed:moving`` of SynthSeg subjects, or with ``vxm`` on a side the real scan (``real_scan.py``)."""
     import SimpleITK as sitk
+    from real_scan import real_scan_pair
 
     from RLRegistrationLib.synthesis.pairs import validation_pair
 
     out = []
     for pair in pairs:
-        f, m = (int(v) for v in pair.split(":"))
-        folder = cache / f"{f:02d}_{m:02d}_{contrast_moving}"
+        f, m = pair.split(":")
+        folder = cache / f"{f.zfill(2)}_{m.zfill(2)}_{contrast_moving}"
         paths = {k: folder / f"{k}.nii.gz" for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
         if not all(p.exists() for p in paths.values()):
             folder.mkdir(parents=True, exist_ok=True)
-            images = validation_pair(f, m, shared, contrast_moving=contrast_moving, seed=f * 100 + m)
+            if "vxm" in (f, m):  # the real scan on one side (real_scan.py)
+                seed = 100 * int(m if f == "vxm" else f)
+                images = real_scan_pair(f, m, shared, contrast_moving, seed)
+            else:
+                images = validation_pair(
+                    int(f), int(m), shared, contrast_moving=contrast_moving, seed=int(f) * 100 + int(m)
+                )
             for image, path in zip(images, paths.values()):
                 sitk.WriteImage(image, str(path), useCompression=True)
         out.append({"pair": pair, **{k: str(v) for k, v in paths.items()}})
