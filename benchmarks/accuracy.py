@@ -69,7 +69,7 @@ def prepare_pairs(pairs: list[str], shared: Path, cache: Path, contrast_moving: 
         if not all(p.exists() for p in paths.values()):
             folder.mkdir(parents=True, exist_ok=True)
             if "vxm" in (f, m):  # the real scan on one side (real_scan.py)
-                seed = 100 * int(m if f == "vxm" else f)
+                seed = 100 * int(m if m != "vxm" else f if f != "vxm" else 0)
                 images = real_scan_pair(f, m, shared, contrast_moving, seed)
             else:
                 images = validation_pair(

@@ -121,7 +121,7 @@ def deform_pair(pair: dict, rng: np.random.Generator, max_vox: float, spacing_vo
         field = random_smooth_deformation(shape, rng, rng.uniform(0.0, max_vox), spacing_vox)
         u = torch.from_numpy(field)[None].to(pair[image].dtype)
         out[image] = warp(pair[image], u)
-        out[f"{image}_labels"] = warp(pair[f"{image}_labels"].float(), u, mode="nearest").round().long()
+        out[f"{image}_labels"] = warp(pair[f"{image}_labels"].float(), u, mode="nearest").long()
         if image == "fixed" and "target_field" in pair:
             out["target_field"] = compose_displacements(u, pair["target_field"].to(u.dtype))
     return out
