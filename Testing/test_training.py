@@ -318,9 +318,15 @@ def test_bf16_mixed_precision_trains_both_families_with_finite_losses(tmp_path, 
     )  # fmt: skip
     with open(tmp_path / "r" / "log.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 4 and all(np.isfinite(float(row["loss"])) for row in rows)
+    nonempty = [{k: v for k, v in row.items() if v} for row in rows]  # what a failure should show
+    assert len(rows) == 4 and all(row["loss"] and np.isfinite(float(row["loss"])) for row in rows), nonempty
     card = json.loads((out / "card.json").read_text())
     assert card["family"] == family and card["sha256"] == sha256_of(out / card["weights"])
+    # PyTorch's CPU bfloat16 conv3d weight gradient holds inf at random on these tiny grids: such an
+    # update is skipped and counted, and the weights stay finite (``family_trainer.optimizer_step``)
+    assert card["training"]["skipped_updates"] in range(5)  # an int count of the 4 updates
+    weights = torch.load(out / card["weights"], weights_only=True)
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
     mixed = as_float32((torch.ones(2, dtype=torch.bfloat16), {"a": torch.ones(1, dtype=torch.float16)}, 3))
     assert mixed[0].dtype == torch.float32 and mixed[1]["a"].dtype == torch.float32 and mixed[2] == 3
     values["optim"]["precision"] = "fp8"

@@ -60,9 +60,10 @@ class LatentGaussianHead(nn.Module):
             self.log_std.bias.fill_(math.atanh(unit))
 
     def forward(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = self.log_std(latent)
+        # float32 out of a bfloat16 autocast: the log-density sums thousands of latent elements
+        raw = self.log_std(latent).float()
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
-        return self.mean(latent), log_std
+        return self.mean(latent).float(), log_std
 
 
 def latent_log_prob(

@@ -239,6 +239,17 @@ class NetworkPolicy(Policy):
         so (outputs are cast back to float32 by the caller), else float32."""
         return torch.autocast(self._working_fixed.device.type, torch.bfloat16, enabled=self.bfloat16)
 
+    def finite_output(self, call):
+        """``call()`` (the network on this step's input) under ``autocast``; when a bfloat16 pass gives a
+        step or lambda that is not finite, the call again in float32, and float32 for the rest of the
+        session (a bfloat16 kernel fault must cost time, never the registration)."""
+        with self.autocast():
+            out = call()
+        if self.bfloat16 and not (torch.isfinite(out.step).all() and torch.isfinite(out.weight).all()):
+            self.bfloat16 = False
+            out = call()
+        return out
+
     def to_network(self, image: torch.Tensor) -> torch.Tensor:
         """An image of the working grid on the network grid."""
         return resize_image(image, self.shape)
@@ -314,14 +325,15 @@ class SPACPolicy(NetworkPolicy):
         if self._fixed is None:
             self.reset(state.fixed, state.moving)
         self.select_grid(state.step_index)
-        with self.autocast():
-            out = self.network(
+        out = self.finite_output(
+            lambda: self.network(
                 self._fixed,
                 self.to_network(state.warped),
                 deterministic=not self.stochastic,
                 generator=self._generator,
                 max_step=self.max_step,
             )
+        )
         step, weight = self.to_working(
             self.learned_step(out.step.float()), out.weight.float(), tuple(state.fixed.shape[2:])
         )
@@ -334,5 +346,6 @@ class SPACPolicy(NetworkPolicy):
                 "max_step_vox": float(step.abs().max()),
                 "lambda_mean": float(weight.mean()),
                 "network_spacing_mm": self.network_spacing_mm,
+                "network_bfloat16": float(self.bfloat16),
             },
         )

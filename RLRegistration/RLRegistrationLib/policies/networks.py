@@ -110,6 +110,20 @@ def network_input(
     return torch.cat(parts, dim=1)
 
 
+class Float32Linear(nn.Linear):
+    """``nn.Linear`` that runs in float32 even under a bfloat16 autocast (same parameters, same state dict).
+
+    The fully connected layers (planner, plan projection, critics) are a negligible share of the work; in
+    float32 the plan's mean and log sigma, its log-density (a sum over ``plan_dim`` numbers) and the
+    Q-values keep their precision, and these layers stay clear of oneDNN's bfloat16 matmul on Intel AMX,
+    reported to leak garbage into its output when the inner dimension is not a multiple of 32
+    (uxlfoundation/oneDNN#5717)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 def conv_block(
     in_channels: int, out_channels: int, stride: int = 1, group_norm: bool = False
 ) -> nn.Sequential:
@@ -160,7 +174,7 @@ class PlannerHead(nn.Module):
     def __init__(self, bottleneck_channels: int, plan_dim: int = 64, plan_grid: int = 2):
         super().__init__()
         self.plan_grid = plan_grid
-        self.fc = nn.Linear(bottleneck_channels * plan_grid**3, 2 * plan_dim)
+        self.fc = Float32Linear(bottleneck_channels * plan_grid**3, 2 * plan_dim)
 
     def forward(self, bottleneck: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = F.adaptive_avg_pool3d(bottleneck, self.plan_grid).flatten(1)
@@ -273,7 +287,7 @@ class ActorDecoder(SkipDecoder):
             full_resolution_features,
         )
         self.plan_grid = plan_grid
-        self.project = nn.Linear(plan_dim, bottleneck_channels * plan_grid**3)
+        self.project = Float32Linear(plan_dim, bottleneck_channels * plan_grid**3)
 
     def forward(
         self, plan: torch.Tensor, skips: list[torch.Tensor], max_step: float | None = None
@@ -313,11 +327,11 @@ class TwinCritic(nn.Module):
 
         def mlp() -> nn.Sequential:
             return nn.Sequential(
-                nn.Linear(embedding_dim + plan_dim, hidden),
+                Float32Linear(embedding_dim + plan_dim, hidden),
                 nn.ReLU(),
-                nn.Linear(hidden, hidden),
+                Float32Linear(hidden, hidden),
                 nn.ReLU(),
-                nn.Linear(hidden, 1),
+                Float32Linear(hidden, 1),
             )
 
         self.q1, self.q2 = mlp(), mlp()

@@ -173,4 +173,4 @@ class MorphSeekTrainer(FamilyTrainer):
         label_subjects = self.cfg.grpo.label_subjects
         usage["label_subjects"] = list(self.subject_ids) if label_subjects is None else list(label_subjects)
         usage["labelled_subjects_used"] = len(usage["subjects"])
-        return {"init": self.init_info, "label_usage": usage}
+        return {**super().card_training(), "init": self.init_info, "label_usage": usage}
