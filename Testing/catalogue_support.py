@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from web_app_support import free_port
 
 LIB = str(Path(__file__).resolve().parents[1] / "RLRegistration")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [LIB, os.environ.get("PYTHONPATH")]))}
@@ -272,15 +272,9 @@ def _web_extra_missing() -> bool:
     return bool(missing_dependencies())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _run(folder: Path, argv: list, prefix=(), timeout=120) -> subprocess.CompletedProcess:
     if argv and argv[0] == "view" and "--port" not in map(str, argv):
-        argv = [*argv, "--port", _free_port()]
+        argv = [*argv, "--port", free_port()]
     return subprocess.run(
         [*prefix, *PYTHON, *map(str, argv)],
         capture_output=True,
