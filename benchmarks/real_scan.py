@@ -65,15 +65,13 @@ def real_scan_pair(fixed: str, moving: str, shared_dir: str | Path, contrast_mov
     """``(fixed, moving, fixed_labels, moving_labels)`` of a pair with ``vxm`` on one side (or both) and a
     SynthSeg subject on the other, synthesized as ``synthesis.pairs.validation_pair`` does (T1-like as the
     fixed image, ``contrast_moving`` as the moving one)."""
-    from RLRegistrationLib.synthesis.pairs import validation_pair
+    from RLRegistrationLib.synthesis.pairs import validation_image
 
     sides = []
-    for role, name in enumerate((fixed, moving)):
+    for role, (name, contrast) in enumerate(((fixed, "t1"), (moving, contrast_moving))):
         if name == "vxm":
             sides.append(vxm_scan(shared_dir))
-            continue
-        subject = int(name)
-        images = validation_pair(subject, subject, shared_dir, "t1", contrast_moving, seed=seed)
-        sides.append((images[role], images[2 + role]))  # (fixed, moving, fixed labels, moving labels)
+        else:
+            sides.append(validation_image(int(name), shared_dir, contrast, seed, role))
     (fixed_image, fixed_labels), (moving_image, moving_labels) = sides
     return fixed_image, moving_image, fixed_labels, moving_labels

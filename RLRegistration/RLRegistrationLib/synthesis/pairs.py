@@ -187,42 +187,50 @@ def validation_pair(
     contrast_moving: str | Mapping[int, float] = "t1",
     seed: int = 0,
 ) -> tuple[sitk.Image, sitk.Image, sitk.Image, sitk.Image]:
-    """1 mm validation pair synthesized from two SynthSeg label maps.
+    """1 mm validation pair synthesized from two SynthSeg label maps (``validation_image``, roles 0 and 1).
 
     ``shared_dir`` is the shared data folder (``../shared/data``, holding ``synthseg/``) or the
-    ``synthseg`` folder itself. Each subject is skull-stripped (labels >= 500 -> 0), synthesized with its
-    contrast (seeded by ``seed``, the subject and its role) and cropped to :data:`VALIDATION_SIZE_XYZ`
-    (numpy shape (224, 192, 160)) around the centre of its brain bounding box (brainstem and
-    extra-ventricular CSF, which run down the spinal canal, are ignored for the centre). Cropping keeps
-    physical positions.
+    ``synthseg`` folder itself.
 
     Returns ``(fixed_image, moving_image, fixed_labels, moving_labels)``: float32 images in [0, 1] and
     UInt16 label maps with the original FreeSurfer values (0 outside the brain).
     """
-    out = []
-    for role, subject, contrast in ((0, fixed_subject, contrast_fixed), (1, moving_subject, contrast_moving)):
-        path = subject_path(Path(shared_dir), subject)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: validation pairs need the shared SynthSeg label maps "
-                "(../shared/data/synthseg/training_seg_XX.nii.gz); pass shared_dir pointing at ../shared/data"
-            )
-        labels_img = load_label_map(path)
-        labels = skull_strip_labels(sitk.GetArrayFromImage(labels_img))
-        stripped = sitk.GetImageFromArray(labels)
-        stripped.CopyInformation(labels_img)
-
-        core = brain_mask(labels) & ~np.isin(labels, _CROP_CENTRE_EXCLUDE)
-        lo, hi = bounding_box_xyz(core if core.any() else brain_mask(labels))
-        center = [(a + b) / 2.0 for a, b in zip(lo, hi)]
-
-        rng = np.random.default_rng([int(seed), int(subject), role])
-        image = synthesize_volume(stripped, contrast=contrast, rng=rng, skull_strip=True)
-        out.append(
-            (
-                crop_image_xyz(image, center, VALIDATION_SIZE_XYZ),
-                crop_image_xyz(stripped, center, VALIDATION_SIZE_XYZ),
-            )
-        )
-    (fixed_img, fixed_lab), (moving_img, moving_lab) = out
+    fixed_img, fixed_lab = validation_image(fixed_subject, shared_dir, contrast_fixed, seed, role=0)
+    moving_img, moving_lab = validation_image(moving_subject, shared_dir, contrast_moving, seed, role=1)
     return fixed_img, moving_img, fixed_lab, moving_lab
+
+
+def validation_image(
+    subject: int,
+    shared_dir: str | Path,
+    contrast: str | Mapping[int, float] = "t1",
+    seed: int = 0,
+    role: int = 0,
+) -> tuple[sitk.Image, sitk.Image]:
+    """(image, labels) of one side of a validation pair (``role`` 0 fixed, 1 moving).
+
+    The subject is skull-stripped (labels >= 500 -> 0), synthesized with ``contrast`` (seeded by ``seed``,
+    the subject and ``role``) and cropped to :data:`VALIDATION_SIZE_XYZ` (numpy shape (224, 192, 160))
+    around the centre of its brain bounding box (brainstem and extra-ventricular CSF, which run down the
+    spinal canal, are ignored for the centre). Cropping keeps physical positions.
+    """
+    path = subject_path(Path(shared_dir), subject)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: validation pairs need the shared SynthSeg label maps "
+            "(../shared/data/synthseg/training_seg_XX.nii.gz); pass shared_dir pointing at ../shared/data"
+        )
+    labels_img = load_label_map(path)
+    labels = skull_strip_labels(sitk.GetArrayFromImage(labels_img))
+    stripped = sitk.GetImageFromArray(labels)
+    stripped.CopyInformation(labels_img)
+
+    core = brain_mask(labels) & ~np.isin(labels, _CROP_CENTRE_EXCLUDE)
+    lo, hi = bounding_box_xyz(core if core.any() else brain_mask(labels))
+    center = [(a + b) / 2.0 for a, b in zip(lo, hi)]
+
+    rng = np.random.default_rng([int(seed), int(subject), int(role)])
+    image = synthesize_volume(stripped, contrast=contrast, rng=rng, skull_strip=True)
+    return crop_image_xyz(image, center, VALIDATION_SIZE_XYZ), crop_image_xyz(
+        stripped, center, VALIDATION_SIZE_XYZ
+    )
