@@ -180,3 +180,37 @@ def test_the_pyramid_smooths_each_image_once_per_spacing_and_shares_the_copies(b
     assert shared is copies.get(image, 2.0)
     expected = antialiased(image, 2.0)  # held: a view of a freed image reads freed memory
     np.testing.assert_array_equal(sitk.GetArrayFromImage(shared), sitk.GetArrayFromImage(expected))
+
+
+def test_the_finer_levels_are_made_in_the_background_and_the_result_does_not_change(blob_array, monkeypatch):
+    """The pyramid's finer levels are made by a helper thread while the coarser ones register; the
+    transform is the same as when each level is made only when it is needed, on the calling thread."""
+    import threading
+
+    fixed = _fixed(blob_array)
+    truth = sitk.Euler3DTransform(_centre(fixed), 0.05, 0.0, 0.0, (3.0, 0.0, 0.0))
+    moving = _moving(fixed, truth)
+    makers = []
+    make = prealign_module._Pyramid._make
+
+    def recorded(self, spacing_mm):
+        makers.append((spacing_mm, threading.current_thread().name))
+        return make(self, spacing_mm)
+
+    monkeypatch.setattr(prealign_module._Pyramid, "_make", recorded)
+    background = prealign(fixed, moving, "affine", schedule=FAST, seed=2)
+    assert [s for s, _ in makers] == [8.0, 4.0, 2.0] and all(
+        n.startswith("prealign-pyramid") for _, n in makers
+    )
+
+    class OnCallingThread(prealign_module.ThreadPoolExecutor):
+        def submit(self, fn, *args):
+            future = prealign_module.Future()
+            future.set_result(fn(*args))
+            return future
+
+    makers.clear()
+    monkeypatch.setattr(prealign_module, "ThreadPoolExecutor", OnCallingThread)
+    foreground = prealign(fixed, moving, "affine", schedule=FAST, seed=2)
+    assert all(n == threading.current_thread().name for _, n in makers)
+    assert background.GetParameters() == foreground.GetParameters()
