@@ -41,11 +41,11 @@ def optimizer_step(
     """Backward, per-group clipping (``clip_gradients``), optimizer step: (largest group norm, applied).
 
     An update whose gradient is not finite is skipped, as mixed-precision training does, and the weights
-    stay as they were (clipping an infinite gradient gives NaN, which Adam writes into the weights: the
-    likely cause of a CI run's NaN loss in a bfloat16 test training). Seen with PyTorch 2.13 on a CPU: the bfloat16 conv3d weight gradient
-    of a 2^3-voxel input in a batch of 3 (a GRPO group of a small test network) held inf in 0 to 21 of
-    200 calls, at random (``benchmarks/bf16_conv_gradient.py``). The norm is taken after DistributedDataParallel's all-reduce, so every rank skips
-    the same updates."""
+    stay as they were: clipping an infinite gradient gives NaN, which Adam writes into the weights (the
+    likely cause of a CI run's NaN loss in a bfloat16 test training). Seen with PyTorch 2.13 on a CPU:
+    the bfloat16 conv3d weight gradient of a 2^3-voxel input in a batch of 3 (a GRPO group of a small test
+    network) held inf in 0 to 21 of 200 calls, at random (``benchmarks/bf16_conv_gradient.py``). The norm
+    is taken after DistributedDataParallel's all-reduce, so every rank skips the same updates."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = clip_gradients(optimizer, max_norm)
