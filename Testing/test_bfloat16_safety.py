@@ -98,3 +98,20 @@ def test_an_update_with_a_non_finite_gradient_is_skipped():
     norm, applied = optimizer_step(optimizer, model(x).pow(2).sum(), max_norm=1.0)
     assert applied and math.isfinite(norm) and norm > 0
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_nan_gradient_in_any_parameter_group_skips_the_update():
+    """One group finite, the next NaN (as a bfloat16 conv3d weight gradient can be): the update is skipped,
+    whatever the order of the groups (a NaN after a finite norm once slipped through ``max``)."""
+    torch.manual_seed(0)
+    for nan_group in (0, 1):
+        first, second = nn.Linear(3, 1), nn.Linear(3, 1)
+        optimizer = torch.optim.Adam([{"params": first.parameters()}, {"params": second.parameters()}])
+        before = [p.detach().clone() for p in (*first.parameters(), *second.parameters())]
+        x = torch.randn(4, 3)
+        outputs = [first(x).sum(), second(x).sum()]
+        outputs[nan_group] = outputs[nan_group] * torch.nan
+        norm, applied = optimizer_step(optimizer, outputs[0] + outputs[1], max_norm=1.0)
+        assert not applied and math.isnan(norm)
+        after = [p.detach() for p in (*first.parameters(), *second.parameters())]
+        assert all(torch.equal(a, b) for a, b in zip(before, after))

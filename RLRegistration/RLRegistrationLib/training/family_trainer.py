@@ -26,12 +26,15 @@ from .losses import RegistrationLoss
 
 def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> float:
     """Clip each parameter group separately (a large critic gradient must not shrink the registration
-    gradient of the actor); returns the largest group norm before clipping."""
+    gradient of the actor); returns the largest group norm before clipping, NaN when any is not finite
+    (Python's ``max`` would pass over a NaN that is not first)."""
     norms = [
         float(nn.utils.clip_grad_norm_(group["params"], max_norm))
         for group in optimizer.param_groups
         if any(p.grad is not None for p in group["params"])
     ]
+    if not all(math.isfinite(norm) for norm in norms):
+        return math.nan
     return max(norms, default=0.0)
 
 
