@@ -47,7 +47,7 @@ def optimizer_step(
     stay as they were: clipping an infinite gradient gives NaN, which Adam writes into the weights (the
     likely cause of a CI run's NaN loss in a bfloat16 test training). Seen with PyTorch 2.13 on a CPU:
     the bfloat16 conv3d weight gradient of a 2^3-voxel input in a batch of 3 (a GRPO group of a small test
-    network) held inf in 0 to 21 of 200 calls, at random (``benchmarks/bf16_conv_gradient.py``). The norm
+    network) held inf in 0 to 86 of 200 calls, at random (``benchmarks/bf16_numerics.py``). The norm
     is taken after DistributedDataParallel's all-reduce, so every rank skips the same updates."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
