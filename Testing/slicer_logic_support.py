@@ -1,12 +1,17 @@
 """What the tests of the Slicer module's Logic share: the sample pair loaded through Slicer's Volumes logic
 (``load_pair``), fast run settings on the Logic's parameter node (``fast_parameters``), the IDs of a
-scene's nodes, and segmentations made from label maps by Slicer's Segmentations logic."""
+scene's nodes, segmentations made from label maps by Slicer's Segmentations logic, and the skip mark
+``requires_slicer``."""
 
 from __future__ import annotations
 
+import pytest
 import slicer_runtime  # Testing/ is on sys.path, as for conftest
 
 SAMPLE = slicer_runtime.ROOT / "RLRegistration" / "RLRegistrationLib" / "sample_data"
+REASON = slicer_runtime.unavailable_reason()
+# the tests' pytestmark: skipped, with the reason, where ../shared/slicer-python or slicer-core is missing
+requires_slicer = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 
 def load_pair(labels: bool = True):

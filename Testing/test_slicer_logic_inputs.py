@@ -10,25 +10,19 @@ with a learned policy alone). Skipped, with the reason, where ``../shared/slicer
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import slicer_runtime  # noqa: E402
-from slicer_logic_support import (  # noqa: E402
+from slicer_logic_support import (
     SAMPLE,
     fast_parameters,
     load_pair,
     node_ids,
+    requires_slicer,
     segmentation_from_labels,
 )
 
-REASON = slicer_runtime.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = requires_slicer
 
 
 # ---------------------------------------------------------------------------------------------- inputs
