@@ -160,3 +160,27 @@ def test_refusing_an_option_reads_no_image_and_takes_under_3_s(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert done.returncode == 2 and done.stdout.split() == ["False"], (done.stdout, done.stderr)
+
+
+def test_the_policy_is_checked_and_the_images_read_before_torch_is_imported(tmp_path):
+    """Checking the policy by name (the models' cards) and reading the images import no torch, so that the
+    command imports it while the pre-alignment's first copies are smoothed (``build_session``): an
+    unknown policy, and an image that cannot be read, are refused with torch never imported."""
+    from RLRegistrationLib.io.sample_pair import SAMPLE_DIR
+
+    fixed, moving = SAMPLE_DIR / "fixed.nii.gz", SAMPLE_DIR / "moving.nii.gz"
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    for argv in (
+        [str(fixed), str(moving), "--policy", "no-such-policy"],
+        [str(fixed), str(tmp_path / "broken.nii.gz")],
+    ):
+        code = (
+            "import sys; from RLRegistrationLib.frontends.cli import main; "
+            f"code = main(['register', *{argv!r}, '-o', 't.h5']); "
+            "print('torch' in sys.modules); sys.exit(code)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path
+        )
+        assert done.returncode == 2 and done.stdout.split() == ["False"], (done.stdout, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

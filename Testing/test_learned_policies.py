@@ -495,3 +495,16 @@ def test_a_chain_says_what_it_is_good_for_apart_from_the_policy_alone(model_dir,
     edit_card(model_dir, inference={**inference, "chain": {**chain, "description": 3}})
     with pytest.raises(PolicyError, match=r"card\.json.*inference\.chain description must be a string"):
         register_model(model_dir)
+
+
+def test_the_registry_knows_each_familys_class_and_sampling_without_importing_it():
+    """``FAMILY_POLICIES`` names each family's policy class by path (imported when a policy is made, so
+    that checking a name imports no torch) and says whether it samples: what the class itself says."""
+    from RLRegistrationLib.policies.morphseek_policy import MorphSeekPolicy
+    from RLRegistrationLib.policies.network_policy import SPACPolicy
+    from RLRegistrationLib.policies.registry import FAMILY_POLICIES
+
+    assert FAMILY_POLICIES["spac"].policy_class() is SPACPolicy
+    assert FAMILY_POLICIES["morphseek"].policy_class() is MorphSeekPolicy
+    for family in FAMILY_POLICIES.values():
+        assert family.supports_sampling == family.policy_class().supports_sampling

@@ -20,7 +20,7 @@ from RLRegistrationLib.policies.cards import (
 )
 from RLRegistrationLib.policies.network_policy import load_model
 from RLRegistrationLib.policies.registry import (
-    _FAMILY_POLICIES,
+    FAMILY_POLICIES,
     available_policies,
     make_policy,
     policy_default_steps,
@@ -76,7 +76,7 @@ def test_learned_steps_improve_dice_on_the_sample_pair(model_id, sample_pair, le
     card = read_card(FOLDERS[model_id])
     steps = int(card["inference"]["steps"])
     options = SessionOptions(device="cpu", seed=0)
-    policy = _FAMILY_POLICIES[card["family"]][0](FOLDERS[model_id], device="cpu")
+    policy = FAMILY_POLICIES[card["family"]].policy_class()(FOLDERS[model_id], device="cpu")
     session = RegistrationSession(*sample_pair[:2], policy, options, *sample_pair[2:])
     session.prepare()
     dice = [session.reports[0].dice] + [report.dice for report in session.run(steps)]

@@ -15,10 +15,16 @@ physical (millimetre, ITK LPS) coordinates relate. Conventions used everywhere i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# The tensor functions import torch themselves: grids, reading images and the pre-alignment need only
+# SimpleITK, so the command line can import torch while it reads the inputs (frontends.register_command).
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -161,6 +167,8 @@ def field_grid(fixed: Grid, working: Grid, choice: str = "auto") -> Grid:
 
 def physical_points(grid: Grid, device: torch.device | str = "cpu") -> torch.Tensor:
     """LPS coordinates (mm) of every voxel centre, tensor of shape (D, H, W, 3), float32."""
+    import torch
+
     k, j, i = (torch.arange(n, dtype=torch.float64, device=device) for n in grid.shape)
     kk, jj, ii = torch.meshgrid(k, j, i, indexing="ij")
     index = torch.stack([ii, jj, kk], dim=-1)
@@ -171,6 +179,8 @@ def physical_points(grid: Grid, device: torch.device | str = "cpu") -> torch.Ten
 
 def physical_to_normalized(points: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Map LPS points (..., 3) in mm to ``grid_sample`` coordinates of ``grid`` (align_corners=True)."""
+    import torch
+
     inv = np.linalg.inv(grid.index_to_physical_matrix)
     inv_t = torch.as_tensor(inv, dtype=points.dtype, device=points.device)
     o = torch.as_tensor(grid.origin, dtype=points.dtype, device=points.device)
@@ -202,6 +212,8 @@ def normalized_map_between_grids(target: Grid, source: Grid) -> np.ndarray:
 
 def voxel_to_normalized(displacement: torch.Tensor) -> torch.Tensor:
     """Scale a voxel-unit displacement (B, 3, D, H, W), channels (i, j, k), to normalized units."""
+    import torch
+
     d, h, w = displacement.shape[2:]
     scale = torch.tensor([w - 1, h - 1, d - 1], dtype=displacement.dtype, device=displacement.device)
     return displacement * (2.0 / scale.clamp(min=1)).view(1, 3, 1, 1, 1)
@@ -209,12 +221,16 @@ def voxel_to_normalized(displacement: torch.Tensor) -> torch.Tensor:
 
 def voxel_to_physical(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Voxel-unit displacement (B, 3, D, H, W), channels (i, j, k), to LPS mm vectors (same layout)."""
+    import torch
+
     m = torch.as_tensor(grid.index_to_physical_matrix, dtype=displacement.dtype, device=displacement.device)
     return torch.einsum("ab,nbdhw->nadhw", m, displacement)
 
 
 def physical_to_voxel(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
     """LPS mm displacement (B, 3, D, H, W) to voxel units (i, j, k) of ``grid``."""
+    import torch
+
     inv = np.linalg.inv(grid.index_to_physical_matrix)
     m = torch.as_tensor(inv, dtype=displacement.dtype, device=displacement.device)
     return torch.einsum("ab,nbdhw->nadhw", m, displacement)
@@ -222,6 +238,8 @@ def physical_to_voxel(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 def image_to_tensor(image: sitk.Image, device: torch.device | str = "cpu") -> torch.Tensor:
     """Scalar SimpleITK image to a float32 tensor (1, 1, D, H, W)."""
+    import torch
+
     array = sitk.GetArrayViewFromImage(image).astype(np.float32, copy=True)
     return torch.from_numpy(array)[None, None].to(device)
 
@@ -240,6 +258,8 @@ def field_tensor_to_image(field_mm: torch.Tensor, grid: Grid) -> sitk.Image:
 
 def field_image_to_tensor(field: sitk.Image, device: torch.device | str = "cpu") -> torch.Tensor:
     """Vector image of LPS mm displacements to a tensor (1, 3, D, H, W) float32."""
+    import torch
+
     array = sitk.GetArrayFromImage(field).astype(np.float32)
     return torch.from_numpy(array).permute(3, 0, 1, 2)[None].contiguous().to(device)
 

@@ -15,7 +15,7 @@ __getattr__, __dir__ = lazy_exports(
         "Policy": "base",
         "PolicyState": "base",
         "PolicyStep": "base",
-        "TestTimeOptimizationConfig": "tto",
+        "TestTimeOptimizationConfig": "tto_config",
         "TestTimeOptimizationPolicy": "tto",
         "INTENSITY_MAPPINGS": "tto",
         "make_tto_policy": "tto",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PolicyError
-from .tto import TestTimeOptimizationConfig
+from .tto_config import TestTimeOptimizationConfig
 
 CARD_NAME = "card.json"
 DEFAULT_SESSION_SPACING_MM = 2.0  # SessionOptions.working_spacing_mm

@@ -1,17 +1,18 @@
 """Policies by name: the built-in ``tto`` and every trained model of ``models/`` (``<id>`` and ``<id>+tto``).
 
 The model folders are discovered lazily, the first time a name is looked up (``policies.cards`` reads
-the cards; weights are read only when a policy is made), so importing the library reads no file.
+the cards; weights are read only when a policy is made), so importing the library reads no file. Knowing
+and checking names imports no torch either: the policy classes are imported when a policy is made.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from ..errors import PolicyError
-from .base import Policy
 from .cards import (
     CARD_NAME,
     ChainSettings,
@@ -21,12 +22,14 @@ from .cards import (
     read_card,
     step_spacings,
 )
-from .chained import ChainedPolicy, chained_tto_policy
-from .morphseek_policy import MorphSeekPolicy
-from .network_policy import NetworkPolicy, SPACPolicy
-from .tto import TestTimeOptimizationPolicy, make_tto_policy, tto_option_defaults
+from .tto_config import TTO_DESCRIPTION, TTO_MODALITY, tto_option_defaults
 
-PolicyFactory = Callable[..., Policy]
+if TYPE_CHECKING:
+    from .base import Policy
+    from .chained import ChainedPolicy
+    from .network_policy import NetworkPolicy
+
+PolicyFactory = Callable[..., "Policy"]
 DEFAULT_STEPS = 6  # steps of a run when neither the user nor the policy says otherwise
 
 
@@ -124,12 +127,14 @@ def make_policy(name: str, **kwargs) -> Policy:
     return entries[name].factory(**kwargs)
 
 
+def _make_tto(**options) -> Policy:
+    from .tto import make_tto_policy
+
+    return make_tto_policy(**options)
+
+
 register_policy(
-    "tto",
-    make_tto_policy,
-    TestTimeOptimizationPolicy.description,
-    option_defaults=tto_option_defaults(),
-    modality=TestTimeOptimizationPolicy.modality,
+    "tto", _make_tto, TTO_DESCRIPTION, option_defaults=tto_option_defaults(), modality=TTO_MODALITY
 )
 
 
@@ -151,10 +156,24 @@ _MORPHSEEK_OPTIONS = (
     "input_spacing_mm",
     "diffeomorphic_steps",
 )
-# family -> (policy class, its options)
-_FAMILY_POLICIES: dict[str, tuple[type[NetworkPolicy], tuple[str, ...]]] = {
-    "spac": (SPACPolicy, _SPAC_OPTIONS),
-    "morphseek": (MorphSeekPolicy, _MORPHSEEK_OPTIONS),
+
+
+class FamilyPolicy(NamedTuple):
+    """The policy class of a model family ("module:Class" in this package, imported when a policy is made),
+    its options, and whether it samples trajectories (the class's ``supports_sampling``; a test checks)."""
+
+    path: str
+    options: tuple[str, ...]
+    supports_sampling: bool
+
+    def policy_class(self) -> type[NetworkPolicy]:
+        module, name = self.path.split(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+
+
+FAMILY_POLICIES: dict[str, FamilyPolicy] = {
+    "spac": FamilyPolicy("network_policy:SPACPolicy", _SPAC_OPTIONS, False),
+    "morphseek": FamilyPolicy("morphseek_policy:MorphSeekPolicy", _MORPHSEEK_OPTIONS, True),
 }
 
 
@@ -171,26 +190,30 @@ def _split_options(name: str, options: dict, allowed: tuple[str, ...]) -> dict:
 
 def _learned_factory(folder: Path, name: str, family: str, spacings: tuple[float, ...] | None = None):
     """Factory of the learned policy alone; ``spacings``: the card's ``inference.step_spacings_mm``."""
-    cls, allowed = _FAMILY_POLICIES[family]
+    family_policy = FAMILY_POLICIES[family]
     card_options = {"step_spacings_mm": spacings} if spacings else {}
 
     def make(**options) -> NetworkPolicy:
-        return cls(folder, **card_options, **_split_options(name, options, allowed))
+        options = _split_options(name, options, family_policy.options)
+        return family_policy.policy_class()(folder, **card_options, **options)
 
     return make
 
 
 def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str = "spac"):
-    cls, allowed = _FAMILY_POLICIES[family]
+    family_policy = FAMILY_POLICIES[family]
 
     def make(first_steps: int | None = None, base_tto: dict | None = None, **options) -> ChainedPolicy:
         """``base_tto``: TTO options that replace the card's chain options (a quality preset's schedule,
         ``ChainSettings.schedule_chain``); ``options`` override both."""
+        from .chained import chained_tto_policy
+
+        allowed = family_policy.options
         learned = {k: options.pop(k) for k in allowed if k in options and options[k] is not None}
         base = chain.tto_options(options.get("similarity")) if base_tto is None else base_tto
         tto = {**base, **{k: v for k, v in options.items() if v is not None}}
         steps = chain.learned_steps if first_steps is None else first_steps
-        return chained_tto_policy(cls(folder, **learned), steps, tto, name)
+        return chained_tto_policy(family_policy.policy_class()(folder, **learned), steps, tto, name)
 
     return make
 
@@ -210,7 +233,7 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
     description = str(card.get("description", f"{family} learned policy"))
     inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
     steps = int(inference.get("steps", 5))
-    sampling = _FAMILY_POLICIES[family][0].supports_sampling
+    sampling = FAMILY_POLICIES[family].supports_sampling
     modality = card.get("modality") or card.get("trained_for") or "not stated"
     if isinstance(modality, (list, tuple)):
         modality = ", ".join(str(m) for m in modality)

@@ -1,13 +1,12 @@
 """Test-time optimization (``tto``): each step runs a few Adam iterations on a new step field of this pair.
 
 Also here: the coarse-to-fine helpers it uses (``downsample``, the foreground box it optimizes on, ``crop``
-and ``uncrop``), ``make_tto_policy`` and the option defaults a panel shows.
+and ``uncrop``), and ``make_tto_policy``; its settings are ``tto_config.TestTimeOptimizationConfig``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,48 +26,8 @@ from ..fields.spatial import (
 )
 from ..options import INTENSITY_MAPPINGS
 from .base import Policy, PolicyState, PolicyStep, similarity_weight
+from .tto_config import TTO_DESCRIPTION, TTO_MODALITY, TestTimeOptimizationConfig
 from .tto_slabs import SLAB_VOXELS, SlabbedLoss
-
-
-@dataclass
-class TestTimeOptimizationConfig:
-    """Settings of the test-time optimization policy (units: working-grid voxels).
-
-    Schedules (tuples) give one value per step; the last value repeats for later steps.
-    """
-
-    __test__ = False  # not a pytest class
-
-    iterations: int | tuple[int, ...] = 5  # Adam iterations per step (or a schedule)
-    learning_rate: float = 0.2  # Adam step on the control field (control-grid voxels)
-    similarity: str = "ncc"  # ncc (mono-modal), mind (multi-modal), mse
-    ncc_window: int = 7
-    # different contrasts (T1 vs T2): the similarity is the mean (``mapped_weight``) of that of the moving
-    # image and that of the moving image mapped to the fixed contrast (conditional mean of the fixed intensity given the aligned
-    # moving one, re-estimated each step). "auto": when the pre-aligned images correlate below
-    # AUTO_CORRELATION (inside both heads); "on"; "off"
-    intensity_mapping: str = "auto"
-    mapped_iterations: int | tuple[int, ...] | None = None  # iterations when mapping (None: ``iterations``)
-    mapped_weight: float = 0.5  # the mapped image's share of the similarity when mapping
-    regularization: float = 2.0  # weight of the (lambda-weighted) diffusion of the total field
-    # step optimized on the working grid downsampled by this factor (coarse to fine)
-    pyramid: tuple[int, ...] = (2, 2, 2, 1)
-    # step field parametrized on a control grid this many (pyramid-level) voxels apart
-    control_spacing: tuple[int, ...] = (2,)
-    diffeomorphic: bool = True  # step = exp(v), scaling and squaring on the control grid
-    # inside the loss, compose step and previous field to first order (``compose_linearized``): no
-    # resampling of the previous field per iteration; the chosen step is composed exactly by the session
-    linearized_composition: bool = True
-    # optimize on the box holding the foreground of both images (plus ``crop_margin`` working voxels) and
-    # extend the step outside it by its border values: a skull-stripped brain fills ~half of its grid
-    crop_to_foreground: bool = True
-    crop_margin: int = 8
-    learn_weight_map: bool = True  # optimize a smooth lambda map jointly
-    weight_map_spacing: int = 8  # lambda parametrized this many working voxels apart
-    weight_map_lr: float = 0.05
-    hyperprior: str = "beta"
-    hyperprior_weight: float = 0.2
-    w_log_beta: float = 0.18
 
 
 def _scheduled(schedule: int | tuple[int, ...], step_index: int) -> int:
@@ -158,8 +117,8 @@ class TestTimeOptimizationPolicy(Policy):
     """
 
     name = "tto"
-    description = "Test-time optimization (Adam on the displacement field; no trained network)"
-    modality = "any (ncc: same contrast; mind: cross-modality)"
+    description = TTO_DESCRIPTION
+    modality = TTO_MODALITY
 
     __test__ = False  # not a pytest class
     uses_warped = False  # it warps the moving image through each candidate field itself
@@ -386,10 +345,3 @@ def make_tto_policy(name: str = "tto", **overrides) -> TestTimeOptimizationPolic
             raise PolicyError(f"policy '{name}' has no option '{key}'")
         setattr(config, key, tuple(value) if isinstance(value, list) else value)
     return TestTimeOptimizationPolicy(config)
-
-
-def tto_option_defaults(overrides: dict | None = None) -> dict:
-    """Iterations and regularization of a TTO policy with config ``overrides`` (what a panel shows)."""
-    config = TestTimeOptimizationConfig()
-    values = {"iterations": config.iterations, "regularization": config.regularization}
-    return {**values, **{k: v for k, v in (overrides or {}).items() if k in values}}
