@@ -214,3 +214,72 @@ def test_the_finer_levels_are_made_in_the_background_and_the_result_does_not_cha
     foreground = prealign(fixed, moving, "affine", schedule=FAST, seed=2)
     assert all(n == threading.current_thread().name for _, n in makers)
     assert background.GetParameters() == foreground.GetParameters()
+
+
+def test_the_rigid_levels_smoothed_ahead_are_the_ones_the_pyramid_uses(blob_array, monkeypatch):
+    """``prefetch_rigid_levels`` (what ``build_session`` starts before making the policy) smooths each image
+    once per rigid level on a thread of its own; ``prealign`` then smooths only the finer levels itself,
+    and gives the same transform as without the prefetch."""
+    import threading
+
+    from RLRegistrationLib.io import imaging
+    from RLRegistrationLib.io.imaging import AntialiasedCopies
+
+    image = sitk.GetImageFromArray(blob_array((48,) * 3, seed=3, blobs=30, sigma=(2.0, 4.0)))
+    image.SetSpacing((1.0, 1.0, 1.0))
+    truth = sitk.Euler3DTransform(_centre(image), 0.04, 0.0, 0.02, (2.0, -1.0, 0.0))
+    moving = _moving(image, truth)
+    made = []
+    smooth = imaging.antialiased
+
+    def recorded(im, spacing_mm):
+        made.append((id(im), spacing_mm, threading.current_thread().name))
+        return smooth(im, spacing_mm)
+
+    monkeypatch.setattr(imaging, "antialiased", recorded)
+    copies = AntialiasedCopies()
+    prealign_module.prefetch_rigid_levels(copies, image, moving, "affine")
+    ahead = prealign(image, moving, "affine", schedule=FAST, seed=1, copies=copies)
+    by_spacing = {(i, s): name for i, s, name in made}
+    assert len(by_spacing) == len(made)  # no copy was made twice
+    for im in (image, moving):
+        for spacing in (8.0, 4.0):
+            assert by_spacing[(id(im), spacing)].startswith("antialiased-copies")
+        assert not by_spacing[(id(im), 2.0)].startswith("antialiased-copies")
+    assert ahead.GetParameters() == prealign(image, moving, "affine", schedule=FAST, seed=1).GetParameters()
+    made.clear()
+    prealign_module.prefetch_rigid_levels(
+        AntialiasedCopies(), image, moving, "none"
+    )  # no pre-alignment: nothing to smooth
+    assert made == []
+
+
+def test_a_copy_asked_for_by_two_threads_at_once_is_made_once(blob_array, monkeypatch):
+    import threading
+    import time
+
+    from RLRegistrationLib.io import imaging
+    from RLRegistrationLib.io.imaging import AntialiasedCopies
+
+    image = sitk.GetImageFromArray(blob_array((24,) * 3, seed=1))
+    calls = []
+    smooth = imaging.antialiased
+
+    def slow(im, spacing_mm):
+        calls.append(spacing_mm)
+        time.sleep(0.2)  # both threads ask while the first is still smoothing
+        return smooth(im, spacing_mm)
+
+    monkeypatch.setattr(imaging, "antialiased", slow)
+    copies = AntialiasedCopies()
+    results = [None, None]
+
+    def ask(k):
+        results[k] = copies.get(image, 4.0)
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [4.0] and results[0] is results[1]

@@ -9,8 +9,10 @@ import contextlib
 import os
 import stat
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -350,17 +352,50 @@ class AntialiasedCopies:
     """Anti-aliased copies of images (``antialiased``) for grids of given spacings, each made once: the
     pre-alignment's pyramid, the working grid and the do-no-harm check ask for the same copies of the same
     two images. Keyed by the image object, which it holds (so that its id stays its own): one per
-    registration, dropped when the copies are no longer needed."""
+    registration, dropped when the copies are no longer needed.
+
+    ``prefetch`` makes copies on a background thread (ITK's smoothing releases the GIL), e.g. while the
+    caller imports torch and reads a policy's weights; ``get`` of a copy still being made waits for it. Any
+    thread may call ``get``: a copy is made once, by whichever thread asks first."""
 
     def __init__(self):
-        self._copies: dict[tuple[int, float], tuple[sitk.Image, sitk.Image]] = {}
+        self._copies: dict[tuple[int, float], tuple[sitk.Image, Future]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(image: sitk.Image, spacing_mm: float) -> tuple[int, float]:
+        return id(image), round(float(spacing_mm), 6)
+
+    def prefetch(self, images: list[sitk.Image], spacings_mm: list[float]) -> None:
+        """Start making the copies of ``images`` for each of ``spacings_mm`` (in that order) on a thread of
+        their own, which ends when they are made."""
+        with self._lock:
+            wanted = [(image, spacing) for spacing in spacings_mm for image in images]
+            wanted = [(i, s) for i, s in wanted if self._key(i, s) not in self._copies]
+            if not wanted:
+                return
+            worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antialiased-copies")
+            for image, spacing in wanted:
+                self._copies[self._key(image, spacing)] = (image, worker.submit(antialiased, image, spacing))
+        worker.shutdown(wait=False)  # the queued copies are still made; the thread then ends
 
     def get(self, image: sitk.Image, spacing_mm: float) -> sitk.Image:
-        """``antialiased(image, spacing_mm)``, made on the first call for this image and spacing."""
-        key = (id(image), round(float(spacing_mm), 6))
-        if key not in self._copies:
-            self._copies[key] = (image, antialiased(image, spacing_mm))
-        return self._copies[key][1]
+        """``antialiased(image, spacing_mm)``, made on the first call for this image and spacing (or by
+        ``prefetch``)."""
+        key = self._key(image, spacing_mm)
+        with self._lock:
+            entry = self._copies.get(key)
+            mine = entry is None
+            if mine:
+                entry = self._copies[key] = (image, Future())
+        future = entry[1]
+        if mine:
+            try:
+                future.set_result(antialiased(image, spacing_mm))
+            except BaseException as error:  # a later get raises it too; this one raises it now
+                future.set_exception(error)
+                raise
+        return future.result()
 
 
 def block_mean(image: sitk.Image, spacing_mm: float) -> sitk.Image:

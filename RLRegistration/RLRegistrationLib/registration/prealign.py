@@ -65,10 +65,8 @@ def prealign(
     if mode == "none":
         return flatten_linear(initial)
     schedule = schedule or PrealignSchedule()
-    finest = max(schedule.finest_mm, _min_spacing(fixed), _min_spacing(moving))
     masks = [None if m is None else sitk.Cast(m != 0, sitk.sitkUInt8) for m in (fixed_mask, moving_mask)]
-    levels = _levels(schedule.rigid_levels_mm, finest)
-    affine_levels = _levels(schedule.affine_levels_mm, finest) if mode == "affine" else []
+    levels, affine_levels = pyramid_levels(fixed, moving, mode, schedule)
     with _Pyramid(fixed, moving, masks, copies, prefetch=[*levels, *affine_levels]) as pyramid:
         candidates = _initial_candidates(pyramid.level(levels[0]), initial)
         runs = [_register(pyramid.level(levels[0]), _rigid_from(c), schedule, seed) for c in candidates]
@@ -80,6 +78,26 @@ def prealign(
             for spacing in affine_levels:
                 transform = _register(pyramid.level(spacing), transform, schedule, seed)[0]
     return flatten_linear(transform)
+
+
+def pyramid_levels(
+    fixed: sitk.Image, moving: sitk.Image, mode: str, schedule: PrealignSchedule
+) -> tuple[list[float], list[float]]:
+    """The spacings (mm, coarse to fine) of the rigid and the affine levels that ``prealign`` registers on:
+    the schedule's, never finer than ``schedule.finest_mm`` nor than either image's finest spacing."""
+    finest = max(schedule.finest_mm, _min_spacing(fixed), _min_spacing(moving))
+    rigid = _levels(schedule.rigid_levels_mm, finest) if mode != "none" else []
+    return rigid, _levels(schedule.affine_levels_mm, finest) if mode == "affine" else []
+
+
+def prefetch_rigid_levels(
+    copies: AntialiasedCopies, fixed: sitk.Image, moving: sitk.Image, mode: str
+) -> None:
+    """Start smoothing (``AntialiasedCopies.prefetch``) the images for the rigid levels of ``prealign``,
+    which do not depend on the working grid (``PrealignSchedule.finest_mm``; where that grid is coarser
+    than a level the copy is not used), while the caller goes on: ``registration.run_spec.build_session``
+    makes the policy meanwhile (importing torch, reading weights)."""
+    copies.prefetch([fixed, moving], pyramid_levels(fixed, moving, mode, PrealignSchedule())[0])
 
 
 def _min_spacing(image: sitk.Image) -> float:

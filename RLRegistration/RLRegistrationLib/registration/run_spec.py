@@ -402,9 +402,16 @@ def build_session(
     messages about each input (e.g. "fixed image 'f.nii.gz'"); ``pair`` (kind, reason) is what the inputs'
     headers say of the pair (``io.dicom_tags``); ``keep_steps`` False keeps no intermediate step (less
     memory; no step back)."""
+    from ..io.imaging import AntialiasedCopies
+    from .prealign import prefetch_rigid_levels
+
+    # the pre-alignment's first smoothed copies are made while the plan makes its policy (on a command
+    # line, the first use of torch: its import takes about as long); the transforms are the same
+    copies = AntialiasedCopies()
+    prefetch_rigid_levels(copies, fixed, moving, spec.initialization)
+    plan = plan_run(spec, fixed, moving, pair, keep_steps)
     from .session import InputNames, RegistrationSession
 
-    plan = plan_run(spec, fixed, moving, pair, keep_steps)
     session = RegistrationSession(
         fixed,
         moving,
@@ -417,6 +424,7 @@ def build_session(
         moving_mask=moving_mask,
         names=names or InputNames(),
         policies=plan.policies,
+        copies=copies,
     )
     return session, plan
 

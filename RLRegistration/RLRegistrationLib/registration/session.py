@@ -86,6 +86,7 @@ class RegistrationSession:
         moving_mask: sitk.Image | None = None,
         names: InputNames | None = None,
         policies: dict[str, Policy] | None = None,
+        copies: AntialiasedCopies | None = None,
     ):
         self.options = options or SessionOptions()
         # the policy for a pair kind found after the pre-alignment (``policy`` for any other)
@@ -135,7 +136,9 @@ class RegistrationSession:
         # do no harm and the pair's kind, decided in ``prepare`` (``stages``)
         self.decisions = StageDecisions()
         self._harm_checker: HarmCheck | None = None
-        self._copies: AntialiasedCopies | None = None  # during ``prepare`` only
+        # smoothed copies of ``fixed`` and ``moving``, some perhaps being made already (``build_session``):
+        # ``prepare`` uses them, then drops them
+        self._copies = copies
         # (total field, moving image warped by it) of the last report: the next step's input
         self._last_warped: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
@@ -152,7 +155,8 @@ class RegistrationSession:
         start = time.perf_counter()
         torch.manual_seed(self.options.seed)
         opts = self.options
-        self._copies = AntialiasedCopies()  # smoothed images shared by the stages of the preparation
+        if self._copies is None:  # smoothed images shared by the stages of the preparation
+            self._copies = AntialiasedCopies()
         try:
             linear = prealign(
                 self.fixed,
