@@ -288,3 +288,41 @@ def test_qc_picture_has_a_det_j_panel(tmp_path):
     assert pixels["zero"].std(axis=(0, 1)).max() < 0.02  # uniform: det J = 1 everywhere (white-ish)
     assert pixels["zero"].mean() > 0.9
     assert pixels["bump"].std(axis=(0, 1)).max() > 0.05  # blue and red where the bump shrinks and grows
+
+
+# the command runs in a process of its own; an atexit callback (as torch registers its own) says whether
+# Python's shutdown ran after it
+ENTRY_WITH_SHUTDOWN_MARK = """
+import atexit, sys
+from RLRegistrationLib.frontends.cli import entry_point
+atexit.register(print, "SHUTDOWN", flush=True)
+sys.argv = ["rlreg", *sys.argv[1:]]
+sys.exit(entry_point())
+"""
+
+
+def test_a_register_that_succeeded_ends_without_pythons_shutdown_and_its_outputs_complete(tmp_path):
+    """``register`` (``LEAVE_AT_ONCE``) ends its process at once when it succeeds (Python's shutdown with
+    torch loaded takes 0.3-0.5 s): exit code 0, every line printed, every output complete. A command not
+    in the list (``info``), and a register that fails, shut down as usual."""
+    from RLRegistrationLib.frontends.cli import LEAVE_AT_ONCE
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "RLRegistration")}
+
+    def entry(*argv):
+        return subprocess.run(
+            [sys.executable, "-c", ENTRY_WITH_SHUTDOWN_MARK, *map(str, argv)],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+
+    out = tmp_path / "t.h5"
+    report = tmp_path / "report.json"
+    done = entry("register", FIXED, MOVING, "-o", out, "--report", report, "--steps", "1", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert "SHUTDOWN" not in done.stdout and "transform written to" in done.stdout
+    assert sitk.ReadTransform(str(out)) is not None and json.loads(report.read_text())["steps"]
+    assert "register" in LEAVE_AT_ONCE and "info" not in LEAVE_AT_ONCE
+    info = entry("info")
+    assert info.returncode == 0 and info.stdout.rstrip().endswith("SHUTDOWN")
+    failed = entry("register", FIXED, tmp_path / "missing.nii.gz", "-o", tmp_path / "u.h5")
+    assert failed.returncode == 2 and "SHUTDOWN" in failed.stdout and not (tmp_path / "u.h5").exists()

@@ -82,7 +82,8 @@ def _warning_printer(default):
 def entry_point() -> int:
     """The ``rlreg`` command: ``main`` in a process of its own, whose allocator may keep freed memory
     (``allocator.reuse_freed_memory``: a 1 mm ``--quality fine`` run 25.3 -> 19.6 s on 2 CPU threads,
-    ``benchmarks/fine_profile.py``), with SIGTERM and SIGHUP handled like Ctrl-C."""
+    ``benchmarks/fine_profile.py``), with SIGTERM and SIGHUP handled like Ctrl-C. A cancelled command, and
+    a command of ``LEAVE_AT_ONCE`` that succeeded, end the process without Python's shutdown (``_leave``)."""
     handled = [
         signum
         for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
@@ -90,11 +91,13 @@ def entry_point() -> int:
     ]
     for signum in handled:
         signal.signal(signum, _raise_interrupted)
+    args = None
     try:
         from .allocator import reuse_freed_memory
 
         reuse_freed_memory()
-        code = main()
+        args = _parse(None)
+        code = run(args)
         # the command has ended: a signal in the interpreter's shutdown meets the system's default (an
         # exception raised there, inside an atexit callback, would print a traceback)
         for signum in handled:
@@ -102,23 +105,48 @@ def entry_point() -> int:
     except KeyboardInterrupt as interrupt:  # during the imports, before main's own handler
         code = _cancelled(interrupt)
     if code > 128:
-        # cancelled: leave at once, without Python's shutdown (up to 1 s freeing a run's memory; and an
-        # output writer the signal cut short may still be in native code, which the shutdown would stop
-        # inside C++: abort, "FATAL: exception not rethrown")
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+        # cancelled: up to 1 s freeing a run's memory; and an output writer the signal cut short may still
+        # be in native code, which the shutdown would stop inside C++ (abort, "FATAL: exception not
+        # rethrown")
+        _leave(code)
+    if code == 0 and args is not None and args.command in LEAVE_AT_ONCE:
+        _leave(code)
     return code
+
+
+#: commands whose process ends at once when they succeed: their outputs are complete and closed by then
+#: and nothing of theirs runs on, while Python's shutdown with torch loaded takes 0.3-0.5 s (of a 9-10 s
+#: ``rlreg register --policy spac-brain-synth`` on 2 CPU cores: ``benchmarks/RESULTS.md``, issue 25)
+LEAVE_AT_ONCE = ("register", "demo")
+
+
+def _leave(code: int) -> None:
+    """Flush the standard streams and end the process with ``code``, without Python's shutdown (no atexit
+    callbacks, no freeing of what the modules hold)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments) and run the command; returns the exit code."""
-    from .cli_parser import build_parser, one_line
+    return run(_parse(argv))
 
-    args = build_parser().parse_args(argv)
+
+def _parse(argv: list[str] | None):
+    from .cli_parser import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def run(args) -> int:
+    """Run the command of the parsed ``args``; returns the exit code (2 and one line for an expected
+    problem, 128 + the signal's number when cancelled)."""
+    from .cli_parser import one_line
+
     with warnings.catch_warnings():  # restores warnings.showwarning when the command ends
         warnings.simplefilter("always", InputWarning)
         warnings.showwarning = _warning_printer(warnings.showwarning)
