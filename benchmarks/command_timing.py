@@ -6,9 +6,10 @@ source tree, run by turns so that both see the same load on the machine.
 
 Each run is a fresh ``python -m RLRegistrationLib register <fixed> <moving> -o out.h5 --quiet --device cpu
 --policy <id>`` subprocess (interpreter start, imports, reading, registration, writing the transform), with
-the thread settings of ``accuracy.py``; the two trees take turns pair by pair. On a 2-core machine the same
-command varies by about a second from run to run: compare the two columns of one run, not numbers of
-different runs. Prints a table per pair and the means, and writes ``results/command_timing_<tag>.json``.
+the thread settings of ``accuracy.py``; the two trees take turns pair by pair, each going first as often
+as the other. On a 2-core machine the same command varies by about a second from run to run: compare the
+two columns of one run, not numbers of different runs. Prints a table per pair and the means, and writes
+``results/command_timing_<tag>.json``.
 
 Reads ``../shared/data`` (the SynthSeg label maps, via ``accuracy.prepare_pairs``); says so and exits 2
 when it is absent.
@@ -76,9 +77,12 @@ def main() -> int:
     workdir = Path(args.cache) / "command_timing"
     workdir.mkdir(parents=True, exist_ok=True)
     times: dict[str, dict[str, list[float]]] = {name: {p["pair"]: [] for p in pairs} for name in trees}
-    for _ in range(args.repeats):
-        for pair in pairs:
-            for name, source in trees.items():
+    for repeat in range(args.repeats):
+        for index, pair in enumerate(pairs):
+            order = list(trees.items())
+            if (repeat + index) % 2:  # each tree goes first as often as the other
+                order.reverse()
+            for name, source in order:
                 seconds = command_seconds(source, pair, args.policy, workdir)
                 times[name][pair["pair"]].append(seconds)
                 print(f"{name:9s} {pair['pair']:6s} {seconds:.2f} s", flush=True)
