@@ -284,6 +284,33 @@ def test_the_sac_fine_tune_and_its_control_differ_only_in_the_sac_stage():
         assert {k for k in first["data"] if first["data"][k] != other["data"][k]} == keys
 
 
+def test_the_sac_run_on_deformed_captured_pairs_differs_from_its_control_only_in_the_sac_stage():
+    # the same change as from spac_reg_command to spac_sac_command, on the augmented pairs of reg_deform
+    root = Path(__file__).resolve().parents[1] / "configs"
+    runs = {
+        name: TrainConfig.load(root / f"spac_{name}_command_cpu.json").to_dict()
+        for name in ("sac", "reg", "sac_deform", "reg_deform")
+    }
+
+    def change(run: str, control: str) -> dict:
+        a, b = runs[run], runs[control]
+        return {
+            (section, key): (a[section][key], b[section].get(key))
+            for section in ("sac", "schedule", "data", "loss", "optim", "env", "model")
+            for key in a[section]
+            if a[section][key] != b[section].get(key)
+        }
+
+    assert change("sac_deform", "reg_deform") == change("sac", "reg")
+    assert set(change("sac_deform", "reg_deform")) == {
+        ("sac", "critic_warmup_steps"),
+        ("schedule", "warmup_steps"),
+        ("schedule", "sac_steps"),
+    }
+    assert runs["sac_deform"]["data"]["captured_deform_vox"] > 0 and runs["sac_deform"]["data"]["flips"]
+    assert runs["sac_deform"]["init"] == runs["sac"]["init"]
+
+
 def test_a_configs_inference_entries_go_onto_the_card():
     cfg = TrainConfig.from_dict({"inference": {"diffeomorphic_steps": True, "step_spacings_mm": [3, 2]}})
     assert inference_block(cfg) == {
