@@ -243,3 +243,35 @@ def test_a_known_pair_kind_picks_its_schedule():
         parse(), fixed_image(), pair=("different-subjects", "the DICOM series have different PatientIDs")
     )
     assert tagged.options.pair == "different-subjects" and "PatientIDs" in tagged.notes[0]
+
+
+def test_build_session_starts_the_rigid_levels_copies_before_it_makes_the_policy(monkeypatch):
+    """``build_session`` hands the session the smoothed copies of the rigid levels (8 and 4 mm), already
+    being made when the plan makes the policy; with ``initialization none`` it smooths nothing."""
+    from RLRegistrationLib.io import imaging
+    from RLRegistrationLib.registration import run_spec
+
+    fixed = fixed_image()
+    moving = sitk.Image(fixed)
+    seen = {}
+    make_plan = run_spec.plan_run
+
+    def recording_plan(spec, image, *args, **kwargs):
+        seen["copies"] = sorted(spacing for (_, spacing) in copies_of[0]._copies)
+        return make_plan(spec, image, *args, **kwargs)
+
+    copies_of = []
+
+    class Recorded(imaging.AntialiasedCopies):
+        def __init__(self):
+            super().__init__()
+            copies_of.append(self)
+
+    monkeypatch.setattr(imaging, "AntialiasedCopies", Recorded)
+    monkeypatch.setattr(run_spec, "plan_run", recording_plan)
+    session, _ = run_spec.build_session(RunSpec(device="cpu"), fixed, moving)
+    assert seen["copies"] == [4.0, 4.0, 8.0, 8.0]  # both images, asked for before the plan was made
+    assert session._copies is copies_of[0]
+    copies_of.clear()
+    run_spec.build_session(RunSpec(device="cpu", initialization="none"), fixed, moving)
+    assert seen["copies"] == []
