@@ -180,7 +180,7 @@ def test_the_policy_is_checked_and_the_images_read_before_torch_is_imported(tmp_
             "print('torch' in sys.modules); sys.exit(code)"
         )
         done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path
+            [sys.executable, "-c", code], capture_output=True, encoding="utf-8", env=ENV, cwd=tmp_path
         )
         assert done.returncode == 2 and done.stdout.split() == ["False"], (done.stdout, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr

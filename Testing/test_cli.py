@@ -312,7 +312,7 @@ def test_a_register_that_succeeded_ends_without_pythons_shutdown_and_its_outputs
     def entry(*argv):
         return subprocess.run(
             [sys.executable, "-c", ENTRY_WITH_SHUTDOWN_MARK, *map(str, argv)],
-            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+            capture_output=True, encoding="utf-8", env=env, cwd=tmp_path, timeout=300,
         )  # fmt: skip
 
     out = tmp_path / "t.h5"
