@@ -183,43 +183,38 @@ def test_the_pyramid_smooths_each_image_once_per_spacing_and_shares_the_copies(b
 
 
 def test_the_finer_levels_are_made_in_the_background_and_the_result_does_not_change(blob_array, monkeypatch):
-    """The pyramid's finer levels are made by a helper thread while the coarser ones register; the
-    transform is the same as when each level is made only when it is needed, on the calling thread."""
+    """The pyramid's copies are smoothed by a helper thread while the coarser levels register; the
+    transform is the same as when each copy is made only when it is needed, on the calling thread."""
     import threading
+
+    from RLRegistrationLib.io import imaging
 
     fixed = _fixed(blob_array)
     truth = sitk.Euler3DTransform(_centre(fixed), 0.05, 0.0, 0.0, (3.0, 0.0, 0.0))
     moving = _moving(fixed, truth)
     makers = []
-    make = prealign_module._Pyramid._make
+    smooth = imaging.antialiased
 
-    def recorded(self, spacing_mm):
+    def recorded(image, spacing_mm):
         makers.append((spacing_mm, threading.current_thread().name))
-        return make(self, spacing_mm)
+        return smooth(image, spacing_mm)
 
-    monkeypatch.setattr(prealign_module._Pyramid, "_make", recorded)
+    monkeypatch.setattr(imaging, "antialiased", recorded)
     background = prealign(fixed, moving, "affine", schedule=FAST, seed=2)
-    assert [s for s, _ in makers] == [8.0, 4.0, 2.0] and all(
-        n.startswith("prealign-pyramid") for _, n in makers
-    )
-
-    class OnCallingThread(prealign_module.ThreadPoolExecutor):
-        def submit(self, fn, *args):
-            future = prealign_module.Future()
-            future.set_result(fn(*args))
-            return future
+    assert [s for s, _ in makers] == [8.0, 8.0, 4.0, 4.0, 2.0, 2.0]  # both images, coarse to fine
+    assert all(n.startswith("antialiased-copies") for _, n in makers)
 
     makers.clear()
-    monkeypatch.setattr(prealign_module, "ThreadPoolExecutor", OnCallingThread)
+    monkeypatch.setattr(imaging.AntialiasedCopies, "prefetch", lambda self, images, spacings: None)
     foreground = prealign(fixed, moving, "affine", schedule=FAST, seed=2)
-    assert all(n == threading.current_thread().name for _, n in makers)
+    assert makers and all(n == threading.current_thread().name for _, n in makers)
     assert background.GetParameters() == foreground.GetParameters()
 
 
 def test_the_rigid_levels_smoothed_ahead_are_the_ones_the_pyramid_uses(blob_array, monkeypatch):
     """``prefetch_rigid_levels`` (what ``build_session`` starts before making the policy) smooths each image
-    once per rigid level on a thread of its own; ``prealign`` then smooths only the finer levels itself,
-    and gives the same transform as without the prefetch."""
+    once per rigid level on a thread of its own; ``prealign`` then smooths only the finer levels, and
+    gives the same transform as without the prefetch."""
     import threading
 
     from RLRegistrationLib.io import imaging
@@ -239,13 +234,17 @@ def test_the_rigid_levels_smoothed_ahead_are_the_ones_the_pyramid_uses(blob_arra
     monkeypatch.setattr(imaging, "antialiased", recorded)
     copies = AntialiasedCopies()
     prealign_module.prefetch_rigid_levels(copies, image, moving, "affine")
-    ahead = prealign(image, moving, "affine", schedule=FAST, seed=1, copies=copies)
-    by_spacing = {(i, s): name for i, s, name in made}
-    assert len(by_spacing) == len(made)  # no copy was made twice
     for im in (image, moving):
         for spacing in (8.0, 4.0):
-            assert by_spacing[(id(im), spacing)].startswith("antialiased-copies")
-        assert not by_spacing[(id(im), 2.0)].startswith("antialiased-copies")
+            copies.get(im, spacing)  # waits for the prefetch
+    ahead_of_prealign = {(i, s) for i, s, _ in made}
+    assert ahead_of_prealign == {(id(im), s) for im in (image, moving) for s in (8.0, 4.0)}
+    assert all(name.startswith("antialiased-copies") for *_, name in made)
+    ahead = prealign(image, moving, "affine", schedule=FAST, seed=1, copies=copies)
+    made_by_prealign = {(i, s) for i, s, _ in made} - ahead_of_prealign
+    # only the finer levels' copies (the affine 2 and 1 mm levels of this 1 mm pair)
+    assert made_by_prealign == {(id(im), s) for im in (image, moving) for s in (2.0, 1.0)}
+    assert len(made) == 8  # no copy was made twice
     assert ahead.GetParameters() == prealign(image, moving, "affine", schedule=FAST, seed=1).GetParameters()
     made.clear()
     prealign_module.prefetch_rigid_levels(

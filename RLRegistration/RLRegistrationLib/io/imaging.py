@@ -369,15 +369,18 @@ class AntialiasedCopies:
     def prefetch(self, images: list[sitk.Image], spacings_mm: list[float]) -> None:
         """Start making the copies of ``images`` for each of ``spacings_mm`` (in that order) on a thread of
         their own, which ends when they are made."""
+        worker = None
         with self._lock:
-            wanted = [(image, spacing) for spacing in spacings_mm for image in images]
-            wanted = [(i, s) for i, s in wanted if self._key(i, s) not in self._copies]
-            if not wanted:
-                return
-            worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antialiased-copies")
-            for image, spacing in wanted:
-                self._copies[self._key(image, spacing)] = (image, worker.submit(antialiased, image, spacing))
-        worker.shutdown(wait=False)  # the queued copies are still made; the thread then ends
+            for spacing in spacings_mm:
+                for image in images:
+                    key = self._key(image, spacing)
+                    if key in self._copies:  # made, being made, or already queued
+                        continue
+                    if worker is None:
+                        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antialiased-copies")
+                    self._copies[key] = (image, worker.submit(antialiased, image, spacing))
+        if worker is not None:
+            worker.shutdown(wait=False)  # the queued copies are still made; the thread then ends
 
     def get(self, image: sitk.Image, spacing_mm: float) -> sitk.Image:
         """``antialiased(image, spacing_mm)``, made on the first call for this image and spacing (or by

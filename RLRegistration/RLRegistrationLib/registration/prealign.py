@@ -16,7 +16,6 @@ nonzero = inside) restrict the metric to where they are set (``SetMetricFixedMas
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,16 +66,16 @@ def prealign(
     schedule = schedule or PrealignSchedule()
     masks = [None if m is None else sitk.Cast(m != 0, sitk.sitkUInt8) for m in (fixed_mask, moving_mask)]
     levels, affine_levels = pyramid_levels(fixed, moving, mode, schedule)
-    with _Pyramid(fixed, moving, masks, copies, prefetch=[*levels, *affine_levels]) as pyramid:
-        candidates = _initial_candidates(pyramid.level(levels[0]), initial)
-        runs = [_register(pyramid.level(levels[0]), _rigid_from(c), schedule, seed) for c in candidates]
-        transform = min(runs, key=lambda run: run[1])[0]
-        for spacing in levels[1:]:
+    pyramid = _Pyramid(fixed, moving, masks, copies, prefetch=[*levels, *affine_levels])
+    candidates = _initial_candidates(pyramid.level(levels[0]), initial)
+    runs = [_register(pyramid.level(levels[0]), _rigid_from(c), schedule, seed) for c in candidates]
+    transform = min(runs, key=lambda run: run[1])[0]
+    for spacing in levels[1:]:
+        transform = _register(pyramid.level(spacing), transform, schedule, seed)[0]
+    if affine_levels:
+        transform = _affine_from(transform)
+        for spacing in affine_levels:
             transform = _register(pyramid.level(spacing), transform, schedule, seed)[0]
-        if affine_levels:
-            transform = _affine_from(transform)
-            for spacing in affine_levels:
-                transform = _register(pyramid.level(spacing), transform, schedule, seed)[0]
     return flatten_linear(transform)
 
 
@@ -124,10 +123,10 @@ class _Pyramid:
     do-no-harm check). Smoothing each level from the next finer copy instead saved 0.2 s per level but
     moved a clinical T1/FLAIR pre-alignment by up to 0.1 mm (``benchmarks/RESULTS.md``, issue 25).
 
-    The ``prefetch`` levels are made in order by a background thread (a context manager: leaving it waits
-    for that thread): ITK's smoothing releases the GIL, so the finer copies are made on a core that the
-    single-threaded registration of the coarser levels leaves idle. The copies are the same with any
-    number of threads, so the result does not change."""
+    The images of the ``prefetch`` levels are smoothed in order on a background thread
+    (``AntialiasedCopies.prefetch``): ITK's smoothing releases the GIL, so the finer copies are made on a
+    core that the single-threaded registration of the coarser levels leaves idle. A level is resampled from
+    its copies when it is asked for. The copies are the same on any thread, so the result does not change."""
 
     def __init__(
         self,
@@ -138,32 +137,21 @@ class _Pyramid:
         prefetch: list[float] | None = None,
     ):
         self.fixed, self.moving, self.masks = fixed, moving, masks
-        self.copies = copies
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prealign-pyramid")
-        self._levels: dict[float, Future[_Level]] = {}
-        for spacing in dict.fromkeys(prefetch or []):
-            self._levels[spacing] = self._worker.submit(self._make, spacing)
-
-    def __enter__(self) -> _Pyramid:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        self.copies = copies if copies is not None else AntialiasedCopies()
+        self.copies.prefetch([fixed, moving], prefetch or [])
+        self._levels: dict[float, _Level] = {}
 
     def level(self, spacing_mm: float) -> _Level:
         if spacing_mm not in self._levels:
-            self._levels[spacing_mm] = self._worker.submit(self._make, spacing_mm)
-        return self._levels[spacing_mm].result()
-
-    def _make(self, spacing_mm: float) -> _Level:
-        fixed = _isotropic(self.fixed, spacing_mm, self.copies)
-        moving = _isotropic(self.moving, spacing_mm, self.copies)
-        fixed_mask, moving_mask = self.masks
-        inside = int(np.prod(fixed.GetSize()))
-        if fixed_mask is not None:
-            on_grid = sitk.Resample(fixed_mask, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-            inside = max(1, int(sitk.GetArrayViewFromImage(on_grid).sum()))
-        return _Level(fixed, moving, fixed_mask, moving_mask, inside)
+            fixed = _isotropic(self.fixed, spacing_mm, self.copies)
+            moving = _isotropic(self.moving, spacing_mm, self.copies)
+            fixed_mask, moving_mask = self.masks
+            inside = int(np.prod(fixed.GetSize()))
+            if fixed_mask is not None:
+                on_grid = sitk.Resample(fixed_mask, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+                inside = max(1, int(sitk.GetArrayViewFromImage(on_grid).sum()))
+            self._levels[spacing_mm] = _Level(fixed, moving, fixed_mask, moving_mask, inside)
+        return self._levels[spacing_mm]
 
 
 def _isotropic(image: sitk.Image, spacing_mm: float, copies: AntialiasedCopies | None = None) -> sitk.Image:
