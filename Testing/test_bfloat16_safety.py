@@ -15,8 +15,8 @@ from RLRegistrationLib.policies.morphseek_network import (
     MorphSeekNetwork,
     latent_log_prob,
 )
-from RLRegistrationLib.policies.network_policy import SPACPolicy
 from RLRegistrationLib.policies.networks import Float32Linear, SPACAgent, SPACArchitecture
+from RLRegistrationLib.policies.spac_policy import SPACPolicy
 from RLRegistrationLib.training.family_trainer import optimizer_step
 
 

@@ -17,7 +17,7 @@ from RLRegistrationLib.frontends.cli import main as cli_main
 from RLRegistrationLib.policies.base import PolicyState
 from RLRegistrationLib.policies.cards import chain_settings, read_card, sha256_of
 from RLRegistrationLib.policies.chained import ChainedPolicy
-from RLRegistrationLib.policies.network_policy import SPACPolicy, load_model
+from RLRegistrationLib.policies.network_policy import load_model
 from RLRegistrationLib.policies.registry import (
     available_policies,
     discover_models,
@@ -26,6 +26,7 @@ from RLRegistrationLib.policies.registry import (
     policy_option_defaults,
     register_model,
 )
+from RLRegistrationLib.policies.spac_policy import SPACPolicy
 from RLRegistrationLib.policies.tto import TestTimeOptimizationConfig, TestTimeOptimizationPolicy
 from RLRegistrationLib.registration.run_spec import schedule_steps
 from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
@@ -140,7 +141,7 @@ def test_stochastic_plans_are_seeded(model_dir, policy_state):
     state = policy_state()
     steps = []
     for seed in (5, 5, 6):
-        policy = SPACPolicy(model_dir, device="cpu", stochastic=True, seed=seed, input_spacing_mm=2.0)
+        policy = SPACPolicy(model_dir, device="cpu", temperature=1.0, seed=seed, input_spacing_mm=2.0)
         policy.reset(state.fixed, state.moving)
         steps.append(policy.propose(state).step_field)
     torch.testing.assert_close(steps[0], steps[1])
@@ -501,8 +502,8 @@ def test_the_registry_knows_each_familys_class_and_sampling_without_importing_it
     """``FAMILY_POLICIES`` names each family's policy class by path (imported when a policy is made, so
     that checking a name imports no torch) and says whether it samples: what the class itself says."""
     from RLRegistrationLib.policies.morphseek_policy import MorphSeekPolicy
-    from RLRegistrationLib.policies.network_policy import SPACPolicy
     from RLRegistrationLib.policies.registry import FAMILY_POLICIES
+    from RLRegistrationLib.policies.spac_policy import SPACPolicy
 
     assert FAMILY_POLICIES["spac"].policy_class() is SPACPolicy
     assert FAMILY_POLICIES["morphseek"].policy_class() is MorphSeekPolicy

@@ -23,8 +23,10 @@ from RLRegistrationLib.policies.cards import CARD_NAME, read_card, sha256_of
 from RLRegistrationLib.policies.chained import ChainedPolicy
 from RLRegistrationLib.policies.morphseek_network import MorphSeekArchitecture, MorphSeekNetwork
 from RLRegistrationLib.policies.morphseek_policy import MorphSeekPolicy
-from RLRegistrationLib.policies.network_policy import SPACPolicy, load_model
+from RLRegistrationLib.policies.network_policy import load_model
 from RLRegistrationLib.policies.registry import discover_models, make_policy, policy_supports_sampling
+from RLRegistrationLib.policies.spac_policy import SPACPolicy
+from RLRegistrationLib.policies.trajectories import spread_mm
 from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
 pytestmark = pytest.mark.usefixtures("restore_policy_registry")
@@ -192,7 +194,7 @@ def test_uncertainty_is_in_mm_of_the_working_grid(model_dir, policy_state):
     fields = torch.zeros((2, 3, *policy.shape))
     fields[0, 0] = 1.0  # one network voxel along i, in opposite directions around the mean
     fields[1, 0] = -1.0
-    spread = policy.spread_mm(fields, fields.mean(0, keepdim=True), (16, 16, 16))
+    spread = spread_mm(fields, fields.mean(0, keepdim=True), (16, 16, 16), policy.input_spacing_mm)
     voxel_mm = 3.0 * 15 / (policy.shape[2] - 1)
     torch.testing.assert_close(spread, torch.full((1, 1, 16, 16, 16), voxel_mm))
 
@@ -209,7 +211,7 @@ def test_session_total_is_the_mean_of_the_trajectories(model_dir, blob_array, ma
     assert policy.shape == tuple(session.grid.shape)  # same grid: the trajectories are comparable 1:1
     for report in reports:
         index = report.index
-        mean = policy._history[index].mean(dim=0, keepdim=True)
+        mean = policy._trajectories._history[index].mean(dim=0, keepdim=True)
         target = resize_displacement(mean, session.grid.shape)
         assert float((session.field_at(index) - target).abs().max()) < 0.01
         assert report.diagnostics["fixed_point_residual_vox"] < 0.01
@@ -225,10 +227,13 @@ def test_session_total_is_the_mean_of_the_trajectories(model_dir, blob_array, ma
     assert values.min() >= 0 and values.max() > 0
     # step back: the trajectories of the undone step are dropped, the next step continues from step 2
     session.step_back()
-    assert sorted(policy._history) == [0, 1, 2, 3]
+    assert sorted(policy._trajectories._history) == [0, 1, 2, 3]
     again = next(session.run(1))
     assert again.index == 3 and again.diagnostics["trajectories_restarted"] == 0.0
-    assert float((session.field_at(3) - policy._history[3].mean(0, keepdim=True)).abs().max()) < 0.01
+    assert (
+        float((session.field_at(3) - policy._trajectories._history[3].mean(0, keepdim=True)).abs().max())
+        < 0.01
+    )
 
 
 def test_discovery_registers_sampling_policies(model_dir):
@@ -339,5 +344,5 @@ def test_diffeomorphic_steps_apply_to_every_sampled_trajectory(model_dir, policy
         assert policy.diffeomorphic_steps is diffeomorphic
         policy.reset(state.fixed, state.moving)
         policy.propose(state)
-        fields[diffeomorphic] = policy._history[1]  # the K trajectories after the first step
+        fields[diffeomorphic] = policy._trajectories._history[1]  # the K trajectories after the first step
     torch.testing.assert_close(fields[True], integrate_velocity(fields[False]), rtol=1e-5, atol=1e-6)

@@ -14,7 +14,8 @@ from RLRegistrationLib.frontends.cli import main as cli_main
 from RLRegistrationLib.policies.base import PolicyState, PolicyStep
 from RLRegistrationLib.policies.cards import sha256_of
 from RLRegistrationLib.policies.chained import WeightMapOverride
-from RLRegistrationLib.policies.network_policy import SPACPolicy, load_model
+from RLRegistrationLib.policies.network_policy import load_model
+from RLRegistrationLib.policies.spac_policy import SPACPolicy
 from RLRegistrationLib.training.weight_map import (
     WeightMapConfig,
     fold_risk,

@@ -27,7 +27,7 @@ PRECISIONS = ("float32", "bfloat16")
 
 def pass_times(model: Path, session) -> dict:
     """Seconds of one network pass per precision on ``session``'s working grid, and the step difference."""
-    from RLRegistrationLib.policies.network_policy import SPACPolicy
+    from RLRegistrationLib.policies.spac_policy import SPACPolicy
 
     spacing = float(session.grid.spacing[0])
     steps, out = {}, {}

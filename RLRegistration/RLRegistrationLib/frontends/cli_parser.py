@@ -117,12 +117,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     advanced.add_argument(
         "--samples",
         type=int,
-        help=f"sampled trajectories K of MorphSeek models ({_range('samples')}); the result follows their mean",
+        help=f"sampled trajectories K of a learned policy ({_range('samples')}); the result follows their mean",
     )
     advanced.add_argument(
         "--temperature",
         type=float,
-        help="latent sampling temperature of MorphSeek models (default 0, 1 with K > 1)",
+        help="sampling temperature of a learned policy's plan or latent (default 0, 1 with K > 1)",
     )
     advanced.add_argument(
         "--no-harm-check",

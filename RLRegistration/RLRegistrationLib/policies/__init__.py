@@ -30,7 +30,7 @@ __getattr__, __dir__ = lazy_exports(
         "register_policy": "registry",
         "registered_policies": "registry",
         "read_card": "cards",
-        "SPACPolicy": "network_policy",
+        "SPACPolicy": "spac_policy",
         "MorphSeekPolicy": "morphseek_policy",
         "ChainedPolicy": "chained",
         "WeightMapOverride": "chained",

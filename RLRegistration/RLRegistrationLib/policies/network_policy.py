@@ -1,4 +1,5 @@
-"""Learned policies that run a trained network: loading a checked model, the network grid, and SPAC.
+"""Learned policies that run a trained network: loading a checked model and the network grid (the base of
+``spac_policy.SPACPolicy`` and ``morphseek_policy.MorphSeekPolicy``).
 
 Grids: the networks are fully convolutional, so they run on any grid whose dimensions are multiples of 16.
 To show them anatomy at the voxel size they were trained on, ``NetworkPolicy`` (the base of ``SPACPolicy``
@@ -28,7 +29,7 @@ from ..fields.spatial import (
     integrate_velocity,
     resize_displacement,
 )
-from .base import Policy, PolicyState, PolicyStep
+from .base import Policy
 from .cards import (
     CARD_NAME,
     DEFAULT_SESSION_SPACING_MM,
@@ -284,68 +285,3 @@ class NetworkPolicy(Policy):
         generator = torch.Generator(device=device)
         generator.manual_seed(0 if seed is None else int(seed))
         return generator
-
-
-class SPACPolicy(NetworkPolicy):
-    """A trained SPAC network as a step-wise policy.
-
-    Per step: plan = mean of the planner (``stochastic=True``: a sample, reproducible with ``seed``),
-    step field = actor(plan) bounded by ``max_step`` voxels *of the network grid* (default: the card's
-    ``inference.max_step``, else the training bound),
-    lambda = the weight-map head, both returned on the session's working grid.
-    """
-
-    family = "spac"
-
-    def __init__(
-        self,
-        model_dir: str | Path,
-        device: str = "auto",
-        stochastic: bool = False,
-        seed: int | None = None,
-        max_step: float | None = None,
-        input_spacing_mm: float | None = None,
-        diffeomorphic_steps: bool | None = None,
-        step_spacings_mm: tuple[float, ...] | None = None,
-        precision: str = "auto",
-    ):
-        super().__init__(
-            model_dir, device, max_step, input_spacing_mm, diffeomorphic_steps, step_spacings_mm, precision
-        )
-        self.stochastic = bool(stochastic)
-        self.seed = seed
-        self._generator: torch.Generator | None = None
-
-    def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
-        super().reset(fixed, moving, spacing_mm)
-        self._generator = self.seeded_generator(fixed.device, self.seed) if self.stochastic else None
-
-    @torch.no_grad()
-    def propose(self, state: PolicyState) -> PolicyStep:
-        if self._fixed is None:
-            self.reset(state.fixed, state.moving)
-        self.select_grid(state.step_index)
-        out = self.finite_output(
-            lambda: self.network(
-                self._fixed,
-                self.to_network(state.warped),
-                deterministic=not self.stochastic,
-                generator=self._generator,
-                max_step=self.max_step,
-            )
-        )
-        step, weight = self.to_working(
-            self.learned_step(out.step.float()), out.weight.float(), tuple(state.fixed.shape[2:])
-        )
-        return PolicyStep(
-            step_field=step,
-            weight_map=weight,
-            diagnostics={
-                "plan_norm": float(out.plan.norm()),
-                "plan_sigma": float(out.log_std.exp().mean()),
-                "max_step_vox": float(step.abs().max()),
-                "lambda_mean": float(weight.mean()),
-                "network_spacing_mm": self.network_spacing_mm,
-                "network_bfloat16": float(self.bfloat16),
-            },
-        )

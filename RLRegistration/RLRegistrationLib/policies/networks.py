@@ -188,17 +188,20 @@ def sample_plan(
     log_std: torch.Tensor,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reparameterized plan ``mean + sigma * eps`` and its log-density (B,) under N(mean, sigma^2).
+    """Reparameterized plan ``mean + temperature * sigma * eps`` and its log-density (B,) under
+    N(mean, sigma^2).
 
-    ``deterministic`` returns the mean (the inference default) and the log-density of the mean.
+    ``deterministic`` returns the mean (the inference default) and the log-density of the mean;
+    ``temperature`` (sampling at inference) scales the noise, 1 in training.
     """
     std = log_std.exp()
     if deterministic:
         plan = mean
     else:
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        plan = mean + std * eps
+        plan = mean + temperature * std * eps
     z = (plan - mean) / std
     log_prob = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=1)
     return plan, log_prob
@@ -394,10 +397,11 @@ class SPACNetwork(nn.Module):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
         max_step: float | None = None,
+        temperature: float = 1.0,
     ) -> SPACOutput:
         self.architecture.check_grid(tuple(fixed.shape[2:]))
         mean, log_std, bottleneck, skips = self.plan_distribution(fixed, warped)
-        plan, log_prob = sample_plan(mean, log_std, deterministic, generator)
+        plan, log_prob = sample_plan(mean, log_std, deterministic, generator, temperature)
         step, features = self.actor(plan, skips, max_step)
         weight = self.weight_head(features, tuple(fixed.shape[2:]))
         return SPACOutput(plan, mean, log_std, log_prob, step, weight, bottleneck)

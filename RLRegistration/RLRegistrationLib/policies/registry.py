@@ -140,7 +140,8 @@ register_policy(
 
 _SPAC_OPTIONS = (
     "device",
-    "stochastic",
+    "temperature",
+    "samples",
     "seed",
     "max_step",
     "input_spacing_mm",
@@ -172,7 +173,7 @@ class FamilyPolicy(NamedTuple):
 
 
 FAMILY_POLICIES: dict[str, FamilyPolicy] = {
-    "spac": FamilyPolicy("network_policy:SPACPolicy", _SPAC_OPTIONS, False),
+    "spac": FamilyPolicy("spac_policy:SPACPolicy", _SPAC_OPTIONS, True),
     "morphseek": FamilyPolicy("morphseek_policy:MorphSeekPolicy", _MORPHSEEK_OPTIONS, True),
 }
 
@@ -223,7 +224,7 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
     policies ``<id>`` (unless the card's ``inference.offered_alone`` is false: a model that earns its place
     only as a chain; ``alone`` True registers it anyway, e.g. for a benchmark of the learned steps) and
     ``<id>+tto``, replacing any registered under that id; returns the id.
-    MorphSeek policies are registered as sampling policies (``samples``, ``temperature``). Weights are only
+    Both families are registered as sampling policies (``samples``, ``temperature``). Weights are only
     read when a policy is made. ``PolicyError`` naming the card when it is unreadable or malformed."""
     _entries()  # the models folder first: a folder registered explicitly then wins over its lazy discovery
     folder = Path(folder)

@@ -44,8 +44,9 @@ from ..fields.spatial import compose_displacements, warp
 from ..policies.base import Policy, PolicyState
 from ..policies.cards import CARD_NAME, chain_settings, sha256_of
 from ..policies.chained import WeightMapOverride, chained_tto_policy
-from ..policies.network_policy import SPACPolicy, resize_image
+from ..policies.network_policy import resize_image
 from ..policies.networks import SPACNetwork, WeightMapHead, sample_plan
+from ..policies.spac_policy import SPACPolicy
 from .data import DataConfig, load_banks, load_config, random_pair
 from .environment import voxel_jacobian_determinant
 from .label_bank import LabelBank
