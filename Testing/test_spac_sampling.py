@@ -20,9 +20,15 @@ import SimpleITK as sitk
 import torch
 from tiny_training import write_small_spac_model
 
+from RLRegistrationLib.errors import PolicyError
 from RLRegistrationLib.fields.spatial import compose_displacements, resize_displacement, warp
 from RLRegistrationLib.policies.base import PolicyState
-from RLRegistrationLib.policies.registry import discover_models, make_policy, policy_supports_sampling
+from RLRegistrationLib.policies.registry import (
+    discover_models,
+    make_policy,
+    policy_supports_sampling,
+    register_model,
+)
 from RLRegistrationLib.policies.spac_policy import SPACPolicy
 from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
@@ -129,21 +135,59 @@ def test_registry_offers_sampling_for_spac(model_dir):
     assert chained.supports_sampling and chained.first.samples == 2
 
 
-def test_command_writes_the_shipped_models_uncertainty(tmp_path):
-    """``rlreg register --policy spac-brain-synth --samples 2 --uncertainty`` on the sample pair: a map on
-    the fixed image's grid, in mm, nonzero, and a registration at least as good as the input."""
-    out, uncertainty, report = tmp_path / "t.h5", tmp_path / "u.nii.gz", tmp_path / "r.json"
+def test_a_card_can_withhold_sampling(model_dir, edit_card):
+    """``inference.offered_sampling: false`` (the shipped model's: its map was measured uninformative):
+    neither ``<id>`` nor ``<id>+tto`` samples for users; a benchmark can still register it sampling."""
+    card = json.loads((model_dir / "card.json").read_text())
+    edit_card(model_dir, inference={**card["inference"], "offered_sampling": False})
+    assert register_model(model_dir) == "spac-unit"
+    assert not policy_supports_sampling("spac-unit") and not policy_supports_sampling("spac-unit+tto")
+    with pytest.raises(PolicyError, match="no option 'samples'"):
+        make_policy("spac-unit", samples=2, device="cpu")
+    with pytest.raises(PolicyError, match="no option 'temperature'.*does not offer sampling"):
+        make_policy("spac-unit+tto", temperature=1.0, device="cpu")
+    assert make_policy("spac-unit", device="cpu").samples == 1
+    register_model(model_dir, sampling=True)
+    assert (
+        policy_supports_sampling("spac-unit")
+        and make_policy("spac-unit", samples=2, device="cpu").samples == 2
+    )
+    edit_card(model_dir, inference={**card["inference"], "offered_sampling": "no"})
+    with pytest.raises(PolicyError, match="inference.offered_sampling must be true or false"):
+        register_model(model_dir)
+
+
+def _register(*options: str, models: Path | None = None) -> subprocess.CompletedProcess:
+    """``rlreg register`` on the sample pair in a subprocess; ``models``: its models folder."""
     argv = [sys.executable, "-m", "RLRegistrationLib", "register"]
-    argv += [str(SAMPLE / "fixed.nii.gz"), str(SAMPLE / "moving.nii.gz"), "-o", str(out)]
-    argv += ["--policy", "spac-brain-synth", "--samples", "2", "--uncertainty", str(uncertainty)]
-    argv += ["--report", str(report), "--device", "cpu"]
+    argv += [str(SAMPLE / "fixed.nii.gz"), str(SAMPLE / "moving.nii.gz"), *options, "--device", "cpu"]
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    done = subprocess.run(argv, capture_output=True, encoding="utf-8", env=env, timeout=300)
+    if models is not None:
+        env["RLREG_MODELS_DIR"] = str(models)
+    return subprocess.run(argv, capture_output=True, encoding="utf-8", env=env, timeout=300)
+
+
+def test_command_refuses_samples_for_the_shipped_model(tmp_path):
+    """``spac-brain-synth``'s card withholds sampling: ``--samples`` is refused in one line, exit 2, before
+    any work, and nothing is written."""
+    done = _register("-o", str(tmp_path / "t.h5"), "--policy", "spac-brain-synth", "--samples", "2")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "does not sample trajectories" in done.stderr
+    assert "spac-brain-synth" in done.stderr and not list(tmp_path.iterdir())
+
+
+def test_command_writes_a_spac_models_uncertainty(model_dir, tmp_path):
+    """A SPAC model that offers sampling, through the command (a subprocess with ``RLREG_MODELS_DIR``): the
+    uncertainty map on the fixed image's grid, in mm, nonzero."""
+    out, uncertainty, report = tmp_path / "t.h5", tmp_path / "u.nii.gz", tmp_path / "r.json"
+    options = ["-o", str(out), "--policy", "spac-unit", "--samples", "2", "--uncertainty", str(uncertainty)]
+    done = _register(
+        *options, "--report", str(report), "--no-harm-check", "--steps", "2", models=model_dir.parent
+    )
     assert done.returncode == 0, done.stderr
     image, reference = sitk.ReadImage(str(uncertainty)), sitk.ReadImage(str(SAMPLE / "fixed.nii.gz"))
     assert image.GetSize() == reference.GetSize()
     np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-6)
     values = sitk.GetArrayViewFromImage(image)
     assert values.min() >= 0 and values.max() > 0
-    steps = json.loads(report.read_text())["steps"]
-    assert steps[-1]["uncertainty_mean_mm"] > 0
+    assert json.loads(report.read_text())["steps"][-1]["uncertainty_mean_mm"] > 0

@@ -16,6 +16,7 @@ from RLRegistrationLib.policies.cards import (
     chain_settings,
     inference_step_options,
     offered_alone,
+    offered_sampling,
     read_card,
 )
 from RLRegistrationLib.policies.network_policy import load_model
@@ -24,6 +25,7 @@ from RLRegistrationLib.policies.registry import (
     available_policies,
     make_policy,
     policy_default_steps,
+    policy_supports_sampling,
 )
 from RLRegistrationLib.registration.session import RegistrationSession, SessionOptions
 
@@ -136,6 +138,24 @@ def test_only_models_that_meet_the_bar_ship():
         assert command["mean_dice"] >= syn["mean_dice"] and command["mean_seconds"] <= 10.0
         assert command["max_folding_percent"] < SAFE_FOLDING_PERCENT
         assert model_id in available_policies()
+
+
+def test_sampling_is_offered_only_where_the_map_beats_the_edges():
+    """``--samples K`` is offered for a shipped model only when its uncertainty map (the spread of K
+    trajectories) predicts the registration's errors better than the fixed image's edges do: every card
+    names the run that measured its map (``inference.offered_sampling_measured``), and the rows of that
+    run decide."""
+    for model_id in SHIPPED:
+        card = read_card(REPO / "models" / model_id)
+        measured = card["inference"].get("offered_sampling_measured")
+        assert measured, f"{model_id}: its card names no measurement of its uncertainty map"
+        rows = json.loads((REPO / measured["results"]).with_suffix(".json").read_text())["rows"]
+        own = [r for r in rows if r["model"] == model_id]
+        assert len(own) >= 4
+        spread = sum(r["auroc_spread"] for r in own) / len(own)
+        edges = sum(r["auroc_edges"] for r in own) / len(own)
+        assert (spread > edges) == offered_sampling(card)
+        assert policy_supports_sampling(model_id) == offered_sampling(card)
 
 
 def _check_against_results(block: dict, measured_by_method: dict) -> None:

@@ -51,15 +51,16 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_card(model_dir: str | Path, threads: int) -> dict:
     """Set torch's thread count, register the model folder's policies (``<id>``, also for a model offered
-    only as a chain, and ``<id>+tto`` with the card's settings; this folder's, whatever else holds a model
-    of that id) and return its checked card."""
+    only as a chain, and ``<id>+tto`` with the card's settings, both sampling where the family can, also
+    for a model whose card does not offer it to users; this folder's, whatever else holds a model of that
+    id) and return its checked card."""
     import torch
 
     from RLRegistrationLib.policies.cards import read_card
     from RLRegistrationLib.policies.registry import register_model
 
     torch.set_num_threads(threads)
-    register_model(model_dir, alone=True)
+    register_model(model_dir, alone=True, sampling=True)
     return read_card(model_dir)
 
 

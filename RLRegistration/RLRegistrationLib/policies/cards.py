@@ -59,6 +59,7 @@ def read_card(folder: str | Path) -> dict:
         )
     inference_step_options(card, path)
     offered_alone(card, path)
+    offered_sampling(card, path)
     step_spacings(card, path)
     return card
 
@@ -105,17 +106,29 @@ def step_spacings(card: dict, path: Path | str = CARD_NAME) -> tuple[float, ...]
     return tuple(float(v) for v in value)
 
 
+def _inference_flag(card: dict, key: str, path: Path | str, default: bool = True) -> bool:
+    """The card's boolean ``inference.<key>`` (``default`` when absent); ``PolicyError`` naming the card
+    when it is not a boolean."""
+    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
+    value = inference.get(key, default)
+    if not isinstance(value, bool):
+        raise PolicyError(f"model card '{path}': inference.{key} must be true or false, got {value!r}")
+    return value
+
+
 def offered_alone(card: dict, path: Path | str = CARD_NAME) -> bool:
     """The card's ``inference.offered_alone`` (default true): whether the learned policy is offered on its
     own, or only as the chain ``<id>+tto`` (a model that meets the bar of ``models/README.md`` as a chain
     only). ``PolicyError`` naming the card when it is not a boolean."""
-    inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
-    value = inference.get("offered_alone", True)
-    if not isinstance(value, bool):
-        raise PolicyError(
-            f"model card '{path}': inference.offered_alone must be true or false, got {value!r}"
-        )
-    return value
+    return _inference_flag(card, "offered_alone", path)
+
+
+def offered_sampling(card: dict, path: Path | str = CARD_NAME) -> bool:
+    """The card's ``inference.offered_sampling`` (default true): whether ``--samples K`` (K sampled
+    trajectories and their spread as an uncertainty map) is offered to users for this model, when its
+    family can sample; false for a model whose map was measured uninformative. ``PolicyError`` naming the
+    card when it is not a boolean."""
+    return _inference_flag(card, "offered_sampling", path)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from .cards import (
     chain_settings,
     models_dir,
     offered_alone,
+    offered_sampling,
     read_card,
     step_spacings,
 )
@@ -189,27 +190,47 @@ def _split_options(name: str, options: dict, allowed: tuple[str, ...]) -> dict:
     return {k: v for k, v in options.items() if k in allowed and v is not None}
 
 
-def _learned_factory(folder: Path, name: str, family: str, spacings: tuple[float, ...] | None = None):
+SAMPLING_OPTIONS = ("samples", "temperature")
+
+
+def _family_options(family: str, sampling: bool) -> tuple[str, ...]:
+    """The options of a learned policy of ``family``; without ``sampling`` (a model whose card does not
+    offer it) none of ``SAMPLING_OPTIONS``."""
+    options = FAMILY_POLICIES[family].options
+    return options if sampling else tuple(o for o in options if o not in SAMPLING_OPTIONS)
+
+
+def _learned_factory(
+    folder: Path, name: str, family: str, spacings: tuple[float, ...] | None = None, sampling: bool = True
+):
     """Factory of the learned policy alone; ``spacings``: the card's ``inference.step_spacings_mm``."""
     family_policy = FAMILY_POLICIES[family]
+    allowed = _family_options(family, sampling)
     card_options = {"step_spacings_mm": spacings} if spacings else {}
 
     def make(**options) -> NetworkPolicy:
-        options = _split_options(name, options, family_policy.options)
+        options = _split_options(name, options, allowed)
         return family_policy.policy_class()(folder, **card_options, **options)
 
     return make
 
 
-def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str = "spac"):
+def _chained_factory(
+    folder: Path, name: str, chain: ChainSettings, family: str = "spac", sampling: bool = True
+):
     family_policy = FAMILY_POLICIES[family]
+    allowed = _family_options(family, sampling)
 
     def make(first_steps: int | None = None, base_tto: dict | None = None, **options) -> ChainedPolicy:
         """``base_tto``: TTO options that replace the card's chain options (a quality preset's schedule,
         ``ChainSettings.schedule_chain``); ``options`` override both."""
         from .chained import chained_tto_policy
 
-        allowed = family_policy.options
+        refused = [k for k in SAMPLING_OPTIONS if k not in allowed and options.get(k) is not None]
+        if refused:
+            raise PolicyError(
+                f"policy '{name}' has no option '{refused[0]}' (its card does not offer sampling)"
+            )
         learned = {k: options.pop(k) for k in allowed if k in options and options[k] is not None}
         base = chain.tto_options(options.get("similarity")) if base_tto is None else base_tto
         tto = {**base, **{k: v for k, v in options.items() if v is not None}}
@@ -219,12 +240,14 @@ def _chained_factory(folder: Path, name: str, chain: ChainSettings, family: str 
     return make
 
 
-def register_model(folder: str | Path, alone: bool | None = None) -> str:
+def register_model(folder: str | Path, alone: bool | None = None, sampling: bool | None = None) -> str:
     """Register the model in ``folder`` (its ``card.json``; families 'spac' and 'morphseek') as the
     policies ``<id>`` (unless the card's ``inference.offered_alone`` is false: a model that earns its place
     only as a chain; ``alone`` True registers it anyway, e.g. for a benchmark of the learned steps) and
     ``<id>+tto``, replacing any registered under that id; returns the id.
-    Both families are registered as sampling policies (``samples``, ``temperature``). Weights are only
+    Both families can sample (``samples``, ``temperature``); the policies are registered as sampling ones
+    when the card's ``inference.offered_sampling`` says so (default true; ``sampling`` True registers them so
+    anyway, e.g. for a benchmark of the uncertainty map). Weights are only
     read when a policy is made. ``PolicyError`` naming the card when it is unreadable or malformed."""
     _entries()  # the models folder first: a folder registered explicitly then wins over its lazy discovery
     folder = Path(folder)
@@ -234,7 +257,9 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
     description = str(card.get("description", f"{family} learned policy"))
     inference = card.get("inference") if isinstance(card.get("inference"), dict) else {}
     steps = int(inference.get("steps", 5))
-    sampling = FAMILY_POLICIES[family].supports_sampling
+    if sampling is None:
+        sampling = offered_sampling(card, folder / CARD_NAME)
+    sampling = bool(sampling) and FAMILY_POLICIES[family].supports_sampling
     modality = card.get("modality") or card.get("trained_for") or "not stated"
     if isinstance(modality, (list, tuple)):
         modality = ", ".join(str(m) for m in modality)
@@ -247,7 +272,7 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
     if alone:
         register_policy(
             name,
-            _learned_factory(folder, name, family, spacings),
+            _learned_factory(folder, name, family, spacings, sampling),
             description,
             sampling,
             steps,
@@ -259,7 +284,7 @@ def register_model(folder: str | Path, alone: bool | None = None) -> str:
         _REGISTRY.pop(name, None)
     register_policy(
         f"{name}+tto",
-        _chained_factory(folder, f"{name}+tto", chain, family),
+        _chained_factory(folder, f"{name}+tto", chain, family, sampling),
         chain.description or f"{description}; learned steps, then test-time optimization",
         sampling,
         chain.total_steps,

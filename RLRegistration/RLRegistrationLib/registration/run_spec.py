@@ -215,7 +215,7 @@ def check_policy(spec: RunSpec) -> None:
         option = "samples" if spec.samples != 1 else "temperature"
         raise OptionError(
             option,
-            f"policy '{spec.policy}' does not sample trajectories (learned policies do; see 'rlreg info')",
+            f"policy '{spec.policy}' does not sample trajectories (those marked [--samples K] in 'rlreg info' do)",
         )
 
 

@@ -30,7 +30,7 @@ FAMILY_SECTIONS = {"sac": "spac", "grpo": "morphseek"}
 PRECISIONS = ("fp32", "bf16")
 
 #: card ``inference`` entries a training config may set (read by ``policies.cards``)
-INFERENCE_KEYS = ("diffeomorphic_steps", "step_spacings_mm", "offered_alone")
+INFERENCE_KEYS = ("diffeomorphic_steps", "step_spacings_mm", "offered_alone", "offered_sampling")
 
 
 @dataclass
