@@ -1,14 +1,14 @@
-"""Does a GRPO stage make the uncertainty map better? Issue 25, item 4: an RL stage must beat the model it
-starts from in Dice at equal folding *or* in how well the spread of its sampled trajectories predicts where
-the registration is still wrong. This measures the second.
+"""Does an RL stage make the uncertainty map better? Issue 25, item 4: an RL stage (GRPO for MorphSeek, SAC
+for SPAC) must beat the model it starts from in Dice at equal folding *or* in how well the spread of its
+sampled trajectories predicts where the registration is still wrong. This measures the second.
 
     python benchmarks/uncertainty_quality.py [--models recipes/morphseek-brain-synth-warmup,...]
         [--samples 4] [--temperature 1] [--pairs 11:12,12:13,13:14,14:11] [--tag T]
 
-For each MorphSeek model (default: the warm-up model and the four GRPO models started from it, all in
-``recipes/``) and each validation pair, one session runs the card's learned steps with K sampled
-trajectories (``--samples``, ``--temperature``; the session follows their mean field, as ``rlreg register
---samples K`` does). Per (model, pair):
+For each model (default: MorphSeek's warm-up model and the four GRPO models started from it, all in
+``recipes/``; any sampling model folder, SPAC included: the first is the start) and each validation pair, one
+session runs the card's learned steps with K sampled trajectories (``--samples``, ``--temperature``; the
+session follows their mean field, as ``rlreg register --samples K`` does). Per (model, pair):
 
 * Dice and % det J <= 0 of the mean field (what the user gets);
 * the error to predict: the voxels where the labels still disagree after registration (fixed labels vs the
@@ -17,7 +17,9 @@ trajectories (``--samples``, ``--temperature``; the session follows their mean f
   the agreeing ones (``metrics.auroc``: 0.5 = chance, 1 = perfect), and its Pearson correlation;
 * ``AUROC edges``: the same for a map every registration has without sampling, the gradient magnitude of
   the fixed image (Gaussian, sigma 1 mm). Disagreement lies on label boundaries, which are image edges; a
-  spread that does not beat this map tells the user nothing the image does not.
+  spread that does not beat this map tells the user nothing the image does not;
+* with ``--with-single``, the same model deterministic (one trajectory) in the same run: its Dice, and the
+  seconds per learned step of both (what sampling costs).
 
 Needs ``../shared/data`` and the model folders; exits 2 with a message when either is absent.
 """
@@ -83,10 +85,12 @@ def summary_table(rows: list[dict], start: str) -> str:
     """Markdown table, one row per model (means over the pairs), and per model the pairs on which its
     spread's AUROC is above the start model's."""
     keys = ("dice", "folding_percent", "auroc_spread", "correlation_spread", "auroc_edges", "spread_mean_mm")
+    single = all("dice_single" in r for r in rows)
     lines = [
         "| model | Dice (mean field) | max % det J ≤ 0 | AUROC spread | corr. spread | AUROC edges "
-        "| mean spread mm | pairs AUROC spread > start |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mean spread mm | pairs AUROC spread > start |"
+        + (" Dice K = 1 | s / step, K = 1 → K |" if single else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if single else ""),
     ]
     start_auroc = {r["pair"]: r["auroc_spread"] for r in rows if r["model"] == start}
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -98,17 +102,38 @@ def summary_table(rows: list[dict], start: str) -> str:
             f"| {model} | {mean['dice']:.4f} | {worst_fold:.4f} | {mean['auroc_spread']:.3f} | "
             f"{mean['correlation_spread']:.3f} | {mean['auroc_edges']:.3f} | {mean['spread_mean_mm']:.3f} | "
             f"{'start' if model == start else f'{above} of {len(group)}'} |"
+            + (_single_columns(group) if single else "")
         )
     return "\n".join(lines)
+
+
+def _single_columns(group: list[dict]) -> str:
+    """The ``--with-single`` columns of a model's rows: Dice of one deterministic trajectory, and the mean
+    seconds per learned step with one and with K trajectories."""
+    dice = np.mean([r["dice_single"] for r in group])
+    one, k = (np.mean([r[key] for r in group]) for key in ("step_seconds_single", "step_seconds"))
+    return f" {dice:.4f} | {one:.2f} → {k:.2f} |"
+
+
+def step_seconds(session) -> float:
+    """Mean wall seconds of a session's steps (the pre-alignment and preparation excluded)."""
+    return float(np.mean([r.step_seconds for r in session.reports[1:]]))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default=DEFAULT_MODELS, help="model folders, the first is the start")
+    parser.add_argument(
+        "--models",
+        default=DEFAULT_MODELS,
+        help="sampling model folders (MorphSeek or SPAC), the first is the start",
+    )
     parser.add_argument("--samples", type=int, default=4, help="K sampled trajectories")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument(
+        "--with-single", action="store_true", help="also each model deterministic: Dice and time per step"
+    )
     parser.add_argument("--tag", default="", help="suffix of the result files")
     add_session_arguments(parser)
     args = parser.parse_args(argv)
@@ -138,8 +163,13 @@ def main(argv=None) -> int:
                 "pair": pair["pair"],
                 "dice": dice[-1],
                 "seconds": seconds,
+                "step_seconds": step_seconds(session),
                 **score_pair(session.result(), edges, images[2], images[3]),
             }
+            if args.with_single:
+                policy = make_policy(model, device="cpu")
+                dice_single, _, single = run_session(policy, images, policy_default_steps(model))
+                row.update(dice_single=dice_single[-1], step_seconds_single=step_seconds(single))
             rows.append(row)
             print(json.dumps(row), flush=True)
     table = (
@@ -149,7 +179,9 @@ def main(argv=None) -> int:
     )
     print(table)
     stem = "uncertainty_quality" + (f"_{args.tag}" if args.tag else "")
-    write_results(args.out, stem, {"rows": rows, "args": vars(args)}, table, argv or sys.argv[1:])
+    write_results(
+        args.out, stem, {"rows": rows, "args": vars(args)}, table, argv or sys.argv[1:], "uncertainty_quality"
+    )
     return 0
 
 
