@@ -64,6 +64,18 @@ def load_model_card(model_dir: str | Path, threads: int) -> dict:
     return read_card(model_dir)
 
 
+def model_folders_missing(program: str, shared_dir: str | Path, folders: list[Path]) -> bool:
+    """True (after one line on stderr naming what) when ``shared_dir`` or a model folder (with its
+    ``card.json``) is absent: the benchmark then exits 2."""
+    if shared_data_missing(shared_dir, program):
+        return True
+    for folder in folders:
+        if not (Path(folder) / "card.json").is_file():
+            print(f"{program}: model folder '{folder}' (with card.json) is absent", file=sys.stderr)
+            return True
+    return False
+
+
 def allocate_like_the_cli(method: str) -> None:
     """In a worker timing an rlreg method: the allocator setting the ``rlreg`` command makes
     (``cli.entry_point``); other tools' workers keep the default."""

@@ -33,9 +33,9 @@ from common import (  # noqa: E402
     add_session_arguments,
     folding_percent,
     load_model_card,
+    model_folders_missing,
     read_pair,
     run_session,
-    shared_data_missing,
     write_results,
 )
 
@@ -104,13 +104,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the result files")
     add_session_arguments(parser)
     args = parser.parse_args(argv)
-    if shared_data_missing(args.shared_dir, "plan_influence"):
-        return 2
     folders = [Path(f) for f in args.models.split(",") if f]
-    for folder in folders:
-        if not (folder / "card.json").is_file():
-            print(f"plan_influence: model folder '{folder}' (with card.json) is absent", file=sys.stderr)
-            return 2
+    if model_folders_missing("plan_influence", args.shared_dir, folders):
+        return 2
     from accuracy import prepare_pairs
 
     from RLRegistrationLib.policies.registry import policy_default_steps

@@ -13,7 +13,7 @@ import torch
 
 from .base import PolicyState, PolicyStep
 from .network_policy import NetworkPolicy
-from .trajectories import SampledTrajectories, check_sampling
+from .trajectories import check_sampling
 
 
 class MorphSeekPolicy(NetworkPolicy):
@@ -50,18 +50,11 @@ class MorphSeekPolicy(NetworkPolicy):
         super().__init__(
             model_dir, device, max_step, input_spacing_mm, diffeomorphic_steps, precision="float32"
         )
-        self.samples = samples
-        self.temperature = float(temperature) if temperature is not None else (1.0 if samples > 1 else 0.0)
-        self.seed = seed
-        self.fixed_point_iterations = int(fixed_point_iterations)
-        self._generator: torch.Generator | None = None
-        self._trajectories = SampledTrajectories(samples, fixed_point_iterations)
+        self.init_sampling(samples, temperature, seed, fixed_point_iterations)
 
     def reset(self, fixed: torch.Tensor, moving: torch.Tensor, spacing_mm: float | None = None) -> None:
         super().reset(fixed, moving, spacing_mm)
-        self._generator = self.seeded_generator(fixed.device, self.seed) if self.temperature > 0 else None
-        if self.samples > 1:
-            self._trajectories.reset(moving, self.shape)
+        self.reset_sampling(moving)
 
     @torch.no_grad()
     def propose(self, state: PolicyState) -> PolicyStep:

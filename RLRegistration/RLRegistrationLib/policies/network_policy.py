@@ -39,6 +39,7 @@ from .cards import (
 )
 from .morphseek_network import MorphSeekArchitecture, MorphSeekNetwork
 from .networks import BackboneArchitecture, SPACArchitecture, SPACNetwork
+from .trajectories import SampledTrajectories
 
 # family of a model card -> (architecture class, network class)
 FAMILIES: dict[str, tuple[type[BackboneArchitecture], type[torch.nn.Module]]] = {
@@ -215,6 +216,25 @@ class NetworkPolicy(Policy):
             self.network.to(fixed.device)
         self._working_fixed = fixed
         self._set_network_grid(self.step_spacing(0))
+
+    def init_sampling(
+        self, samples: int, temperature: float | None, seed: int | None, fixed_point_iterations: int
+    ) -> None:
+        """K sampled trajectories (``trajectories.SampledTrajectories``) drawing at ``temperature`` (default
+        0 with one trajectory: the mean; 1 with several), reproducibly from ``seed`` (0 when None)."""
+        self.samples = samples
+        self.temperature = float(temperature) if temperature is not None else (1.0 if samples > 1 else 0.0)
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._trajectories = SampledTrajectories(samples, fixed_point_iterations)
+
+    def reset_sampling(self, moving: torch.Tensor) -> None:
+        """A fresh generator (sampling repeats exactly after each ``reset``) and, with K > 1, trajectories
+        starting at the identity on the network grid."""
+        device = self._working_fixed.device
+        self._generator = self.seeded_generator(device, self.seed) if self.temperature > 0 else None
+        if self.samples > 1:
+            self._trajectories.reset(moving, self.shape)
 
     def step_spacing(self, step_index: int) -> float:
         """Spacing (mm) of the network grid at step ``step_index`` (0 = the first step)."""
