@@ -284,12 +284,12 @@ def test_the_sac_fine_tune_and_its_control_differ_only_in_the_sac_stage():
         assert {k for k in first["data"] if first["data"][k] != other["data"][k]} == keys
 
 
-def test_the_sac_run_on_deformed_captured_pairs_differs_from_its_control_only_in_the_sac_stage():
+def test_the_sac_runs_on_deformed_captured_pairs_differ_from_their_control_only_in_the_sac_stage():
     # the same change as from spac_reg_command to spac_sac_command, on the augmented pairs of reg_deform
     root = Path(__file__).resolve().parents[1] / "configs"
     runs = {
         name: TrainConfig.load(root / f"spac_{name}_command_cpu.json").to_dict()
-        for name in ("sac", "reg", "sac_deform", "reg_deform")
+        for name in ("sac", "reg", "sac_deform", "reg_deform", "sac_critic450_deform")
     }
 
     def change(run: str, control: str) -> dict:
@@ -309,16 +309,14 @@ def test_the_sac_run_on_deformed_captured_pairs_differs_from_its_control_only_in
     }
     assert runs["sac_deform"]["data"]["captured_deform_vox"] > 0 and runs["sac_deform"]["data"]["flips"]
     assert runs["sac_deform"]["init"] == runs["sac"]["init"]
+    # the critic ablation: the same run with the critic learning alone for 450 of the 600 updates
+    assert change("sac_critic450_deform", "sac_deform") == {("sac", "critic_warmup_steps"): (450, 150)}
 
 
 def test_a_configs_inference_entries_go_onto_the_card():
-    cfg = TrainConfig.from_dict({"inference": {"diffeomorphic_steps": True, "step_spacings_mm": [3, 2]}})
-    assert inference_block(cfg) == {
-        "steps": 2,
-        "max_step": cfg.model.max_step,
-        "diffeomorphic_steps": True,
-        "step_spacings_mm": [3, 2],
-    }
+    inference = {"diffeomorphic_steps": True, "step_spacings_mm": [3, 2], "offered_sampling": False}
+    cfg = TrainConfig.from_dict({"inference": inference})
+    assert inference_block(cfg) == {"steps": 2, "max_step": cfg.model.max_step, **inference}
     assert inference_block(TrainConfig())["steps"] == TrainConfig().env["episode_length"]
 
 
