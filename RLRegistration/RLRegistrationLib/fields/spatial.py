@@ -120,6 +120,16 @@ def resize_displacement(displacement: torch.Tensor, shape: tuple[int, int, int])
     return resized * factor.view(1, 3, 1, 1, 1)
 
 
+def resize_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Corner-aligned trilinear resize of images or scalar maps (B, C, D, H, W) (like
+    ``resize_displacement``), without a pre-filter: the working images are already anti-aliased, and the
+    networks were trained on unblurred images; an extra 3^3 box blur made the learned steps overshoot after
+    the second step (``benchmarks/RESULTS.md``)."""
+    if tuple(image.shape[2:]) == tuple(shape):
+        return image
+    return F.interpolate(image, size=tuple(shape), mode="trilinear", align_corners=True)
+
+
 def resample_field_to_grid(displacement_vox: torch.Tensor, source: Grid, target: Grid) -> torch.Tensor:
     """Field in voxels of ``source`` -> field in LPS mm sampled (trilinear) at the voxels of ``target``.
 

@@ -28,6 +28,7 @@ from ..errors import PolicyError
 from ..fields.spatial import (
     integrate_velocity,
     resize_displacement,
+    resize_image,
 )
 from .base import Policy
 from .cards import (
@@ -144,15 +145,6 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
 def network_shape(shape: tuple[int, ...], factor: float, divisor: int = 16) -> tuple[int, int, int]:
     """Grid of the network: ``shape * factor`` rounded to multiples of ``divisor`` (at least one)."""
     return tuple(max(divisor, int(round(n * factor / divisor)) * divisor) for n in shape)
-
-
-def resize_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Corner-aligned trilinear resize (like ``resize_displacement``), without a pre-filter: the working
-    images are already anti-aliased, and the networks were trained on unblurred images; an extra 3^3 box
-    blur made the learned steps overshoot after the second step (``benchmarks/RESULTS.md``)."""
-    if tuple(image.shape[2:]) == tuple(shape):
-        return image
-    return F.interpolate(image, size=tuple(shape), mode="trilinear", align_corners=True)
 
 
 class NetworkPolicy(Policy):

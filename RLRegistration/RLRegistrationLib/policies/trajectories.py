@@ -18,10 +18,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import PolicyError
-from ..fields.spatial import compose_displacements, resize_displacement, step_to_reach, warp
+from ..fields.spatial import (
+    compose_displacements,
+    resize_displacement,
+    resize_image,
+    step_to_reach,
+    warp,
+)
 from .base import PolicyState
 
 HISTORY_BYTES = 512 * 2**20  # trajectories kept for stepping back (CPU memory), oldest dropped first
@@ -76,9 +81,7 @@ class SampledTrajectories:
             if tuple(fields.shape[2:]) != tuple(shape):
                 fields = resize_displacement(fields, shape)
         if self._moving is None or tuple(self._moving.shape[2:]) != tuple(shape):
-            self._moving = F.interpolate(
-                self._moving_working, size=shape, mode="trilinear", align_corners=True
-            )
+            self._moving = resize_image(self._moving_working, shape)
         warped = warp(self._moving.expand(self.samples, -1, -1, -1, -1), fields.contiguous())
         return fields.contiguous(), warped, restarted
 
@@ -126,6 +129,4 @@ def spread_mm(
     ]  # channels (i, j, k) <-> axes (W, H, D)
     scale = torch.tensor(mm, dtype=fields.dtype, device=fields.device).view(1, 3, 1, 1, 1)
     spread = ((fields - mean) * scale).pow(2).sum(dim=1, keepdim=True).mean(dim=0, keepdim=True).sqrt()
-    if tuple(spread.shape[2:]) != tuple(working_shape):
-        spread = F.interpolate(spread, size=working_shape, mode="trilinear", align_corners=True)
-    return spread.clamp(min=0.0)
+    return resize_image(spread, working_shape).clamp(min=0.0)
